@@ -1,0 +1,208 @@
+"""Generation behind one small interface.
+
+`ChatEngine` is what the chat, the app and eval talk to: messages in (the OpenAI-style
+`{"role", "content"}` list), text out, streamed or batched. `TransformersEngine` runs a local
+transformers model (optionally with a LoRA adapter); a remote OpenAI-compatible backend
+(vLLM, llama.cpp server) implements the same three methods. No Gradio here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
+
+from chatbot.errors import GenerationError, MessageError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+
+class GenerationSettings(BaseModel):
+    """Decoding settings; names match `transformers.GenerationConfig`."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Sample from the k most likely tokens; 0 = off.")
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="Most tokens in one reply.")
+    repetition_penalty: float = Field(1.1, gt=0.0, description="1.0 = no penalty.")
+    seed: int | None = Field(None, description="Fix the sampling seed for reproducible replies.")
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.temperature == 0:
+            return {**kwargs, "do_sample": False}
+        return {**kwargs, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+
+
+class ChatEngine(ABC):
+    """A generation backend. Subclasses give tokens counts and generation; trimming the
+    history to the context window is shared here so every backend trims the same way."""
+
+    name: str
+    context_window: int  # tokens of prompt + reply the backend accepts
+
+    @abstractmethod
+    def count_tokens(self, messages: Messages) -> int:
+        """Prompt tokens for `messages` after the chat template, generation prompt included."""
+
+    @abstractmethod
+    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+        """Yield the reply in pieces as they are generated."""
+
+    @abstractmethod
+    def generate(self, conversations: list[Messages], settings: GenerationSettings, **kw) -> list[str]:
+        """One reply per conversation, in order."""
+
+    def fit_messages(self, messages: Messages, settings: GenerationSettings) -> Messages:
+        """Drop the oldest dialogue turns until prompt + max_new_tokens fits the context window.
+
+        The system message (the persona) and the last user message always stay; after a drop
+        the dialogue restarts on a user turn, as chat templates expect. At most half the
+        window is held back for the reply, so a huge max_new_tokens cannot starve the prompt.
+        """
+        budget = self.context_window - min(settings.max_new_tokens, self.context_window // 2)
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        dialogue = list(messages[len(system) :])
+        while self.count_tokens(system + dialogue) > budget:
+            if len(dialogue) <= 1:
+                used = self.count_tokens(system + dialogue)
+                raise MessageError(
+                    f"the message is too long: the prompt needs {used} tokens but only {budget} fit "
+                    f"(context window {self.context_window} minus {self.context_window - budget} for the reply)",
+                    "shorten the message, or lower max_new_tokens",
+                )
+            dialogue.pop(0)
+            while len(dialogue) > 1 and dialogue[0]["role"] != "user":
+                dialogue.pop(0)
+        if len(dialogue) < len(messages) - len(system):
+            log.info("trimmed %d old messages to fit the context", len(messages) - len(system) - len(dialogue))
+        return system + dialogue
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends generation when the consumer stops reading (e.g. the user pressed stop)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TransformersEngine(ChatEngine):
+    """A local transformers causal LM with its tokenizer's chat template."""
+
+    def __init__(self, model, tokenizer, name: str, max_context_tokens: int | None = None):
+        if not tokenizer.chat_template:
+            raise ModelLoadError(
+                f"the tokenizer of {name} has no chat template",
+                "use an Instruct/chat model (e.g. unsloth/llama-3-8b-Instruct-bnb-4bit) or set tokenizer.chat_template",
+            )
+        if tokenizer.pad_token is None:  # batching needs one; eos is the usual stand-in
+            tokenizer.pad_token = tokenizer.eos_token
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        native = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.context_window = min(native, max_context_tokens) if max_context_tokens else native
+
+    @classmethod
+    def load(cls, model: str = "default", adapter: str | None = None, **kwargs) -> TransformersEngine:
+        """Load a base model (local folder, .gguf file, hub id or "default") plus an optional adapter."""
+        from chatbot.loading import load_model_and_tokenizer
+
+        max_context_tokens = kwargs.pop("max_context_tokens", None)
+        hf_model, tokenizer = load_model_and_tokenizer(model, adapter, **kwargs)
+        name = model if adapter is None else f"{model}+{adapter}"
+        return cls(hf_model, tokenizer, name, max_context_tokens)
+
+    def render(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, messages: Messages) -> int:
+        return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+
+    def _encode(self, texts: list[str]) -> dict:
+        # The chat template already holds the special tokens (BOS etc.): add none twice.
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        return {k: v.to(self.model.device) for k, v in enc.items()}
+
+    def _generate_kwargs(self, settings: GenerationSettings, inputs: dict) -> dict:
+        """Decoding kwargs, with the reply capped so prompt + reply stay inside the window."""
+        room = self.context_window - inputs["input_ids"].shape[1]
+        kwargs = settings.generate_kwargs()
+        kwargs["max_new_tokens"] = max(1, min(settings.max_new_tokens, room))
+        return {**kwargs, "pad_token_id": self.tokenizer.pad_token_id}
+
+    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+        inputs = self._encode([self.render(self.fit_messages(messages, settings))])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop, failure = threading.Event(), []
+        kwargs = {**inputs, **self._generate_kwargs(settings, inputs), "streamer": streamer}
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnEvent(stop)])
+        if settings.seed is not None:
+            set_seed(settings.seed)
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except Exception as err:  # re-raised in the consumer's thread below
+                failure.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()
+            thread.join()
+        if failure:
+            raise _explain(failure[0]) from failure[0]
+
+    def generate(
+        self, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8, progress: bool = False
+    ) -> list[str]:
+        """Batched generation. Prompts are sorted by length so each batch pads little;
+        replies come back in the input order."""
+        texts = [self.render(self.fit_messages(m, settings)) for m in conversations]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        replies: list[str] = [""] * len(texts)
+        if settings.seed is not None:
+            set_seed(settings.seed)
+        batches = range(0, len(order), batch_size)
+        for start in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+            idx = order[start : start + batch_size]
+            inputs = self._encode([texts[i] for i in idx])
+            try:
+                with torch.inference_mode():
+                    out = self.model.generate(**inputs, **self._generate_kwargs(settings, inputs))
+            except Exception as err:
+                raise _explain(err, batch_size) from err
+            new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, new) after the left-padded prompt
+            for i, text in zip(idx, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                replies[i] = text.strip()
+        return replies
+
+
+def _explain(err: Exception, batch_size: int | None = None) -> Exception:
+    """Turn an out-of-memory error into advice; leave anything else as it is."""
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        batch = f"lower the batch size (now {batch_size}), " if batch_size else ""
+        return GenerationError(
+            f"generation ran out of memory: {str(err).splitlines()[0]}",
+            f"{batch}lower max_new_tokens, shorten the history, or load the model in 4-bit on a GPU",
+        )
+    return err

@@ -1,0 +1,136 @@
+"""Resolve a model spec (default / folder / .gguf / hub id), load it, put an adapter on top.
+
+Every failure a user can cause (a path that is not there, a folder that is not a model, an
+adapter trained on another base, no network for a hub id) ends in a `ModelLoadError` that
+says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbot.default_model import DEFAULT_MODEL, prepare_default_model
+from chatbot.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+class EngineConfig(BaseModel):
+    """Which model answers. Shared by the chat CLI, the app and eval."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(DEFAULT_MODEL, description="`default` (embedded SmolLM2-135M), a folder, a .gguf, or a hub id.")
+    adapter: str | None = Field(None, description="LoRA adapter folder to put on top of the model.")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    max_context_tokens: int | None = Field(None, ge=16, description="Cap the context window (default: the model's).")
+
+
+def load_engine(cfg: EngineConfig):
+    """A `TransformersEngine` for `cfg` (the one local backend today)."""
+    from chatbot.engine import TransformersEngine
+
+    return TransformersEngine.load(
+        cfg.model, cfg.adapter, dtype=cfg.dtype, device=cfg.device, max_context_tokens=cfg.max_context_tokens
+    )
+
+
+def resolve_model(model: str) -> tuple[str, dict]:
+    """(`from_pretrained` argument, extra kwargs) for a model spec."""
+    if model in (DEFAULT_MODEL, ""):
+        return str(prepare_default_model()), {}
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist", "check the path")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is a LoRA adapter, not a base model",
+                f"pass it as --adapter {path} and its base model as --model",
+            )
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} is not a model folder (no config.json in it)",
+                "pass a folder written by save_pretrained, a .gguf file, a hub id, or `default`",
+            )
+        return str(path), {}
+    # A hub id is "name" or "org/name"; anything else that is not on disk is a missing path.
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelLoadError(
+            f"model path {model} does not exist",
+            "check the path, or pass a hub id like unsloth/llama-3-8b-Instruct-bnb-4bit, or `default`",
+        )
+    return model, {}
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """fp32 on CPU: bf16 prefill is ~4x slower there (../shared/STACK.md); bf16 on GPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}", "use auto, float32, bfloat16 or float16") from None
+
+
+def load_model_and_tokenizer(model: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto"):
+    """Load (model, tokenizer) ready for generation, the adapter merged in when possible."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, extra = resolve_model(model)
+    device = pick_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, device), **extra)
+    except OSError as err:
+        raise ModelLoadError(
+            f"could not load model {model!r}: {str(err).splitlines()[0]}",
+            "check the id or path; without network (HF_HUB_OFFLINE=1) only local folders and "
+            "already-cached hub models load; `default` always works offline",
+        ) from None
+    if extra.get("gguf_file"):  # dense after de-quantisation; see chatbot/default_model.py
+        hf_model.hf_quantizer = None
+    if adapter:
+        hf_model = attach_adapter(hf_model, adapter, model)
+    return hf_model.to(device), tokenizer
+
+
+def attach_adapter(hf_model, adapter: str, model_name: str):
+    """Put a PEFT LoRA adapter on `hf_model`; merge it unless the base is quantized."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter).expanduser()
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(
+            f"adapter folder {adapter_dir} has no adapter_config.json",
+            "pass a folder written by training (runs/<version>/adapter) or by PeftModel.save_pretrained",
+        )
+    trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path") or "an unknown base"
+    mismatch = ModelLoadError(
+        f"adapter {adapter_dir} does not fit model {model_name!r}: it was trained on {trained_on}",
+        f"load it with the base it was trained on (--model {trained_on})",
+    )
+    base_name = getattr(hf_model.config, "name_or_path", "") or ""
+    if Path(str(trained_on)).name != Path(base_name).name:
+        log.warning("adapter base %s differs from model %s; shapes decide if it loads", trained_on, base_name)
+    try:
+        peft_model = PeftModel.from_pretrained(hf_model, str(adapter_dir))
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise mismatch from err
+    if getattr(hf_model, "is_quantized", False) or getattr(hf_model, "hf_quantizer", None):
+        return peft_model  # merging into 4-bit weights would lose precision
+    return peft_model.merge_and_unload()

@@ -1,0 +1,160 @@
+"""Personas: who the model speaks as, validated, and rendered into one system prompt.
+
+A persona lives in a YAML file under `personas/` (see `personas/ada.yaml`), or is built from
+a Synthetic-Persona-Chat row (`persona_from_facts`). `render_system_prompt` is the only
+place that turns a persona into prompt text, so training, chat and eval see the same prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatbot.errors import PersonaError
+
+# Field name -> the fix we suggest when it is missing or malformed.
+_FIELD_FIXES = {
+    "name": "add a line like `name: Ada` (a non-empty string)",
+    "facts": "add `facts:` followed by one `- sentence` per line (at least one)",
+    "style": "make `style:` one string, e.g. `style: warm, short sentences`",
+    "greeting": "make `greeting:` one string, e.g. `greeting: Hello there!`",
+    "description": "make `description:` one string",
+    "knowledge": "make `knowledge:` a list of `- question: ...` / `answer: ...` pairs",
+    "anonymous": "use `anonymous: true` or `anonymous: false`",
+}
+_NESTED = {"knowledge": "QAPair"}  # list fields whose items are models of their own
+
+
+class QAPair(BaseModel):
+    """An identity or knowledge fact the persona must answer consistently."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+
+class Persona(BaseModel):
+    """A persona: the facts the model speaks from, plus optional style and knowledge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Who the model is; shown in pickers.")
+    facts: list[str] = Field(min_length=1, description="Persona sentences, first person.")
+    description: str | None = Field(None, description="One line: role and setting.")
+    style: str | None = Field(None, description="How the persona speaks.")
+    greeting: str | None = Field(None, description="First message shown in a new chat.")
+    knowledge: list[QAPair] = Field(default_factory=list, description="Q&A it must know.")
+    # Dataset personas (Synthetic-Persona-Chat) have no names: the prompt then does not
+    # introduce the model by name, so it does not learn to call every speaker "User 1".
+    anonymous: bool = Field(False, description="Do not introduce the persona by name.")
+
+    @field_validator("name", "style", "greeting", "description")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty or whitespace")
+        return value
+
+    @field_validator("facts")
+    @classmethod
+    def _facts(cls, facts: list[str]) -> list[str]:
+        cleaned = [f.strip() for f in facts]
+        if any(not f for f in cleaned):
+            raise ValueError("every fact must be a non-empty sentence")
+        return cleaned
+
+
+def render_system_prompt(persona: Persona) -> str:
+    """The system message for `persona`. Every prompt in the product goes through here."""
+    lines = []
+    if persona.anonymous:
+        lines.append("You are the person described below. Stay in character.")
+    else:
+        intro = f"You are {persona.name}"
+        description = (persona.description or "").rstrip(".")
+        lines.append(f"{intro}, {description}." if description else f"{intro}.")
+        lines.append(f"Always stay in character as {persona.name}.")
+    lines.append("Your persona:")
+    lines += [f"- {fact}" for fact in persona.facts]
+    if persona.knowledge:
+        lines.append("What you know and must answer consistently:")
+        lines += [f"Q: {qa.question}\nA: {qa.answer}" for qa in persona.knowledge]
+    if persona.style:
+        lines.append(f"Style: {persona.style}")
+    lines.append("Reply in a few natural sentences, in character.")
+    return "\n".join(lines)
+
+
+def persona_from_facts(facts: list[str], name: str = "Persona-chat speaker") -> Persona:
+    """An anonymous persona from dataset persona sentences (e.g. one Synthetic-Persona-Chat
+    speaker's `user N personas` cell, already split into lines)."""
+    kept = [f for f in facts if f.strip()]
+    if not kept:
+        raise PersonaError("a dataset persona has no facts", "give at least one persona sentence")
+    return Persona(name=name, facts=kept, anonymous=True)
+
+
+def _describe(error: ValidationError, path: Path) -> PersonaError:
+    # An unknown key first: a typo (`fact:`) also makes the real field "missing", and the
+    # typo is the thing to fix.
+    errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    top = str(first["loc"][0]) if first["loc"] else ""
+    if first["type"] == "extra_forbidden":
+        model = QAPair if top in _NESTED and len(first["loc"]) > 1 else Persona
+        allowed = ", ".join(model.model_fields)
+        fix = f"remove or rename `{field}`; allowed fields: {allowed}"
+    else:
+        fix = _FIELD_FIXES.get(top, "see personas/ada.yaml for a valid example")
+        if first["type"] == "string_type" and isinstance(first.get("input"), bool | int | float):
+            fix += f" (YAML read {first['input']!r} as a {type(first['input']).__name__}: put it in quotes)"
+    return PersonaError(f"persona file {path}: field `{field}`: {first['msg']}", fix)
+
+
+def load_persona(path: str | Path) -> Persona:
+    """Read and validate one persona YAML file; errors name the file, the field and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise PersonaError(f"{path} is a folder, not a persona file", "pass one file, e.g. personas/ada.yaml")
+    if not path.is_file():
+        raise PersonaError(
+            f"persona file {path} does not exist",
+            "pass a YAML file from personas/ (e.g. personas/ada.yaml) or write one like it",
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise PersonaError(
+            f"persona file {path} is not valid YAML: {err}",
+            "check indentation and quoting; see personas/ada.yaml for the layout",
+        ) from None
+    if data is None:
+        raise PersonaError(f"persona file {path} is empty", "write `name: ...` and `facts:` into it")
+    if not isinstance(data, dict):
+        raise PersonaError(
+            f"persona file {path} must hold a mapping with `name` and `facts`, not {type(data).__name__}",
+            "start the file with `name: ...` then `facts:` and a list of sentences",
+        )
+    try:
+        return Persona.model_validate(data)
+    except ValidationError as err:
+        raise _describe(err, path) from None
+
+
+def load_personas(directory: str | Path = "personas") -> dict[str, Persona]:
+    """Every `*.yaml` persona in `directory`, keyed by file stem, sorted by stem."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PersonaError(f"persona folder {directory} does not exist", "pass a folder of *.yaml")
+    personas: dict[str, Persona] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        if path.stem in personas:
+            raise PersonaError(f"two persona files are named {path.stem} in {directory}", f"rename or remove {path}")
+        personas[path.stem] = load_persona(path)
+    return personas

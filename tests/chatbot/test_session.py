@@ -1,0 +1,92 @@
+"""ChatSession: history, persona switches, undo/retry, bad messages (tiny model)."""
+
+import json
+
+import pytest
+
+from chatbot.engine import GenerationSettings
+from chatbot.errors import MessageError
+from chatbot.persona import Persona, load_persona, render_system_prompt
+from chatbot.session import MAX_MESSAGE_CHARS, ChatSession, build_messages
+from tests.conftest import REPO
+
+GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)
+
+
+@pytest.fixture
+def session(tiny_engine, ada):
+    return ChatSession(tiny_engine, ada, GREEDY)
+
+
+def test_greeting_opens_and_turns_accumulate(session, ada):
+    assert session.history == [{"role": "assistant", "content": ada.greeting}]
+    first = session.reply("Hi Ada")
+    session.reply("What are you building?")
+    assert [m["role"] for m in session.history] == ["assistant", "user", "assistant", "user", "assistant"]
+    assert session.history[2]["content"] == first
+
+
+def test_persona_switch_leaves_nothing_of_the_old_persona_prompt(session, ada):
+    session.reply("Hi Ada")
+    nova = load_persona(REPO / "personas" / "nova.yaml")
+    session.switch_persona(nova)
+    messages = build_messages(session.persona, session.history, "Who are you?")
+    assert messages[0] == {"role": "system", "content": render_system_prompt(nova)}
+    system = messages[0]["content"]
+    assert not any(fact in system for fact in ada.facts)
+    assert "Ada" not in system
+    assert [m["role"] for m in messages].count("system") == 1
+    assert messages[2]["content"] == "Hi Ada"  # the dialogue itself is kept
+    session.reply("Who are you?")
+    assert session.history[-2]["content"] == "Who are you?"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_message_is_refused_and_history_unchanged(session, text):
+    before = list(session.history)
+    with pytest.raises(MessageError, match="empty"):
+        session.reply(text)
+    assert session.history == before
+
+
+def test_huge_message_is_refused(session):
+    with pytest.raises(MessageError, match="characters"):
+        session.reply("a" * (MAX_MESSAGE_CHARS + 1))
+
+
+def test_message_too_long_for_context_names_tokens(tiny_model_dir, ada):
+    from chatbot.engine import TransformersEngine
+
+    engine = TransformersEngine.load(str(tiny_model_dir), max_context_tokens=256)
+    session = ChatSession(engine, ada, GREEDY)
+    with pytest.raises(MessageError, match="tokens"):
+        session.reply("word " * 1000)
+    assert len(session.history) == 1  # only the greeting
+
+
+def test_undo_retry_reset(session):
+    session.reply("Hi")
+    session.reply("Tell me about bees")
+    assert session.undo() == "Tell me about bees"
+    assert len(session.history) == 3
+    again = "".join(session.retry()).strip()
+    assert session.history[-2:] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": again}]
+    session.reset()
+    assert len(session.history) == 1
+    assert session.undo() is None
+    with pytest.raises(MessageError, match="no reply to retry"):
+        list(session.retry())
+
+
+def test_abandoned_retry_restores_the_old_exchange(session):
+    session.reply("Hi")
+    before = json.dumps(session.history)
+    stream = session.retry()
+    next(stream)
+    stream.close()
+    assert json.dumps(session.history) == before
+
+
+def test_persona_without_greeting_starts_empty(tiny_engine):
+    persona = Persona(name="Bo", facts=["I fish."])
+    assert ChatSession(tiny_engine, persona).history == []
