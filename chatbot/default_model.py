@@ -88,7 +88,6 @@ def _convert(gguf: Path, out: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = HUB_ID
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

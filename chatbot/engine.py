@@ -12,6 +12,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -122,7 +123,8 @@ class TransformersEngine(ChatEngine):
 
         max_context_tokens = kwargs.pop("max_context_tokens", None)
         hf_model, tokenizer = load_model_and_tokenizer(model, adapter, **kwargs)
-        name = model if adapter is None else f"{model}+{adapter}"
+        name = f"default ({Path(hf_model.config.name_or_path).name})" if model == "default" else model
+        name = name if adapter is None else f"{name} + {adapter}"
         return cls(hf_model, tokenizer, name, max_context_tokens)
 
     def render(self, messages: Messages) -> str:
