@@ -36,3 +36,7 @@ class ConfigError(PersonaStudioError):
 
 class GenerationError(PersonaStudioError):
     """Generation failed at run time (e.g. out of memory)."""
+
+
+class TrainingError(PersonaStudioError):
+    """A training run cannot start or could not finish (no data, no disk, out of memory)."""

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.default_model import DEFAULT_MODEL, prepare_default_model
 from chatbot.errors import ModelLoadError
+from chatbot.versions import BASE, find_version
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +25,43 @@ class EngineConfig(BaseModel):
     """Which model answers. Shared by the chat CLI, the app and eval."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(DEFAULT_MODEL, description="`default` (embedded SmolLM2-135M), a folder, a .gguf, or a hub id.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="`default` (embedded SmolLM2-135M), a trained version name, a folder, a .gguf, or a hub id.",
+    )
     adapter: str | None = Field(None, description="LoRA adapter folder to put on top of the model.")
     dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     max_context_tokens: int | None = Field(None, ge=16, description="Cap the context window (default: the model's).")
+    runs_dir: str = Field("runs", description="Folder of trained model versions; --model may name one.")
+
+
+def resolve_version(model: str, adapter: str | None, runs_dir: str) -> tuple[str, str | None]:
+    """(base model, adapter) for a model spec that may name a trained version or `base`."""
+    if model == BASE:
+        return DEFAULT_MODEL, adapter
+    version = find_version(model, runs_dir)
+    if version is None:
+        return model, adapter
+    if adapter:
+        raise ModelLoadError(
+            f"--model {model} is a trained version (it has its own adapter) and --adapter was given too",
+            "pass either a version name or --model BASE --adapter DIR",
+        )
+    return version.base_model, str(version.adapter_dir)
 
 
 def load_engine(cfg: EngineConfig):
     """A `TransformersEngine` for `cfg` (the one local backend today)."""
     from chatbot.engine import TransformersEngine
 
-    return TransformersEngine.load(
-        cfg.model, cfg.adapter, dtype=cfg.dtype, device=cfg.device, max_context_tokens=cfg.max_context_tokens
+    model, adapter = resolve_version(cfg.model, cfg.adapter, cfg.runs_dir)
+    engine = TransformersEngine.load(
+        model, adapter, dtype=cfg.dtype, device=cfg.device, max_context_tokens=cfg.max_context_tokens
     )
+    if model != cfg.model:  # a version: show its name rather than base + adapter path
+        engine.name = cfg.model
+    return engine
 
 
 def resolve_model(model: str) -> tuple[str, dict]:
