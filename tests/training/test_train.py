@@ -1,0 +1,141 @@
+"""Training mechanics on the tiny Llama: label mask, run folder, versions, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chatbot.engine import GenerationSettings
+from chatbot.loading import EngineConfig, load_engine
+from chatbot.versions import list_versions
+from tests.conftest import REPO
+from training import run as run_module
+from training.config import TrainConfig
+from training.run import build_trainer
+from training.train import main
+
+RECIPE = str(REPO / "training" / "recipes" / "tiny-test.yaml")
+
+
+def versions_on_disk(runs: Path) -> list[str]:
+    return sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) if runs.exists() else []
+
+
+def train_args(tiny_model_dir, runs: Path, *extra: str) -> list[str]:
+    return ["--config", RECIPE, "--model.name", str(tiny_model_dir), "--output.dir", str(runs), *extra]
+
+
+def test_loss_falls_on_the_persona_reply_only(tiny_model_dir, spc_csv, tmp_path):
+    cfg = TrainConfig.model_validate(
+        {"model": {"name": str(tiny_model_dir), "max_seq_length": 512}, "data": {"path": str(spc_csv), "limit": 2}}
+    )
+    trainer, _ = build_trainer(cfg, "trl", tmp_path / "partial")
+    tokenizer = trainer.processing_class
+    for i in (0, 5):  # an opening turn and one with history
+        record = trainer.train_dataset[i]
+        batch = trainer.data_collator([record])
+        ids, labels = batch["input_ids"][0], batch["labels"][0]
+        trained = tokenizer.decode(ids[labels != -100])
+        masked = tokenizer.decode(ids[labels == -100])
+        assert trained == record["completion"][0]["content"] + "<|im_end|>\n"
+        assert "Your persona:" in masked and masked.endswith("<|im_start|>assistant\n")
+        for message in record["prompt"][1:]:  # the other speaker's and earlier own turns: context only
+            assert message["content"] in masked
+    assert any(len(trainer.train_dataset[i]["prompt"]) > 2 for i in range(len(trainer.train_dataset)))
+
+
+def test_run_writes_a_loadable_version(tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(train_args(tiny_model_dir, runs, "--output.version", "v1")) == 0
+    run_dir = runs / "v1"
+    for name in ["version.json", "config.yaml", "data.json", "metrics.json", "log.csv", "log.json", "loss.png"]:
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "checkpoints").exists() and not list(runs.glob(".partial-*"))
+    weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # B starts at zero: training moved it
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["base_eval_loss"] is not None
+    data = json.loads((run_dir / "data.json").read_text())
+    assert len(data["sha256"]) == 64 and data["train_conversation_ids"]
+    assert [v.name for v in list_versions(runs)] == ["base", "v1"]
+    engine = load_engine(EngineConfig(model="v1", runs_dir=str(runs)))
+    assert engine.name == "v1"
+    assert engine.generate([[{"role": "user", "content": "Hi"}]], GenerationSettings(max_new_tokens=4))[0] is not None
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    real_finish = run_module.finish
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "finish", crash)
+    assert main(train_args(tiny_model_dir, runs, "--output.version", "v2")) == 130
+    assert not (runs / "v2").exists()  # an unfinished run is no version
+    assert (runs / ".partial-v2" / "checkpoints" / "checkpoint-4").is_dir()
+    assert [v.name for v in list_versions(runs)] == ["base"]
+    monkeypatch.setattr(run_module, "finish", real_finish)
+    assert (
+        main(train_args(tiny_model_dir, runs, "--output.version", "v2", "--max_steps", "6", "--output.resume", "true"))
+        == 0
+    )
+    history = json.loads((runs / "v2" / "log.json").read_text())
+    assert max(e["step"] for e in history) == 6
+    assert json.loads((runs / "v2" / "metrics.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lora.r", "0"], "lora.r must be a positive rank"),
+        (["--model.load_in_4bit", "true"], "no CUDA GPU"),
+        (["--backend", "unsloth"], "needs a CUDA GPU"),
+        (["--output.resume", "true", "--output.version", "nothing"], "no unfinished run nothing"),
+        (["--data.path", "/no/such/file.csv"], "does not exist"),
+    ],
+)
+def test_bad_recipes_fail_with_a_clear_message(tiny_model_dir, tmp_path, capsys, flags, message):
+    assert main(train_args(tiny_model_dir, tmp_path / "runs", *flags)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "fix:" in err
+    assert versions_on_disk(tmp_path / "runs") == []
+
+
+def test_unknown_key_in_a_recipe_is_named(tiny_model_dir, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lora:\n  rank: 8\n")
+    assert main(["--config", str(recipe), "--model.name", str(tiny_model_dir), "--output.dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "`lora.rank`: Extra inputs are not permitted" in err and "--help" in err
+
+
+def test_dataset_with_no_usable_rows_is_refused(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        'user 1 personas,user 2 personas,Best Generated Conversation\n"I fish.","I run.","no speakers here"\n'
+    )
+    assert main(train_args(tiny_model_dir, tmp_path / "runs", "--data.path", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert "row 1" in err and "fix:" in err
+    assert versions_on_disk(tmp_path / "runs") == []
+
+
+def test_existing_version_is_not_overwritten(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "runs" / "v1").mkdir(parents=True)
+    assert main(train_args(tiny_model_dir, tmp_path / "runs", "--output.version", "v1")) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_out_of_memory_gives_advice_and_leaves_no_version(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("trl.SFTTrainer.train", oom)
+    assert main(train_args(tiny_model_dir, tmp_path / "runs", "--output.version", "v3")) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "per_device_train_batch_size" in err and "load_in_4bit" in err
+    assert list((tmp_path / "runs").iterdir()) == []  # not even a partial folder

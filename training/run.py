@@ -1,0 +1,237 @@
+"""One training run: data -> SFTTrainer -> adapter + metrics + plot -> a finished version.
+
+Called by `training/train.py` after the backend is chosen (and Unsloth imported first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import yaml
+
+from chatbot.errors import DatasetError, TrainingError
+from chatbot.versions import VERSION_FILE
+from training.backends import load_for_training, trainable_parameters
+from training.config import TrainConfig
+from training.data import Example, fingerprint, load_examples
+
+log = logging.getLogger("training")
+
+# Chat-template tokens around one message (ChatML: "<|im_start|>role\n" ... "<|im_end|>\n";
+# Llama 3 has a similar handful); used to fit prompts to max_seq_length without re-rendering.
+TEMPLATE_TOKENS_PER_MESSAGE = 6
+
+
+def to_records(examples: list[Example], tokenizer, max_seq_length: int) -> list[dict]:
+    """TRL prompt-completion records: the loss falls on `completion` (the persona's reply) only.
+
+    The oldest history turns are dropped until prompt + reply fit `max_seq_length`, so the
+    reply is never the part that truncation cuts off.
+    """
+    lengths: dict[str, int] = {}
+
+    def size(text: str) -> int:
+        if text not in lengths:
+            lengths[text] = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + TEMPLATE_TOKENS_PER_MESSAGE
+        return lengths[text]
+
+    records = []
+    for ex in examples:
+        system = [m for m in ex.messages[:1] if m["role"] == "system"]
+        dialogue = list(ex.messages[len(system) :])
+        total = sum(size(m["content"]) for m in system + dialogue) + size(ex.target)
+        while dialogue and total > max_seq_length:
+            total -= size(dialogue.pop(0)["content"])
+        records.append({"prompt": system + dialogue, "completion": [{"role": "assistant", "content": ex.target}]})
+    return records
+
+
+def load_data(cfg: TrainConfig) -> tuple[list[Example], list[Example], dict]:
+    """(train examples, validation examples, the data fingerprint for the run folder)."""
+    train, report = load_examples(cfg.data, "train")
+    if not train:
+        raise DatasetError(
+            f"the train split of {cfg.data.path} has no usable examples ({report.summary()})",
+            "check the file and --data.speakers, or give more conversations (--data.limit, --data.split_fractions)",
+        )
+    validation, _ = load_examples(cfg.data.model_copy(update={"limit": None}), "validation")
+    validation = validation[: cfg.eval.max_eval_examples]
+    data_info = {
+        "path": str(Path(cfg.data.path).resolve()),
+        "format": report.format,
+        "sha256": fingerprint(cfg.data.path),
+        "rows": report.rows,
+        "conversations": report.conversations,
+        "skipped_rows": report.skipped,
+        "split_seed": cfg.data.split_seed,
+        "split_fractions": list(cfg.data.split_fractions),
+        "train_examples": len(train),
+        "validation_examples": len(validation),
+        # eval refuses to score turns a version was trained on: it checks these ids.
+        "train_conversation_ids": sorted({ex.conversation_id for ex in train}),
+    }
+    log.info("%s; train %d examples, validation %d", report.summary(), len(train), len(validation))
+    return train, validation, data_info
+
+
+def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool):
+    from trl import SFTConfig
+
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    bf16 = not cpu and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
+    o = cfg.optim
+    return SFTConfig(
+        output_dir=str(partial / "checkpoints"),
+        max_steps=cfg.max_steps,
+        num_train_epochs=o.num_train_epochs,
+        per_device_train_batch_size=o.per_device_train_batch_size,
+        per_device_eval_batch_size=o.per_device_train_batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps,
+        learning_rate=o.learning_rate,
+        weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_steps,
+        lr_scheduler_type=o.lr_scheduler_type,
+        optim=o.optim,
+        max_grad_norm=o.max_grad_norm,
+        # TRL's defaults turn both on; on CPU bf16 is ~20x slower and checkpointing only costs.
+        use_cpu=cpu,
+        bf16=bf16,
+        gradient_checkpointing=o.gradient_checkpointing,
+        padding_free=o.padding_free,
+        max_length=cfg.model.max_seq_length,
+        completion_only_loss=True,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=cfg.eval.eval_steps,
+        eval_on_start=has_validation,  # step 0 = the base model's validation loss
+        load_best_model_at_end=has_validation and cfg.eval.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_strategy="steps",
+        save_steps=cfg.output.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.output.logging_steps,
+        logging_first_step=True,
+        report_to=cfg.output.report_to or "none",
+        seed=cfg.seed,
+        disable_tqdm=False,
+    )
+
+
+def check_disk(path: Path, trainable: int) -> None:
+    """Two checkpoints (adapter + 2 Adam moments, fp32) plus the adapter, with 100 MB slack."""
+    path.mkdir(parents=True, exist_ok=True)
+    need = trainable * 4 * 3 * 2 + trainable * 4 + 100 * 2**20
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise TrainingError(
+            f"only {free / 2**20:.0f} MB free in {path}; this run needs about {need / 2**20:.0f} MB",
+            "free disk space or point --output.dir at a bigger disk",
+        )
+
+
+def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    train, validation, data_info = load_data(cfg)
+    model, tokenizer, peft_config = load_for_training(cfg, backend)
+    callbacks = []
+    if validation and cfg.eval.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(cfg, partial, bool(validation)),
+        train_dataset=Dataset.from_list(to_records(train, tokenizer, cfg.model.max_seq_length)),
+        eval_dataset=Dataset.from_list(to_records(validation, tokenizer, cfg.model.max_seq_length))
+        if validation
+        else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    return trainer, data_info
+
+
+def summarize(log_history: list[dict]) -> dict:
+    """The numbers a version is compared by: validation loss before/after, train loss, steps."""
+    evals = [e for e in log_history if "eval_loss" in e]
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    final = next((e for e in reversed(log_history) if "train_runtime" in e), {})
+    return {
+        "base_eval_loss": evals[0]["eval_loss"] if evals and evals[0].get("step") == 0 else None,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best_eval_loss": min(e["eval_loss"] for e in evals) if evals else None,
+        "first_train_loss": losses[0] if losses else None,
+        "last_train_loss": losses[-1] if losses else None,
+        "steps": max((e.get("step", 0) for e in log_history), default=0),
+        "train_runtime_s": final.get("train_runtime"),
+    }
+
+
+def finish(trainer, cfg: TrainConfig, backend: str, data_info: dict, partial: Path, final: Path) -> None:
+    """Write everything into the partial folder, then rename: version.json comes last."""
+    from training.plots import save_loss_plot, save_training_log
+
+    trainer.save_model(str(partial / "adapter"))
+    trainer.processing_class.save_pretrained(str(partial / "adapter"))
+    history = trainer.state.log_history
+    metrics = summarize(history)
+    save_training_log(history, partial)
+    save_loss_plot(history, partial / "loss.png", title=f"{final.name} ({cfg.model.name})")
+    (partial / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (partial / "data.json").write_text(json.dumps(data_info, indent=2))
+    trainable, total = trainable_parameters(trainer.model)
+    version = {
+        "base_model": cfg.model.name,
+        "backend": backend,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "data_sha256": data_info["sha256"],
+        "metrics": metrics,
+    }
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    (partial / VERSION_FILE).write_text(json.dumps(version, indent=2))
+    os.replace(partial, final)
+    log.info("model version %s written to %s (loss plot: %s)", final.name, final, final / "loss.png")
+
+
+def train(cfg: TrainConfig, backend: str, version: str, partial: Path, final: Path) -> None:
+    from accelerate import PartialState
+    from transformers.trainer_utils import get_last_checkpoint
+
+    state = PartialState()
+    if state.is_main_process:
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    trainer, data_info = build_trainer(cfg, backend, partial)
+    trainable, total = trainable_parameters(trainer.model)
+    log.info(
+        "%s backend, %s: %.2f M of %.1f M parameters trainable", backend, cfg.model.name, trainable / 1e6, total / 1e6
+    )
+    if state.is_main_process:
+        check_disk(partial, trainable)
+    resume = get_last_checkpoint(str(partial / "checkpoints")) if cfg.output.resume else None
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError as err:
+        if state.is_main_process and not cfg.output.resume:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise TrainingError(
+            f"training ran out of memory: {str(err).splitlines()[0]}",
+            "lower --optim.per_device_train_batch_size (raise --optim.gradient_accumulation_steps to keep the "
+            "batch), lower --model.max_seq_length, set --optim.gradient_checkpointing true, or use QLoRA "
+            "(--model.load_in_4bit true, CUDA)",
+        ) from None
+    state.wait_for_everyone()
+    if state.is_main_process:
+        finish(trainer, cfg, backend, data_info, partial, final)
+        if cfg.output.push_to_hub:
+            trainer.model.push_to_hub(cfg.output.push_to_hub)
