@@ -147,14 +147,30 @@ def load_persona(path: str | Path) -> Persona:
         raise _describe(err, path) from None
 
 
-def load_personas(directory: str | Path = "personas") -> dict[str, Persona]:
-    """Every `*.yaml` persona in `directory`, keyed by file stem, sorted by stem."""
+def scan_personas(directory: str | Path = "personas") -> tuple[dict[str, Persona], dict[str, PersonaError]]:
+    """(valid personas, broken files with their errors), keyed by file stem, sorted. A UI lists
+    the broken ones with the reason and keeps running; `load_personas` is the strict form."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PersonaError(f"persona folder {directory} does not exist", "pass a folder of *.yaml")
     personas: dict[str, Persona] = {}
+    broken: dict[str, PersonaError] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
-        if path.stem in personas:
-            raise PersonaError(f"two persona files are named {path.stem} in {directory}", f"rename or remove {path}")
-        personas[path.stem] = load_persona(path)
+        if path.stem in personas or path.stem in broken:
+            broken[path.name] = PersonaError(
+                f"two persona files are named {path.stem} in {directory}", f"rename or remove {path}"
+            )
+            continue
+        try:
+            personas[path.stem] = load_persona(path)
+        except PersonaError as err:
+            broken[path.stem] = err
+    return personas, broken
+
+
+def load_personas(directory: str | Path = "personas") -> dict[str, Persona]:
+    """Every `*.yaml` persona in `directory`, keyed by file stem; the first bad file raises."""
+    personas, broken = scan_personas(directory)
+    if broken:
+        raise next(iter(broken.values()))
     return personas

@@ -120,6 +120,7 @@ def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool):
         report_to=cfg.output.report_to or "none",
         seed=cfg.seed,
         disable_tqdm=False,
+        ddp_find_unused_parameters=False,  # LoRA: every adapter weight is used in every step
     )
 
 
@@ -213,6 +214,8 @@ def train(cfg: TrainConfig, backend: str, version: str, partial: Path, final: Pa
         (partial / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     trainer, data_info = build_trainer(cfg, backend, partial)
     trainable, total = trainable_parameters(trainer.model)
+    if state.num_processes > 1:
+        log.info("distributed over %d processes (%s)", state.num_processes, state.backend)
     log.info(
         "%s backend, %s: %.2f M of %.1f M parameters trainable", backend, cfg.model.name, trainable / 1e6, total / 1e6
     )

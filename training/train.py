@@ -34,11 +34,15 @@ def default_version_name(cfg: TrainConfig) -> str:
 
 def agreed_version_name(cfg: TrainConfig) -> str:
     """One name for all processes of a distributed run: the main process decides."""
+    import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
+    # The first PartialState fixes the distributed setup for the process (the Trainer's too):
+    # on CPU it must be told, or each process under a launcher would train alone (gloo needs cpu=True).
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     name = [cfg.output.version or default_version_name(cfg)]
-    if PartialState().num_processes > 1:
+    if PartialState(cpu=cpu).num_processes > 1:
         broadcast_object_list(name)
     return name[0]
 

@@ -1,0 +1,103 @@
+"""What the store hands back: small frozen dataclasses, one per kind of row."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, NamedTuple
+
+Verdict = Literal["good", "bad"]
+VERDICTS = ("good", "bad")
+CONVERSATION_SOURCES = ("chat", "compare", "eval")
+ITEM_SOURCES = ("chat", "eval")
+# `notice` is a system notice shown in the chat ("switched to model v2"), not a prompt.
+ROLES = ("user", "assistant", "system", "notice")
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: int
+    conversation_id: int
+    index: int  # 0-based position in the conversation
+    role: str
+    content: str
+    model_version: str | None
+    persona_name: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An answer to put in front of raters: the persona, the messages so far, the answer."""
+
+    source: str  # "chat" | "eval"
+    persona_name: str
+    persona: dict  # Persona.model_dump()
+    context: list[dict]  # the messages before the answer, {"role", "content"}
+    answer: str
+    model_version: str
+    conversation_id: int | None = None
+    eval_run_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Same question to raters -> same key, so registering an answer twice is a no-op.
+        Where the answer came from (conversation, eval run) is not part of the question."""
+        content = [self.source, self.model_version, self.persona, self.context, self.answer]
+        return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class BlindItem:
+    """What a rater may see: no model version, no source."""
+
+    id: int
+    persona: dict
+    context: list[dict]
+    answer: str
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    source: str
+    persona_name: str
+    persona: dict
+    context: list[dict]
+    answer: str
+    model_version: str
+    conversation_id: int | None
+    eval_run_id: int | None
+    created_at: datetime
+
+    def blind(self) -> BlindItem:
+        return BlindItem(id=self.id, persona=self.persona, context=self.context, answer=self.answer)
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    item_id: int
+    rater: str
+    verdict: Verdict
+    comment: str
+    model_version: str
+    source: str
+    created_at: datetime  # first verdict on this item by this rater
+    updated_at: datetime  # last change (a relabel moves it)
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    id: int
+    model_version: str
+    path: str
+    created_at: datetime
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+class Progress(NamedTuple):
+    done: int  # items this rater labelled
+    total: int  # done + items still available to them

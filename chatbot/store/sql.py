@@ -1,0 +1,56 @@
+"""SQL pieces the store methods share: result columns, lookups, portable upserts."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from chatbot.store.db import StoreError
+from chatbot.store.records import EvalRun, Item, Turn
+from chatbot.store.schema import eval_runs, label_items, labels, raters, turns
+
+ITEM_COLUMNS = [label_items.c[f.name] for f in fields(Item)]
+TURN_COLUMNS = [turns.c[f.name] for f in fields(Turn)]
+RUN_COLUMNS = [eval_runs.c[f.name] for f in fields(EvalRun)]
+LABEL_COLUMNS = [
+    labels.c.item_id,
+    raters.c.name.label("rater"),
+    labels.c.verdict,
+    labels.c.comment,
+    label_items.c.model_version,
+    label_items.c.source,
+    labels.c.created_at,
+    labels.c.updated_at,
+]
+LABEL_QUERY = sa.select(*LABEL_COLUMNS).select_from(
+    labels.join(raters, labels.c.rater_id == raters.c.id).join(label_items, labels.c.item_id == label_items.c.id)
+)
+
+
+def count(*where) -> sa.Select:
+    return sa.select(sa.func.count()).where(*where)
+
+
+def dialect_insert(conn: sa.Connection, table: sa.Table):
+    """INSERT with ON CONFLICT support (both backends we run on have it)."""
+    return (sqlite if conn.dialect.name == "sqlite" else postgresql).insert(table)
+
+
+def insert_id(conn: sa.Connection, table: sa.Table, values: dict) -> int:
+    return conn.execute(sa.insert(table).values(values)).inserted_primary_key[0]
+
+
+def require(conn: sa.Connection, table: sa.Table, row_id: int, what: str, lock: bool = False, columns=None) -> sa.Row:
+    query = sa.select(*(columns or [table.c.id])).where(table.c.id == row_id)
+    row = conn.execute(query.with_for_update(key_share=True) if lock else query).first()
+    if row is None:
+        raise StoreError(f"there is no {what} {row_id}", f"pass the id of an existing {what}")
+    return row
+
+
+def rater_id(conn: sa.Connection, name: str, create: bool) -> int | None:
+    if create:
+        conn.execute(dialect_insert(conn, raters).values(name=name).on_conflict_do_nothing())
+    return conn.execute(sa.select(raters.c.id).where(raters.c.name == name)).scalar()

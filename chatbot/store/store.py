@@ -1,0 +1,316 @@
+"""`Store`: conversations, label items, the labelling queue, labels and eval runs.
+
+Every method is one transaction; a write is committed (on disk) when the method returns.
+Methods take and return plain values and frozen records, so any thread may call them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+
+from chatbot.store import queue, sql
+from chatbot.store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, create_engine, database_url, mask_url, reason
+from chatbot.store.db import transaction as _transaction
+from chatbot.store.records import (
+    CONVERSATION_SOURCES,
+    ITEM_SOURCES,
+    ROLES,
+    VERDICTS,
+    EvalRun,
+    Item,
+    LabelRow,
+    NewItem,
+    Progress,
+    Turn,
+    Verdict,
+)
+from chatbot.store.schema import (
+    assignments,
+    conversations,
+    eval_runs,
+    label_items,
+    labels,
+    now,
+    skips,
+    turns,
+)
+from chatbot.store.schema import ensure as ensure_schema
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Store:
+    """The one way the app, eval and scripts read and write persisted data.
+
+    `Store()` opens `$DATABASE_URL`, else `sqlite:///data/persona_studio.db`, and creates
+    the tables on first use. A database that cannot be reached raises `StoreError`.
+    """
+
+    def __init__(self, url: str | None = None, *, data_dir: str | Path = DEFAULT_DATA_DIR):
+        full_url = database_url(url, data_dir)
+        self.url = mask_url(full_url)  # safe to show
+        self._full_url = full_url
+        self.engine = create_engine(full_url)
+        try:
+            with _transaction(self.engine, write=True) as conn:
+                ensure_schema(conn, self.url)
+        except sa.exc.DBAPIError as err:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the database {self.url}: {reason(err, full_url)}", URL_FIX) from None
+        except StoreError:
+            self.engine.dispose()
+            raise
+
+    @classmethod
+    def from_env(cls) -> Store:
+        """The store named by `$DATABASE_URL` (the local SQLite file when unset)."""
+        return cls(os.environ.get("DATABASE_URL"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- conversations ----------------------------------------------------------------
+
+    def start_conversation(self, source: str, persona_key: str, persona: dict, model_version: str) -> int:
+        _check(source, CONVERSATION_SOURCES, "conversation source")
+        values = dict(source=source, persona_key=persona_key, persona=_as_dict(persona), model_version=model_version)
+        return self._write(lambda c: sql.insert_id(c, conversations, values), "the conversation was NOT saved")
+
+    def add_turn(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        model_version: str | None = None,
+        persona_name: str | None = None,
+    ) -> int:
+        _check(role, ROLES, "turn role")
+
+        def write(conn: sa.Connection) -> int:
+            sql.require(conn, conversations, conversation_id, "conversation", lock=True)
+            index = conn.execute(sql.count(turns.c.conversation_id == conversation_id)).scalar_one()
+            values = dict(conversation_id=conversation_id, index=index, role=role, content=content)
+            return sql.insert_id(conn, turns, values | dict(model_version=model_version, persona_name=persona_name))
+
+        return self._write(write, f"the {role} turn of conversation {conversation_id} was NOT saved")
+
+    def conversation(self, conversation_id: int) -> list[Turn]:
+        def read(conn: sa.Connection) -> list[Turn]:
+            sql.require(conn, conversations, conversation_id, "conversation")
+            query = (
+                sa.select(*sql.TURN_COLUMNS).where(turns.c.conversation_id == conversation_id).order_by(turns.c.index)
+            )
+            return [Turn(**row._mapping) for row in conn.execute(query)]
+
+        return self._read(read, f"conversation {conversation_id}")
+
+    # -- label items and the queue ----------------------------------------------------
+
+    def add_label_items(self, items: list[NewItem]) -> list[int]:
+        """Register answers for labelling; returns their ids. An answer registered before
+        (same `NewItem.key`) keeps its id and its labels."""
+        for item in items:
+            _check(item.source, ITEM_SOURCES, "label item source")
+
+        def write(conn: sa.Connection) -> list[int]:
+            ids = []
+            for item in items:
+                values = {f.name: getattr(item, f.name) for f in fields(NewItem)} | {"dedupe_key": item.key}
+                conn.execute(sql.dialect_insert(conn, label_items).values(values).on_conflict_do_nothing())
+                ids.append(
+                    conn.execute(sa.select(label_items.c.id).where(label_items.c.dedupe_key == item.key)).scalar_one()
+                )
+            return ids
+
+        return self._write(write, f"{len(items)} label items were NOT saved", retry=True)
+
+    def item(self, item_id: int) -> Item:
+        def read(conn: sa.Connection) -> Item:
+            return Item(**sql.require(conn, label_items, item_id, "label item", columns=sql.ITEM_COLUMNS)._mapping)
+
+        return self._read(read, f"label item {item_id}")
+
+    def next_item(self, rater: str, overlap: int = 1, source: str | None = None) -> Item | None:
+        """The rater's next item: one they hold but have not finished, else the oldest item
+        fewer than `overlap` raters hold (now assigned to them). None when nothing is left."""
+        rater = _rater_name(rater)
+        _check_overlap(overlap)
+
+        def write(conn: sa.Connection) -> Item | None:
+            rater_id = sql.rater_id(conn, rater, create=True)
+            row = queue.pending(conn, rater_id, source, sql.ITEM_COLUMNS)
+            row = row or queue.claim(conn, rater_id, overlap, source, sql.ITEM_COLUMNS)
+            return Item(**row._mapping) if row else None
+
+        return self._write(write, f"no item could be assigned to {rater}", retry=True)
+
+    def progress(self, rater: str, overlap: int = 1, source: str | None = None) -> Progress:
+        """(labelled by the rater, labelled + still open to them)."""
+        rater = _rater_name(rater)
+        _check_overlap(overlap)
+
+        def read(conn: sa.Connection) -> Progress:
+            rater_id = sql.rater_id(conn, rater, create=False)
+            done = queue.count_labelled(conn, rater_id, source)
+            return Progress(done, done + queue.count_open(conn, rater_id, overlap, source))
+
+        return self._read(read, f"the progress of {rater}")
+
+    # -- labels -----------------------------------------------------------------------
+
+    def label(self, item_id: int, rater: str, verdict: Verdict, comment: str = "") -> LabelRow:
+        """Record (or change) the rater's verdict on an item; on disk when this returns."""
+        rater, comment = _rater_name(rater), comment or ""
+        if verdict not in VERDICTS:
+            raise StoreError(f"a verdict must be 'good' or 'bad', not {verdict!r}", "label the answer good or bad")
+
+        def write(conn: sa.Connection) -> LabelRow:
+            sql.require(conn, label_items, item_id, "label item")
+            rater_id = sql.rater_id(conn, rater, create=True)
+            pair = dict(item_id=item_id, rater_id=rater_id)
+            conn.execute(sql.dialect_insert(conn, assignments).values(pair).on_conflict_do_nothing())
+            t = now()
+            stmt = sql.dialect_insert(conn, labels).values(
+                pair | dict(verdict=verdict, comment=comment, created_at=t, updated_at=t)
+            )
+            update = dict(verdict=verdict, comment=comment, updated_at=t)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["item_id", "rater_id"], set_=update))
+            conn.execute(sa.delete(skips).filter_by(**pair))  # a label takes back an earlier skip
+            row = conn.execute(sql.LABEL_QUERY.where(labels.c.item_id == item_id, labels.c.rater_id == rater_id)).one()
+            return LabelRow(**row._mapping)
+
+        return self._write(write, f"the label for item {item_id} by {rater} was NOT saved", retry=True)
+
+    def skip(self, item_id: int, rater: str) -> None:
+        """The rater will not be shown this item again; their place on it goes to others."""
+        rater = _rater_name(rater)
+
+        def write(conn: sa.Connection) -> None:
+            sql.require(conn, label_items, item_id, "label item")
+            rater_id = sql.rater_id(conn, rater, create=True)
+            pair = dict(item_id=item_id, rater_id=rater_id)
+            conn.execute(sql.dialect_insert(conn, skips).values(pair).on_conflict_do_nothing())
+            conn.execute(sa.delete(assignments).filter_by(**pair))
+
+        self._write(write, f"the skip of item {item_id} by {rater} was NOT saved", retry=True)
+
+    def undo_last_label(self, rater: str) -> int | None:
+        """Delete the rater's most recently written label; its item is first in their queue
+        again. Returns that item's id, or None when the rater has no labels."""
+        rater = _rater_name(rater)
+
+        def write(conn: sa.Connection) -> int | None:
+            rater_id = sql.rater_id(conn, rater, create=False)
+            last = conn.execute(
+                sa.select(labels.c.id, labels.c.item_id)
+                .where(labels.c.rater_id == rater_id)
+                .order_by(labels.c.updated_at.desc(), labels.c.id.desc())
+                .limit(1)
+            ).first()
+            if last is None:
+                return None
+            conn.execute(sa.delete(labels).where(labels.c.id == last.id))
+            # A fresh assignment id puts the item ahead of what the rater holds (queue.pending).
+            pair = dict(item_id=last.item_id, rater_id=rater_id)
+            conn.execute(sa.delete(assignments).filter_by(**pair))
+            conn.execute(sa.insert(assignments).values(pair))
+            return last.item_id
+
+        # No retry: if the first try committed unseen, a second would undo one label more.
+        return self._write(write, f"the last label by {rater} was NOT undone")
+
+    def label_rows(self, model_version: str | None = None) -> list[LabelRow]:
+        """Every label (of one model version, if given), oldest first."""
+        query = sql.LABEL_QUERY.order_by(labels.c.id)
+        if model_version is not None:
+            query = query.where(label_items.c.model_version == model_version)
+        return self._read(lambda c: [LabelRow(**row._mapping) for row in c.execute(query)], "the labels")
+
+    def model_versions_with_labels(self) -> list[str]:
+        query = (
+            sa.select(label_items.c.model_version)
+            .join(labels, labels.c.item_id == label_items.c.id)
+            .distinct()
+            .order_by(label_items.c.model_version)
+        )
+        return self._read(lambda c: list(c.execute(query).scalars()), "the labelled model versions")
+
+    # -- eval runs --------------------------------------------------------------------
+
+    def add_eval_run(self, model_version: str, path: str | Path, config: dict, summary: dict) -> int:
+        values = dict(model_version=model_version, path=str(path), config=config, summary=summary)
+        return self._write(
+            lambda c: sql.insert_id(c, eval_runs, values), f"the eval run of {model_version} was NOT saved"
+        )
+
+    def latest_eval_run(self, model_version: str) -> EvalRun | None:
+        runs = self.eval_runs(model_version)
+        return runs[-1] if runs else None
+
+    def eval_runs(self, model_version: str | None = None) -> list[EvalRun]:
+        """Eval runs (of one model version, if given), oldest first."""
+        query = sa.select(*sql.RUN_COLUMNS).order_by(eval_runs.c.id)
+        if model_version is not None:
+            query = query.where(eval_runs.c.model_version == model_version)
+        return self._read(lambda c: [EvalRun(**row._mapping) for row in c.execute(query)], "the eval runs")
+
+    # -- transactions -----------------------------------------------------------------
+
+    def _read(self, fn: Callable[[sa.Connection], T], what: str) -> T:
+        try:
+            with _transaction(self.engine, write=False) as conn:
+                return fn(conn)
+        except sa.exc.DBAPIError as err:
+            raise StoreError(f"could not read {what} from {self.url}: {reason(err, self._full_url)}", URL_FIX) from None
+
+    def _write(self, fn: Callable[[sa.Connection], T], not_saved: str, retry: bool = False) -> T:
+        """Run `fn` in one write transaction. `retry` (for idempotent writes): after a lost
+        connection or a lock timeout, try once more on a fresh connection."""
+        try:
+            with _transaction(self.engine, write=True) as conn:
+                return fn(conn)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            if retry:
+                log.warning("database write failed (%s); retrying once", reason(err, self._full_url))
+                return self._write(fn, not_saved)
+            raise StoreError(f"{not_saved}: {self.url}: {reason(err, self._full_url)}", URL_FIX) from None
+        except sa.exc.DBAPIError as err:  # a constraint violation: retrying would fail again
+            raise StoreError(f"{not_saved}: {reason(err, self._full_url)}", "report this as a bug") from None
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise StoreError(f"{what} {value!r} is not one of {', '.join(allowed)}", f"pass one of {', '.join(allowed)}")
+
+
+def _check_overlap(overlap: int) -> None:
+    if overlap < 1:
+        raise StoreError(f"overlap must be at least 1, not {overlap}", "ask for 1 (each item labelled once) or more")
+
+
+def _rater_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise StoreError("the rater name is empty", "type your name before labelling")
+    return name
+
+
+def _as_dict(persona) -> dict:
+    return persona if isinstance(persona, dict) else persona.model_dump()
