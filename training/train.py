@@ -63,6 +63,16 @@ def prepare_folders(cfg: TrainConfig, version: str) -> tuple[Path, Path]:
     return partial, final
 
 
+def _drop_if_empty(partial: Path | None) -> None:
+    """Remove a partial run folder that holds no checkpoint: nothing there to resume."""
+    if (
+        partial is not None
+        and partial.name.startswith(".partial-")
+        and not any(partial.glob("checkpoints/checkpoint-*"))
+    ):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     version, partial = "NAME", None
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         partial, final = prepare_folders(cfg, version)
         train(cfg, backend, version, partial, final)
     except PersonaStudioError as err:
+        _drop_if_empty(partial)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -139,3 +139,24 @@ def test_out_of_memory_gives_advice_and_leaves_no_version(tiny_model_dir, tmp_pa
     err = capsys.readouterr().err
     assert "out of memory" in err and "per_device_train_batch_size" in err and "load_in_4bit" in err
     assert list((tmp_path / "runs").iterdir()) == []  # not even a partial folder
+
+
+def test_full_disk_is_refused_before_training(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    assert main(train_args(tiny_model_dir, tmp_path / "runs", "--output.version", "v4")) == 2
+    err = capsys.readouterr().err
+    assert "MB free" in err and "--output.dir" in err
+    assert list((tmp_path / "runs").iterdir()) == []  # no partial folder either
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best(tiny_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    flags = ["--output.version", "v5", "--max_steps", "40", "--eval.eval_steps", "1",
+             "--eval.early_stopping_patience", "1", "--optim.learning_rate", "0.5", "--output.save_steps", "1"]  # fmt: skip
+    assert main(train_args(tiny_model_dir, runs, *flags)) == 0
+    metrics = json.loads((runs / "v5" / "metrics.json").read_text())
+    assert metrics["steps"] < 40  # a huge learning rate makes validation loss rise: stopped early
