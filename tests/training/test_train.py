@@ -156,7 +156,8 @@ def test_full_disk_is_refused_before_training(tiny_model_dir, tmp_path, capsys, 
 def test_early_stopping_ends_the_run_and_keeps_the_best(tiny_model_dir, tmp_path):
     runs = tmp_path / "runs"
     flags = ["--output.version", "v5", "--max_steps", "40", "--eval.eval_steps", "1",
-             "--eval.early_stopping_patience", "1", "--optim.learning_rate", "0.5", "--output.save_steps", "1"]  # fmt: skip
+             "--eval.early_stopping_patience", "1", "--optim.learning_rate", "0.5",
+             "--output.save_steps", "1"]  # fmt: skip
     assert main(train_args(tiny_model_dir, runs, *flags)) == 0
     metrics = json.loads((runs / "v5" / "metrics.json").read_text())
     assert metrics["steps"] < 40  # a huge learning rate makes validation loss rise: stopped early
