@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: app test setup lint chat
+.PHONY: app test setup lint browser
 
 $(VENV)/.installed: requirements.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +28,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-test: setup lint
+# Browser tests drive Debian's Chromium (Playwright cannot download a browser here).
+browser:
+	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || { apt-get install -y -qq --no-install-recommends chromium \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; } >/dev/null
+	@[ -x /usr/bin/chromium ] || echo "note: /usr/bin/chromium is missing, browser tests will be skipped (apt-get install chromium)"
+
+test: setup lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)

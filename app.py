@@ -1,10 +1,11 @@
-"""Persona Studio web app: chat with a persona on the embedded default model.
+"""Persona Studio web app: Chat · Compare · Label · Results.
 
-    python app.py                       # http://127.0.0.1:7860
-    python app.py --model runs/my-model --port 8000
+    python app.py                                   # http://127.0.0.1:7860, embedded default model
+    python app.py --model smollm2-persona-cpu --port 8000
+    DATABASE_URL=postgresql://user:pw@host/db PERSONA_STUDIO_AUTH="ana:pw1,ben:pw2" python app.py
 
-This first version has the Chat view; Compare, Label and Results tabs build on it. Handlers
-stay thin: prompts, sessions and generation live in `chatbot/`.
+Every setting is a flag (`--help`) and most have an environment variable, so a Hugging Face
+Space is configured from its settings page. Handlers live in `ui/` and stay thin.
 """
 
 from __future__ import annotations
@@ -17,61 +18,69 @@ import gradio as gr
 from pydantic import Field
 
 from chatbot.config import parse_config
-from chatbot.engine import ChatEngine, GenerationSettings
-from chatbot.errors import PersonaStudioError
-from chatbot.loading import EngineConfig, load_engine
-from chatbot.persona import Persona, load_personas
-from chatbot.session import build_messages, check_message
+from chatbot.engine import GenerationSettings
+from chatbot.errors import ConfigError, PersonaStudioError
+from chatbot.loading import EngineConfig
+from chatbot.pool import EnginePool
+from chatbot.store import Store
+from ui.chat import build_chat_tab
+from ui.compare import build_compare_tab
+from ui.context import AppContext
+from ui.label import LABEL_SHORTCUTS_JS, build_label_tab
+from ui.results import build_results_tab
+
+
+def _env(name: str, default=None):
+    return lambda: os.environ.get(name, default)
 
 
 class AppConfig(EngineConfig):
+    model: str = Field(default_factory=_env("PERSONA_STUDIO_MODEL", "default"), description="Base model (`base`).")
+    runs_dir: str = Field(default_factory=_env("PERSONA_STUDIO_RUNS", "runs"), description="Trained versions folder.")
     # Hugging Face Spaces sets GRADIO_SERVER_NAME=0.0.0.0; locally we stay on loopback.
-    host: str = Field(os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), description="Interface to listen on.")
-    port: int = Field(int(os.environ.get("GRADIO_SERVER_PORT", 7860)), description="Port to listen on.")
+    host: str = Field(default_factory=_env("GRADIO_SERVER_NAME", "127.0.0.1"), description="Interface to listen on.")
+    port: int = Field(default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", 7860)), description="Port.")
     personas_dir: str = Field("personas", description="Folder of persona YAML files.")
+    database_url: str | None = Field(
+        default_factory=_env("DATABASE_URL"), description="Label store (default: SQLite in data/; or postgresql://...)."
+    )
+    auth: str | None = Field(
+        default_factory=_env("PERSONA_STUDIO_AUTH"), description="`user:pass,user2:pass2` turns on rater login."
+    )
+    label_overlap: int = Field(
+        default_factory=lambda: int(os.environ.get("PERSONA_STUDIO_LABEL_OVERLAP", 1)), ge=1,
+        description="Raters per label item (2+ lets agreement be measured).",
+    )  # fmt: skip
+    concurrency_limit: int = Field(2, ge=1, description="Generations at once (2 CPU cores: 2).")
+    max_queue: int = Field(64, ge=1, description="Requests waiting before new ones are turned away.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
 
-def _text(content) -> str:
-    """Gradio 6 hands chat content back as a list of parts; the chat template wants text."""
-    if isinstance(content, list):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    return str(content)
+def parse_auth(spec: str | None) -> list[tuple[str, str]] | None:
+    if not spec:
+        return None
+    pairs = [item.split(":", 1) for item in spec.split(",") if item.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1] for p in pairs):
+        raise ConfigError("PERSONA_STUDIO_AUTH must look like `ana:secret1,ben:secret2`", "fix the user:password list")
+    return [(user.strip(), password) for user, password in pairs]
 
 
-def _greeting(persona: Persona) -> list[dict]:
-    return [{"role": "assistant", "content": persona.greeting}] if persona.greeting else []
-
-
-def build_demo(engine: ChatEngine, personas: dict[str, Persona], settings: GenerationSettings) -> gr.Blocks:
-    first = next(iter(personas))
-
-    def respond(message: str, history: list[dict], persona_key: str):
-        try:
-            message = check_message(message)
-        except PersonaStudioError as err:
-            raise gr.Error(str(err)) from None
-        history = [{"role": m["role"], "content": _text(m["content"])} for m in history or []]
-        messages = build_messages(personas[persona_key], history, message)
-        history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        try:
-            for piece in engine.stream(messages, settings):
-                history[-1]["content"] += piece
-                yield history, ""
-        except PersonaStudioError as err:
-            raise gr.Error(str(err)) from None
-
-    def switch(persona_key: str):
-        return _greeting(personas[persona_key])
-
+def build_demo(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Persona Studio") as demo:
-        gr.Markdown(f"# Persona Studio\nChat with a persona on **{engine.name}**.")
-        choices = [(f"{p.name}: {p.description}" if p.description else p.name, key) for key, p in personas.items()]
-        persona = gr.Dropdown(choices=choices, value=first, label="Persona")
-        chatbot = gr.Chatbot(value=_greeting(personas[first]), label="Chat", height=420)
-        message = gr.Textbox(placeholder="Say something and press Enter", label="Message")
-        message.submit(respond, [message, chatbot, persona], [chatbot, message], api_name="chat")
-        persona.change(switch, persona, chatbot, api_name="switch_persona")
+        with gr.Row(equal_height=True):
+            gr.Markdown("# Persona Studio\nChat with personas, compare model versions, label answers.")
+            rater = gr.Textbox(label="Rater", placeholder="your name", scale=0, min_width=220,
+                               visible=not ctx.auth, elem_id="rater-name")  # fmt: skip
+        with gr.Tab("Chat"):
+            build_chat_tab(ctx, rater)
+        with gr.Tab("Compare"):
+            build_compare_tab(ctx)
+        with gr.Tab("Label") as label_tab:
+            on_label = build_label_tab(ctx, rater)
+        with gr.Tab("Results") as results_tab:
+            refresh = build_results_tab(ctx)
+        label_tab.select(**on_label, api_name=False)  # loads the queue (the logged-in rater has no box)
+        results_tab.select(**refresh, api_name=False)
     return demo
 
 
@@ -79,15 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         cfg = parse_config(AppConfig, argv, description=__doc__)
-        personas = load_personas(cfg.personas_dir)
-        if not personas:
-            raise PersonaStudioError(f"no persona files in {cfg.personas_dir}", "add a *.yaml persona there")
-        engine = load_engine(cfg)
+        auth = parse_auth(cfg.auth)
+        store = Store(cfg.database_url)
+        pool = EnginePool(cfg)
+        pool.get("base")  # load now: a bad --model fails here, not in the first chat
+        ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth))
+        if not ctx.personas()[0]:
+            raise ConfigError(f"no valid persona files in {cfg.personas_dir}", "add a *.yaml persona there")
     except PersonaStudioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    demo = build_demo(engine, personas, cfg.generation)
-    demo.queue(default_concurrency_limit=2, max_size=64).launch(server_name=cfg.host, server_port=cfg.port)
+    demo = build_demo(ctx)
+    demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
+    demo.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS)
     return 0
 
 

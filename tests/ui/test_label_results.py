@@ -1,0 +1,219 @@
+"""Label and Results tabs through their API (gradio_client), on a SQLite store; no model loads."""
+
+import csv
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+
+from chatbot.loading import EngineConfig
+from chatbot.pool import EnginePool
+from chatbot.store import NewItem, Store, StoreError
+from eval.human import wilson_interval
+from tests.conftest import REPO
+from ui.context import AppContext
+from ui.label import (
+    BUTTON_IDS,
+    EMPTY_QUEUE,
+    LABEL_SHORTCUTS_JS,
+    build_label_tab,
+    display_messages,
+    persona_text,
+    save_label,
+)
+from ui.results import (
+    NO_LABELS,
+    NOT_RUN,
+    VersionResult,
+    build_results_tab,
+    collect,
+    results_figure,
+    results_table,
+    write_csv,
+)
+
+PERSONA = {"name": "Ada <b>Lovelace</b>", "facts": ["I build clocks.", "I keep bees."], "style": "short and warm"}
+SCRIPT = "<script>alert(1)</script>"
+
+
+def new_item(i: int, version: str, answer: str | None = None) -> NewItem:
+    context = [
+        {"role": "system", "content": "You are Ada."},
+        {"role": "user", "content": f"question {i}"},
+    ]
+    return NewItem("eval", "Ada", PERSONA, context, answer or f"answer {i}", version)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'labels.db'}")
+    yield AppContext(EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs"))), store, str(REPO / "personas"))
+    store.close()
+
+
+def launch(ctx: AppContext, **launch_kwargs) -> gr.Blocks:
+    with gr.Blocks() as demo:
+        rater = gr.Textbox(label="Rater")
+        with gr.Tab("Label") as label_tab:
+            on_label = build_label_tab(ctx, rater)
+        with gr.Tab("Results") as results_tab:
+            on_results = build_results_tab(ctx)
+        label_tab.select(**on_label)
+        results_tab.select(**on_results)
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs)
+    return demo
+
+
+@pytest.fixture
+def client(ctx):
+    demo = launch(ctx)
+    yield Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def by_version(rows: list[dict]) -> dict[str, dict]:
+    return {row["model version"]: row for row in rows}
+
+
+def test_a_rater_labels_skips_and_undoes_and_results_follow(client, ctx):
+    store = ctx.store
+    ids = store.add_label_items([new_item(0, "base"), new_item(1, "tuned"), new_item(2, "base", SCRIPT)])
+
+    item_id, persona, context, answer, progress = client.predict("rita", api_name="/next_item")
+    assert item_id == ids[0] and answer == "answer 0" and progress == "0 of 3 labelled"
+    assert "Ada <b>Lovelace</b>" in persona and "- I keep bees." in persona and "short and warm" in persona
+    assert context == [{"role": "user", "content": "question 0"}]  # the system message is the persona box
+
+    second = client.predict(item_id, "good", " clear ", "rita", api_name="/label")
+    assert second[0] == ids[1] and second[4] == "1 of 3 labelled"
+    assert "tuned" not in repr(second) and "base" not in repr(second)  # blind: no model version
+    third = client.predict(ids[1], "bad", "", "rita", api_name="/label")
+    assert third[0] == ids[2] and third[3] == SCRIPT  # HTML comes back as text, untouched
+    done = client.predict(ids[2], "rita", api_name="/skip")
+    assert done[0] is None and done[4] == f"{EMPTY_QUEUE} (2 of 2 labelled)"
+    assert [(r.item_id, r.verdict, r.comment) for r in store.label_rows()] == [
+        (ids[0], "good", "clear"),
+        (ids[1], "bad", ""),
+    ]
+
+    back = client.predict("rita", api_name="/undo_label")
+    assert back[0] == ids[1] and back[4] == "1 of 2 labelled"  # the undone item comes back first
+    assert [r.item_id for r in store.label_rows()] == [ids[0]]
+    client.predict(ids[1], "bad", "", "rita", api_name="/label")
+
+    rows = by_version(client.predict(api_name="/results"))
+    assert list(rows) == ["base", "tuned"]
+    low, high = wilson_interval(1, 1)
+    assert rows["base"]["human accuracy (%)"] == 100.0
+    assert rows["base"]["95 % interval (%)"] == f"{low * 100:.1f}–{high * 100:.1f}"
+    assert rows["tuned"]["human accuracy (%)"] == 0.0 and rows["tuned"]["labels"] == 1
+    assert all(row["automatic metrics"] == NOT_RUN for row in rows.values())
+
+    store.add_eval_run("base", "results/base", {}, {"bleu": 12.3456, "rougeL": 0.25, "perplexity": 21.5})
+    rows = by_version(client.predict(api_name="/results"))
+    assert rows["base"]["BLEU"] == 12.346 and rows["base"]["ROUGE-L"] == 0.25 and rows["base"]["perplexity"] == 21.5
+    assert rows["tuned"]["BLEU"] == NOT_RUN and "ROUGE-2" not in rows["base"]
+
+
+def test_empty_rater_is_refused_and_an_empty_queue_says_where_items_come_from(client):
+    with pytest.raises(Exception, match="Rater"):
+        client.predict("  ", api_name="/next_item")
+    item_id, persona, context, answer, progress = client.predict("sam", api_name="/next_item")
+    assert (item_id, persona, context, answer) == (None, "", [], "")
+    assert progress == f"{EMPTY_QUEUE} (0 of 0 labelled)"
+
+
+def test_a_database_failure_says_the_label_was_not_saved(client, ctx, monkeypatch):
+    [item_id] = ctx.store.add_label_items([new_item(0, "base")])
+
+    def down(*args, **kwargs):
+        raise StoreError("the label for item 1 by rita was NOT saved: database is locked", "try again")
+
+    monkeypatch.setattr(ctx.store, "label", down)
+    with pytest.raises(Exception, match="Your label was NOT saved"):
+        client.predict(item_id, "good", "", "rita", api_name="/label")
+    assert ctx.store.label_rows() == []
+
+
+def test_a_saved_label_is_not_reported_lost_when_the_next_item_fails(ctx, monkeypatch):
+    [item_id] = ctx.store.add_label_items([new_item(0, "base")])
+
+    def down(*args, **kwargs):
+        raise StoreError("could not read the queue", "try again")
+
+    monkeypatch.setattr(ctx.store, "next_item", down)
+    with pytest.raises(gr.Error, match="Your label was saved, but could not load the next item"):
+        save_label(ctx, item_id, "good", "", "rita")
+    assert [r.verdict for r in ctx.store.label_rows()] == ["good"]
+
+
+def test_the_logged_in_user_is_the_rater(ctx):
+    [item_id] = ctx.store.add_label_items([new_item(0, "base")])
+    demo = launch(ctx, auth=[("ana", "pw")])
+    try:
+        client = Client(demo.local_url, auth=("ana", "pw"), verbose=False)
+        client.predict(item_id, "good", "", "someone else", api_name="/label")
+    finally:
+        demo.close()
+    assert [r.rater for r in ctx.store.label_rows()] == ["ana"]
+
+
+def test_persona_and_messages_show_html_as_text():
+    assert persona_text(PERSONA).splitlines()[0] == "Ada <b>Lovelace</b>"
+    shown = display_messages([{"role": "user", "content": f"hi {SCRIPT} & bye"}])
+    assert shown == [{"role": "user", "content": "hi &lt;script&gt;alert(1)&lt;/script&gt; &amp; bye"}]
+
+
+def test_shortcuts_click_the_label_buttons():
+    for element_id in BUTTON_IDS.values():
+        assert f'"{element_id}"' in LABEL_SHORTCUTS_JS
+    assert LABEL_SHORTCUTS_JS.strip().startswith("() =>")  # a function, as launch(js=...) expects
+
+
+def test_results_table_lists_every_version_base_first(ctx):
+    store = ctx.store
+    assert results_table(store, ["base"]).to_dict("records") == [
+        {
+            "model version": "base",
+            "human accuracy (%)": NO_LABELS,
+            "95 % interval (%)": "",
+            "labels": 0,
+            "items": 0,
+            "raters": 0,
+            "automatic metrics": NOT_RUN,
+        }
+    ]
+    ids = store.add_label_items([new_item(0, "old"), new_item(1, "old"), new_item(2, "base")])
+    for rater, item_id, verdict in [("kim", ids[0], "good"), ("kim", ids[1], "bad"), ("lee", ids[0], "good")]:
+        store.label(item_id, rater, verdict)
+    store.add_eval_run("v2", "results/v2-first", {}, {"bleu": 1.0})
+    store.add_eval_run("v2", "results/v2", {}, {"bleu": 2.0, "bertscore_f1": 0.9})
+    table = results_table(store, ["base", "v3", "v2"])
+    assert list(table["model version"]) == ["base", "v3", "v2", "old"]  # pool order, then the rest
+    old = table.set_index("model version").loc["old"]
+    low, high = wilson_interval(2, 3)
+    assert old["human accuracy (%)"] == 66.7 and old["95 % interval (%)"] == f"{low * 100:.1f}–{high * 100:.1f}"
+    assert (old["labels"], old["items"], old["raters"]) == (3, 2, 2)
+    assert list(table.columns[-2:]) == ["BLEU", "BERTScore F1"]
+    assert list(table["BLEU"]) == [NOT_RUN, NOT_RUN, 2.0, NOT_RUN]  # the latest run counts
+    assert table.set_index("model version").loc["v3", "human accuracy (%)"] == NO_LABELS
+
+
+def test_results_figure_draws_empty_and_full_data(ctx):
+    assert len(results_figure([]).axes) == 1
+    store = ctx.store
+    [item_id] = store.add_label_items([new_item(0, "base")])
+    store.label(item_id, "kim", "good")
+    store.add_eval_run("v$2", "results/v2", {}, {"rouge1": 0.4, "perplexity": 20.0})
+    fig = results_figure(collect(store, ["base", "v$2"]))
+    assert [ax.get_title() for ax in fig.axes][1:] == ["ROUGE-1", "perplexity (lower is better)"]
+    fig.canvas.draw()  # renders: a "$" in a version name is not mathtext
+    no_labels = [VersionResult("base", None, None)]
+    results_figure(no_labels).canvas.draw()
+
+
+def test_csv_download_holds_the_table(ctx):
+    table = results_table(ctx.store, ["base"])
+    with open(write_csv(table), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["model version"] == "base" and rows[0]["automatic metrics"] == NOT_RUN

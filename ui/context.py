@@ -1,0 +1,41 @@
+"""What every tab needs: engines by version, personas, the store, app settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chatbot.engine import GenerationSettings
+from chatbot.errors import PersonaError
+from chatbot.persona import Persona, scan_personas
+from chatbot.pool import EnginePool
+from chatbot.store import Store
+
+
+@dataclass
+class AppContext:
+    pool: EnginePool
+    store: Store
+    personas_dir: str = "personas"
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    label_overlap: int = 1  # raters per label item, so agreement can be measured
+    auth: bool = False  # raters are the logged-in users
+
+    def personas(self) -> tuple[dict[str, Persona], dict[str, PersonaError]]:
+        """Re-read on each call: a persona file edited or added while the app runs shows up."""
+        return scan_personas(self.personas_dir)
+
+    def persona(self, key: str) -> Persona:
+        personas, broken = self.personas()
+        if key in personas:
+            return personas[key]
+        if key in broken:
+            raise broken[key]
+        raise PersonaError(f"there is no persona {key!r} in {self.personas_dir}", "pick one from the list")
+
+    def persona_choices(self) -> list[tuple[str, str]]:
+        """(label, key) for a dropdown; broken files are listed with their reason, unselectable
+        in effect (choosing one shows the error)."""
+        personas, broken = self.personas()
+        choices = [(f"{p.name}: {p.description}" if p.description else p.name, k) for k, p in personas.items()]
+        choices += [(f"⚠ {k} (broken: {err.problem})", k) for k, err in broken.items()]
+        return choices

@@ -1,0 +1,250 @@
+"""Label tab: one answer at a time, shown blind (no model version), judged good or bad.
+
+A label is on disk when its button returns (the store commits one transaction per label);
+when the database fails the rater sees that the label was NOT saved.
+
+API for gradio_client scripts (stateless: every call names its item and rater; with auth on,
+the logged-in user is the rater whatever `rater` says). Each returns the rater's next item as
+(item_id, persona, context, answer, progress), item_id None when nothing is left:
+
+    /next_item(rater)
+    /label(item_id, verdict, comment, rater)     verdict: "good" | "bad"
+    /skip(item_id, rater)
+    /undo_label(rater)                           the undone item comes back first
+"""
+
+# No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
+# annotations (a string return annotation would become one untyped output).
+
+import html
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import gradio as gr
+
+from chatbot.store import BlindItem, StoreError
+from ui.common import rater_name, text_of
+from ui.context import AppContext
+
+Shown = tuple[int | None, str, list[dict], str, str]  # item_id, persona, context, answer, progress
+
+EMPTY_QUEUE = "Nothing left to label — items come from evaluation runs and from saved chats."
+NO_RATER = "Type your name in the **Rater** box at the top, then press Enter to start labelling."
+KEYS_HINT = "Keys: G good · B bad · S skip · U undo"
+BUTTON_IDS = {"good": "label-good", "bad": "label-bad", "skip": "label-skip", "undo": "label-undo"}
+
+# Key -> the button it clicks (`event.key`, lower-cased).
+SHORTCUTS = {"g": "good", "1": "good", "b": "bad", "2": "bad", "s": "skip", "u": "undo"}
+
+# Clicks the Label tab's buttons from the keyboard. A function: `demo.launch(js=...)` calls it
+# once on page load; the guard makes a second install (the tab's own, below) harmless.
+# Keys do nothing while typing in a field, with a modifier held, or when the Label tab is
+# hidden (a button in a hidden tab has no offsetParent).
+LABEL_SHORTCUTS_JS = """
+() => {
+  if (window.personaStudioLabelKeys) return;
+  window.personaStudioLabelKeys = true;
+  const ids = IDS;
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    const target = event.target;
+    if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+    const id = ids[event.key.toLowerCase()];
+    const button = id && document.getElementById(id);
+    if (!button || button.disabled || button.offsetParent === null) return;
+    event.preventDefault();
+    button.click();
+  });
+}
+""".replace("IDS", json.dumps({key: BUTTON_IDS[action] for key, action in SHORTCUTS.items()}))
+
+
+def persona_text(persona: dict) -> str:
+    """The persona as plain text (shown in a read-only textbox, never rendered as HTML)."""
+    name = persona.get("name") or "(no name)"
+    lines = [f"{name} — {persona['description']}" if persona.get("description") else name]
+    lines += ["", "Facts:", *(f"- {fact}" for fact in persona.get("facts") or [])]
+    if persona.get("style"):
+        lines += ["", f"Style: {persona['style']}"]
+    if persona.get("knowledge"):
+        lines += ["", "Knows:", *(f"Q: {qa['question']}\nA: {qa['answer']}" for qa in persona["knowledge"])]
+    return "\n".join(lines)
+
+
+def context_messages(context: list[dict]) -> list[dict]:
+    """The conversation before the answer, as user/assistant text; the system message is the
+    persona (shown beside it) and notices are not part of what the model saw."""
+    return [
+        {"role": m["role"], "content": text_of(m["content"])} for m in context if m.get("role") in ("user", "assistant")
+    ]
+
+
+def display_messages(messages: list[dict]) -> list[dict]:
+    """`messages` for the Chatbot, which renders content as (sanitised) HTML: escaped, so a
+    "<script>" someone typed shows as those characters instead of vanishing."""
+    return [{"role": m["role"], "content": html.escape(m["content"], quote=False)} for m in messages]
+
+
+def _store_error(what: str, err: StoreError) -> gr.Error:
+    # duration=None: the toast stays until closed, so a lost label cannot go unnoticed.
+    return gr.Error(f"{what}: {err.problem}. {err.fix}" if err.fix else f"{what}: {err.problem}", duration=None)
+
+
+def show_next(ctx: AppContext, rater: str) -> Shown:
+    """The rater's next item (assigned to them now) and their progress."""
+    try:
+        item = ctx.store.next_item(rater, ctx.label_overlap)
+        done, total = ctx.store.progress(rater, ctx.label_overlap)
+    except StoreError as err:
+        raise _store_error("Could not load the next item", err) from None
+    progress = f"{done} of {total} labelled"
+    if item is None:
+        return None, "", [], "", f"{EMPTY_QUEUE} ({progress})"
+    blind: BlindItem = item.blind()  # what a rater may see: no model version, no source
+    return blind.id, persona_text(blind.persona), context_messages(blind.context), blind.answer, progress
+
+
+def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str, rater: str) -> Shown:
+    if item_id is None:
+        raise gr.Error("There is no answer on screen to label.")
+    try:
+        ctx.store.label(int(item_id), rater, verdict, (comment or "").strip())
+    except StoreError as err:
+        raise _store_error("Your label was NOT saved", err) from None
+    return _after(ctx, rater, "Your label was saved")
+
+
+def save_skip(ctx: AppContext, item_id: int | None, rater: str) -> Shown:
+    if item_id is None:
+        raise gr.Error("There is no answer on screen to skip.")
+    try:
+        ctx.store.skip(int(item_id), rater)
+    except StoreError as err:
+        raise _store_error("The skip was NOT saved", err) from None
+    return _after(ctx, rater, "The skip was saved")
+
+
+def undo_label(ctx: AppContext, rater: str) -> Shown:
+    try:
+        undone = ctx.store.undo_last_label(rater)
+    except StoreError as err:
+        raise _store_error("Your last label was NOT undone", err) from None
+    gr.Info("You have no labels to undo." if undone is None else "Last label removed: that answer is back.")
+    return _after(ctx, rater, "Done")
+
+
+def _after(ctx: AppContext, rater: str, done: str) -> Shown:
+    """The next item once a write succeeded; a failure here must not read as a lost write."""
+    try:
+        return show_next(ctx, rater)
+    except gr.Error as err:
+        raise gr.Error(f"{done}, but {err.message[0].lower()}{err.message[1:]}", duration=None) from None
+
+
+@dataclass
+class LabelView:
+    progress: gr.Markdown
+    item_id: gr.State  # the item on screen; None when there is none
+    persona: gr.Textbox
+    chat: gr.Chatbot
+    answer: gr.Textbox
+    comment: gr.Textbox
+    buttons: dict[str, gr.Button]  # by BUTTON_IDS key
+
+    @property
+    def outputs(self) -> list:
+        return [self.item_id, self.persona, self.chat, self.answer, self.progress, self.comment]
+
+
+def _layout(ctx: AppContext) -> LabelView:
+    gr.Markdown("Would this persona say this, and is it a good answer? Judge the highlighted answer.")
+    progress = gr.Markdown("Loading your next item…" if ctx.auth else NO_RATER)
+    item_id = gr.State(None)
+    with gr.Row(equal_height=False):
+        persona = gr.Textbox(label="Persona", interactive=False, lines=10, max_lines=24, scale=1)
+        with gr.Column(scale=2):
+            chat = gr.Chatbot(
+                label="Conversation so far",
+                height=300,
+                feedback_options=None,
+                buttons=["copy"],  # no "share": it would post the item outside the blind rating
+                placeholder="(the answer opens the conversation)",
+            )
+            with gr.Column(variant="panel"):
+                answer = gr.Textbox(label="👉 Answer to judge", interactive=False, lines=3, max_lines=16)
+    with gr.Row():
+        buttons = {
+            "good": gr.Button("👍 Good", variant="primary", elem_id=BUTTON_IDS["good"]),
+            "bad": gr.Button("👎 Bad", variant="stop", elem_id=BUTTON_IDS["bad"]),
+            "skip": gr.Button("Skip", elem_id=BUTTON_IDS["skip"]),
+            "undo": gr.Button("Undo last label", elem_id=BUTTON_IDS["undo"]),
+        }
+    comment = gr.Textbox(label="Comment (optional)", placeholder="Why good or bad? Saved with the label.")
+    # js_on_load installs the shortcuts when this tab first renders, so they work even if
+    # app.py does not pass LABEL_SHORTCUTS_JS to launch().
+    gr.HTML(KEYS_HINT, js_on_load=f"({LABEL_SHORTCUTS_JS})();")
+    return LabelView(progress, item_id, persona, chat, answer, comment, buttons)
+
+
+def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
+    """The Label tab's contents; call inside `with gr.Tab("Label")`. Returns the arguments for
+    that tab's `.select(**...)`, which loads the rater's next item when the tab is opened."""
+    view = _layout(ctx)
+
+    def ui(shown: Shown) -> tuple:  # -> view.outputs; the comment box is emptied
+        shown_id, persona, context, answer, progress = shown
+        return shown_id, persona, display_messages(context), answer, progress, ""
+
+    def on_show(typed: str, request: gr.Request) -> tuple:
+        try:
+            name = rater_name(typed, request)
+        except gr.Error:  # no name yet: a hint, not an error toast, when the tab opens
+            return None, "", [], "", NO_RATER, gr.skip()
+        return ui(show_next(ctx, name))
+
+    def on_label(verdict: str):
+        def handler(shown_id: int | None, note: str, typed: str, request: gr.Request) -> tuple:
+            return ui(save_label(ctx, shown_id, verdict, note, rater_name(typed, request)))
+
+        return handler
+
+    def on_skip(shown_id: int | None, typed: str, request: gr.Request) -> tuple:
+        return ui(save_skip(ctx, shown_id, rater_name(typed, request)))
+
+    def on_undo(typed: str, request: gr.Request) -> tuple:
+        return ui(undo_label(ctx, rater_name(typed, request)))
+
+    events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal")
+    rater.submit(on_show, rater, **events)
+    view.buttons["good"].click(on_label("good"), [view.item_id, view.comment, rater], **events)
+    view.buttons["bad"].click(on_label("bad"), [view.item_id, view.comment, rater], **events)
+    view.buttons["skip"].click(on_skip, [view.item_id, rater], **events)
+    view.buttons["undo"].click(on_undo, rater, **events)
+    _add_api(ctx)
+    return dict(fn=on_show, inputs=rater, **events)
+
+
+def _add_api(ctx: AppContext) -> None:
+    """Typed endpoints for scripts; the buttons above call the same functions."""
+
+    def next_item(rater: str, request: gr.Request) -> Shown:
+        """The rater's next item: (item_id, persona, context, answer, progress)."""
+        return show_next(ctx, rater_name(rater, request))
+
+    def label(item_id: int, verdict: Literal["good", "bad"], comment: str, rater: str, request: gr.Request) -> Shown:
+        """Save the rater's verdict on the item (on disk when this returns), then their next item."""
+        return save_label(ctx, item_id, verdict, comment, rater_name(rater, request))
+
+    def skip(item_id: int, rater: str, request: gr.Request) -> Shown:
+        """Skip the item (never shown to this rater again), then their next item."""
+        return save_skip(ctx, item_id, rater_name(rater, request))
+
+    def undo(rater: str, request: gr.Request) -> Shown:
+        """Delete the rater's latest label; its item is their next item again."""
+        return undo_label(ctx, rater_name(rater, request))
+
+    gr.api(next_item, api_name="next_item")
+    gr.api(label, api_name="label")
+    gr.api(skip, api_name="skip")
+    gr.api(undo, api_name="undo_label")

@@ -1,0 +1,184 @@
+"""Results tab: one row per model version, human accuracy beside the automatic metrics.
+
+Human accuracy comes from the raters' labels (`eval.human`); the automatic metrics from the
+summary of the version's latest evaluation run in the store. `/results` (gradio_client)
+returns the table as a list of row dicts.
+"""
+
+# No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
+# annotations.
+
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from numbers import Real
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from chatbot.store import Store, StoreError
+from eval.human import BASE, human_accuracy
+from ui.common import user_error
+from ui.context import AppContext
+
+# Summary key written by the evaluation -> column name.
+METRICS = {
+    "bleu": "BLEU",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "bertscore_f1": "BERTScore F1",
+    "perplexity": "perplexity",
+}
+NO_LABELS = "no labels yet"
+NOT_RUN = "not run yet"
+MISSING = "—"  # the run did not compute this metric
+METRICS_NOTE = (
+    "Human accuracy: share of answers labelled good, with the 95 % Wilson interval. Perplexity is of the "
+    "reference reply under each version (lower is better); BERTScore F1 uses all-MiniLM-L6-v2, raw (not rescaled)."
+)
+
+
+@dataclass(frozen=True)
+class VersionResult:
+    model_version: str
+    human: dict | None  # an `eval.human.human_accuracy` row; None: no labels
+    metrics: dict | None  # summary of the latest eval run; None: never evaluated
+
+
+def collect(store: Store, versions: list[str]) -> list[VersionResult]:
+    """`versions` (e.g. the pool's) plus every version with labels or eval runs, `base` first."""
+    human = {row["model_version"]: row for row in human_accuracy(store.label_rows())}
+    latest = {run.model_version: run.summary for run in store.eval_runs()}  # oldest first: the last one wins
+    names = list(dict.fromkeys([*versions, *sorted(set(human) | set(latest))]))  # first place wins
+    names.sort(key=lambda name: name != BASE)  # stable: the rest keep their order
+    return [VersionResult(name, human.get(name), latest.get(name)) for name in names]
+
+
+def _metric(metrics: dict | None, key: str) -> float | None:
+    value = (metrics or {}).get(key)
+    return float(value) if isinstance(value, Real) and not isinstance(value, bool) else None
+
+
+def _metric_keys(results: list[VersionResult]) -> list[str]:
+    return [key for key in METRICS if any(_metric(r.metrics, key) is not None for r in results)]
+
+
+def format_table(results: list[VersionResult]) -> pd.DataFrame:
+    keys = _metric_keys(results)
+    rows = []
+    for r in results:
+        row = {"model version": r.model_version}
+        if r.human:
+            low, high = r.human["wilson_low"] * 100, r.human["wilson_high"] * 100
+            row["human accuracy (%)"] = round(r.human["accuracy"] * 100, 1)
+            row["95 % interval (%)"] = f"{low:.1f}–{high:.1f}"
+        else:
+            row["human accuracy (%)"], row["95 % interval (%)"] = NO_LABELS, ""
+        counts = r.human or {}
+        row |= {"labels": counts.get("labelled", 0), "items": counts.get("items", 0), "raters": counts.get("raters", 0)}
+        if not keys:  # nothing measured anywhere: one column says so
+            row["automatic metrics"] = NOT_RUN if r.metrics is None else MISSING
+        for key in keys:
+            value = _metric(r.metrics, key)
+            row[METRICS[key]] = NOT_RUN if r.metrics is None else MISSING if value is None else round(value, 3)
+        rows.append(row)
+    columns = ["model version", "human accuracy (%)", "95 % interval (%)", "labels", "items", "raters"]
+    return pd.DataFrame(rows, columns=columns + ([METRICS[k] for k in keys] or ["automatic metrics"]))
+
+
+def results_table(store: Store, versions: list[str]) -> pd.DataFrame:
+    """One row per model version: human accuracy, its Wilson interval, counts, the metrics."""
+    return format_table(collect(store, versions))
+
+
+def results_figure(results: list[VersionResult]) -> Figure:
+    """Human accuracy per version with 95 % Wilson error bars; one small panel per automatic
+    metric that some version has."""
+    keys = _metric_keys(results)
+    # Figure + Agg canvas rather than pyplot: no global state, safe in Gradio's worker threads.
+    fig = Figure(figsize=(3 + 0.5 * len(results) + 2 * len(keys), 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(1, 1 + len(keys), width_ratios=[max(2, 0.6 * len(results))] + [1] * len(keys))
+    _accuracy_panel(fig.add_subplot(grid[0]), results)
+    names = [r.model_version for r in results]
+    for i, key in enumerate(keys, start=1):
+        ax = fig.add_subplot(grid[i])
+        values = [_metric(r.metrics, key) for r in results]
+        ax.bar(range(len(names)), [v if v is not None else 0 for v in values], color="tab:gray")
+        ax.set_title(METRICS[key] + (" (lower is better)" if key == "perplexity" else ""), fontsize=9)
+        _version_ticks(ax, names)
+        ax.tick_params(labelsize=8)
+    return fig
+
+
+def _accuracy_panel(ax, results: list[VersionResult]) -> None:
+    ax.set_title("Human accuracy (95 % Wilson interval)", fontsize=10)
+    if not results:
+        ax.text(0.5, 0.5, "no model versions yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    for x, r in enumerate(results):
+        if r.human is None:
+            ax.text(x, 2, NO_LABELS, ha="center", va="bottom", rotation=90, fontsize=8, color="gray")
+            continue
+        acc, low, high = (r.human[k] * 100 for k in ("accuracy", "wilson_low", "wilson_high"))
+        ax.bar(x, acc, color="tab:blue", yerr=[[acc - low], [high - acc]], capsize=4)
+        ax.text(x, high + 1, f"n={r.human['labelled']}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("labelled good (%)")
+    _version_ticks(ax, [r.model_version for r in results])
+
+
+def _version_ticks(ax, names: list[str]) -> None:
+    # parse_math=False: a "$" in a version name is a character, not mathtext.
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8, parse_math=False)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+
+
+def write_csv(table: pd.DataFrame) -> str:
+    """The table as a CSV file in the temp folder (Gradio serves it from there)."""
+    folder = Path(tempfile.gettempdir()) / "persona-studio"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"results-{datetime.now():%Y%m%d-%H%M%S}.csv"
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    table.to_csv(partial, index=False)
+    partial.replace(path)  # whole or not at all, even if two refreshes share the second
+    return str(path)
+
+
+def build_results_tab(ctx: AppContext) -> dict:
+    """The Results tab's contents; call inside `with gr.Tab("Results")`. Returns the arguments
+    for that tab's `.select(**...)`, which refreshes the table when the tab is opened."""
+    gr.Markdown("Human accuracy per model version beside the automatic metrics of its latest evaluation run.")
+    table = gr.Dataframe(label="Results", interactive=False, wrap=True)
+    gr.Markdown(METRICS_NOTE)
+    plot = gr.Plot(label="Human accuracy and automatic metrics")
+    with gr.Row():
+        refresh_button = gr.Button("⟳ Refresh")
+        download = gr.DownloadButton("Download CSV", value=None)
+
+    def current() -> list[VersionResult]:
+        try:
+            return collect(ctx.store, ctx.pool.versions())
+        except StoreError as err:
+            raise user_error(err) from None
+
+    def refresh() -> tuple[pd.DataFrame, Figure, str]:
+        results = current()
+        frame = format_table(results)
+        return frame, results_figure(results), write_csv(frame)
+
+    def results() -> list[dict]:
+        """One dict per model version: human accuracy (%), its 95 % Wilson interval, labels,
+        items, raters and the automatic metrics of the latest eval run."""
+        return format_table(current()).to_dict("records")
+
+    events = dict(outputs=[table, plot, download], api_visibility="private")
+    refresh_button.click(refresh, **events)
+    gr.api(results, api_name="results")
+    return dict(fn=refresh, inputs=None, **events)
