@@ -105,3 +105,27 @@ def test_app_config_reads_the_environment(monkeypatch):
     monkeypatch.setenv("PERSONA_STUDIO_LABEL_OVERLAP", "2")
     cfg = AppConfig()
     assert cfg.database_url == "postgresql://x:y@db/z" and cfg.label_overlap == 2
+
+
+def test_html_in_a_message_is_shown_as_text_and_sent_raw(app):
+    client, store = app
+    history, _, conv_id, _ = chat(client, "<b>hi</b> <script>alert(1)</script>", [])
+    assert text_of(history[0]["content"]) == "&lt;b&gt;hi&lt;/b&gt; &lt;script&gt;alert(1)&lt;/script&gt;"
+    assert store.conversation(int(conv_id))[0].content == "<b>hi</b> <script>alert(1)</script>"
+
+
+def test_broken_persona_file_is_listed_and_explained(tiny_engine, tmp_path):
+    import shutil
+
+    from ui.chat import resolve_persona
+
+    personas = tmp_path / "personas"
+    shutil.copytree(REPO / "personas", personas)
+    (personas / "broken.yaml").write_text("name: Bo\n")
+    pool = EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs")))
+    ctx = AppContext(pool, Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), str(personas))
+    labels = dict((key, label) for label, key in ctx.persona_choices())
+    assert "broken" in labels["broken"] and "facts" in labels["broken"]
+    with pytest.raises(Exception, match="field `facts`"):
+        resolve_persona(ctx, "broken", "", "")
+    build_demo(ctx)  # the app still builds with a broken file present

@@ -14,7 +14,7 @@ from chatbot.errors import MessageError, PersonaStudioError
 from chatbot.persona import Persona
 from chatbot.session import build_messages, check_message
 from chatbot.store import NewItem, StoreError
-from ui.common import rater_name, text_of, user_error
+from ui.common import rater_name, raw, shown, text_of, user_error
 from ui.context import AppContext
 
 CUSTOM = "__custom__"  # persona key of the persona typed in on the spot
@@ -26,17 +26,20 @@ def dialogue(history: list[dict]) -> list[dict]:
     for m in history or []:
         if (m.get("metadata") or {}).get("title"):
             continue
-        turns.append({"role": m["role"], "content": text_of(m["content"])})
+        turns.append({"role": m["role"], "content": raw(text_of(m["content"]))})
     return turns
 
 
 def notice(text: str) -> dict:
-    return {"role": "assistant", "content": text, "metadata": {"title": "ℹ️ " + text}}
+    return {"role": "assistant", "content": shown(text), "metadata": {"title": "ℹ️ " + shown(text)}}
 
 
 def resolve_persona(ctx: AppContext, key: str, custom_name: str, custom_facts: str) -> Persona:
     if key != CUSTOM:
-        return ctx.persona(key)
+        try:
+            return ctx.persona(key)
+        except PersonaStudioError as err:  # a broken file picked from the list: say why
+            raise user_error(err) from None
     facts = [line.strip() for line in (custom_facts or "").splitlines() if line.strip()]
     try:
         return Persona(name=(custom_name or "").strip() or "Custom persona", facts=facts)
@@ -45,7 +48,7 @@ def resolve_persona(ctx: AppContext, key: str, custom_name: str, custom_facts: s
 
 
 def greeting(persona: Persona) -> list[dict]:
-    return [{"role": "assistant", "content": persona.greeting}] if persona.greeting else []
+    return [{"role": "assistant", "content": shown(persona.greeting)}] if persona.greeting else []
 
 
 def save_turns(ctx, conv_id, history, start, version, persona_key, persona) -> int:
@@ -55,7 +58,7 @@ def save_turns(ctx, conv_id, history, start, version, persona_key, persona) -> i
         start = 0
     for m in history[start:]:
         role = "notice" if (m.get("metadata") or {}).get("title") else m["role"]
-        ctx.store.add_turn(int(conv_id), role, text_of(m["content"]), version, persona.name)
+        ctx.store.add_turn(int(conv_id), role, raw(text_of(m["content"])), version, persona.name)
     return int(conv_id)
 
 
@@ -80,9 +83,9 @@ def make_respond(ctx: AppContext):
             messages = build_messages(persona, dialogue(history), message)
             if len(engine.fit_messages(messages, settings)) < len(messages):
                 gr.Info("The oldest turns were left out to fit the model's context window.")
-            history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+            history += [{"role": "user", "content": shown(message)}, {"role": "assistant", "content": ""}]
             for piece in engine.stream(messages, settings):
-                history[-1]["content"] += piece
+                history[-1]["content"] += shown(piece)
                 yield history, "", conv_id, persona_key
             history[-1]["content"] = history[-1]["content"].strip()
             conv_id = save_turns(ctx, conv_id, history, start, version, persona_key, persona)
@@ -101,7 +104,7 @@ def make_like(ctx: AppContext):
         persona = resolve_persona(ctx, persona_key, custom_name, custom_facts)
         item = NewItem(source="chat", persona_name=persona.name, persona=persona.model_dump(),
                        context=dialogue(history[:index]),
-                       answer=text_of(history[index]["content"]), model_version=version,
+                       answer=raw(text_of(history[index]["content"])), model_version=version,
                        conversation_id=int(conv_id) if conv_id is not None else None)  # fmt: skip
         try:
             [item_id] = ctx.store.add_label_items([item])
@@ -158,7 +161,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         history = list(history or [])
         while history and history[-1]["role"] == "assistant" and not (history[-1].get("metadata") or {}).get("title"):
             history.pop()
-        last_user = text_of(history.pop()["content"]) if history and history[-1]["role"] == "user" else ""
+        last_user = raw(text_of(history.pop()["content"])) if history and history[-1]["role"] == "user" else ""
         return history, last_user
 
     def do_undo(history):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from chatbot.errors import PersonaStudioError
@@ -29,3 +31,13 @@ def text_of(content) -> str:
     if isinstance(content, dict):
         return str(content.get("text", ""))
     return str(content)
+
+
+def shown(text: str) -> str:
+    """Text for a Chatbot: HTML in messages or personas must show as text, never render or run.
+    The chat history holds this escaped form; `raw` turns it back before the model sees it."""
+    return html.escape(text, quote=False)
+
+
+def raw(text: str) -> str:
+    return html.unescape(text)

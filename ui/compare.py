@@ -10,7 +10,7 @@ import gradio as gr
 from chatbot.errors import MessageError, PersonaStudioError
 from chatbot.session import build_messages, check_message
 from ui.chat import dialogue, greeting
-from ui.common import user_error
+from ui.common import raw, shown, user_error
 from ui.context import AppContext
 
 
@@ -55,16 +55,16 @@ def make_compare(ctx: AppContext):
             engines = [ctx.pool.get(version_a), ctx.pool.get(version_b)]
             messages = [build_messages(persona, dialogue(h), message) for h in histories]
             for h in histories:
-                h += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+                h += [{"role": "user", "content": shown(message)}, {"role": "assistant", "content": ""}]
             for side, piece in stream_both(engines, messages, ctx.settings):
-                histories[side][-1]["content"] += piece
+                histories[side][-1]["content"] += shown(piece)
                 yield *histories, ""
             conv = ctx.store.start_conversation(
                 "compare", persona_key, persona.model_dump(), f"{version_a} vs {version_b}"
             )
             for version, h in zip((version_a, version_b), histories, strict=True):
                 ctx.store.add_turn(conv, "user", message, version, persona.name)
-                ctx.store.add_turn(conv, "assistant", h[-1]["content"], version, persona.name)
+                ctx.store.add_turn(conv, "assistant", raw(h[-1]["content"]), version, persona.name)
         except PersonaStudioError as err:
             raise user_error(err) from None
         yield *histories, ""
@@ -100,7 +100,10 @@ def build_compare_tab(ctx: AppContext) -> None:
     version_b.change(lambda v: gr.update(label=v), version_b, chat_b, api_name=False)
 
     def reset(key):
-        start = greeting(ctx.persona(key))
+        try:
+            start = greeting(ctx.persona(key))
+        except PersonaStudioError as err:
+            raise user_error(err) from None
         return start, start
 
     clear.click(reset, persona, [chat_a, chat_b], api_name=False)
