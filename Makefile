@@ -30,8 +30,8 @@ lint: $(VENV)/.installed-dev
 
 # Browser tests drive Debian's Chromium (Playwright cannot download a browser here).
 browser:
-	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || { apt-get install -y -qq --no-install-recommends chromium \
-		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; } >/dev/null
+	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || { apt-get install -y -qq --no-install-recommends chromium fonts-noto-color-emoji \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-noto-color-emoji; }; } >/dev/null
 	@[ -x /usr/bin/chromium ] || echo "note: /usr/bin/chromium is missing, browser tests will be skipped (apt-get install chromium)"
 
 test: setup lint browser

@@ -67,10 +67,10 @@ def parse_auth(spec: str | None) -> list[tuple[str, str]] | None:
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Persona Studio") as demo:
-        with gr.Row(equal_height=True):
-            gr.Markdown("# Persona Studio\nChat with personas, compare model versions, label answers.")
-            rater = gr.Textbox(label="Rater", placeholder="your name", scale=0, min_width=220,
-                               visible=not ctx.auth, elem_id="rater-name")  # fmt: skip
+        gr.Markdown("# Persona Studio\nChat with personas, compare model versions, label answers.")
+        with gr.Row():  # left-aligned: pop-up messages appear top right and would cover it
+            rater = gr.Textbox(label="Rater", placeholder="your name (labels are saved under it)", scale=0,
+                               min_width=300, visible=not ctx.auth, elem_id="rater-name")  # fmt: skip
         with gr.Tab("Chat"):
             build_chat_tab(ctx, rater)
         with gr.Tab("Compare"):

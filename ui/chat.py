@@ -30,8 +30,14 @@ def dialogue(history: list[dict]) -> list[dict]:
     return turns
 
 
-def notice(text: str) -> dict:
-    return {"role": "assistant", "content": shown(text), "metadata": {"title": "ℹ️ " + shown(text)}}
+def notice(persona: Persona) -> dict:
+    """A transcript marker (shown, never sent to the model) for a persona switch."""
+    body = f"From here on the model speaks as {persona.name}."
+    return {
+        "role": "assistant",
+        "content": shown(body),
+        "metadata": {"title": f"Persona switched to {shown(persona.name)}"},
+    }
 
 
 def resolve_persona(ctx: AppContext, key: str, custom_name: str, custom_facts: str) -> Persona:
@@ -77,7 +83,7 @@ def make_respond(ctx: AppContext):
                                       max_new_tokens=int(max_new_tokens), seed=ctx.settings.seed)  # fmt: skip
         start = len(history)
         if last_persona and last_persona != persona_key:
-            history.append(notice(f"Persona switched to {persona.name}"))
+            history.append(notice(persona))
         try:
             engine = ctx.pool.get(version)
             messages = build_messages(persona, dialogue(history), message)
@@ -96,16 +102,36 @@ def make_respond(ctx: AppContext):
     return respond
 
 
+def reply_origin(ctx: AppContext, conv_id, answer: str):
+    """The stored turn that produced `answer` (its persona and model version), or None. The
+    dropdowns may have changed since, so the stored turn, not the current picks, is the truth."""
+    if conv_id is None:
+        return None
+    turns = ctx.store.conversation(int(conv_id))
+    return next((t for t in reversed(turns) if t.role == "assistant" and t.content == answer), None)
+
+
+def persona_record(ctx: AppContext, name: str, current: Persona) -> dict:
+    if current.name == name:
+        return current.model_dump()
+    found = next((p for p in ctx.personas()[0].values() if p.name == name), None)
+    return found.model_dump() if found else {"name": name}
+
+
 def make_like(ctx: AppContext):
-    def like(data: gr.LikeData, history, rater, persona_key, version, conv_id, custom_name, custom_facts,
+    def like(data: gr.LikeData, history, rater, persona_key, conv_id, custom_name, custom_facts,
              request: gr.Request):  # fmt: skip
         name = rater_name(rater, request)
         index = data.index if isinstance(data.index, int) else data.index[0]
-        persona = resolve_persona(ctx, persona_key, custom_name, custom_facts)
-        item = NewItem(source="chat", persona_name=persona.name, persona=persona.model_dump(),
-                       context=dialogue(history[:index]),
-                       answer=raw(text_of(history[index]["content"])), model_version=version,
-                       conversation_id=int(conv_id) if conv_id is not None else None)  # fmt: skip
+        answer = raw(text_of(history[index]["content"]))
+        origin = reply_origin(ctx, conv_id, answer)
+        if index == 0 or origin is None:  # the greeting comes from the persona file, not the model
+            gr.Info("Only the model's replies can be labelled (greetings come from the persona file).")
+            return
+        current = resolve_persona(ctx, persona_key, custom_name, custom_facts)
+        item = NewItem(source="chat", persona_name=origin.persona_name, model_version=origin.model_version,
+                       persona=persona_record(ctx, origin.persona_name, current),
+                       context=dialogue(history[:index]), answer=answer, conversation_id=int(conv_id))  # fmt: skip
         try:
             [item_id] = ctx.store.add_label_items([item])
             ctx.store.label(item_id, name, "good" if data.liked else "bad")
@@ -136,7 +162,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         top_k = gr.Slider(0, 200, value=s.top_k, step=1, label="Top-k")
         max_new_tokens = gr.Slider(8, 1024, value=s.max_new_tokens, step=8, label="Max new tokens")
     chat = gr.Chatbot(greeting(personas[first]) if first in personas else [], label="Chat", height=460,
-                      feedback_options=("Like", "Dislike"))  # fmt: skip
+                      feedback_options=("Like", "Dislike"), group_consecutive_messages=False)  # fmt: skip
     with gr.Row():
         message = gr.Textbox(
             placeholder="Say something and press Enter", show_label=False, scale=6, elem_id="chat-input"
@@ -154,7 +180,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     respond = make_respond(ctx)
     message.submit(respond, inputs, outputs, api_name="chat")
     send.click(respond, inputs, outputs, api_name=False)
-    chat.like(make_like(ctx), [chat, rater, persona, version, conv_id, custom_name, custom_facts], None,
+    chat.like(make_like(ctx), [chat, rater, persona, conv_id, custom_name, custom_facts], None,
               api_name=False)  # fmt: skip
 
     def pop_last(history):
@@ -187,3 +213,5 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         return greeting(resolve_persona(ctx, key, custom_name, custom_facts)), None, key
 
     clear.click(do_clear, [persona, custom_name, custom_facts], [chat, conv_id, last_persona], api_name="clear")
+    # The chat box's own trash icon starts a new conversation too (not more turns on the old one).
+    chat.clear(do_clear, [persona, custom_name, custom_facts], [chat, conv_id, last_persona], api_name=False)

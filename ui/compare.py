@@ -83,6 +83,8 @@ def build_compare_tab(ctx: AppContext) -> None:
                                 allow_custom_value=True)  # fmt: skip
     for picker in (version_a, version_b):  # versions trained while the app runs appear on open
         picker.focus(lambda: gr.update(choices=ctx.pool.versions()), None, picker, api_name=False)
+    if len(versions) == 1:
+        gr.Markdown("Only `base` exists so far: train a version (`python -m training.train`) to compare against it.")
     start = greeting(personas[first]) if first else []
     with gr.Row():
         chat_a = gr.Chatbot(start, label="base", height=420)

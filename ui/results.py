@@ -10,9 +10,7 @@ returns the table as a list of row dicts.
 
 import os
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime
-from numbers import Real
 from pathlib import Path
 
 import gradio as gr
@@ -20,86 +18,16 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from chatbot.store import Store, StoreError
-from eval.human import BASE, human_accuracy
+from chatbot.store import StoreError
+from eval.table import METRICS, METRICS_NOTE, NO_LABELS, VersionResult, collect, format_table, metric_keys, metric_value
 from ui.common import user_error
 from ui.context import AppContext
-
-# Summary key written by the evaluation -> column name.
-METRICS = {
-    "bleu": "BLEU",
-    "rouge1": "ROUGE-1",
-    "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L",
-    "bertscore_f1": "BERTScore F1",
-    "perplexity": "perplexity",
-}
-NO_LABELS = "no labels yet"
-NOT_RUN = "not run yet"
-MISSING = "—"  # the run did not compute this metric
-METRICS_NOTE = (
-    "Human accuracy: share of answers labelled good, with the 95 % Wilson interval. Perplexity is of the "
-    "reference reply under each version (lower is better); BERTScore F1 uses all-MiniLM-L6-v2, raw (not rescaled)."
-)
-
-
-@dataclass(frozen=True)
-class VersionResult:
-    model_version: str
-    human: dict | None  # an `eval.human.human_accuracy` row; None: no labels
-    metrics: dict | None  # summary of the latest eval run; None: never evaluated
-
-
-def collect(store: Store, versions: list[str]) -> list[VersionResult]:
-    """`versions` (e.g. the pool's) plus every version with labels or eval runs, `base` first."""
-    human = {row["model_version"]: row for row in human_accuracy(store.label_rows())}
-    latest = {run.model_version: run.summary for run in store.eval_runs()}  # oldest first: the last one wins
-    names = list(dict.fromkeys([*versions, *sorted(set(human) | set(latest))]))  # first place wins
-    names.sort(key=lambda name: name != BASE)  # stable: the rest keep their order
-    return [VersionResult(name, human.get(name), latest.get(name)) for name in names]
-
-
-def _metric(metrics: dict | None, key: str) -> float | None:
-    value = (metrics or {}).get(key)
-    return float(value) if isinstance(value, Real) and not isinstance(value, bool) else None
-
-
-def _metric_keys(results: list[VersionResult]) -> list[str]:
-    return [key for key in METRICS if any(_metric(r.metrics, key) is not None for r in results)]
-
-
-def format_table(results: list[VersionResult]) -> pd.DataFrame:
-    keys = _metric_keys(results)
-    rows = []
-    for r in results:
-        row = {"model version": r.model_version}
-        if r.human:
-            low, high = r.human["wilson_low"] * 100, r.human["wilson_high"] * 100
-            row["human accuracy (%)"] = round(r.human["accuracy"] * 100, 1)
-            row["95 % interval (%)"] = f"{low:.1f}–{high:.1f}"
-        else:
-            row["human accuracy (%)"], row["95 % interval (%)"] = NO_LABELS, ""
-        counts = r.human or {}
-        row |= {"labels": counts.get("labelled", 0), "items": counts.get("items", 0), "raters": counts.get("raters", 0)}
-        if not keys:  # nothing measured anywhere: one column says so
-            row["automatic metrics"] = NOT_RUN if r.metrics is None else MISSING
-        for key in keys:
-            value = _metric(r.metrics, key)
-            row[METRICS[key]] = NOT_RUN if r.metrics is None else MISSING if value is None else round(value, 3)
-        rows.append(row)
-    columns = ["model version", "human accuracy (%)", "95 % interval (%)", "labels", "items", "raters"]
-    return pd.DataFrame(rows, columns=columns + ([METRICS[k] for k in keys] or ["automatic metrics"]))
-
-
-def results_table(store: Store, versions: list[str]) -> pd.DataFrame:
-    """One row per model version: human accuracy, its Wilson interval, counts, the metrics."""
-    return format_table(collect(store, versions))
 
 
 def results_figure(results: list[VersionResult]) -> Figure:
     """Human accuracy per version with 95 % Wilson error bars; one small panel per automatic
     metric that some version has."""
-    keys = _metric_keys(results)
+    keys = metric_keys(results)
     # Figure + Agg canvas rather than pyplot: no global state, safe in Gradio's worker threads.
     fig = Figure(figsize=(3 + 0.5 * len(results) + 2 * len(keys), 3.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -108,7 +36,7 @@ def results_figure(results: list[VersionResult]) -> Figure:
     names = [r.model_version for r in results]
     for i, key in enumerate(keys, start=1):
         ax = fig.add_subplot(grid[i])
-        values = [_metric(r.metrics, key) for r in results]
+        values = [metric_value(r.metrics, key) for r in results]
         ax.bar(range(len(names)), [v if v is not None else 0 for v in values], color="tab:gray")
         ax.set_title(METRICS[key] + (" (lower is better)" if key == "perplexity" else ""), fontsize=9)
         _version_ticks(ax, names)

@@ -10,6 +10,7 @@ from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
 from chatbot.store import NewItem, Store, StoreError
 from eval.human import wilson_interval
+from eval.table import NO_LABELS, NOT_RUN, VersionResult, collect, results_table
 from tests.conftest import REPO
 from ui.context import AppContext
 from ui.label import (
@@ -21,16 +22,7 @@ from ui.label import (
     persona_text,
     save_label,
 )
-from ui.results import (
-    NO_LABELS,
-    NOT_RUN,
-    VersionResult,
-    build_results_tab,
-    collect,
-    results_figure,
-    results_table,
-    write_csv,
-)
+from ui.results import build_results_tab, results_figure, write_csv
 
 PERSONA = {"name": "Ada <b>Lovelace</b>", "facts": ["I build clocks.", "I keep bees."], "style": "short and warm"}
 SCRIPT = "<script>alert(1)</script>"

@@ -1,0 +1,142 @@
+"""The app in a real browser, as a person uses it: chat, switch persona, compare, label with the
+keyboard, read the results. Chromium from Debian, driven by Playwright; the tiny model answers.
+
+Full-page screenshots of each tab land in tmp_path and in /tmp/persona-shots/ for a look.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from chatbot.store.schema import conversations
+from tests.ui.conftest import CHROMIUM
+
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (make browser)", allow_module_level=True)
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt")
+from playwright.sync_api import Locator, Page, expect  # noqa: E402
+
+SHOTS = Path("/tmp/persona-shots")
+STREAM_MS = 30_000  # a reply, streamed token by token
+BUSY = '[data-testid="status-tracker"]:is(.generating, .pending)'
+
+
+def panel(page: Page) -> Locator:
+    """The tab on screen (Gradio renders one tab panel at a time)."""
+    return page.get_by_role("tabpanel")
+
+
+def open_tab(page: Page, name: str) -> Locator:
+    page.get_by_role("tab", name=name, exact=True).click()
+    expect(page.get_by_role("tab", name=name, exact=True)).to_have_attribute("aria-selected", "true")
+    return panel(page)
+
+
+def bot(where: Locator) -> Locator:
+    return where.locator('[data-testid="bot"]')
+
+
+def user(where: Locator) -> Locator:
+    return where.locator('[data-testid="user"]')
+
+
+def send(box: Locator, text: str, where: Locator, users_after: int) -> None:
+    """Type `text`, press Enter, wait until the reply has finished streaming."""
+    box.fill(text)
+    box.press("Enter")
+    expect(user(where)).to_have_count(users_after, timeout=STREAM_MS)  # the turn is on screen
+    expect(where.locator(BUSY)).to_have_count(0, timeout=STREAM_MS)  # and no longer streaming
+    expect(box).to_have_value("")
+
+
+def shoot(page: Page, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=path, full_page=True)
+    SHOTS.mkdir(exist_ok=True)
+    shutil.copy(path, SHOTS / path.name)
+
+
+def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, tmp_path):
+    url, store = studio
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(15_000)
+    page.goto(url, wait_until="domcontentloaded")  # "networkidle" never settles on a Gradio page
+
+    page.locator("#rater-name").get_by_role("textbox").fill("rita")
+
+    # Chat: two turns with the first persona, then a switch to Nova and a third turn.
+    chat = panel(page)
+    box = page.locator("#chat-input").get_by_role("textbox")
+    expect(bot(chat)).to_have_count(1)  # the persona's greeting
+    send(box, "Hello! What are you making today?", chat, users_after=1)
+    send(box, "And how are the bees?", chat, users_after=2)
+    expect(bot(chat)).to_have_count(3)
+    chat.get_by_role("combobox", name="Persona").click()
+    page.get_by_role("option", name=re.compile(r"^Nova\b")).click()
+    expect(chat.get_by_role("combobox", name="Persona")).to_have_value(re.compile(r"^Nova\b"))
+    send(box, "Who are you now?", chat, users_after=3)
+    expect(bot(chat)).to_have_count(5)  # greeting, 2 replies, the switch notice, the reply
+    expect(bot(chat).nth(3)).to_contain_text("Persona switched to Nova")
+    for reply in (1, 2, 4):
+        expect(bot(chat).nth(reply)).not_to_have_text("")
+    expect(user(chat)).to_have_text(["Hello! What are you making today?", "And how are the bees?", "Who are you now?"])
+    shoot(page, shots, "1-chat")
+
+    # Compare: one message, a reply in each pane.
+    compare = open_tab(page, "Compare")
+    expect(compare.get_by_role("log")).to_have_count(2)
+    send(compare.get_by_role("textbox"), "Hi both of you", compare, users_after=2)
+    for pane in compare.get_by_role("log").all():
+        expect(user(pane)).to_have_text(["Hi both of you"])
+        expect(bot(pane)).to_have_count(2)  # greeting, reply
+        expect(bot(pane).last).not_to_have_text("")
+    shoot(page, shots, "2-compare")
+
+    # Label: the first answer loads when the tab opens; G, B, G label all three.
+    label = open_tab(page, "Label")
+    progress = label.get_by_text(re.compile(r"of 3 labelled"))
+    expect(progress).to_have_text("0 of 3 labelled")
+    answer = label.get_by_role("textbox", name=re.compile("Answer to judge"))
+    expect(answer).to_have_value("Answer number 0.")
+    shoot(page, shots, "3-label")
+    for done, key in enumerate("gbg", start=1):  # good, bad, good
+        page.keyboard.press(key)
+        expect(progress).to_contain_text(f"{done} of 3 labelled")
+        if done < 3:
+            expect(answer).to_have_value(f"Answer number {done}.")
+    expect(progress).to_contain_text("Nothing left to label")
+    expect(answer).to_have_value("")
+    shoot(page, shots, "4-label-done")
+
+    # Results: the table shows the three new labels for `base`.
+    results = open_tab(page, "Results")
+    row = results.get_by_role("row").filter(has_text=re.compile(r"^\s*base\b"))
+    expect(row).to_contain_text("66.7")  # 2 of 3 good
+    columns = [re.sub(r"[\s⋮]+$", "", text).strip() for text in results.get_by_role("columnheader").all_inner_texts()]
+    shown = dict(zip(columns, (text.strip() for text in row.get_by_role("gridcell").all_inner_texts()), strict=True))
+    assert shown["model version"] == "base" and shown["human accuracy (%)"] == "66.7"
+    assert re.fullmatch(r"\d+\.\d–\d+\.\d", shown["95 % interval (%)"])  # the Wilson interval, e.g. 20.8–93.9
+    assert (shown["labels"], shown["items"], shown["raters"]) == ("3", "3", "1")
+    expect(results.get_by_role("img")).not_to_have_count(0)  # the accuracy plot
+    shoot(page, shots, "5-results")
+    page.close()
+
+    labels = sorted(store.label_rows(), key=lambda r: r.item_id)
+    assert [(r.rater, r.verdict, r.model_version) for r in labels] == [
+        ("rita", "good", "base"),
+        ("rita", "bad", "base"),
+        ("rita", "good", "base"),
+    ]
+    with store.engine.connect() as conn:
+        conv_ids = dict(conn.execute(sa.select(conversations.c.source, conversations.c.id)).all())
+    chat_turns = store.conversation(conv_ids["chat"])
+    # The greeting opens the stored conversation; the switch notice is kept, marked as such.
+    assert [t.role for t in chat_turns] == ["assistant"] + ["user", "assistant"] * 2 + ["notice", "user", "assistant"]
+    assert chat_turns[-2].content == "Who are you now?" and chat_turns[-1].persona_name == "Nova"
+    assert [t.role for t in store.conversation(conv_ids["compare"])] == ["user", "assistant"] * 2
