@@ -35,11 +35,19 @@ def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object,
 
 
 def build_parser(model: type[BaseModel], description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: `--data` must never silently mean `--data.path` or `--database_url`.
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--config", type=Path, help="YAML file with any of the fields below")
     for name, default, help_text in _fields(model):
         parser.add_argument(
             f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="V", help=f"{help_text} (default: {default})"
+        )
+    # `cli_shortcuts = {"data": "data.path"}` on a config class lets `--data X` mean `--data.path X`.
+    for short, dotted in getattr(model, "cli_shortcuts", {}).items():
+        parser.add_argument(
+            f"--{short}", dest=dotted, default=argparse.SUPPRESS, metavar="V", help=f"same as --{dotted}"
         )
     return parser
 

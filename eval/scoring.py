@@ -1,0 +1,117 @@
+"""Generate, score, write, register: the body of `python -m eval.run`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from chatbot.engine import TransformersEngine
+from chatbot.persona import persona_from_facts
+from chatbot.session import build_messages
+from chatbot.store import NewItem, Store
+from eval.config import EvalConfig
+from training.data import Example
+
+log = logging.getLogger("eval")
+
+
+def generate(engine, examples: list[Example], cfg: EvalConfig) -> list[str]:
+    log.info("generating %d replies with %s", len(examples), engine.name)
+    return engine.generate([ex.messages for ex in examples], cfg.generation, batch_size=cfg.batch_size, progress=True)
+
+
+def automatic_metrics(cfg: EvalConfig, engine, examples, replies) -> tuple[dict, dict, dict]:
+    """(summary, per-item scores, info) of the text metrics and the reference perplexity."""
+    from eval.metrics import all_metrics
+
+    references = [ex.target for ex in examples]
+    result = all_metrics(replies, references, bertscore=cfg.bertscore)
+    summary, per_item, info = dict(result.summary), dict(result.per_item), dict(result.info)
+    if cfg.perplexity and isinstance(engine, TransformersEngine):
+        from eval.perplexity import perplexity, reference_nll
+
+        nll = reference_nll(engine, [ex.messages for ex in examples], references, cfg.batch_size, progress=True)
+        ppl = perplexity(nll)
+        per_item["perplexity"] = ppl.pop("per_item")
+        summary |= ppl
+        info["perplexity"] = "exp(mean NLL) of the reference reply tokens only, teacher-forced after the prompt"
+    return summary, per_item, info
+
+
+def persona_scores(cfg: EvalConfig, engine, examples, replies, own, other) -> tuple[dict, dict]:
+    """Grounding of each reply in its persona vs another persona, and the swap probe."""
+    from eval.consistency import ENCODER_NAME, grounding, swap_retention
+
+    per_item = grounding(replies, own, other)
+    summary = {
+        "persona_consistency": sum(m > 0 for m in per_item["persona_margin"]) / max(len(replies), 1),
+        "persona_margin_mean": statistics.fmean(per_item["persona_margin"]) if replies else 0.0,
+    }
+    n = min(cfg.swap_probe_items, len(examples))
+    if n:
+        # The same user turn and history, now under the other persona: does the reply follow it?
+        swapped = [build_messages(persona_from_facts(other[i]), ex.messages[1:]) for i, ex in enumerate(examples[:n])]
+        replies_b = engine.generate(swapped, cfg.generation, batch_size=cfg.batch_size)
+        summary["swap_retention"] = swap_retention(replies_b, own[:n], other[:n])
+        summary["swap_probe_items"] = n
+    summary["encoder"] = ENCODER_NAME
+    return summary, per_item
+
+
+def register(cfg: EvalConfig, name: str, examples, replies, own, out: Path, summary: dict) -> list[int | None]:
+    """One eval run in the store, and every reply as a label item of it."""
+    if not cfg.register_labels:
+        return [None] * len(examples)
+    store = Store(cfg.database_url)
+    try:
+        run_id = store.add_eval_run(name, str(out), cfg.model_dump(mode="json"), summary)
+        items = [
+            NewItem(
+                source="eval",
+                persona_name="persona-chat speaker",
+                persona={"facts": facts},
+                context=ex.messages[1:],
+                answer=reply,
+                model_version=name,
+                eval_run_id=run_id,
+            )  # fmt: skip
+            for ex, reply, facts in zip(examples, replies, own, strict=True)
+        ]
+        return list(store.add_label_items(items))
+    finally:
+        store.close()
+
+
+def evaluate(cfg: EvalConfig, name: str, engine, examples, conversations, out: Path) -> dict:
+    from eval.outputs import write_outputs
+    from eval.run import other_facts, persona_facts
+
+    replies = generate(engine, examples, cfg)
+    summary, per_item, info = automatic_metrics(cfg, engine, examples, replies)
+    own = persona_facts(examples, conversations)
+    if cfg.consistency:
+        persona_summary, persona_items = persona_scores(cfg, engine, examples, replies, own, other_facts(own, cfg.seed))
+        summary |= persona_summary
+        per_item |= persona_items
+    summary |= {"items": len(examples), "model_version": name, "model": engine.name, "split": cfg.split,
+                "decoding": cfg.generation.model_dump(), "info": info}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    item_ids = register(cfg, name, examples, replies, own, out, summary)
+    rows = pd.DataFrame({
+        "item_id": item_ids,
+        "conversation_id": [ex.conversation_id for ex in examples],
+        "speaker": [ex.speaker for ex in examples],
+        "persona": ["\n".join(f) for f in own],
+        "context": [json.dumps(ex.messages[1:], ensure_ascii=False) for ex in examples],
+        "reference": [ex.target for ex in examples],
+        "reply": replies,
+        **per_item,
+    })  # fmt: skip
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_outputs(out, rows, summary)
+    return summary
