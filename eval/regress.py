@@ -1,0 +1,314 @@
+"""Scripted regression chats: run every script in `eval/regression/`, check each reply, diff.
+
+    python -m eval.regress --model base
+    python -m eval.regress --model smollm2-persona-cpu --scripts eval/regression/nova_identity.yaml
+    python -m eval.regress --app_url http://127.0.0.1:7860 --model base   # through a running app's /chat
+
+Each script is one conversation (a `ChatSession`, or the app's `/chat` API with the
+conversation id passed back), decoded greedily so a run is reproducible. Writes
+`results.json` (every reply and check), `junit.xml` and `config.yaml` to
+`runs/<version>/regress/<timestamp>/`, prints a pass/fail table and a diff against the newest
+run of another model version, and queues failed or changed replies for labelling.
+Exit status: 0 all checks passed, 1 a check failed, 2 a usage error (script, persona, model).
+The script format is in `eval/regress_checks.py`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from chatbot.config import parse_config
+from chatbot.default_model import DEFAULT_MODEL
+from chatbot.engine import GenerationSettings
+from chatbot.errors import ConfigError, GenerationError, PersonaStudioError
+from chatbot.loading import EngineConfig, load_engine
+from chatbot.persona import Persona, load_personas
+from chatbot.session import ChatSession
+from chatbot.store import NewItem, Store
+from chatbot.versions import BASE
+from eval.regress_checks import ScriptFile, diff, diff_summary, junit_xml, load_scripts, run_checks, table
+
+log = logging.getLogger("eval.regress")
+
+
+class GreedySettings(GenerationSettings):
+    """Greedy by default, so runs are reproducible. Defaults live on the fields (not in a
+    default_factory): `--generation.max_new_tokens 32` rebuilds the nested model from the
+    given keys alone, and must not bring back sampling at temperature 0.7."""
+
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens in one reply.")
+
+
+class RegressConfig(EngineConfig):
+    scripts: list[str] = Field(
+        ["eval/regression"], description="Script files or folders of *.yaml: one path, or `[a.yaml,b.yaml]`."
+    )
+    personas_dir: str = Field("personas", description="Persona files the scripts' keys refer to.")
+    app_url: str | None = Field(None, description="Chat through this app's /chat API (URL or Space id).")
+    generation: GreedySettings = Field(default_factory=GreedySettings)
+    consistency_threshold: float = Field(0.35, ge=-1, le=1, description="Least similarity for `in_persona`.")
+    compare_to: str | None = Field(
+        None, description="results.json (or its folder) to diff against; default: newest run of another version."
+    )
+    labels: Literal["flagged", "all", "none"] = Field(
+        "flagged", description="Queue failed or changed replies (flagged), those then the rest (all), or none."
+    )
+    database_url: str | None = Field(None, description="Label store (default: DATABASE_URL or SQLite in data/).")
+    out: str | None = Field(None, description="Output folder (default: runs/<version>/regress/<timestamp>/).")
+
+    @field_validator("scripts", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
+
+def version_name(cfg: RegressConfig) -> str:
+    """The version the results are filed under (an app serves versions by these names)."""
+    if cfg.model in (BASE, DEFAULT_MODEL):
+        return BASE
+    if cfg.app_url:
+        return cfg.model
+    from eval.run import version_name as local_name
+
+    return local_name(cfg)
+
+
+# -- chatting ------------------------------------------------------------------------------
+
+
+def _text(content) -> str:
+    """Chat content from the app: escaped HTML, maybe a list of parts (see ui/common.py)."""
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    elif isinstance(content, dict):
+        content = content.get("text", "")
+    return html.unescape(str(content))
+
+
+class LocalChat:
+    """A `ChatSession` on a local engine."""
+
+    def __init__(self, engine, settings: GenerationSettings):
+        self.engine, self.settings = engine, settings
+
+    def start(self, key: str, persona: Persona) -> None:
+        self.session = ChatSession(self.engine, persona, self.settings)
+
+    def switch(self, key: str, persona: Persona) -> None:
+        self.session.switch_persona(persona)
+
+    def context(self) -> list[dict]:
+        return [dict(m) for m in self.session.history]
+
+    def send(self, text: str) -> str:
+        return self.session.reply(text)
+
+
+class AppChat:
+    """The app's `/chat` API, the conversation id and last persona passed back each turn.
+
+    The app decodes with temperature, top_p, top_k and max_new_tokens from here, and its own
+    repetition_penalty and seed; it saves the chat in its store like any other (source "chat")."""
+
+    def __init__(self, url: str, version: str, settings: GenerationSettings):
+        from gradio_client import Client
+
+        try:
+            self.client = Client(url, verbose=False)
+        except Exception as err:  # connection refused, no such Space, not a Gradio app
+            raise ConfigError(
+                f"cannot reach the app at {url}: {err}", "start it (python app.py) or fix --app_url"
+            ) from None
+        self.version, self.settings = version, settings
+
+    def start(self, key: str, persona: Persona) -> None:
+        # The app's chat opens with the greeting, as ChatSession does; the history holds it escaped.
+        greeting = [{"type": "text", "text": html.escape(persona.greeting or "", quote=False)}]  # Gradio 6 parts
+        self.history = [{"role": "assistant", "content": greeting}] if persona.greeting else []
+        self.key, self.last, self.conversation_id = key, key, None
+
+    def switch(self, key: str, persona: Persona) -> None:
+        self.key = key  # the app marks the switch in the transcript on the next message
+
+    def context(self) -> list[dict]:
+        shown = [m for m in self.history if not (m.get("metadata") or {}).get("title")]  # not notices
+        return [{"role": m["role"], "content": _text(m["content"])} for m in shown]
+
+    def send(self, text: str) -> str:
+        s = self.settings
+        args = [text, self.history, self.key, self.version, s.temperature, s.top_p, s.top_k, s.max_new_tokens,
+                self.conversation_id, self.last, "", ""]  # fmt: skip
+        try:
+            self.history, _, self.conversation_id, self.last = self.client.predict(*args, api_name="/chat")
+        except Exception as err:  # the app's gr.Error arrives as gradio_client's AppError
+            raise GenerationError(f"the app's /chat failed: {err}", "check the app's log and --model") from None
+        return _text(self.history[-1]["content"]).strip()
+
+
+def run_script(chat, file: ScriptFile, personas: dict[str, Persona], scorer, threshold: float) -> list[dict]:
+    """Play one script as one conversation; one record per user turn."""
+    script, key = file.script, file.script.persona
+    chat.start(key, personas[key])
+    records = []
+    for number, (turn, line) in enumerate(zip(script.turns, file.turn_lines, strict=True), start=1):
+        if turn.switch_persona:
+            key = turn.switch_persona
+            chat.switch(key, personas[key])
+            continue
+        context = chat.context()
+        reply = chat.send(turn.user)
+        checks = run_checks(turn.checks, reply, key, personas[key], scorer, threshold)
+        records.append({
+            "script": script.name, "file": str(file.path), "turn": number, "line": line, "persona": key,
+            "persona_name": personas[key].name, "user": turn.user, "reply": reply, "context": context,
+            "checks": checks, "passed": all(c["passed"] for c in checks),
+        })  # fmt: skip
+    return records
+
+
+def make_scorer(personas: dict[str, Persona]):
+    """reply -> {persona key: similarity to its facts}; the encoder loads on the first call."""
+    from eval.consistency import similarity
+
+    keys = list(personas)
+    return lambda reply: dict(
+        zip(keys, similarity([reply] * len(keys), [personas[k].facts for k in keys]), strict=True)
+    )
+
+
+# -- files and the store ------------------------------------------------------------------
+
+
+def previous_results(cfg: RegressConfig, name: str, out: Path) -> Path | None:
+    """`compare_to`, else the newest results.json under runs/*/regress/ of another version."""
+    if cfg.compare_to:
+        path = Path(cfg.compare_to)
+        path = path / "results.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"--compare_to {cfg.compare_to}: no results.json there", "pass a regress run folder")
+        return path
+    runs = []
+    for path in Path(cfg.runs_dir).glob("*/regress/*/results.json"):
+        if path.parent.resolve() == out.resolve():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("skipping unreadable %s", path)
+            continue
+        if data.get("model_version") != name:
+            runs.append((data.get("created", ""), path))
+    return max(runs)[1] if runs else None
+
+
+def flagged(record: dict) -> bool:
+    return not record["passed"] or record.get("diff", {}).get("status") == "changed"
+
+
+def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: dict[str, Persona]) -> int:
+    """Register failed/changed replies, then (labels=all) the rest, in one transaction so the
+    flagged ones get the lower ids; the queue hands out the lowest open id first."""
+    chosen = [r for r in records if flagged(r)]
+    chosen += [r for r in records if not flagged(r)] if cfg.labels == "all" else []
+    if cfg.labels == "none" or not chosen:
+        return 0
+    items = [
+        NewItem(
+            source="eval",
+            persona_name=r["persona_name"],
+            persona=personas[r["persona"]].model_dump(),
+            context=r["context"],
+            answer=r["reply"],
+            model_version=name,
+        )  # fmt: skip
+        for r in chosen
+    ]
+    with Store(cfg.database_url) as store:
+        for r, item_id in zip(chosen, store.add_label_items(items), strict=True):
+            r["label_item"] = item_id
+    return len(items)
+
+
+def write_outputs(out: Path, cfg: RegressConfig, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    junit_xml(results["turns"], results["model_version"]).write(out / "junit.xml", encoding="utf-8")
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def default_out(cfg: RegressConfig, name: str) -> Path:
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    out, n = Path(cfg.runs_dir) / name / "regress" / stamp, 2
+    while out.exists():  # two runs in one second
+        out, n = out.with_name(f"{stamp}-{n}"), n + 1
+    return out
+
+
+def run(cfg: RegressConfig) -> tuple[dict, Path]:
+    """Play every script, check, diff, write the outputs and queue labels; (results, out)."""
+    personas = load_personas(cfg.personas_dir)
+    files = load_scripts(cfg.scripts, personas)  # a bad script fails before the model loads
+    name = version_name(cfg)
+    out = Path(cfg.out) if cfg.out else default_out(cfg, name)
+    chat = AppChat(cfg.app_url, name, cfg.generation) if cfg.app_url else LocalChat(load_engine(cfg), cfg.generation)
+    scorer = make_scorer(personas)
+    created = datetime.now().isoformat(timespec="seconds")
+    records = [r for f in files for r in run_script(chat, f, personas, scorer, cfg.consistency_threshold)]
+    previous_path = previous_results(cfg, name, out)
+    previous = json.loads(previous_path.read_text()) if previous_path else {}
+    results = {
+        "model_version": name, "model": cfg.model, "app_url": cfg.app_url, "created": created,
+        "summary": {"scripts": len(files), "turns": len(records), "failed_turns": sum(not r["passed"] for r in records),
+                    "checks": sum(len(r["checks"]) for r in records),
+                    "failed_checks": sum(not c["passed"] for r in records for c in r["checks"])},
+        "compare_to": str(previous_path) if previous_path else None,
+        "compared_version": previous.get("model_version"),
+        "diff": diff(records, previous) if previous_path else None,
+        "turns": records,
+    }  # fmt: skip
+    write_outputs(out, cfg, results)  # before the store: a database problem loses no replies
+    results["summary"]["queued_labels"] = queue_labels(cfg, name, records, personas)
+    write_outputs(out, cfg, results)  # again, with the label item ids
+    return results, out
+
+
+def report(results: dict, out: Path) -> str:
+    s = results["summary"]
+    lines = [table(results["turns"]), "",
+             f"{results['model_version']}: {s['checks'] - s['failed_checks']} of {s['checks']} checks passed, "
+             f"{s['turns'] - s['failed_turns']} of {s['turns']} turns in {s['scripts']} scripts"]  # fmt: skip
+    if results["diff"]:
+        lines.append(diff_summary(results["diff"], results["compare_to"], results["compared_version"]))
+    else:
+        lines.append("diff: no earlier run of another model version (pass --compare_to PATH)")
+    lines.append(f"{s['queued_labels']} replies queued for labelling; written to {out}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        cfg = parse_config(RegressConfig, argv, description=__doc__)
+        results, out = run(cfg)
+    except PersonaStudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report(results, out))
+    return 1 if results["summary"]["failed_turns"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
