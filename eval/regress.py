@@ -216,8 +216,8 @@ def flagged(record: dict) -> bool:
 
 
 def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: dict[str, Persona]) -> int:
-    """Register failed/changed replies, then (labels=all) the rest, in one transaction so the
-    flagged ones get the lower ids; the queue hands out the lowest open id first."""
+    """Register failed/changed replies with priority 1, so the queue hands them out before
+    anything already waiting there, then (labels=all) the rest with the normal priority 0."""
     chosen = [r for r in records if flagged(r)]
     chosen += [r for r in records if not flagged(r)] if cfg.labels == "all" else []
     if cfg.labels == "none" or not chosen:
@@ -230,6 +230,7 @@ def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: d
             context=r["context"],
             answer=r["reply"],
             model_version=name,
+            priority=1 if flagged(r) else 0,
         )  # fmt: skip
         for r in chosen
     ]

@@ -2,7 +2,8 @@
 
 An item is *open* to a rater when they have not labelled or skipped it and either hold it
 already or fewer than `overlap` raters hold it. Holders are raters with an assignment:
-`next_item` assigns, a label keeps the assignment, a skip gives it back.
+`next_item` assigns, a label keeps the assignment, a skip gives it back. Open items go
+out by `priority` (highest first), then by age (lowest id first).
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ def pending(conn: sa.Connection, rater_id: int, source: str | None, columns: lis
 
 
 def claim(conn: sa.Connection, rater_id: int, overlap: int, source: str | None, columns: list) -> sa.Row | None:
-    """Assign the oldest item with a free place to the rater, or None if there is none."""
+    """Assign the item with a free place and the highest priority (the oldest of those) to
+    the rater, or None if there is none."""
     query = (
         sa.select(*columns)
         .where(*_unfinished(rater_id, source), ~_held_by(rater_id), _holders(label_items.c.id) < overlap)
-        .order_by(label_items.c.id)
+        .order_by(label_items.c.priority.desc(), label_items.c.id)
         .limit(1)
     )
     for _ in range(_CLAIM_TRIES):

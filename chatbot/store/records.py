@@ -40,18 +40,20 @@ class NewItem:
     model_version: str
     conversation_id: int | None = None
     eval_run_id: int | None = None
+    priority: int = 0  # higher comes first in the queue (eval.regress: 1 for failed/changed replies)
 
     @property
     def key(self) -> str:
-        """Same question to raters -> same key, so registering an answer twice is a no-op.
-        Where the answer came from (conversation, eval run) is not part of the question."""
+        """Same question to raters -> same key, so registering an answer twice is a no-op
+        (except that a higher priority raises the stored one). Where the answer came from
+        (conversation, eval run) and its priority are not part of the question."""
         content = [self.source, self.model_version, self.persona, self.context, self.answer]
         return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class BlindItem:
-    """What a rater may see: no model version, no source."""
+    """What a rater may see: no model version, no source, no priority."""
 
     id: int
     persona: dict
@@ -70,6 +72,7 @@ class Item:
     model_version: str
     conversation_id: int | None
     eval_run_id: int | None
+    priority: int
     created_at: datetime
 
     def blind(self) -> BlindItem:

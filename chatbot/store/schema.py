@@ -1,8 +1,9 @@
 """Tables. `SCHEMA_VERSION` is stored in `schema_version`; bump it with each change and add
-the step to `migrate` so an existing database is brought forward on start."""
+the step to `UPGRADES` so an existing database is brought forward on start (`migrate`)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -10,7 +11,15 @@ import sqlalchemy as sa
 from chatbot.store.db import StoreError
 from chatbot.store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+
+# The statements that bring a database from version n - 1 to n, keyed by n. Plain SQL that
+# both SQLite and PostgreSQL run; each step leaves the tables as `metadata` describes them.
+UPGRADES: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE label_items ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",),
+}
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -115,6 +124,8 @@ label_items = sa.Table(
     sa.Column("model_version", sa.Text, nullable=False, index=True),
     sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),  # NewItem.key
     _created(),
+    # The queue hands out higher priorities first (then the oldest); NewItem.priority.
+    sa.Column("priority", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
     _in("source", ITEM_SOURCES),
 )
 
@@ -156,14 +167,22 @@ skips = sa.Table(
 
 
 def migrate(conn: sa.Connection, found: int) -> None:
-    """Bring a database at schema version `found` up to `SCHEMA_VERSION` (no steps yet)."""
+    """Bring a database at schema version `found` up to `SCHEMA_VERSION`, one step at a time,
+    in the caller's transaction (DDL is transactional on both backends: all steps or none)."""
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        log.info("upgrading the database schema from version %d to %d", version - 1, version)
+        for statement in UPGRADES[version]:
+            conn.exec_driver_sql(statement)
     conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION))
 
 
 def ensure(conn: sa.Connection, url: str) -> None:
     """Create missing tables and record or check the schema version (`url` for messages)."""
     metadata.create_all(conn)
-    found = conn.execute(sa.select(schema_version.c.version)).scalar()
+    # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises us): a second app
+    # starting at the same time waits here and then sees the version the first one wrote,
+    # so it does not run the same upgrade again.
+    found = conn.execute(sa.select(schema_version.c.version).with_for_update()).scalar()
     if found is None:
         conn.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))
     elif found > SCHEMA_VERSION:

@@ -125,15 +125,24 @@ class Store:
 
     def add_label_items(self, items: list[NewItem]) -> list[int]:
         """Register answers for labelling; returns their ids. An answer registered before
-        (same `NewItem.key`) keeps its id and its labels."""
+        (same `NewItem.key`) keeps its id and its labels; a higher `priority` than the stored
+        one raises it (a lower one leaves it as it is)."""
         for item in items:
             _check(item.source, ITEM_SOURCES, "label item source")
+            if not isinstance(item.priority, int) or isinstance(item.priority, bool):
+                raise StoreError(f"a label item priority must be an integer, not {item.priority!r}", "pass 0, 1, ...")
 
         def write(conn: sa.Connection) -> list[int]:
             ids = []
             for item in items:
                 values = {f.name: getattr(item, f.name) for f in fields(NewItem)} | {"dedupe_key": item.key}
-                conn.execute(sql.dialect_insert(conn, label_items).values(values).on_conflict_do_nothing())
+                stmt = sql.dialect_insert(conn, label_items).values(values)
+                raise_priority = stmt.on_conflict_do_update(
+                    index_elements=["dedupe_key"],
+                    set_={"priority": stmt.excluded.priority},
+                    where=stmt.excluded.priority > label_items.c.priority,
+                )
+                conn.execute(raise_priority)
                 ids.append(
                     conn.execute(sa.select(label_items.c.id).where(label_items.c.dedupe_key == item.key)).scalar_one()
                 )
@@ -148,8 +157,9 @@ class Store:
         return self._read(read, f"label item {item_id}")
 
     def next_item(self, rater: str, overlap: int = 1, source: str | None = None) -> Item | None:
-        """The rater's next item: one they hold but have not finished, else the oldest item
-        fewer than `overlap` raters hold (now assigned to them). None when nothing is left."""
+        """The rater's next item: one they hold but have not finished, else, of the items fewer
+        than `overlap` raters hold, the one with the highest priority, the oldest of those (now
+        assigned to them). None when nothing is left."""
         rater = _rater_name(rater)
         _check_overlap(overlap)
 

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from chatbot.store import NewItem, Store, StoreError, database_url
+from chatbot.store.schema import NAMING, SCHEMA_VERSION, UTCDateTime
+from chatbot.store.schema import metadata as current_metadata
 from tests.conftest import REPO
 
 PG_URL = os.environ.get("PERSONA_STUDIO_TEST_DATABASE_URL")
@@ -46,9 +49,10 @@ def store(db_url):
         yield store
 
 
-def new_item(i: int, model_version: str = "base", source: str = "eval") -> NewItem:
+def new_item(i: int, model_version: str = "base", source: str = "eval", priority: int = 0) -> NewItem:
     context = [{"role": "user", "content": f"question {i}"}]
-    return NewItem(source, "Ada", {"name": "Ada", "facts": ["I build engines."]}, context, f"answer {i}", model_version)
+    persona = {"name": "Ada", "facts": ["I build engines."]}
+    return NewItem(source, "Ada", persona, context, f"answer {i}", model_version, priority=priority)
 
 
 def add_items(store: Store, n: int, **kwargs) -> list[int]:
@@ -92,7 +96,9 @@ def test_label_items_are_registered_once(store):
         "base",
         [{"role": "user", "content": "question 1"}],
     )
+    assert item.priority == 0
     assert "model_version" not in vars(item.blind()) and item.blind().answer == "answer 1"
+    assert "priority" not in vars(item.blind())
     with pytest.raises(StoreError, match="no label item 12345"):
         store.item(12345)
 
@@ -116,6 +122,37 @@ def test_overlap_2_lets_two_raters_label_an_item_and_not_a_third(store):
     store.label(a, "kim", "good")
     store.label(a, "lee", "bad")
     assert {(r.rater, r.verdict) for r in store.label_rows()} == {("kim", "good"), ("lee", "bad")}
+
+
+def test_priority_items_come_before_older_normal_ones(store):
+    a, b = add_items(store, 2)
+    c, d = store.add_label_items([new_item(2, priority=1), new_item(3, priority=2)])
+    assert (store.item(c).priority, store.item(d).priority) == (1, 2)
+    assert store.next_item("kim").id == d  # highest priority first
+    assert store.next_item("lee").id == c
+    (e,) = store.add_label_items([new_item(4, priority=5)])
+    assert store.next_item("kim").id == d  # a rater's own pending item still comes first
+    store.label(d, "kim", "good")
+    assert store.next_item("kim").id == e
+    store.label(e, "kim", "bad")
+    assert store.next_item("kim").id == a  # then the normal ones, oldest first
+    store.skip(a, "kim")
+    assert store.next_item("kim").id == b
+    with pytest.raises(StoreError, match="priority must be an integer"):
+        store.add_label_items([new_item(5, priority="high")])
+
+
+def test_registering_again_raises_the_priority_but_never_lowers_it(store):
+    a, b = add_items(store, 2)
+    store.label(a, "kim", "good")
+    assert store.add_label_items([new_item(1, priority=1), new_item(0, priority=3)]) == [b, a]
+    assert (store.item(a).priority, store.item(b).priority) == (3, 1)
+    assert store.add_label_items([new_item(0), new_item(1, priority=0)]) == [a, b]  # not lowered
+    assert (store.item(a).priority, store.item(b).priority) == (3, 1)
+    assert [(r.item_id, r.verdict) for r in store.label_rows()] == [(a, "good")]  # labels kept
+    (c,) = add_items(store, 3)[2:]
+    assert store.next_item("lee").id == b  # raised above c, which came later with priority 0
+    assert store.next_item("max").id == c
 
 
 def test_queue_filters_by_source(store):
@@ -257,6 +294,66 @@ def test_newer_schema_version_is_refused(db_url):
         conn.exec_driver_sql("UPDATE schema_version SET version = 99")
     with pytest.raises(StoreError, match="schema version 99"):
         Store(db_url)
+
+
+def _v1_metadata() -> sa.MetaData:
+    """The tables as schema version 1 created them: today's tables, except for `label_items`,
+    frozen here as version 1 defined it (no `priority`). A later version that changes another
+    table freezes that table here too."""
+    v1 = sa.MetaData(naming_convention=NAMING)
+    for table in current_metadata.sorted_tables:
+        if table.name != "label_items":
+            table.to_metadata(v1)
+    sa.Table(
+        "label_items",
+        v1,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("conversation_id", sa.ForeignKey("conversations.id", ondelete="SET NULL"), index=True),
+        sa.Column("eval_run_id", sa.ForeignKey("eval_runs.id", ondelete="SET NULL"), index=True),
+        sa.Column("persona_name", sa.Text, nullable=False),
+        sa.Column("persona", sa.JSON, nullable=False),
+        sa.Column("context", sa.JSON, nullable=False),
+        sa.Column("answer", sa.Text, nullable=False),
+        sa.Column("model_version", sa.Text, nullable=False, index=True),
+        sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.CheckConstraint("source IN ('chat', 'eval')", name="source_allowed"),
+    )
+    return v1
+
+
+def test_a_version_1_database_is_upgraded_and_keeps_its_rows(db_url):
+    v1, t = _v1_metadata(), datetime.now(UTC)
+    items = v1.tables["label_items"]
+    engine = sa.create_engine(database_url(db_url))
+    with engine.begin() as conn:
+        v1.create_all(conn)
+        conn.execute(sa.insert(v1.tables["schema_version"]).values(version=1))
+        kim = conn.execute(sa.insert(v1.tables["raters"]).values(name="kim", created_at=t)).inserted_primary_key[0]
+        ids = []
+        for item in (new_item(i) for i in range(3)):
+            values = {c.name: getattr(item, c.name) for c in items.columns if hasattr(item, c.name)}
+            values |= dict(dedupe_key=item.key, created_at=t)
+            ids.append(conn.execute(sa.insert(items).values(values)).inserted_primary_key[0])
+        pair = dict(item_id=ids[0], rater_id=kim)  # kim labelled the first item
+        conn.execute(sa.insert(v1.tables["assignments"]).values(pair | dict(created_at=t)))
+        label = dict(verdict="bad", comment="rude", created_at=t, updated_at=t)
+        conn.execute(sa.insert(v1.tables["labels"]).values(pair | label))
+    engine.dispose()
+
+    with Store(db_url) as store, store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [SCHEMA_VERSION]
+        column = {c["name"]: c for c in sa.inspect(conn).get_columns("label_items")}["priority"]
+        assert not column["nullable"] and "0" in str(column["default"])
+        rows = [(r.item_id, r.rater, r.verdict, r.comment, r.created_at) for r in store.label_rows()]
+        assert rows == [(ids[0], "kim", "bad", "rude", t)]
+        assert [(store.item(i).answer, store.item(i).priority) for i in ids] == [(f"answer {i}", 0) for i in range(3)]
+        new_id = store.add_label_items([new_item(7, priority=1)])[0]
+        assert store.add_label_items([new_item(1)]) == [ids[1]]  # the old keys still match
+        assert [store.next_item(r).id for r in ("lee", "max", "ann")] == [new_id, ids[1], ids[2]]
+    with Store(db_url) as store:  # opening an upgraded database again changes nothing
+        assert len(store.label_rows()) == 1 and store.progress("kim") == (1, 1)
 
 
 def _break_label_writes(store: Store, times: int) -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from chatbot.errors import ConfigError, PersonaError
 from chatbot.persona import load_personas, render_system_prompt
-from chatbot.store import Store
+from chatbot.store import NewItem, Store
 from eval import regress
 from eval.regress_checks import Checks, load_script, mentions, run_checks
 from tests.conftest import REPO
@@ -127,14 +127,23 @@ def test_usage_errors_exit_2(run, tmp_path, capsys):
 
 
 def test_failed_replies_are_queued_before_the_rest(run, tmp_path):
+    context = [{"role": "user", "content": "hi"}]
+    with Store(f"sqlite:///{tmp_path / 'labels.db'}") as store:  # an item already waiting, not flagged
+        [older] = store.add_label_items([NewItem("eval", "Ada", {"name": "Ada"}, context, "hello", "older")])
     code, out = run(write(tmp_path / "scripts", "mixed.yaml", MIXED), extra=("--labels", "all"))
     passed, failed = results(out)["turns"]
-    assert code == 1 and failed["label_item"] < passed["label_item"]  # the failed one was registered first
+    assert code == 1 and older < failed["label_item"] < passed["label_item"]
     with Store(f"sqlite:///{tmp_path / 'labels.db'}") as store:
         first = store.next_item("rita", source="eval")
         assert (first.id, first.answer, first.persona_name) == (failed["label_item"], failed["reply"], "Sam")
         assert first.source == "eval" and first.model_version == results(out)["model_version"]
         assert first.context[-1] == {"role": "assistant", "content": passed["reply"]}
+        assert (first.priority, store.item(passed["label_item"]).priority) == (1, 0)
+        order = []
+        while (item := store.next_item("rita", source="eval")) is not None:
+            order.append(item.id)
+            store.label(item.id, "rita", "good")
+        assert order == [failed["label_item"], older, passed["label_item"]]  # flagged first, then by age
 
 
 def test_only_flagged_replies_are_queued_by_default(run, tmp_path):
@@ -171,6 +180,8 @@ def test_diff_against_the_newest_run_of_another_version(run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 of 2 replies changed" in printed and "pass -> fail: mixed turn 2 contains" in printed
     assert "label_item" in changed  # changed, though it passed: queued for labelling
+    with Store(f"sqlite:///{tmp_path / 'labels.db'}") as store:
+        assert store.item(changed["label_item"]).priority == 1
 
 
 def test_persona_switch_changes_the_system_prompt(run, tmp_path, tiny_engine, monkeypatch):
