@@ -18,6 +18,7 @@ from ui.common import rater_name, raw, shown, text_of, user_error
 from ui.context import AppContext
 
 CUSTOM = "__custom__"  # persona key of the persona typed in on the spot
+GENERATION = "generation"  # concurrency group of all events that run the model
 
 
 def dialogue(history: list[dict]) -> list[dict]:
@@ -178,8 +179,10 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
               custom_name, custom_facts]  # fmt: skip
     outputs = [chat, message, conv_id, last_persona]
     respond = make_respond(ctx)
-    message.submit(respond, inputs, outputs, api_name="chat")
-    send.click(respond, inputs, outputs, api_name=False)
+    # One concurrency group for every event that generates (here and in Compare): the app's
+    # --concurrency_limit then caps generations overall, not per button.
+    message.submit(respond, inputs, outputs, api_name="chat", concurrency_id=GENERATION)
+    send.click(respond, inputs, outputs, api_name=False, concurrency_id=GENERATION)
     chat.like(make_like(ctx), [chat, rater, persona, conv_id, custom_name, custom_facts], None,
               api_name=False)  # fmt: skip
 
@@ -198,7 +201,9 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         return history, last_user
 
     undo.click(do_undo, chat, chat, api_name="undo")
-    retry.click(do_retry, chat, [chat, message], api_name=False).then(respond, inputs, outputs, api_name=False)
+    retry.click(do_retry, chat, [chat, message], api_name=False).then(
+        respond, inputs, outputs, api_name=False, concurrency_id=GENERATION
+    )
 
     def switch(key, history, custom_name, custom_facts):
         """Before the first message the new persona simply greets; mid-chat the switch is

@@ -9,7 +9,7 @@ import gradio as gr
 
 from chatbot.errors import MessageError, PersonaStudioError
 from chatbot.session import build_messages, check_message
-from ui.chat import dialogue, greeting
+from ui.chat import GENERATION, dialogue, greeting
 from ui.common import raw, shown, user_error
 from ui.context import AppContext
 
@@ -95,8 +95,8 @@ def build_compare_tab(ctx: AppContext) -> None:
     clear = gr.Button("Clear both")
     compare = make_compare(ctx)
     inputs = [message, chat_a, chat_b, persona, version_a, version_b]
-    message.submit(compare, inputs, [chat_a, chat_b, message], api_name="compare")
-    send.click(compare, inputs, [chat_a, chat_b, message], api_name=False)
+    message.submit(compare, inputs, [chat_a, chat_b, message], api_name="compare", concurrency_id=GENERATION)
+    send.click(compare, inputs, [chat_a, chat_b, message], api_name=False, concurrency_id=GENERATION)
     # Each pane is titled with the version it shows.
     version_a.change(lambda v: gr.update(label=v), version_a, chat_a, api_name=False)
     version_b.change(lambda v: gr.update(label=v), version_b, chat_b, api_name=False)

