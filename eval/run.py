@@ -12,6 +12,7 @@ a persona-swap probe. Writes `runs/<version>/eval/<timestamp>/` and an eval run 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import sys
@@ -45,8 +46,6 @@ def trained_ids(cfg: EvalConfig) -> set[str]:
     version = find_version(cfg.model, cfg.runs_dir)
     if version is None or not (version.run_dir / "data.json").is_file():
         return set()
-    import json
-
     return set(json.loads((version.run_dir / "data.json").read_text()).get("train_conversation_ids", []))
 
 
@@ -77,28 +76,6 @@ def select_turns(cfg: EvalConfig) -> tuple[list[Example], dict]:
     return examples, {c.id: c for c in split}
 
 
-def persona_facts(examples: list[Example], conversations: dict) -> list[list[str]]:
-    facts = []
-    for ex in examples:
-        persona = conversations[ex.conversation_id].personas.get(ex.speaker)
-        facts.append(list(persona.facts) if persona else [])
-    return facts
-
-
-def other_facts(facts: list[list[str]], seed: int) -> list[list[str]]:
-    """For each turn, the facts of a randomly drawn turn with a different persona (seeded)."""
-    rng = random.Random(seed + 1)
-    others = []
-    for own in facts:
-        pick = own
-        for _ in range(20):  # almost always the first draw; a one-persona dataset keeps its own
-            pick = facts[rng.randrange(len(facts))]
-            if pick != own:
-                break
-        others.append(pick)
-    return others
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -106,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         name = version_name(cfg)
         examples, conversations = select_turns(cfg)
         engine = load_engine(cfg)
-        from eval.scoring import evaluate
+        from eval.scoring import evaluate  # transformers and friends: not needed for --help
 
         out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / name / "eval" / f"{datetime.now():%Y%m%d-%H%M%S}"
         summary = evaluate(cfg, name, engine, examples, conversations, out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import statistics
 from pathlib import Path
 
@@ -87,9 +88,30 @@ def register(cfg: EvalConfig, name: str, examples, replies, own, out: Path, summ
         store.close()
 
 
+def persona_facts(examples: list[Example], conversations: dict) -> list[list[str]]:
+    facts = []
+    for ex in examples:
+        persona = conversations[ex.conversation_id].personas.get(ex.speaker)
+        facts.append(list(persona.facts) if persona else [])
+    return facts
+
+
+def other_facts(facts: list[list[str]], seed: int) -> list[list[str]]:
+    """For each turn, the facts of a randomly drawn turn with a different persona (seeded)."""
+    rng = random.Random(seed + 1)
+    others = []
+    for own in facts:
+        pick = own
+        for _ in range(20):  # almost always the first draw; a one-persona dataset keeps its own
+            pick = facts[rng.randrange(len(facts))]
+            if pick != own:
+                break
+        others.append(pick)
+    return others
+
+
 def evaluate(cfg: EvalConfig, name: str, engine, examples, conversations, out: Path) -> dict:
     from eval.outputs import write_outputs
-    from eval.run import other_facts, persona_facts
 
     replies = generate(engine, examples, cfg)
     summary, per_item, info = automatic_metrics(cfg, engine, examples, replies)

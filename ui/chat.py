@@ -196,12 +196,8 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     def do_undo(history):
         return pop_last(history)[0]
 
-    def do_retry(history):
-        history, last_user = pop_last(history)
-        return history, last_user
-
     undo.click(do_undo, chat, chat, api_name="undo")
-    retry.click(do_retry, chat, [chat, message], api_name=False).then(
+    retry.click(pop_last, chat, [chat, message], api_name=False).then(
         respond, inputs, outputs, api_name=False, concurrency_id=GENERATION
     )
 
