@@ -17,9 +17,9 @@ import sys
 import gradio as gr
 from pydantic import Field
 
-from chatbot.config import parse_config
+from chatbot.config import entry_point
 from chatbot.engine import GenerationSettings
-from chatbot.errors import ConfigError, PersonaStudioError
+from chatbot.errors import ConfigError
 from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
 from chatbot.store import Store
@@ -84,20 +84,16 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(AppConfig, __doc__)
+def main(cfg: AppConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        cfg = parse_config(AppConfig, argv, description=__doc__)
-        auth = parse_auth(cfg.auth)
-        store = Store(cfg.database_url)
-        pool = EnginePool(cfg)
-        pool.get("base")  # load now: a bad --model fails here, not in the first chat
-        ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth))
-        if not ctx.personas()[0]:
-            raise ConfigError(f"no valid persona files in {cfg.personas_dir}", "add a *.yaml persona there")
-    except PersonaStudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    auth = parse_auth(cfg.auth)
+    store = Store(cfg.database_url)
+    pool = EnginePool(cfg)
+    pool.get("base")  # load now: a bad --model fails here, not in the first chat
+    ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth))
+    if not ctx.personas()[0]:
+        raise ConfigError(f"no valid persona files in {cfg.personas_dir}", "add a *.yaml persona there")
     demo = build_demo(ctx)
     demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
     demo.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS)

@@ -13,7 +13,7 @@ import sys
 
 from pydantic import Field
 
-from chatbot.config import parse_config
+from chatbot.config import entry_point
 from chatbot.engine import GenerationSettings
 from chatbot.errors import PersonaStudioError
 from chatbot.loading import EngineConfig, load_engine
@@ -79,15 +79,11 @@ def run(session: ChatSession, lines) -> None:
             print(f"error: {err}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(ChatConfig, __doc__)
+def main(cfg: ChatConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        cfg = parse_config(ChatConfig, argv, description=__doc__)
-        persona = load_persona(cfg.persona)
-        engine = load_engine(cfg)
-    except PersonaStudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    persona = load_persona(cfg.persona)
+    engine = load_engine(cfg)
     print(f"[{persona.name} on {engine.name}; {HELP}]", file=sys.stderr)
     run(ChatSession(engine, persona, cfg.generation), sys.stdin)
     return 0

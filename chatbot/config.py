@@ -4,19 +4,22 @@ Each job declares one pydantic model (`extra="forbid"`, every field with a descr
 `parse_config(ChatConfig, argv)` builds `--help` from the fields, reads the YAML file, then
 applies dotted overrides (`--generation.temperature 0.2`, `--lora.r 16`). Flag values are
 parsed as YAML scalars, so `--limit 200`, `--seed null`, `--fractions [0.8,0.1,0.1]` work.
+`@entry_point(ChatConfig, __doc__)` turns a job's `main(cfg)` into the `main(argv)` a script runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from chatbot.errors import ConfigError
+from chatbot.errors import ConfigError, PersonaStudioError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -89,3 +92,24 @@ def validate_config(model: type[C], values: dict, source: str = "config") -> C:
         else:
             fix = "`--help` lists every field with its default"
         raise ConfigError(f"{source}: `{key}`: {first['msg']} (got {first.get('input')!r})", fix) from None
+
+
+def entry_point(model: type[C], description: str) -> Callable[[Callable[[C], int]], Callable[..., int]]:
+    """Turn `main(cfg) -> exit code` into `main(argv=None) -> exit code`: parse argv, then run `main`.
+
+    `--help` exits 0 before `main` runs, so its lazy imports stay lazy. A `PersonaStudioError` becomes
+    `error: ...` on stderr and exit code 2: it already names the problem and the fix; a traceback would bury them.
+    """
+
+    def decorate(job: Callable[[C], int]) -> Callable[..., int]:
+        @functools.wraps(job)
+        def main(argv: list[str] | None = None) -> int:
+            try:
+                return job(parse_config(model, argv, description))
+            except PersonaStudioError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+
+        return main
+
+    return decorate

@@ -26,10 +26,10 @@ from typing import Literal
 import yaml
 from pydantic import Field, field_validator
 
-from chatbot.config import parse_config
+from chatbot.config import entry_point
 from chatbot.default_model import DEFAULT_MODEL
 from chatbot.engine import GenerationSettings
-from chatbot.errors import ConfigError, GenerationError, PersonaStudioError
+from chatbot.errors import ConfigError, GenerationError
 from chatbot.loading import EngineConfig, load_engine
 from chatbot.persona import Persona, load_personas
 from chatbot.session import ChatSession
@@ -299,14 +299,10 @@ def report(results: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(RegressConfig, __doc__)
+def main(cfg: RegressConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        cfg = parse_config(RegressConfig, argv, description=__doc__)
-        results, out = run(cfg)
-    except PersonaStudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results, out = run(cfg)
     print(report(results, out))
     return 1 if results["summary"]["failed_turns"] else 0
 

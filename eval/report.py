@@ -19,8 +19,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import parse_config
-from chatbot.errors import PersonaStudioError
+from chatbot.config import entry_point
 from chatbot.store import Store
 from chatbot.versions import list_versions
 from eval.table import METRICS_NOTE, results_table
@@ -93,14 +92,10 @@ def build_report(cfg: ReportConfig) -> tuple[pd.DataFrame, str]:
     return table, "\n".join(parts) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(ReportConfig, __doc__)
+def main(cfg: ReportConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        cfg = parse_config(ReportConfig, argv, description=__doc__)
-        table, markdown = build_report(cfg)
-    except PersonaStudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    table, markdown = build_report(cfg)
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)

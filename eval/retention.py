@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from chatbot.config import parse_config
-from chatbot.errors import ConfigError, DatasetError, PersonaStudioError
+from chatbot.config import entry_point
+from chatbot.errors import ConfigError, DatasetError
 from chatbot.loading import EngineConfig, load_model_and_tokenizer, resolve_version
 
 log = logging.getLogger("eval.retention")
@@ -200,18 +200,14 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(RetentionConfig, __doc__)
+def main(cfg: RetentionConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = parse_config(RetentionConfig, argv, description=__doc__)
-        from eval.run import version_name
+    from eval.run import version_name
 
-        name = version_name(cfg)
-        engine = cfg.model_dump(exclude={"model", "tasks", "limit", "out"})
-        result = retention(cfg.model, cfg.tasks, cfg.limit, **engine)
-    except PersonaStudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    name = version_name(cfg)
+    engine = cfg.model_dump(exclude={"model", "tasks", "limit", "out"})
+    result = retention(cfg.model, cfg.tasks, cfg.limit, **engine)
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / name / "retention" / f"{datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

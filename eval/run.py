@@ -19,9 +19,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from chatbot.config import parse_config
+from chatbot.config import entry_point
 from chatbot.default_model import DEFAULT_MODEL
-from chatbot.errors import ConfigError, DatasetError, PersonaStudioError
+from chatbot.errors import ConfigError, DatasetError
 from chatbot.loading import load_engine
 from chatbot.versions import BASE, find_version, list_versions
 from eval.config import EvalConfig
@@ -76,20 +76,16 @@ def select_turns(cfg: EvalConfig) -> tuple[list[Example], dict]:
     return examples, {c.id: c for c in split}
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(EvalConfig, __doc__)
+def main(cfg: EvalConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = parse_config(EvalConfig, argv, description=__doc__)
-        name = version_name(cfg)
-        examples, conversations = select_turns(cfg)
-        engine = load_engine(cfg)
-        from eval.scoring import evaluate  # transformers and friends: not needed for --help
+    name = version_name(cfg)
+    examples, conversations = select_turns(cfg)
+    engine = load_engine(cfg)
+    from eval.scoring import evaluate  # transformers and friends: not needed for --help
 
-        out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / name / "eval" / f"{datetime.now():%Y%m%d-%H%M%S}"
-        summary = evaluate(cfg, name, engine, examples, conversations, out)
-    except PersonaStudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / name / "eval" / f"{datetime.now():%Y%m%d-%H%M%S}"
+    summary = evaluate(cfg, name, engine, examples, conversations, out)
     print((out / "table.md").read_text())
     print(f"written to {out} ({summary['items']} turns)")
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import parse_config
+from chatbot.config import entry_point
 from chatbot.errors import ConfigError, ModelLoadError, PersonaStudioError
 from chatbot.versions import BASE, ModelVersion, find_version, list_versions
 
@@ -154,13 +154,10 @@ def export(cfg: ExportConfig) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(ExportConfig, __doc__)
+def main(cfg: ExportConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        export(parse_config(ExportConfig, argv, description=__doc__))
-    except PersonaStudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    export(cfg)
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from chatbot.config import parse_config
+from chatbot.config import entry_point
 from chatbot.errors import ConfigError, PersonaStudioError
 from training.config import TrainConfig
 
@@ -73,11 +73,11 @@ def _drop_if_empty(partial: Path | None) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+@entry_point(TrainConfig, __doc__)
+def main(cfg: TrainConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     version, partial = "NAME", None
     try:
-        cfg = parse_config(TrainConfig, argv, description=__doc__)
         from training.backends import resolve_backend
 
         backend = resolve_backend(cfg)
@@ -89,10 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         version = agreed_version_name(cfg)
         partial, final = prepare_folders(cfg, version)
         train(cfg, backend, version, partial, final)
-    except PersonaStudioError as err:
+    except PersonaStudioError:
         _drop_if_empty(partial)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise  # @entry_point prints it
     except KeyboardInterrupt:
         print(f"\ninterrupted: resume with --output.version {version} --output.resume true", file=sys.stderr)
         return 130
