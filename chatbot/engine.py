@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
 from chatbot.errors import GenerationError, MessageError, ModelLoadError
+from chatbot.kv_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class ChatEngine(ABC):
     def generate(self, conversations: list[Messages], settings: GenerationSettings, **kw) -> list[str]:
         """One reply per conversation, in order."""
 
+    def warm(self, messages: Messages) -> None:
+        """Get ready for prompts that start with `messages` (e.g. a persona's system prompt).
+        A no-op unless the backend keeps prompt caches; remote servers cache on their own."""
+        return None
+
     def fit_messages(self, messages: Messages, settings: GenerationSettings) -> Messages:
         """Drop the oldest dialogue turns until prompt + max_new_tokens fits the context window.
 
@@ -102,7 +108,9 @@ class _StopOnEvent(StoppingCriteria):
 class TransformersEngine(ChatEngine):
     """A local transformers causal LM with its tokenizer's chat template."""
 
-    def __init__(self, model, tokenizer, name: str, max_context_tokens: int | None = None):
+    def __init__(
+        self, model, tokenizer, name: str, max_context_tokens: int | None = None, prefix_cache_tokens: int = 8192
+    ):
         if not tokenizer.chat_template:
             raise ModelLoadError(
                 f"the tokenizer of {name} has no chat template",
@@ -115,6 +123,8 @@ class TransformersEngine(ChatEngine):
         self.name = name
         native = getattr(model.config, "max_position_embeddings", None) or 2048
         self.context_window = min(native, max_context_tokens) if max_context_tokens else native
+        # KV caches of recent chat turns: the next turn of a chat prefills only its new tokens.
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, **kwargs) -> TransformersEngine:
@@ -122,10 +132,11 @@ class TransformersEngine(ChatEngine):
         from chatbot.loading import load_model_and_tokenizer
 
         max_context_tokens = kwargs.pop("max_context_tokens", None)
+        prefix_cache_tokens = kwargs.pop("prefix_cache_tokens", 8192)
         hf_model, tokenizer = load_model_and_tokenizer(model, adapter, **kwargs)
         name = f"default ({Path(hf_model.config.name_or_path).name})" if model == "default" else model
         name = name if adapter is None else f"{name} + {adapter}"
-        return cls(hf_model, tokenizer, name, max_context_tokens)
+        return cls(hf_model, tokenizer, name, max_context_tokens, prefix_cache_tokens)
 
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -145,19 +156,35 @@ class TransformersEngine(ChatEngine):
         kwargs["max_new_tokens"] = max(1, min(settings.max_new_tokens, room))
         return {**kwargs, "pad_token_id": self.tokenizer.pad_token_id}
 
+    def warm(self, messages: Messages) -> None:
+        """Run `messages` (no generation prompt) through the model once and keep the KV cache."""
+        if self.prefix_cache.max_tokens <= 0:
+            return
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = self._encode([text])["input_ids"]
+        with torch.inference_mode():
+            cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        self.prefix_cache.put(ids[0], cache)
+
     def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
         inputs = self._encode([self.render(self.fit_messages(messages, settings))])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop, failure = threading.Event(), []
         kwargs = {**inputs, **self._generate_kwargs(settings, inputs), "streamer": streamer}
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnEvent(stop)])
+        # generate prefills only the prompt tokens the reused cache does not hold, and extends it.
+        cache, reused = self.prefix_cache.take(inputs["input_ids"][0])
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        log.debug("prompt %d tokens, %d from the prefix cache", inputs["input_ids"].shape[1], reused)
         if settings.seed is not None:
             set_seed(settings.seed)
 
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    self.model.generate(**kwargs)
+                    out = self.model.generate(**kwargs, return_dict_in_generate=True)
+                self.prefix_cache.put(out.sequences[0], out.past_key_values)
             except Exception as err:  # re-raised in the consumer's thread below
                 failure.append(err)
                 streamer.end()

@@ -34,6 +34,9 @@ class EngineConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     max_context_tokens: int | None = Field(None, ge=16, description="Cap the context window (default: the model's).")
     runs_dir: str = Field("runs", description="Folder of trained model versions; --model may name one.")
+    prefix_cache_tokens: int = Field(
+        8192, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
+    )
 
 
 def resolve_version(model: str, adapter: str | None, runs_dir: str) -> tuple[str, str | None]:
@@ -57,7 +60,12 @@ def load_engine(cfg: EngineConfig):
 
     model, adapter = resolve_version(cfg.model, cfg.adapter, cfg.runs_dir)
     engine = TransformersEngine.load(
-        model, adapter, dtype=cfg.dtype, device=cfg.device, max_context_tokens=cfg.max_context_tokens
+        model,
+        adapter,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        max_context_tokens=cfg.max_context_tokens,
+        prefix_cache_tokens=cfg.prefix_cache_tokens,
     )
     if model != cfg.model:  # a version: show its name rather than base + adapter path
         engine.name = cfg.model

@@ -7,7 +7,7 @@ nothing of the old persona's prompt remains; the dialogue itself (what was said)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from chatbot.engine import ChatEngine, GenerationSettings, Messages
 from chatbot.errors import MessageError
@@ -37,6 +37,18 @@ def build_messages(persona: Persona, history: Messages, user_message: str | None
     if user_message is not None:
         messages.append({"role": "user", "content": user_message})
     return messages
+
+
+def opening(persona: Persona) -> Messages:
+    """The history a new chat starts with: the persona's greeting, if it has one."""
+    return [{"role": "assistant", "content": persona.greeting}] if persona.greeting else []
+
+
+def warm(engine: ChatEngine, personas: Iterable[Persona]) -> None:
+    """Prefill each persona's system prompt and greeting, so the first reply of a chat only
+    has to read the user's message (engines without a prompt cache ignore this)."""
+    for persona in personas:
+        engine.warm(build_messages(persona, opening(persona)))
 
 
 class ChatSession:
@@ -95,4 +107,4 @@ class ChatSession:
 
     def reset(self) -> None:
         """Start over under the current persona (its greeting, if any, opens the chat)."""
-        self.history = [{"role": "assistant", "content": self.persona.greeting}] if self.persona.greeting else []
+        self.history = opening(self.persona)
