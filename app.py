@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 import gradio as gr
 from pydantic import Field
@@ -22,6 +23,7 @@ from chatbot.engine import GenerationSettings
 from chatbot.errors import ConfigError
 from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
+from chatbot.session import warm
 from chatbot.store import Store
 from ui.chat import build_chat_tab
 from ui.compare import build_compare_tab
@@ -90,10 +92,12 @@ def main(cfg: AppConfig) -> int:
     auth = parse_auth(cfg.auth)
     store = Store(cfg.database_url)
     pool = EnginePool(cfg)
-    pool.get("base")  # load now: a bad --model fails here, not in the first chat
+    base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
     ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth))
     if not ctx.personas()[0]:
         raise ConfigError(f"no valid persona files in {cfg.personas_dir}", "add a *.yaml persona there")
+    # Prefill every persona's prompt in the background, so each chat's first reply only reads the message.
+    threading.Thread(target=warm, args=(base, list(ctx.personas()[0].values())), daemon=True).start()
     demo = build_demo(ctx)
     demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
     demo.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS)

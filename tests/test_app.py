@@ -51,6 +51,24 @@ def test_three_turn_chat_is_streamed_and_saved(app):
     assert stored[0].content == "Hello!" and stored[0].model_version == "base"
 
 
+def test_a_chat_turn_starts_from_the_previous_turns_kv_cache(app, tiny_engine, monkeypatch):
+    """The app sends the history back as the engine produced it, so turn 2 only prefills what is new."""
+    client, _ = app
+    taken = []
+    take = tiny_engine.prefix_cache.take
+
+    def spy(ids):
+        cache, reused = take(ids)
+        taken.append((len(ids), reused))
+        return cache, reused
+
+    monkeypatch.setattr(tiny_engine.prefix_cache, "take", spy)
+    history, _, conv_id, last = chat(client, "Tell me about your workshop, please.", [], persona="marco")
+    chat(client, "Which tool do you like best?", history, persona="marco", conv_id=conv_id, last=last)
+    (first_prompt, _), (second_prompt, reused) = taken
+    assert first_prompt <= reused < second_prompt  # at least all of turn 1's prompt came from the cache
+
+
 def test_persona_switch_mid_chat_is_marked_in_the_transcript(app):
     client, store = app
     history, _, conv_id, last = chat(client, "Hi Ada", [], conv_id=None, last="ada")

@@ -49,10 +49,12 @@ def test_train_throughput_compares_product_and_bare_trl(tmp_path):
 def test_chat_latency_measures_the_engine_and_bare_generate(tmp_path):
     data = run_quick(chat_latency, tmp_path, "--repeats", "2")
     methods = data["results"]["methods"]
-    for name in ("product", "bare_streamer", "bare_generate", "bf16", "static_cache", "prefix_cache"):
+    for name in ("next_turn", "first_message", "cold", "bare_streamer", "bare_generate", "bf16", "static_cache"):
         assert methods[name]["ttft_s"]["n"] == 2, name
-    # Greedy on the same weights: the engine and the bare paths must say the same thing.
-    assert methods["product"]["reply"] == methods["bare_generate"]["reply"] == methods["prefix_cache"]["reply"]
+    # Greedy on the same weights: cached or not, the engine and bare generate say the same thing.
+    assert methods["next_turn"]["reply"] == methods["cold"]["reply"] == methods["bare_generate"]["reply"]
+    assert methods["first_message"]["reply"] == methods["bare_streamer_first"]["reply"]
+    assert data["results"]["reused_tokens"] > 0  # the next turn really started from the 6th turn's cache
     assert "llama_cpp" in data["results"]["skipped"]  # quick runs the tiny model, not the GGUF
 
 
