@@ -1,16 +1,20 @@
 """Eval throughput: batched generation vs one at a time, and each metric vs its bare library call.
 
-    python -m benchmarks.eval_throughput                 # default model, 1,000 validation turns
+    python -m benchmarks.eval_throughput                 # default model, 1,000 turns
     python -m benchmarks.eval_throughput --quick         # tiny model, a few turns
 
-Items are turns of the validation split (`training.data.load_examples`), in file order.
+Generation and text-metric items are turns of the validation split (`training.data.load_examples`),
+in file order. Perplexity items are picked as `python -m eval.run` picks them (`select_turns`: a
+seeded sample of test-split turns): turns of one conversation share a forward there, so how densely
+the sample hits each conversation decides the speed, and file order would flatter it.
 Generation: `engine.generate` (batched, greedy, eval's decoding) vs `model.generate` per turn.
 Metrics score each turn's reference against a stand-in reply (the turn before it: real text of
 a realistic length), so the metric pass is timed without generating 1,000 replies:
 `eval.metrics.bleu/rouge/bertscore` vs sacrebleu / rouge-score / `bert_score.score` called the
-plain way, and `eval.perplexity.reference_nll` (batched, `logits_to_keep`) vs one forward per
-turn with `labels`. BERTScore is timed on its first call in the process, model load included,
-as one eval run pays it. Perplexity runs on `--ppl-items` turns and is scaled to 1,000.
+plain way, and `eval.perplexity.reference_nll` (shared prefixes, batched, `logits_to_keep`) vs
+one forward per turn with `labels`. BERTScore is timed on its first call in the process, model
+load included, as one eval run pays it. Perplexity runs on `--ppl-items` turns, scaled to 1,000
+when fewer: sharing grows with the sample, so a smaller one overstates the 1,000-item time.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ def parse_args(argv):
     sizes = Sizes(__doc__)
     add_model_args(sizes)
     sizes.add("--items", 1000, 16, "validation turns for BLEU / ROUGE / BERTScore")
-    sizes.add("--ppl-items", 200, 8, "validation turns for perplexity (scaled to 1,000)")
+    sizes.add("--ppl-items", 1000, 8, "test turns for perplexity, sampled as eval.run does (scaled to 1,000)")
+    sizes.add("--bare-ppl-items", 200, 8, "of those, turns to compare with the bare loop on")
     sizes.add("--gen-items", 32, 4, "validation turns to generate replies for")
     sizes.add("--batch-size", 8, 4, "generation / perplexity batch (eval's default: 8)")
     sizes.add("--max-new-tokens", 64, 8, "tokens per generated reply (eval's default: 64)")
@@ -44,8 +49,19 @@ def load_items(args) -> list:
     from training.data import DataConfig, load_examples
 
     examples, _ = load_examples(DataConfig(path=args.data), "validation")
-    need = max(args.items, args.ppl_items, args.gen_items)
+    need = max(args.items, args.gen_items)
     return [examples[i % len(examples)] for i in range(need)]
+
+
+def load_ppl_items(args) -> list:
+    """`--ppl-items` test turns sampled as `python -m eval.run` samples them (seed 0), or all of
+    the split's turns if it has fewer."""
+    from eval.config import EvalConfig
+    from eval.run import select_turns
+    from training.data import DataConfig
+
+    examples, _ = select_turns(EvalConfig(data=DataConfig(path=args.data), split="test", limit=args.ppl_items))
+    return examples
 
 
 def stand_in(example) -> str:
@@ -85,7 +101,8 @@ def bare_bertscore(predictions, references):
 
 
 def bare_perplexity(engine, conversations, references) -> float:
-    """One forward per turn with `labels` (the prompt masked with -100): the textbook way."""
+    """One forward per turn with `labels` (the prompt masked with -100): the textbook way. A turn
+    longer than the context window keeps its last tokens (late test turns outgrow the tiny model's 512)."""
     import torch
 
     model, tokenizer = engine.model, engine.tokenizer
@@ -94,9 +111,9 @@ def bare_perplexity(engine, conversations, references) -> float:
         for messages, reference in zip(conversations, references, strict=True):
             prompt = tokenizer(engine.render(messages), add_special_tokens=False)["input_ids"]
             reply = tokenizer(reference, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + reply], device=model.device)
+            ids = torch.tensor([(prompt + reply)[-engine.context_window :]], device=model.device)
             labels = ids.clone()
-            labels[0, : len(prompt)] = -100
+            labels[0, : ids.shape[1] - len(reply)] = -100
             loss = model(input_ids=ids, labels=labels).loss  # mean over the reply's tokens
             nll, count = nll + loss.item() * len(reply), count + len(reply)
     return math.exp(nll / count)
@@ -152,15 +169,27 @@ def time_metrics(args, predictions, references) -> dict:
 
 
 def time_perplexity(args, engine, examples) -> dict:
+    """reference_nll on all the sampled turns, and, on the first `--bare-ppl-items` of them, both
+    reference_nll and the bare loop (a bare pass over 1,000 turns takes ~15 min on 2 cores; its
+    cost per turn does not depend on the sample, while prefix sharing grows with it)."""
     from eval.perplexity import perplexity, reference_nll
 
     conversations = [ex.messages for ex in examples]
     references = [ex.target for ex in examples]
+    k = min(args.bare_ppl_items, len(examples))
     reference_nll(engine, conversations[: args.batch_size], references[: args.batch_size], args.batch_size)  # warm
-    product_s, nll = once(lambda: reference_nll(engine, conversations, references, args.batch_size))
-    bare_s, bare_ppl = once(lambda: bare_perplexity(engine, conversations, references))
-    product_ppl = perplexity(nll).get("perplexity")
-    return {"product_s": product_s, "bare_s": bare_s, "product_perplexity": product_ppl, "bare_perplexity": bare_ppl}
+    all_s, _ = once(lambda: reference_nll(engine, conversations, references, args.batch_size))
+    product_s, nll = once(lambda: reference_nll(engine, conversations[:k], references[:k], args.batch_size))
+    bare_s, bare_ppl = once(lambda: bare_perplexity(engine, conversations[:k], references[:k]))
+    return {
+        "items": len(examples),
+        "all_s": all_s,
+        "compared_items": k,
+        "product_s": product_s,
+        "bare_s": bare_s,
+        "product_perplexity": perplexity(nll).get("perplexity"),
+        "bare_perplexity": bare_ppl,
+    }
 
 
 def time_generation(args, engine, examples) -> dict:
@@ -187,7 +216,7 @@ def rate(n: int, seconds: float | None) -> float | None:
 
 
 def build_rows(args, gen: dict, text: dict, ppl: dict) -> list[Row]:
-    n, m, g = args.items, args.ppl_items, args.gen_items
+    n, m, g, k = args.items, ppl["items"], args.gen_items, ppl["compared_items"]
     rows = [
         Row(
             f"generation items/s, engine.generate (batch {args.batch_size}) vs model.generate per turn",
@@ -216,17 +245,26 @@ def build_rows(args, gen: dict, text: dict, ppl: dict) -> list[Row]:
             note=f"a second call (encoder already loaded): {rate(n, text['bertscore']['product_warm_s']):.0f} items/s",
         ),
         Row(
-            f"perplexity items/s, reference_nll (batch {args.batch_size}) vs one forward per turn",
-            rate(m, ppl["product_s"]),
-            rate(m, ppl["bare_s"]),
+            f"perplexity items/s on {k} sampled test turns, reference_nll (batch {args.batch_size}) vs one forward "
+            "per turn",
+            rate(k, ppl["product_s"]),
+            rate(k, ppl["bare_s"]),
             "higher is better",
             note=f"perplexity {ppl['product_perplexity']:.2f} vs {ppl['bare_perplexity']:.2f} (should agree)",
         ),
+        Row(
+            f"perplexity items/s on {m} sampled test turns, reference_nll vs one forward per turn",
+            rate(m, ppl["all_s"]),
+            rate(k, ppl["bare_s"]),
+            "higher is better",
+            note=f"the bare loop's rate is the one on {k} turns: its cost per turn does not depend on the sample",
+        ),
     ]
     per_1000 = {}
+    ppl_s = {"product": 1000 / m * ppl["all_s"], "bare": 1000 / k * ppl["bare_s"]}
     for who in ("product", "bare"):
-        text_s = sum(1000 / n * text[k][f"{who}_s"] for k in ("bleu", "rouge", "bertscore"))
-        per_1000[who] = (text_s, text_s + 1000 / m * ppl[f"{who}_s"])
+        text_s = sum(1000 / n * text[metric][f"{who}_s"] for metric in ("bleu", "rouge", "bertscore"))
+        per_1000[who] = (text_s, text_s + ppl_s[who])
     note = "" if n >= 1000 and m >= 1000 else f"measured on {n} items ({m} for perplexity), scaled to 1,000"
     rows += [
         Row(
@@ -256,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     examples = load_items(args)
     engine = TransformersEngine.load(model_source(args.model))
-    print(f"{engine.name}: {args.gen_items} generations, {args.items} metric items, {args.ppl_items} perplexity")
+    print(f"{engine.name}: {args.gen_items} generations, {args.items} metric items, {args.ppl_items} perplexity (test)")
     gen = time_generation(args, engine, examples[: args.gen_items])
     items = examples[: args.items]
     text = time_metrics(args, [stand_in(ex) for ex in items], [ex.target for ex in items])
-    ppl = time_perplexity(args, engine, examples[: args.ppl_items])
+    ppl = time_perplexity(args, engine, load_ppl_items(args))
     rows = build_rows(args, gen, text, ppl)
     report(NAME, rows, args, {"model": engine.name, "generation": gen, "text_metrics": text, "perplexity": ppl})
     return 0

@@ -6,6 +6,11 @@ model would have to generate after that prompt. Only those reply tokens are scor
 prompt, not padding, and not the end-of-turn token (`<|im_end|>`), so the number measures
 the reply's words, is comparable across chat templates, and does not flatter a model merely
 for having learned where turns end.
+
+Turns of one conversation share their prefix: a turn's prompt + reply tokens are usually the
+exact start of a later turn's prompt, and a causal LM gives a prefix the same logits alone or
+inside the longer sequence. So items whose tokens are an exact prefix of another item's are
+scored together from one forward over the longest of them; all other items are batched.
 """
 
 from __future__ import annotations
@@ -22,8 +27,14 @@ log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
+# Kept positions per shared forward: (1024, V) fp32 logits, ~200 MB at a 49k vocabulary. A
+# conversation's turns of one speaker need far fewer (SPC: ~10 replies of ~15 tokens).
+GROUP_POSITIONS = 1024
 
-def _encode(tokenizer, prompt: str, reference: str, window: int) -> tuple[list[int], int]:
+Item = tuple[list[int], int]  # (prompt + reply token ids, number of reply tokens at the end)
+
+
+def _encode(tokenizer, prompt: str, reference: str, window: int) -> Item:
     """Token ids of prompt + reply, fitted to `window`, and the number of reply tokens at the end.
 
     The chat template already holds the special tokens, so none are added. A prompt that is
@@ -42,7 +53,7 @@ def _encode(tokenizer, prompt: str, reference: str, window: int) -> tuple[list[i
     return prompt_ids + reply_ids, len(reply_ids)
 
 
-def _batch_nll(model, batch: list[tuple[list[int], int]], pad_id: int) -> list[tuple[float, int]]:
+def _batch_nll(model, batch: list[Item], pad_id: int) -> list[tuple[float, int]]:
     """Summed NLL (nats) and count of the reply tokens of each sequence in `batch`.
 
     Left padding puts every reply at the end of its row, so logits are needed only for the
@@ -80,13 +91,59 @@ def _batch_nll(model, batch: list[tuple[list[int], int]], pad_id: int) -> list[t
     return [(float(s), n) for s, n in zip(sums, replies, strict=True)]
 
 
+def prefix_groups(items: list[Item], max_positions: int = GROUP_POSITIONS) -> list[list[int]]:
+    """Indices of `items` grouped so that each member's ids are an exact prefix of the group's
+    first (longest) member's ids; items with an empty reply are left out.
+
+    In lexicographic order every sequence that extends A follows A directly, so one pass from
+    the end over the sorted ids finds each item's group with a single prefix check: no hash
+    buckets to tune, and thousands of items sharing one system prompt cost only list
+    comparisons. A group stops taking members at `max_positions` reply tokens (bounds its logits).
+    """
+    order = sorted((i for i, (_, n) in enumerate(items) if n), key=lambda i: items[i][0])
+    groups: list[list[int]] = []
+    positions = 0
+    for pos in range(len(order) - 1, -1, -1):
+        ids, n = items[order[pos]]
+        after = items[order[pos + 1]][0] if pos + 1 < len(order) else None
+        if after is not None and after[: len(ids)] == ids and positions + n <= max_positions:
+            groups[-1].append(order[pos])
+            positions += n
+        else:
+            groups.append([order[pos]])
+            positions = n
+    return groups
+
+
+def _group_nll(model, items: list[Item], members: list[int]) -> list[tuple[float, int]]:
+    """Summed NLL (nats) and count of each member's reply tokens from one forward over the
+    longest member's ids (`members[0]`), of which every member's ids are a prefix.
+
+    The logit at position p predicts token p + 1, so a member of length L with n reply tokens
+    needs positions L-n-1 .. L-2; only the union of those goes through the LM head
+    (`logits_to_keep` as a 1-D tensor of positions, which a PeftModel passes on too).
+    """
+    device = model.device
+    sequence = torch.tensor(items[members[0]][0], device=device)  # (T,)
+    spans = [(len(ids) - n - 1, n) for ids, n in (items[i] for i in members)]  # (first position, count)
+    positions = sorted({start + k for start, n in spans for k in range(n)})
+    keep = torch.tensor(positions, device=device)  # (K,)
+    logits = model(input_ids=sequence[None], logits_to_keep=keep, use_cache=False).logits[0]  # (K, V)
+    nll = F.cross_entropy(logits.float(), sequence[keep + 1], reduction="none")  # (K,)
+    # A member's reply positions are consecutive, so its losses are a consecutive run of `nll`.
+    index = {p: k for k, p in enumerate(positions)}
+    return [(float(nll[index[start] : index[start] + n].sum()), n) for start, n in spans]
+
+
 def reference_nll(
     engine, conversations: list[Messages], references: list[str], batch_size: int = 8, progress: bool = False
 ) -> list[tuple[float, int]]:
     """Per item, (summed negative log-likelihood in nats, token count) of the reference reply
     after `engine.render(messages)`, under `engine.model`; same order as the input.
 
-    Items are sorted by length so each batch pads little. An empty reference gives (0.0, 0).
+    Items that are exact token prefixes of a longer item share its forward (`prefix_groups`);
+    the rest are sorted by length and batched so each batch pads little. An empty reference
+    gives (0.0, 0).
     """
     if len(conversations) != len(references):
         raise ValueError(f"{len(conversations)} conversations but {len(references)} references")
@@ -95,15 +152,27 @@ def reference_nll(
         _encode(tokenizer, engine.render(messages), reference, engine.context_window)
         for messages, reference in zip(conversations, references, strict=True)
     ]
-    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    groups = prefix_groups(items)
+    shared = [g for g in groups if len(g) > 1]
+    alone = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: len(items[i][0]))
+    batches = [alone[start : start + batch_size] for start in range(0, len(alone), batch_size)]
+    forwards = len(shared) + len(batches)
+    n_shared = sum(map(len, shared))
+    log.info(
+        "reference perplexity: %d items, %d forwards (%d items share %d)", len(items), forwards, n_shared, len(shared)
+    )
     results: list[tuple[float, int]] = [(0.0, 0)] * len(items)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out either way
-    batches = range(0, len(order), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(batches, desc="reference perplexity", unit="batch", disable=not progress):
-            idx = order[start : start + batch_size]
+    bar = tqdm(total=forwards, desc="reference perplexity", unit="forward", disable=not progress)
+    with torch.inference_mode(), bar:
+        for members in shared:
+            for i, result in zip(members, _group_nll(engine.model, items, members), strict=True):
+                results[i] = result
+            bar.update()
+        for idx in batches:
             for i, result in zip(idx, _batch_nll(engine.model, [items[i] for i in idx], pad_id), strict=True):
                 results[i] = result
+            bar.update()
     return results
 
 

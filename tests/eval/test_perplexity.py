@@ -1,14 +1,17 @@
-"""Reference perplexity: reply tokens only, batched == unbatched == a hand computation."""
+"""Reference perplexity: reply tokens only, batched == unbatched == a hand computation, and turns
+that share a prefix scored from one forward == each scored alone."""
 
 import math
 import random
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from chatbot.engine import TransformersEngine
 from chatbot.session import build_messages
-from eval.perplexity import perplexity, reference_nll
+from eval.perplexity import perplexity, prefix_groups, reference_nll
+from training.data import read_conversations, turn_examples
 
 PERSONA = "You are Ada, a retired physics teacher who builds clocks and keeps bees."
 
@@ -95,6 +98,91 @@ def test_perplexity_by_hand():
     assert result["perplexity_item_mean"] == pytest.approx((math.exp(2) + math.exp(1)) / 2)
     assert result["per_item"][:2] == pytest.approx([math.exp(2), math.exp(1)]) and math.isnan(result["per_item"][2])
     assert perplexity([]) == {"per_item": []}
+
+
+# --- turns of one conversation share one forward ------------------------------------------------
+
+
+def spc_turns(spc_csv, conversations: int, speakers: str = "both") -> tuple[list, list[str]]:
+    """Eval-style items (messages, reference) of the first real SPC conversations, in turn order."""
+    examples = turn_examples(read_conversations(spc_csv)[0][:conversations], speakers)
+    return [ex.messages for ex in examples], [ex.target for ex in examples]
+
+
+def each_alone(engine, conversations, references) -> list[tuple[float, int]]:
+    return [reference_nll(engine, [c], [r])[0] for c, r in zip(conversations, references, strict=True)]
+
+
+def assert_same(results, expected):
+    assert [n for _, n in results] == [n for _, n in expected]
+    assert [nll for nll, _ in results] == pytest.approx([nll for nll, _ in expected], rel=1e-4, abs=1e-4)
+
+
+@contextmanager
+def counted_forwards(model):
+    """The number of forward passes of `model` inside the block, in `calls[0]`."""
+    calls = [0]
+    hook = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        yield calls
+    finally:
+        hook.remove()
+
+
+def test_prefix_groups_by_hand():
+    items = [([1, 2, 3], 1), ([1, 2, 3, 4, 5], 2), ([1, 2], 1), ([1, 9], 1), ([1, 2, 4], 1), ([1, 2, 3], 0)]
+    groups = prefix_groups(items)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2], [3], [4]]  # the empty reply (5) is in none
+    assert all(items[g[0]][0][: len(items[i][0])] == items[i][0] for g in groups for i in g)  # head extends all
+    assert len(prefix_groups(items, max_positions=2)) == 4  # a full group starts another
+
+
+def test_turns_of_one_speaker_share_one_forward(tiny_engine, spc_csv):
+    conversations, references = spc_turns(spc_csv, 1, "User 1")
+    conversations, references = conversations[:5], references[:5]  # all within the 512-token window
+    with counted_forwards(tiny_engine.model) as calls:
+        together = reference_nll(tiny_engine, conversations, references, batch_size=8)
+    assert calls[0] == 1  # with the real chat template each turn is a token prefix of the next
+    assert_same(together, each_alone(tiny_engine, conversations, references))
+
+
+def test_a_conversation_scores_as_its_turns_alone(tiny_engine, spc_csv):
+    # Both speakers, 25 turns, a 256-token window: the later turns lose their oldest tokens, are
+    # no longer a prefix of anything and are scored alone; the earlier ones share a forward per speaker.
+    small = TransformersEngine(tiny_engine.model, tiny_engine.tokenizer, "tiny", max_context_tokens=256)
+    conversations, references = spc_turns(spc_csv, 1)
+    with counted_forwards(small.model) as calls:
+        together = reference_nll(small, conversations, references, batch_size=4)
+    assert 2 < calls[0] < len(conversations) / 2
+    assert_same(together, each_alone(small, conversations, references))
+
+
+def test_mixed_items_keep_their_order_and_values(tiny_engine, spc_csv):
+    conversations, references = spc_turns(spc_csv, 2)
+    conversations += [CONVERSATIONS[1], CONVERSATIONS[0]]  # unrelated to the SPC rows
+    references += [REFERENCES[1], ""]
+    order = list(range(len(conversations)))
+    random.Random(0).shuffle(order)
+    conversations, references = [conversations[i] for i in order], [references[i] for i in order]
+    together = reference_nll(tiny_engine, conversations, references, batch_size=3)
+    assert_same(together, each_alone(tiny_engine, conversations, references))
+    assert together[order.index(len(order) - 1)] == (0.0, 0)
+
+
+def test_shared_forward_through_an_unmerged_lora_adapter(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)  # a fresh copy: PEFT edits the model it wraps
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    engine = TransformersEngine(get_peft_model(base, config), AutoTokenizer.from_pretrained(tiny_model_dir), "lora")
+    conversations = [chat("Hello!"), chat("Hello!", "Hi, I am Ada.", "Any bees?")]
+    references = ["Hi, I am Ada.", "Three hives."]
+    with counted_forwards(engine.model) as calls:
+        together = reference_nll(engine, conversations, references)
+    assert calls[0] == 1  # PeftModel passes `logits_to_keep` (a tensor of positions) on to the base model
+    assert_same(together, each_alone(engine, conversations, references))
 
 
 @pytest.mark.slow
