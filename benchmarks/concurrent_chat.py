@@ -5,10 +5,12 @@
     python -m benchmarks.concurrent_chat --quick                  # tiny model, N = 1, 2; limit 2
 
 For each `--concurrency_limit` the real `app.py` is started as a subprocess (its own SQLite
-file, greedy decoding); N clients, connected beforehand, send one `/chat` message each at
-the same moment (the persona and 6-turn history of chat_latency) and read the streamed
-replies. Time to first token is until the first update with reply text; total is until the
-reply finished (and was saved). The alternative column is the same app with one client: the
+file, greedy decoding). N clients are users in the middle of a chat (the persona and history
+of chat_latency, made unique per user): each first sends its 6th turn (untimed), then all
+send their 7th message at the same moment, with the history the app returned, and read the
+streamed replies. So the server's prefix cache holds what it would hold for real users.
+Time to first token is until the first update with reply text; total is until the reply
+finished (and was saved). The alternative column is the same app with one client: the
 ratio is the slowdown N users see. Clients and server share the machine's cores.
 
 The queue "starts to hurt" at the smallest N whose p50 first token is over twice that of
@@ -41,7 +43,8 @@ def parse_args(argv):
     add_model_args(sizes)
     sizes.add("--clients", "1,4,16", "1,2", "numbers of simultaneous chats", type=str)
     sizes.add("--limits", "1,2,4", "2", "app concurrency limits to try (--concurrency_limit)", type=str)
-    sizes.add("--max-new-tokens", 64, 8, "tokens per reply")
+    sizes.add("--max-new-tokens", 64, 8, "tokens per timed reply (the 7th turn)")
+    sizes.add("--first-tokens", 24, 8, "tokens of the untimed 6th-turn reply")
     sizes.add("--rounds", 2, 1, "times each N is run (samples are pooled)")
     sizes.parser.add_argument("--persona", default="ada", help="persona key (a file in personas/)")
     sizes.parser.add_argument("--startup-timeout", type=int, default=300, help="seconds for the app to come up")
@@ -109,26 +112,30 @@ def api_history(history: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in history]
 
 
-def one_chat(client, args, start: threading.Barrier, result: dict) -> None:
-    """Send one message when all clients are ready; record first-token and total seconds."""
-    chat_args = [
-        MESSAGE,
-        api_history(HISTORY),
-        args.persona,
-        "base",
-        0,
-        0.9,
-        50,
-        args.max_new_tokens,
-        None,
-        None,
-        "",
-        "",
-    ]
+def chat_args(message: str, history: list, conv_id, args, max_new_tokens: int) -> list:
+    """The /chat endpoint's inputs: greedy, the persona of --persona, model version `base`."""
+    return [message, history, args.persona, "base", 0, 0.9, 50, max_new_tokens, conv_id, args.persona, "", ""]
+
+
+def one_chat(client, index: int, args, start: threading.Barrier, result: dict) -> None:
+    """A user in the middle of a chat: the 6th turn is sent first (untimed, the history made
+    unique per user, as real users' are), then, when all clients are ready, the 7th message
+    with the history the app sent back. Records first-token and total seconds of the 7th."""
+    history = [dict(m) for m in HISTORY[:4]]
+    history[0]["content"] = f"{history[0]['content']} (I am visitor number {index + 1}.)"
+    try:
+        sixth, _, conv_id, _ = client.predict(
+            *chat_args(HISTORY[4]["content"], api_history(history), None, args, args.first_tokens), api_name="/chat"
+        )
+    except Exception as err:
+        result["error"] = f"6th turn: {type(err).__name__}: {err}"[:300]
+        sixth, conv_id = None, None
     start.wait()
+    if sixth is None:
+        return
     t0 = time.perf_counter()
     try:
-        job = client.submit(*chat_args, api_name="/chat")
+        job = client.submit(*chat_args(MESSAGE, sixth, conv_id, args, args.max_new_tokens), api_name="/chat")
         # Poll every 5 ms: Job's own iterator polls every 1 ms, which 16 threads would turn
         # into CPU load on the cores the server needs.
         while not job.done():
@@ -150,7 +157,8 @@ def run_clients(url: str, n: int, args) -> dict:
     barrier = threading.Barrier(n)
     results = [{} for _ in range(n)]
     threads = [
-        threading.Thread(target=one_chat, args=(c, args, barrier, r)) for c, r in zip(clients, results, strict=True)
+        threading.Thread(target=one_chat, args=(c, i, args, barrier, r))
+        for i, (c, r) in enumerate(zip(clients, results, strict=True))
     ]
     start = time.perf_counter()
     for t in threads:
