@@ -11,7 +11,11 @@ settings, batch, sequence length, optimizer and seed (QLoRA 4-bit on CUDA, fp32 
 Each runs in its own process (see benchmarks/train_variants.py); `--repeats` rounds run the
 variants interleaved, so a slow spell on a shared machine hurts all of them alike.
 
-Tokens/s counts real (non-padding) tokens over the steps after warm-up. MFU (CUDA) =
+Tokens/s counts real (non-padding) tokens over the steps after warm-up. On CPU the default
+steps cover one whole epoch (4 conversations: 100 examples, 25 steps of 4, the first untimed),
+so variants whose samplers order batches differently (the recipe's `group_by_length` starts
+with the longest batches, which run more tokens/s) are timed on the same examples; a window of
+a few steps would flatter it (6 steps after 2: 1.42x; over the epoch: 1.19x). MFU (CUDA) =
 tokens/s x 4N / peak bf16 FLOP/s: a LoRA step costs ~2N forward + ~2N backward (input
 gradients only: the frozen weights get none), N = base parameters, tied embeddings once
 (they are the output layer's matmul); attention's own FLOPs are left out.
@@ -55,9 +59,9 @@ def parse_args(argv: list[str] | None):
     add_model_args(sizes, gpu_model=LLAMA_1B_SHAPED)
     sizes.add("--batch", 4, 2, "per-device batch size", gpu=8)
     sizes.add("--seq-len", 384, 128, "max sequence length (tokens)", gpu=1024)
-    sizes.add("--warmup", 2, 1, "untimed steps first (>= 1)", gpu=5)
-    sizes.add("--steps", 6, 3, "timed optimizer steps", gpu=20)
-    sizes.add("--limit", 40, 4, "training conversations to draw examples from")
+    sizes.add("--warmup", 1, 1, "untimed steps first (>= 1)", gpu=5)
+    sizes.add("--steps", 24, 3, "timed optimizer steps", gpu=20)
+    sizes.add("--limit", 4, 4, "training conversations to draw examples from", gpu=40)
     sizes.add("--repeats", 2, 1, "interleaved rounds of all variants; the median round counts")
     p = sizes.parser
     p.add_argument("--recipe", type=Path, help="base recipe (default: the CPU recipe, or the 1B QLoRA one on CUDA)")

@@ -52,6 +52,9 @@ class OptimPart(_Part):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     padding_free: bool = Field(False, description="Padding-free batches (flash-attention backends).")
+    train_sampling_strategy: str = Field(
+        "random", description="random, or group_by_length: batches of similar length pad less (faster steps)."
+    )
 
 
 class EvalPart(_Part):

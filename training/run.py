@@ -104,6 +104,7 @@ def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool):
         bf16=bf16,
         gradient_checkpointing=o.gradient_checkpointing,
         padding_free=o.padding_free,
+        train_sampling_strategy=o.train_sampling_strategy,
         max_length=cfg.model.max_seq_length,
         completion_only_loss=True,
         eval_strategy="steps" if has_validation else "no",

@@ -154,3 +154,23 @@ def test_tokenizer_without_chat_template_is_refused(tiny_engine):
 
     with pytest.raises(ModelLoadError, match="no chat template"):
         TransformersEngine(tiny_engine.model, NoTemplate(), "bare-base-model")
+
+
+def test_token_streamer_hands_out_each_token_and_holds_back_split_characters(tiny_engine):
+    from chatbot.engine import TokenStreamer
+
+    tokenizer = tiny_engine.tokenizer
+    text = "Hello 🐝 bees!\nCafé déjà vu, ünïcode 時計."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    streamer = TokenStreamer(tokenizer, skip_prompt=True)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+    pieces = []
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+        pieces.append(streamer.text_queue.get_nowait() if not streamer.text_queue.empty() else None)
+    streamer.end()
+    assert pieces[0] == "Hello"  # the first token is out before the second is generated
+    emitted = [p for p in pieces if p is not None]
+    assert len(emitted) < len(ids)  # the bee emoji's bytes span tokens: held back, never shown as U+FFFD
+    assert not any("\ufffd" in p for p in emitted)
+    assert "".join(emitted) == text
