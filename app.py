@@ -96,10 +96,11 @@ def main(cfg: AppConfig) -> int:
     pool = EnginePool(cfg)
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
     ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth))
-    if not ctx.personas()[0]:
+    personas = ctx.personas()[0]
+    if not personas:
         raise ConfigError(f"no valid persona files in {cfg.personas_dir}", "add a *.yaml persona there")
     # Prefill every persona's prompt in the background, so each chat's first reply only reads the message.
-    threading.Thread(target=warm, args=(base, list(ctx.personas()[0].values())), daemon=True).start()
+    threading.Thread(target=warm, args=(base, list(personas.values())), daemon=True).start()
     demo = build_demo(ctx)
     demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
     demo.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS)

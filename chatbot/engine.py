@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
 from chatbot.errors import GenerationError, MessageError, ModelLoadError
-from chatbot.kv_cache import PrefixCache
+from chatbot.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,12 @@ class TransformersEngine(ChatEngine):
     """A local transformers causal LM with its tokenizer's chat template."""
 
     def __init__(
-        self, model, tokenizer, name: str, max_context_tokens: int | None = None, prefix_cache_tokens: int = 8192
+        self,
+        model,
+        tokenizer,
+        name: str,
+        max_context_tokens: int | None = None,
+        prefix_cache_tokens: int = PREFIX_CACHE_TOKENS,
     ):
         if not tokenizer.chat_template:
             raise ModelLoadError(
@@ -158,7 +163,7 @@ class TransformersEngine(ChatEngine):
         from chatbot.loading import load_model_and_tokenizer
 
         max_context_tokens = kwargs.pop("max_context_tokens", None)
-        prefix_cache_tokens = kwargs.pop("prefix_cache_tokens", 8192)
+        prefix_cache_tokens = kwargs.pop("prefix_cache_tokens", PREFIX_CACHE_TOKENS)
         hf_model, tokenizer = load_model_and_tokenizer(model, adapter, **kwargs)
         name = f"default ({Path(hf_model.config.name_or_path).name})" if model == "default" else model
         name = name if adapter is None else f"{name} + {adapter}"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.default_model import DEFAULT_MODEL, prepare_default_model
 from chatbot.errors import ModelLoadError
+from chatbot.kv_cache import PREFIX_CACHE_TOKENS
 from chatbot.versions import BASE, find_version
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class EngineConfig(BaseModel):
     max_context_tokens: int | None = Field(None, ge=16, description="Cap the context window (default: the model's).")
     runs_dir: str = Field("runs", description="Folder of trained model versions; --model may name one.")
     prefix_cache_tokens: int = Field(
-        8192, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
+        PREFIX_CACHE_TOKENS, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
     )
 
 
