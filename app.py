@@ -24,7 +24,7 @@ from chatbot.errors import ConfigError
 from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
 from chatbot.session import warm
-from chatbot.store import Store
+from store import Store
 from ui.chat import build_chat_tab
 from ui.compare import build_compare_tab
 from ui.context import AppContext

@@ -329,12 +329,13 @@ def variants(engine, chat: Chat, settings, args) -> tuple[dict[str, Method], dic
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import log_quietly
-    from chatbot.engine import GenerationSettings, TransformersEngine
+    from chatbot.engine import GenerationSettings, load_engine
+    from chatbot.loading import EngineConfig
     from chatbot.persona import load_persona
 
     log_quietly()
     args = parse_args(argv)
-    engine = TransformersEngine.load(model_source(args.model))
+    engine = load_engine(EngineConfig(model=model_source(args.model)))
     persona = load_persona(args.persona)
     settings = GenerationSettings(temperature=0, max_new_tokens=args.max_new_tokens)
     kwargs = {**settings.generate_kwargs(), "pad_token_id": engine.tokenizer.pad_token_id}

@@ -25,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from benchmarks.models import LLAMA_1B_SHAPED, TINY
-from training.formats import SHARED_VALID_CSV
+from corpus.formats import SHARED_VALID_CSV
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"

@@ -3,7 +3,7 @@
     python -m benchmarks.eval_throughput                 # default model, 1,000 turns
     python -m benchmarks.eval_throughput --quick         # tiny model, a few turns
 
-Generation and text-metric items are turns of the validation split (`training.data.load_examples`),
+Generation and text-metric items are turns of the validation split (`corpus.examples.load_examples`),
 in file order. Perplexity items are picked as `python -m eval.run` picks them (`select_turns`: a
 seeded sample of test-split turns): turns of one conversation share a forward there, so how densely
 the sample hits each conversation decides the speed, and file order would flatter it.
@@ -46,7 +46,7 @@ def parse_args(argv):
 
 def load_items(args) -> list:
     """`n` validation turns, repeated in order if the split has fewer."""
-    from training.data import DataConfig, load_examples
+    from corpus.examples import DataConfig, load_examples
 
     examples, _ = load_examples(DataConfig(path=args.data), "validation")
     need = max(args.items, args.gen_items)
@@ -56,9 +56,9 @@ def load_items(args) -> list:
 def load_ppl_items(args) -> list:
     """`--ppl-items` test turns sampled as `python -m eval.run` samples them (seed 0), or all of
     the split's turns if it has fewer."""
+    from corpus.examples import DataConfig
     from eval.config import EvalConfig
     from eval.run import select_turns
-    from training.data import DataConfig
 
     examples, _ = select_turns(EvalConfig(data=DataConfig(path=args.data), split="test", limit=args.ppl_items))
     return examples
@@ -288,12 +288,13 @@ def build_rows(args, gen: dict, text: dict, ppl: dict) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import log_quietly
-    from chatbot.engine import TransformersEngine
+    from chatbot.engine import load_engine
+    from chatbot.loading import EngineConfig
 
     log_quietly()
     args = parse_args(argv)
     examples = load_items(args)
-    engine = TransformersEngine.load(model_source(args.model))
+    engine = load_engine(EngineConfig(model=model_source(args.model)))
     print(f"{engine.name}: {args.gen_items} generations, {args.items} metric items, {args.ppl_items} perplexity (test)")
     gen = time_generation(args, engine, examples[: args.gen_items])
     items = examples[: args.items]

@@ -4,7 +4,7 @@
     python -m benchmarks.train_throughput            # CUDA: Llama-3.2-1B-shaped QLoRA, + (c) Unsloth, (d), MFU
     python -m benchmarks.train_throughput --quick    # tiny model, a few steps
 
-Variants: (a) the product (`training.run.build_trainer` + `trainer.train()`), (b) a bare TRL
+Variants: (a) the product (`training.trainer.build_trainer` + `trainer.train()`), (b) a bare TRL
 `SFTTrainer` script on chat-template text, and on CUDA (c) a bare Unsloth script and (d)
 transformers + PEFT + bitsandbytes QLoRA. All get the same model, training examples, LoRA
 settings, batch, sequence length, optimizer and seed (QLoRA 4-bit on CUDA, fp32 LoRA on CPU).

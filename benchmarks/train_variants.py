@@ -8,7 +8,7 @@ memory apart and keeps Unsloth's patching of transformers/TRL out of the other v
 nothing here imports transformers before a variant that needs Unsloth has imported it.
 
 Variants (all fed the same training examples of the same split):
-- `product`: `training.run.build_trainer` (the recipe's backend: TRL, or Unsloth on CUDA).
+- `product`: `training.trainer.build_trainer` (the recipe's backend: TRL, or Unsloth on CUDA).
 - `trl`: a bare TRL script: `SFTTrainer` on chat-template text, `peft_config=LoraConfig`.
 - `unsloth`: a bare Unsloth script (`FastLanguageModel`, then `SFTTrainer`), CUDA only.
 - `qlora`: transformers `Trainer` + PEFT + bitsandbytes 4-bit, as QLoRA notebooks do, CUDA only.
@@ -108,7 +108,7 @@ def instrument(trainer, clock: StepClock) -> None:
 
 def chat_texts(cfg: TrainConfig, tokenizer) -> list[dict]:
     """The product's training examples as plain chat-template text, as a TRL notebook feeds them."""
-    from training.data import load_examples
+    from corpus.examples import load_examples
 
     examples, _ = load_examples(cfg.data, "train")
     return [{"text": tokenizer.apply_chat_template(ex.chat(), tokenize=False)} for ex in examples]
@@ -172,7 +172,7 @@ def product(cfg: TrainConfig, out: Path, cuda: bool):
     backend = resolve_backend(cfg)
     if backend == "unsloth":
         import unsloth  # noqa: F401  -- before transformers, as training/train.py does
-    from training.run import build_trainer
+    from training.trainer import build_trainer
 
     trainer, _ = build_trainer(cfg, backend, out / "partial")
     return trainer, backend

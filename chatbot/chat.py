@@ -14,9 +14,9 @@ import sys
 from pydantic import Field
 
 from chatbot.config import entry_point
-from chatbot.engine import GenerationSettings
+from chatbot.engine import GenerationSettings, load_engine
 from chatbot.errors import PersonaStudioError
-from chatbot.loading import EngineConfig, load_engine
+from chatbot.loading import EngineConfig
 from chatbot.persona import load_persona
 from chatbot.session import ChatSession
 

@@ -83,13 +83,18 @@ def _convert(gguf: Path, out: Path) -> None:
     log.warning("converting the default model %s once into %s (~30 s)", gguf.name, out.parent)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are dense fp32 after de-quantisation, but the GGUF quantizer marker makes
-    # save_pretrained and training refuse the model; clearing it gives a normal model.
+    drop_gguf_marker(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def drop_gguf_marker(model) -> None:
+    """A model loaded from a .gguf is dense (fp32) after de-quantisation, but transformers marks
+    it "quantized with gguf", and then save_pretrained and training refuse it. Clearing the
+    marker gives a normal model."""
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 from chatbot.errors import GenerationError, MessageError, ModelLoadError
 from chatbot.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
+from chatbot.loading import EngineConfig, load_model_and_tokenizer, resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,6 @@ class TransformersEngine(ChatEngine):
                 f"the tokenizer of {name} has no chat template",
                 "use an Instruct/chat model (e.g. unsloth/llama-3-8b-Instruct-bnb-4bit) or set tokenizer.chat_template",
             )
-        if tokenizer.pad_token is None:  # batching needs one; eos is the usual stand-in
-            tokenizer.pad_token = tokenizer.eos_token
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -156,18 +155,6 @@ class TransformersEngine(ChatEngine):
         self.context_window = min(native, max_context_tokens) if max_context_tokens else native
         # KV caches of recent chat turns: the next turn of a chat prefills only its new tokens.
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
-
-    @classmethod
-    def load(cls, model: str = "default", adapter: str | None = None, **kwargs) -> TransformersEngine:
-        """Load a base model (local folder, .gguf file, hub id or "default") plus an optional adapter."""
-        from chatbot.loading import load_model_and_tokenizer
-
-        max_context_tokens = kwargs.pop("max_context_tokens", None)
-        prefix_cache_tokens = kwargs.pop("prefix_cache_tokens", PREFIX_CACHE_TOKENS)
-        hf_model, tokenizer = load_model_and_tokenizer(model, adapter, **kwargs)
-        name = f"default ({Path(hf_model.config.name_or_path).name})" if model == "default" else model
-        name = name if adapter is None else f"{name} + {adapter}"
-        return cls(hf_model, tokenizer, name, max_context_tokens, prefix_cache_tokens)
 
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -266,3 +253,16 @@ def _explain(err: Exception, batch_size: int | None = None) -> Exception:
             f"{batch}lower max_new_tokens, shorten the history, or load the model in 4-bit on a GPU",
         )
     return err
+
+
+def load_engine(cfg: EngineConfig) -> TransformersEngine:
+    """The engine for `cfg`: a base model (`default`, a folder, a .gguf, a hub id), a trained
+    version by name, or a base plus `adapter`. The one way the product loads a model to chat with."""
+    model, adapter = resolve_version(cfg.model, cfg.adapter, cfg.runs_dir)
+    hf_model, tokenizer = load_model_and_tokenizer(model, adapter, dtype=cfg.dtype, device=cfg.device)
+    if model != cfg.model:  # a version: show its name rather than base + adapter path
+        name = cfg.model
+    else:
+        name = f"default ({Path(hf_model.config.name_or_path).name})" if model == "default" else model
+        name = name if adapter is None else f"{name} + {adapter}"
+    return TransformersEngine(hf_model, tokenizer, name, cfg.max_context_tokens, cfg.prefix_cache_tokens)

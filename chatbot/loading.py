@@ -1,5 +1,9 @@
 """Resolve a model spec (default / folder / .gguf / hub id), load it, put an adapter on top.
 
+No transformers import at module level: training imports this before it decides whether
+Unsloth (which must be imported before transformers) is the backend. `chatbot.engine.load_engine`
+builds an engine from an `EngineConfig`.
+
 Every failure a user can cause (a path that is not there, a folder that is not a model, an
 adapter trained on another base, no network for a hub id) ends in a `ModelLoadError` that
 says what to do.
@@ -14,7 +18,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.default_model import DEFAULT_MODEL, prepare_default_model
+from chatbot.default_model import DEFAULT_MODEL, drop_gguf_marker, prepare_default_model
 from chatbot.errors import ModelLoadError
 from chatbot.kv_cache import PREFIX_CACHE_TOKENS
 from chatbot.versions import BASE, find_version
@@ -53,24 +57,6 @@ def resolve_version(model: str, adapter: str | None, runs_dir: str) -> tuple[str
             "pass either a version name or --model BASE --adapter DIR",
         )
     return version.base_model, str(version.adapter_dir)
-
-
-def load_engine(cfg: EngineConfig):
-    """A `TransformersEngine` for `cfg` (the one local backend today)."""
-    from chatbot.engine import TransformersEngine
-
-    model, adapter = resolve_version(cfg.model, cfg.adapter, cfg.runs_dir)
-    engine = TransformersEngine.load(
-        model,
-        adapter,
-        dtype=cfg.dtype,
-        device=cfg.device,
-        max_context_tokens=cfg.max_context_tokens,
-        prefix_cache_tokens=cfg.prefix_cache_tokens,
-    )
-    if model != cfg.model:  # a version: show its name rather than base + adapter path
-        engine.name = cfg.model
-    return engine
 
 
 def resolve_model(model: str) -> tuple[str, dict]:
@@ -119,26 +105,38 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {dtype!r}", "use auto, float32, bfloat16 or float16") from None
 
 
-def load_model_and_tokenizer(model: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto"):
-    """Load (model, tokenizer) ready for generation, the adapter merged in when possible."""
+def from_pretrained(model: str, dtype: str = "auto", device: str = "auto", **model_kwargs):
+    """(model, tokenizer) for a model spec, with what every loader needs: a de-quantised GGUF
+    base made a normal dense model, and a pad token for batching (eos when the tokenizer has
+    none). `model_kwargs` go to `AutoModelForCausalLM.from_pretrained` (quantization_config,
+    device_map, ...). The model stays where `from_pretrained` put it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, extra = resolve_model(model)
-    device = pick_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, device), **extra)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=pick_dtype(dtype, pick_device(device)), **extra, **model_kwargs
+        )
     except OSError as err:
         raise ModelLoadError(
             f"could not load model {model!r}: {str(err).splitlines()[0]}",
             "check the id or path; without network (HF_HUB_OFFLINE=1) only local folders and "
             "already-cached hub models load; `default` always works offline",
         ) from None
-    if extra.get("gguf_file"):  # dense after de-quantisation; see chatbot/default_model.py
-        hf_model.hf_quantizer = None
+    if extra.get("gguf_file"):
+        drop_gguf_marker(hf_model)
+    if tokenizer.pad_token is None:  # batching needs one; eos is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    return hf_model, tokenizer
+
+
+def load_model_and_tokenizer(model: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto"):
+    """Load (model, tokenizer) ready for generation on `device`, the adapter merged in when possible."""
+    hf_model, tokenizer = from_pretrained(model, dtype, device)
     if adapter:
         hf_model = attach_adapter(hf_model, adapter, model)
-    return hf_model.to(device), tokenizer
+    return hf_model.to(pick_device(device)), tokenizer
 
 
 def attach_adapter(hf_model, adapter: str, model_name: str):

@@ -10,9 +10,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from chatbot.engine import ChatEngine
+from chatbot.engine import ChatEngine, load_engine
 from chatbot.errors import ModelLoadError
-from chatbot.loading import EngineConfig, load_engine
+from chatbot.loading import EngineConfig
 from chatbot.versions import BASE, list_versions
 
 

@@ -16,7 +16,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from chatbot.store.records import VERDICTS, LabelRow
+from store.records import VERDICTS, LabelRow
 
 MIN_ITEMS = 5  # fewer items than this and an AUC or a correlation is noise
 

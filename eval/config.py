@@ -8,7 +8,7 @@ from pydantic import Field
 
 from chatbot.engine import GenerationSettings
 from chatbot.loading import EngineConfig
-from training.data import DataConfig
+from corpus.examples import DataConfig
 
 
 class EvalGeneration(GenerationSettings):

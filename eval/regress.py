@@ -28,14 +28,14 @@ from pydantic import Field, field_validator
 
 from chatbot.config import entry_point
 from chatbot.default_model import DEFAULT_MODEL
-from chatbot.engine import GenerationSettings
+from chatbot.engine import GenerationSettings, load_engine
 from chatbot.errors import ConfigError, GenerationError
-from chatbot.loading import EngineConfig, load_engine
+from chatbot.loading import EngineConfig
 from chatbot.persona import Persona, load_personas
 from chatbot.session import ChatSession
-from chatbot.store import NewItem, Store
 from chatbot.versions import BASE
 from eval.regress_checks import ScriptFile, diff, diff_summary, junit_xml, load_scripts, run_checks, table
+from store import NewItem, Store
 
 log = logging.getLogger("eval.regress")
 

@@ -20,9 +20,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbot.config import entry_point
-from chatbot.store import Store
 from chatbot.versions import list_versions
 from eval.table import METRICS_NOTE, results_table
+from store import Store
 
 
 class ReportConfig(BaseModel):

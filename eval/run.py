@@ -21,11 +21,11 @@ from pathlib import Path
 
 from chatbot.config import entry_point
 from chatbot.default_model import DEFAULT_MODEL
+from chatbot.engine import load_engine
 from chatbot.errors import ConfigError, DatasetError
-from chatbot.loading import load_engine
 from chatbot.versions import BASE, find_version, list_versions
+from corpus.examples import Example, read_conversations, split_conversations, turn_examples
 from eval.config import EvalConfig
-from training.data import Example, read_conversations, split_conversations, turn_examples
 
 log = logging.getLogger("eval")
 
@@ -82,7 +82,7 @@ def main(cfg: EvalConfig) -> int:
     name = version_name(cfg)
     examples, conversations = select_turns(cfg)
     engine = load_engine(cfg)
-    from eval.scoring import evaluate  # transformers and friends: not needed for --help
+    from eval.evaluate import evaluate  # transformers and friends: not needed for --help
 
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / name / "eval" / f"{datetime.now():%Y%m%d-%H%M%S}"
     summary = evaluate(cfg, name, engine, examples, conversations, out)

@@ -7,8 +7,8 @@ from numbers import Real
 
 import pandas as pd
 
-from chatbot.store import Store
 from eval.human import BASE, human_accuracy
+from store import Store
 
 # Summary key written by the evaluation -> column name.
 METRICS = {

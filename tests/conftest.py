@@ -54,16 +54,18 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
-    from chatbot.engine import TransformersEngine
+    from chatbot.engine import load_engine
+    from chatbot.loading import EngineConfig
 
-    return TransformersEngine.load(str(tiny_model_dir))
+    return load_engine(EngineConfig(model=str(tiny_model_dir)))
 
 
 @pytest.fixture(scope="session")
 def default_engine(default_model_dir):
-    from chatbot.engine import TransformersEngine
+    from chatbot.engine import load_engine
+    from chatbot.loading import EngineConfig
 
-    return TransformersEngine.load("default")
+    return load_engine(EngineConfig(model="default"))
 
 
 @pytest.fixture

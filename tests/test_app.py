@@ -8,7 +8,7 @@ from chatbot.engine import GenerationSettings
 from chatbot.errors import ConfigError
 from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
-from chatbot.store import Store
+from store import Store
 from tests.conftest import REPO
 from ui.common import text_of
 from ui.context import AppContext
@@ -96,7 +96,7 @@ def test_compare_streams_two_versions(app):
 
 def test_labelling_round_lands_in_the_database(app):
     client, store = app
-    from chatbot.store import NewItem
+    from store import NewItem
 
     persona = {"name": "Ada", "facts": ["I build clocks."]}
     items = [NewItem("eval", "Ada", persona, [{"role": "user", "content": f"q{i}"}], f"answer {i}", "base")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from chatbot.store import NewItem, Store
+from store import NewItem, Store
 from tests.conftest import REPO
 
 START_S = 120  # imports (torch, gradio) take ~10 s on 2 cores; more when the machine is busy

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from chatbot.loading import pick_device, pick_dtype, resolve_model
+from chatbot.loading import from_pretrained, pick_device, pick_dtype
 from training.config import TrainConfig, check_hardware
 
 log = logging.getLogger(__name__)
@@ -45,22 +45,15 @@ def lora_config(cfg: TrainConfig):
 
 def load_trl(cfg: TrainConfig):
     """(model, tokenizer, LoraConfig) for transformers + PEFT + TRL."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    source, extra = resolve_model(cfg.model.name)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.model.dtype, device)
-    kwargs = {"dtype": dtype, **extra}
+    kwargs = {}
     if cfg.model.load_in_4bit:
+        dtype = pick_dtype(cfg.model.dtype, pick_device(cfg.device))
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if extra.get("gguf_file"):  # dense after de-quantisation; see chatbot/default_model.py
-        model.hf_quantizer = None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = from_pretrained(cfg.model.name, cfg.model.dtype, cfg.device, **kwargs)
     return model, tokenizer, lora_config(cfg)
 
 

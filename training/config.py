@@ -2,7 +2,7 @@
 
 Recipes in `training/recipes/*.yaml` hold only the keys they change. Field names follow the
 API each part feeds: `lora.*` -> `peft.LoraConfig`, `optim.*` / `max_steps` ->
-`trl.SFTConfig` (transformers `TrainingArguments`), `data.*` -> `training.data.DataConfig`.
+`trl.SFTConfig` (transformers `TrainingArguments`), `data.*` -> `corpus.examples.DataConfig`.
 No torch/transformers import here: the Unsloth backend must be imported before transformers.
 """
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chatbot.default_model import DEFAULT_MODEL
 from chatbot.errors import ConfigError
-from training.data import DataConfig
+from corpus.examples import DataConfig
 
 
 class _Part(BaseModel):

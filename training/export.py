@@ -98,8 +98,6 @@ def merge_into(version: ModelVersion, out: Path) -> None:
             f"the base {version.base_model} is quantized, so the adapter cannot be merged into it exactly",
             "export against a full-precision copy of the base, or use --gguf on a CUDA machine",
         )
-    if hasattr(model.config, "quantization_config"):  # a de-quantised GGUF base is dense: drop the marker
-        del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 

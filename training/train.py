@@ -84,7 +84,7 @@ def main(cfg: TrainConfig) -> int:
         if backend == "unsloth":
             import unsloth  # noqa: F401  -- patches transformers/TRL; must come before them
 
-        from training.run import train
+        from training.trainer import train
 
         version = agreed_version_name(cfg)
         partial, final = prepare_folders(cfg, version)

@@ -8,7 +8,7 @@ from chatbot.engine import GenerationSettings
 from chatbot.errors import PersonaError
 from chatbot.persona import Persona, scan_personas
 from chatbot.pool import EnginePool
-from chatbot.store import Store
+from store import Store
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Literal
 
 import gradio as gr
 
-from chatbot.store import BlindItem, StoreError
+from store import BlindItem, StoreError
 from ui.common import rater_name, text_of
 from ui.context import AppContext
 

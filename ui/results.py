@@ -18,8 +18,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from chatbot.store import StoreError
 from eval.table import METRICS, METRICS_NOTE, NO_LABELS, VersionResult, collect, format_table, metric_keys, metric_value
+from store import StoreError
 from ui.common import user_error
 from ui.context import AppContext
 

@@ -6,9 +6,9 @@ import threading
 import pytest
 import torch
 
-from chatbot.engine import GenerationSettings, TransformersEngine
+from chatbot.engine import GenerationSettings, TransformersEngine, load_engine
 from chatbot.errors import MessageError, ModelLoadError
-from chatbot.loading import resolve_model
+from chatbot.loading import EngineConfig, resolve_model
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
 
@@ -55,7 +55,7 @@ def test_seed_makes_sampling_reproducible(tiny_engine):
 
 
 def test_history_is_trimmed_from_the_oldest_turn(tiny_model_dir):
-    engine = TransformersEngine.load(str(tiny_model_dir), max_context_tokens=120)
+    engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=120))
     turns = [f"turn number {i} " + "words " * 10 for i in range(12)] + ["the newest question"]
     fitted = engine.fit_messages(chat(*turns), GREEDY)
     assert fitted[0]["role"] == "system"
@@ -68,14 +68,14 @@ def test_history_is_trimmed_from_the_oldest_turn(tiny_model_dir):
 
 
 def test_message_longer_than_the_context_window_is_refused(tiny_model_dir):
-    engine = TransformersEngine.load(str(tiny_model_dir), max_context_tokens=64)
+    engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=64))
     with pytest.raises(MessageError, match="too long.*tokens") as info:
         engine.fit_messages(chat("blah " * 200), GREEDY)
     assert "shorten the message" in info.value.fix
 
 
 def test_huge_max_new_tokens_is_capped_to_the_window(tiny_model_dir):
-    engine = TransformersEngine.load(str(tiny_model_dir), max_context_tokens=64)
+    engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=64))
     messages = chat("Hello")
     reply = engine.generate([messages], GREEDY.model_copy(update={"max_new_tokens": 5000}))[0]
     prompt = engine.count_tokens(messages)
@@ -106,7 +106,7 @@ def test_folder_that_is_not_a_model_is_explained(tmp_path):
 def test_hub_id_stays_a_hub_id_and_fails_clearly_offline():
     assert resolve_model("unsloth/llama-3-8b-Instruct-bnb-4bit") == ("unsloth/llama-3-8b-Instruct-bnb-4bit", {})
     with pytest.raises(ModelLoadError, match="could not load model") as info:
-        TransformersEngine.load("persona-studio-test/no-such-model")
+        load_engine(EngineConfig(model="persona-studio-test/no-such-model"))
     assert "HF_HUB_OFFLINE" in info.value.fix
 
 
@@ -129,7 +129,7 @@ def _save_adapter(model_dir, out, hidden_size=None):
 
 def test_adapter_on_top_changes_the_reply(tiny_model_dir, tiny_engine, tmp_path):
     adapter = _save_adapter(tiny_model_dir, tmp_path / "adapter")
-    tuned = TransformersEngine.load(str(tiny_model_dir), adapter=str(adapter))
+    tuned = load_engine(EngineConfig(model=str(tiny_model_dir), adapter=str(adapter)))
     base_logits = tiny_engine.model(torch.tensor([[1, 2, 3]])).logits
     tuned_logits = tuned.model(torch.tensor([[1, 2, 3]])).logits
     assert not torch.allclose(base_logits, tuned_logits)
@@ -138,7 +138,7 @@ def test_adapter_on_top_changes_the_reply(tiny_model_dir, tiny_engine, tmp_path)
 def test_adapter_for_another_base_is_refused(tiny_model_dir, tmp_path):
     adapter = _save_adapter(tiny_model_dir, tmp_path / "wrong", hidden_size=48)
     with pytest.raises(ModelLoadError, match="does not fit") as info:
-        TransformersEngine.load(str(tiny_model_dir), adapter=str(adapter))
+        load_engine(EngineConfig(model=str(tiny_model_dir), adapter=str(adapter)))
     assert "--model" in info.value.fix
 
 

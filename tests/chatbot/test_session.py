@@ -55,9 +55,10 @@ def test_huge_message_is_refused(session):
 
 
 def test_message_too_long_for_context_names_tokens(tiny_model_dir, ada):
-    from chatbot.engine import TransformersEngine
+    from chatbot.engine import load_engine
+    from chatbot.loading import EngineConfig
 
-    engine = TransformersEngine.load(str(tiny_model_dir), max_context_tokens=256)
+    engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=256))
     session = ChatSession(engine, ada, GREEDY)
     with pytest.raises(MessageError, match="tokens"):
         session.reply("word " * 1000)

@@ -2,8 +2,8 @@ from datetime import datetime
 
 import pytest
 
-from chatbot.store.records import LabelRow
 from eval.agreement import agreement, fleiss_kappa, metric_vs_human
+from store.records import LabelRow
 
 NOW = datetime(2026, 1, 1)
 

@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chatbot.store import LabelRow
 from eval.human import human_accuracy, wilson_interval
+from store import LabelRow
 
 
 def test_wilson_known_value():

@@ -10,8 +10,8 @@ import torch
 
 from chatbot.engine import TransformersEngine
 from chatbot.session import build_messages
+from corpus.examples import read_conversations, turn_examples
 from eval.perplexity import perplexity, prefix_groups, reference_nll
-from training.data import read_conversations, turn_examples
 
 PERSONA = "You are Ada, a retired physics teacher who builds clocks and keeps bees."
 

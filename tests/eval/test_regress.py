@@ -11,9 +11,9 @@ import yaml
 
 from chatbot.errors import ConfigError, PersonaError
 from chatbot.persona import load_personas, render_system_prompt
-from chatbot.store import NewItem, Store
 from eval import regress
 from eval.regress_checks import Checks, load_script, mentions, run_checks
+from store import NewItem, Store
 from tests.conftest import REPO
 
 PERSONAS = REPO / "personas"

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from chatbot.store import Store
+from corpus.examples import read_conversations, split_conversations
 from eval.report import main as report_main
 from eval.run import main as run_main
-from training.data import read_conversations, split_conversations
+from store import Store
 
 
 def args(tmp_path, *extra):

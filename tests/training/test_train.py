@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chatbot.engine import GenerationSettings
-from chatbot.loading import EngineConfig, load_engine
+from chatbot.engine import GenerationSettings, load_engine
+from chatbot.loading import EngineConfig
 from chatbot.versions import list_versions
 from tests.conftest import REPO
-from training import run as run_module
+from training import trainer
 from training.config import TrainConfig
-from training.run import build_trainer
 from training.train import main
+from training.trainer import build_trainer
 
 RECIPE = str(REPO / "training" / "recipes" / "tiny-test.yaml")
 
@@ -68,17 +68,17 @@ def test_run_writes_a_loadable_version(tiny_model_dir, tmp_path):
 
 def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    real_finish = run_module.finish
+    real_finish = trainer.finish
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "finish", crash)
+    monkeypatch.setattr(trainer, "finish", crash)
     assert main(train_args(tiny_model_dir, runs, "--output.version", "v2")) == 130
     assert not (runs / "v2").exists()  # an unfinished run is no version
     assert (runs / ".partial-v2" / "checkpoints" / "checkpoint-4").is_dir()
     assert [v.name for v in list_versions(runs)] == ["base"]
-    monkeypatch.setattr(run_module, "finish", real_finish)
+    monkeypatch.setattr(trainer, "finish", real_finish)
     assert (
         main(train_args(tiny_model_dir, runs, "--output.version", "v2", "--max_steps", "6", "--output.resume", "true"))
         == 0

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from chatbot.engine import GenerationSettings, TransformersEngine
-from chatbot.loading import EngineConfig, load_engine
+from chatbot.engine import GenerationSettings, load_engine
+from chatbot.loading import EngineConfig
 from chatbot.persona import load_persona
 from chatbot.session import build_messages
 from tests.conftest import REPO
@@ -52,4 +52,4 @@ def test_two_process_cpu_run_trains_and_saves_once(tiny_model_dir, tmp_path):
     versions = [p for p in runs.iterdir()]
     assert len(versions) == 1 and (versions[0] / "version.json").is_file()  # one folder, both ranks agreed
     assert (versions[0] / "adapter" / "adapter_model.safetensors").is_file()
-    TransformersEngine.load(str(tiny_model_dir), adapter=str(versions[0] / "adapter"))
+    load_engine(EngineConfig(model=str(tiny_model_dir), adapter=str(versions[0] / "adapter")))

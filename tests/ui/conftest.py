@@ -39,7 +39,7 @@ def studio(tiny_engine, tmp_path):
     from chatbot.engine import GenerationSettings
     from chatbot.loading import EngineConfig
     from chatbot.pool import EnginePool
-    from chatbot.store import NewItem, Store
+    from store import NewItem, Store
     from ui.context import AppContext
     from ui.label import LABEL_SHORTCUTS_JS
 

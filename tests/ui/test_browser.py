@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from chatbot.store.schema import conversations
+from store.schema import conversations
 from tests.ui.conftest import CHROMIUM
 
 if not os.access(CHROMIUM, os.X_OK):

@@ -8,9 +8,9 @@ from gradio_client import Client
 
 from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
-from chatbot.store import NewItem, Store, StoreError
 from eval.human import wilson_interval
 from eval.table import NO_LABELS, NOT_RUN, VersionResult, collect, results_table
+from store import NewItem, Store, StoreError
 from tests.conftest import REPO
 from ui.context import AppContext
 from ui.label import (

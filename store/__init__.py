@@ -1,6 +1,6 @@
 """Persistence for Persona Studio: the one package that talks to the database.
 
-    from chatbot.store import Store
+    from store import Store
     store = Store()  # $DATABASE_URL, else sqlite:///data/persona_studio.db
     item = store.next_item("kim")
     store.label(item.id, "kim", "good")
@@ -8,9 +8,9 @@
 SQLite (default) or PostgreSQL (`DATABASE_URL=postgresql://user:pw@host:5432/db`).
 """
 
-from chatbot.store.db import StoreError, database_url, mask_url
-from chatbot.store.records import BlindItem, EvalRun, Item, LabelRow, NewItem, Progress, Turn, Verdict
-from chatbot.store.store import Store
+from store.db import StoreError, database_url, mask_url
+from store.records import BlindItem, EvalRun, Item, LabelRow, NewItem, Progress, Turn, Verdict
+from store.store import Store
 
 __all__ = [
     "BlindItem",

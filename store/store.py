@@ -15,10 +15,10 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from chatbot.store import queue, sql
-from chatbot.store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, create_engine, database_url, mask_url, reason
-from chatbot.store.db import transaction as _transaction
-from chatbot.store.records import (
+from store import assign, sql
+from store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, create_engine, database_url, mask_url, reason
+from store.db import transaction as _transaction
+from store.records import (
     CONVERSATION_SOURCES,
     ITEM_SOURCES,
     ROLES,
@@ -31,7 +31,7 @@ from chatbot.store.records import (
     Turn,
     Verdict,
 )
-from chatbot.store.schema import (
+from store.schema import (
     assignments,
     conversations,
     eval_runs,
@@ -41,7 +41,7 @@ from chatbot.store.schema import (
     skips,
     turns,
 )
-from chatbot.store.schema import ensure as ensure_schema
+from store.schema import ensure as ensure_schema
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,8 +165,8 @@ class Store:
 
         def write(conn: sa.Connection) -> Item | None:
             rater_id = sql.rater_id(conn, rater, create=True)
-            row = queue.pending(conn, rater_id, source, sql.ITEM_COLUMNS)
-            row = row or queue.claim(conn, rater_id, overlap, source, sql.ITEM_COLUMNS)
+            row = assign.pending(conn, rater_id, source, sql.ITEM_COLUMNS)
+            row = row or assign.claim(conn, rater_id, overlap, source, sql.ITEM_COLUMNS)
             return Item(**row._mapping) if row else None
 
         return self._write(write, f"no item could be assigned to {rater}", retry=True)
@@ -178,8 +178,8 @@ class Store:
 
         def read(conn: sa.Connection) -> Progress:
             rater_id = sql.rater_id(conn, rater, create=False)
-            done = queue.count_labelled(conn, rater_id, source)
-            return Progress(done, done + queue.count_open(conn, rater_id, overlap, source))
+            done = assign.count_labelled(conn, rater_id, source)
+            return Progress(done, done + assign.count_open(conn, rater_id, overlap, source))
 
         return self._read(read, f"the progress of {rater}")
 
@@ -237,7 +237,7 @@ class Store:
             if last is None:
                 return None
             conn.execute(sa.delete(labels).where(labels.c.id == last.id))
-            # A fresh assignment id puts the item ahead of what the rater holds (queue.pending).
+            # A fresh assignment id puts the item ahead of what the rater holds (assign.pending).
             pair = dict(item_id=last.item_id, rater_id=rater_id)
             conn.execute(sa.delete(assignments).filter_by(**pair))
             conn.execute(sa.insert(assignments).values(pair))

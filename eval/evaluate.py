@@ -14,9 +14,9 @@ import yaml
 from chatbot.engine import TransformersEngine
 from chatbot.persona import persona_from_facts
 from chatbot.session import build_messages
-from chatbot.store import NewItem, Store
+from corpus.examples import Example
 from eval.config import EvalConfig
-from training.data import Example
+from store import NewItem, Store
 
 log = logging.getLogger("eval")
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from chatbot.store.db import StoreError
-from chatbot.store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS
+from store.db import StoreError
+from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from chatbot.errors import DatasetError
 from chatbot.persona import Persona, persona_from_facts, render_system_prompt
-from training.data import (
+from corpus.examples import (
     DataConfig,
     Turn,
     fingerprint,
@@ -186,7 +186,7 @@ def test_real_load_examples_and_limit(spc):
 @needs_spc
 def test_cli_prints_summary_splits_and_an_example():
     result = subprocess.run(
-        [sys.executable, "-m", "training.data", str(SPC_CSV), "--max-history-turns", "2"],
+        [sys.executable, "-m", "corpus.examples", str(SPC_CSV), "--max-history-turns", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -210,7 +210,7 @@ def test_bad_rows_are_counted_and_reported(tmp_path, caplog):
         ["I like tea.", "I like coffee.", "User 1: Hi\nUser 1: again\nUser 2: Hello\n"],
         ["I like tea.", "I like coffee.", "User 2: a User 1: b"],  # row 7: two turns on one line
     ]
-    with caplog.at_level(logging.WARNING, logger="training.formats"):
+    with caplog.at_level(logging.WARNING, logger="corpus.formats"):
         conversations, report = read_conversations(write_csv(tmp_path / "bad.csv", SPC_HEADER, rows))
     assert (report.rows, report.conversations, report.skipped) == (7, 2, 5)
     assert report.first_skipped == (

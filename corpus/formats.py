@@ -2,7 +2,7 @@
 
 `read_conversations(path)` detects the format, skips malformed rows (counted in a `LoadReport`,
 never fatal) and raises `DatasetError` only when the file as a whole cannot be used.
-`training/data.py` turns conversations into training examples and splits.
+`corpus/examples.py` turns conversations into training examples and splits.
 """
 
 from __future__ import annotations

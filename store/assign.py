@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from chatbot.store.db import StoreError
-from chatbot.store.schema import assignments, label_items, labels, skips
+from store.db import StoreError
+from store.schema import assignments, label_items, labels, skips
 
 _CLAIM_TRIES = 100  # items other raters took while we looked, before we give up
 

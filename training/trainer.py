@@ -17,9 +17,9 @@ import yaml
 
 from chatbot.errors import DatasetError, TrainingError
 from chatbot.versions import VERSION_FILE
+from corpus.examples import Example, fingerprint, load_examples
 from training.backends import load_for_training, trainable_parameters
 from training.config import TrainConfig
-from training.data import Example, fingerprint, load_examples
 
 log = logging.getLogger("training")
 

@@ -7,9 +7,9 @@ from dataclasses import fields
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from chatbot.store.db import StoreError
-from chatbot.store.records import EvalRun, Item, Turn
-from chatbot.store.schema import eval_runs, label_items, labels, raters, turns
+from store.db import StoreError
+from store.records import EvalRun, Item, Turn
+from store.schema import eval_runs, label_items, labels, raters, turns
 
 ITEM_COLUMNS = [label_items.c[f.name] for f in fields(Item)]
 TURN_COLUMNS = [turns.c[f.name] for f in fields(Turn)]

@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from chatbot.store import NewItem, Store, StoreError, database_url
-from chatbot.store.schema import NAMING, SCHEMA_VERSION, UTCDateTime
-from chatbot.store.schema import metadata as current_metadata
+from store import NewItem, Store, StoreError, database_url
+from store.schema import NAMING, SCHEMA_VERSION, UTCDateTime
+from store.schema import metadata as current_metadata
 from tests.conftest import REPO
 
 PG_URL = os.environ.get("PERSONA_STUDIO_TEST_DATABASE_URL")
@@ -388,7 +388,7 @@ def test_label_write_is_retried_once_then_reported_not_saved(store):
 
 KILLED_WRITER = """
 import sys, time
-from chatbot.store import NewItem, Store
+from store import NewItem, Store
 
 store = Store(sys.argv[1])
 context = [{"role": "user", "content": "hi"}]

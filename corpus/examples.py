@@ -1,10 +1,10 @@
 """Conversations -> per-turn chat examples and stable train/validation/test splits.
 
-Reading files lives in `training/formats.py` (re-exported here); this module decides what the
+Reading files lives in `corpus/formats.py` (re-exported here); this module decides what the
 model learns from: one `Example` per reply of the target speaker, with that speaker's persona
 as the system message. Used by training and by eval, so both see the same prompts.
 
-    python -m training.data ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv
+    python -m corpus.examples ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv
     (flags: --format, --speakers "User 2", --max-history-turns 6, --split-seed 1)
 """
 
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chatbot.errors import PersonaStudioError
 from chatbot.persona import Persona
-from training.formats import (
+from corpus.formats import (
     CHAT_SPEAKERS,
     FORMATS,
     SHARED_VALID_CSV,
