@@ -135,7 +135,7 @@ def prompt_ids(engine, messages):
 def make_chat(engine, persona, settings) -> Chat:
     """Serve the 6th turn through the engine (its own reply joins the history, as in the app),
     then keep what the 7th turn finds in the cache."""
-    from chatbot.session import build_messages, opening
+    from chatbot.conversation import build_messages, opening
 
     engine.prefix_cache.clear()
     sixth = build_messages(persona, HISTORY[:4], HISTORY[4]["content"])

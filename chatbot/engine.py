@@ -19,13 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
+from chatbot.conversation import Messages, fit
 from chatbot.errors import GenerationError, MessageError, ModelLoadError
 from chatbot.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
 from chatbot.loading import EngineConfig, load_model_and_tokenizer, resolve_version
 
 log = logging.getLogger(__name__)
-
-Messages = list[dict[str, str]]
 
 
 class GenerationSettings(BaseModel):
@@ -71,29 +70,20 @@ class ChatEngine(ABC):
         return None
 
     def fit_messages(self, messages: Messages, settings: GenerationSettings) -> Messages:
-        """Drop the oldest dialogue turns until prompt + max_new_tokens fits the context window.
-
-        The system message (the persona) and the last user message always stay; after a drop
-        the dialogue restarts on a user turn, as chat templates expect. At most half the
-        window is held back for the reply, so a huge max_new_tokens cannot starve the prompt.
-        """
+        """`messages` trimmed (`chatbot.conversation.fit`) so prompt + max_new_tokens fit the
+        context window; at most half the window is held back for the reply, so a huge
+        max_new_tokens cannot starve the prompt. A message too long on its own is refused."""
         budget = self.context_window - min(settings.max_new_tokens, self.context_window // 2)
-        system = [m for m in messages[:1] if m["role"] == "system"]
-        dialogue = list(messages[len(system) :])
-        while self.count_tokens(system + dialogue) > budget:
-            if len(dialogue) <= 1:
-                used = self.count_tokens(system + dialogue)
-                raise MessageError(
-                    f"the message is too long: the prompt needs {used} tokens but only {budget} fit "
-                    f"(context window {self.context_window} minus {self.context_window - budget} for the reply)",
-                    "shorten the message, or lower max_new_tokens",
-                )
-            dialogue.pop(0)
-            while len(dialogue) > 1 and dialogue[0]["role"] != "user":
-                dialogue.pop(0)
-        if len(dialogue) < len(messages) - len(system):
-            log.info("trimmed %d old messages to fit the context", len(messages) - len(system) - len(dialogue))
-        return system + dialogue
+        fitted = fit(messages, self.count_tokens, budget)
+        if (used := self.count_tokens(fitted)) > budget:
+            raise MessageError(
+                f"the message is too long: the prompt needs {used} tokens but only {budget} fit "
+                f"(context window {self.context_window} minus {self.context_window - budget} for the reply)",
+                "shorten the message, or lower max_new_tokens",
+            )
+        if len(fitted) < len(messages):
+            log.info("trimmed %d old messages to fit the context", len(messages) - len(fitted))
+        return fitted
 
 
 class _StopOnEvent(StoppingCriteria):

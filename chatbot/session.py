@@ -1,47 +1,18 @@
-"""A chat under a persona: history, persona switches, undo and retry, over any `ChatEngine`.
+"""A chat under a persona in memory: send, undo, retry, switch, reset over any `ChatEngine`.
 
-The messages sent to the engine are always rebuilt from scratch as
-`[system = render(current persona)] + history + [user message]`, so after a persona switch
-nothing of the old persona's prompt remains; the dialogue itself (what was said) is kept.
+The terminal chat and local regression scripts use it; the app keeps the same history in the
+store instead. Both are the pure functions of `chatbot.conversation` over a message list.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from chatbot.engine import ChatEngine, GenerationSettings, Messages
+from chatbot import conversation
+from chatbot.conversation import Messages, build_messages, check_message, opening
+from chatbot.engine import ChatEngine, GenerationSettings
 from chatbot.errors import MessageError
-from chatbot.persona import Persona, render_system_prompt
-
-# Far above any context window we run (8k tokens is ~32k chars); it only stops a pasted
-# file from being tokenised before the context-window check can say it is too long.
-MAX_MESSAGE_CHARS = 100_000
-
-
-def check_message(text: str) -> str:
-    """The message to send, or a `MessageError` saying why it cannot be sent."""
-    if not text or not text.strip():
-        raise MessageError("the message is empty", "type something to say before sending")
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise MessageError(
-            f"the message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}",
-            "send a shorter message (the model's context window holds a few thousand words at most)",
-        )
-    return text.strip()
-
-
-def build_messages(persona: Persona, history: Messages, user_message: str | None = None) -> Messages:
-    """System prompt for `persona`, then the user/assistant history, then the new message."""
-    dialogue = [{"role": m["role"], "content": m["content"]} for m in history if m["role"] in ("user", "assistant")]
-    messages = [{"role": "system", "content": render_system_prompt(persona)}, *dialogue]
-    if user_message is not None:
-        messages.append({"role": "user", "content": user_message})
-    return messages
-
-
-def opening(persona: Persona) -> Messages:
-    """The history a new chat starts with: the persona's greeting, if it has one."""
-    return [{"role": "assistant", "content": persona.greeting}] if persona.greeting else []
+from chatbot.persona import Persona
 
 
 def warm(engine: ChatEngine, personas: Iterable[Persona]) -> None:
@@ -58,8 +29,7 @@ class ChatSession:
         self.engine = engine
         self.persona = persona
         self.settings = settings or GenerationSettings()
-        self.history: Messages = []
-        self.reset()
+        self.history: Messages = opening(persona)
 
     def send(self, text: str) -> Iterator[str]:
         """Yield reply pieces; the exchange joins the history only when the reply finished,
@@ -81,29 +51,27 @@ class ChatSession:
     def switch_persona(self, persona: Persona) -> None:
         """The new persona speaks from the next turn on; its prompt replaces the old one."""
         self.persona = persona
+        self.history = conversation.switched(self.history, persona)
 
     def undo(self) -> str | None:
-        """Remove the last user/assistant exchange; return the user message it held."""
-        if len(self.history) >= 2 and self.history[-2]["role"] == "user":
-            user = self.history[-2]["content"]
-            del self.history[-2:]
-            return user
-        return None
+        """Remove the last exchange; return the user message it began with."""
+        self.history, user = conversation.undone(self.history)
+        return user
 
     def retry(self) -> Iterator[str]:
         """Regenerate the last reply (with sampling it will usually differ). If the new
         reply fails or is abandoned, the old exchange is put back."""
-        if not (len(self.history) >= 2 and self.history[-2]["role"] == "user"):
+        before = self.history
+        self.history, user = conversation.undone(before)
+        if user is None:
             raise MessageError("there is no reply to retry yet", "send a message first")
-        last = self.history[-2:]
-        del self.history[-2:]
         done = False
         try:
-            yield from self.send(last[0]["content"])
+            yield from self.send(user)
             done = True
         finally:
             if not done:
-                self.history += last
+                self.history = before
 
     def reset(self) -> None:
         """Start over under the current persona (its greeting, if any, opens the chat)."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from chatbot.conversation import build_messages
 from chatbot.engine import TransformersEngine
 from chatbot.persona import persona_from_facts
-from chatbot.session import build_messages
 from corpus.examples import Example
 from eval.config import EvalConfig
 from store import NewItem, Store

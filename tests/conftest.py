@@ -80,3 +80,18 @@ def spc_csv() -> Path:
     if not SPC_CSV.is_file():
         pytest.skip(f"shared data not found at {SPC_CSV}")
     return SPC_CSV
+
+
+@pytest.fixture
+def db_file_url(tmp_path) -> str:
+    """A SQLite database URL under the test's tmp_path (created on first open)."""
+    return f"sqlite:///{tmp_path / 'labels.db'}"
+
+
+@pytest.fixture
+def store(db_file_url):
+    """An empty label store (SQLite) for one test."""
+    from store import Store
+
+    with Store(db_file_url) as opened:
+        yield opened

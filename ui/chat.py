@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from chatbot.conversation import build_messages, check_message
 from chatbot.engine import GenerationSettings
 from chatbot.errors import MessageError, PersonaStudioError
 from chatbot.persona import Persona
-from chatbot.session import build_messages, check_message
 from store import NewItem, StoreError
 from ui.common import rater_name, raw, shown, text_of, user_error
 from ui.context import AppContext

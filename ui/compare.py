@@ -7,8 +7,8 @@ import threading
 
 import gradio as gr
 
+from chatbot.conversation import build_messages, check_message
 from chatbot.errors import MessageError, PersonaStudioError
-from chatbot.session import build_messages, check_message
 from ui.chat import GENERATION, dialogue, greeting
 from ui.common import raw, shown, user_error
 from ui.context import AppContext

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
+from chatbot.conversation import build_messages
 from chatbot.default_model import default_model_dir, gguf_path
 from chatbot.engine import GenerationSettings
 from chatbot.persona import load_persona
-from chatbot.session import ChatSession, build_messages
+from chatbot.session import ChatSession
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
+from chatbot.conversation import MAX_MESSAGE_CHARS, build_messages
 from chatbot.engine import GenerationSettings
 from chatbot.errors import MessageError
 from chatbot.persona import Persona, load_persona, render_system_prompt
-from chatbot.session import MAX_MESSAGE_CHARS, ChatSession, build_messages
+from chatbot.session import ChatSession
 from tests.conftest import REPO
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)

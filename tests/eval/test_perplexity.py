@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from chatbot.conversation import build_messages
 from chatbot.engine import TransformersEngine
-from chatbot.session import build_messages
 from corpus.examples import read_conversations, turn_examples
 from eval.perplexity import perplexity, prefix_groups, reference_nll
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
+from chatbot.conversation import build_messages
 from chatbot.engine import GenerationSettings, load_engine
 from chatbot.loading import EngineConfig
 from chatbot.persona import load_persona
-from chatbot.session import build_messages
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,121 @@
+"""A conversation as a list of messages, and the pure functions every chat surface uses.
+
+A message is `{"role": "user" | "assistant" | "notice", "content": str}` (extra keys such as
+a stored turn's `id` ride along untouched). A `notice` marks a persona switch in the
+transcript; it is shown, never sent to the model. The terminal chat (`ChatSession`), the app
+(over the turns in the store) and the regression scripts all go through these functions, so
+greeting, undo, retry, persona switch and history trimming behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from chatbot.errors import MessageError
+from chatbot.persona import Persona, render_system_prompt
+
+Messages = list[dict]
+
+# Far above any context window we run (8k tokens is ~32k chars); it only stops a pasted
+# file from being tokenised before the context-window check can say it is too long.
+MAX_MESSAGE_CHARS = 100_000
+DIALOGUE_ROLES = ("user", "assistant")
+
+
+def check_message(text: str) -> str:
+    """The message to send, or a `MessageError` saying why it cannot be sent."""
+    if not text or not text.strip():
+        raise MessageError("the message is empty", "type something to say before sending")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise MessageError(
+            f"the message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}",
+            "send a shorter message (the model's context window holds a few thousand words at most)",
+        )
+    return text.strip()
+
+
+def opening(persona: Persona) -> Messages:
+    """The history a new chat starts with: the persona's greeting, if it has one."""
+    return [{"role": "assistant", "content": persona.greeting}] if persona.greeting else []
+
+
+def notice(persona: Persona) -> dict:
+    """The transcript marker of a switch to `persona` (never sent to the model)."""
+    return {"role": "notice", "content": f"From here on the model speaks as {persona.name}."}
+
+
+def dialogue(history: Messages) -> Messages:
+    """The user/assistant turns the model sees, as plain `{"role", "content"}` dicts."""
+    return [{"role": m["role"], "content": m["content"]} for m in history if m["role"] in DIALOGUE_ROLES]
+
+
+def build_messages(persona: Persona, history: Messages, user_message: str | None = None) -> Messages:
+    """System prompt for `persona`, then the dialogue, then the new message. Rebuilt from
+    scratch every turn, so after a switch nothing of the old persona's prompt remains."""
+    messages = [{"role": "system", "content": render_system_prompt(persona)}, *dialogue(history)]
+    if user_message is not None:
+        messages.append({"role": "user", "content": user_message})
+    return messages
+
+
+def has_user_turn(history: Messages) -> bool:
+    return any(m["role"] == "user" for m in history)
+
+
+def switched(history: Messages, persona: Persona) -> Messages:
+    """The history after switching to `persona`: before anyone spoke, the new persona's
+    opening; mid-chat, the dialogue kept and a notice added (it speaks from the next turn)."""
+    return [*history, notice(persona)] if has_user_turn(history) else opening(persona)
+
+
+def last_exchange(history: Messages) -> int | None:
+    """Index of the last user message (the exchange undo and retry take back), or None."""
+    return next((i for i in range(len(history) - 1, -1, -1) if history[i]["role"] == "user"), None)
+
+
+def taken_back(history: Messages) -> list[int]:
+    """Indices of the messages undo and retry take back: the last user message and the
+    replies after it. Notices stay (a persona switch is not undone by undoing a reply)."""
+    start = last_exchange(history)
+    if start is None:
+        return []
+    return [i for i in range(start, len(history)) if history[i]["role"] in DIALOGUE_ROLES]
+
+
+def undone(history: Messages) -> tuple[Messages, str | None]:
+    """(the history without its last exchange, the user message that exchange began with).
+    Nothing to undo (only a greeting, or nothing) gives the history unchanged and None."""
+    gone = taken_back(history)
+    if not gone:
+        return list(history), None
+    return [m for i, m in enumerate(history) if i not in gone], history[gone[0]]["content"]
+
+
+def fit(messages: Messages, count_tokens: Callable[[Messages], int], budget: int) -> Messages:
+    """`messages` with the oldest dialogue turns dropped until `count_tokens(...) <= budget`.
+
+    The one trimming rule of the product: chat (`ChatEngine.fit_messages`), training records
+    and reference perplexity all use it, so a model is trained on the contexts it is later
+    asked in. The system message (the persona) and the last message always stay; after a drop
+    the dialogue restarts on a user turn, as chat templates expect. When even that is over
+    budget the shortest form is returned and the caller decides (the engine refuses the
+    message, training leaves the example out).
+    """
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = messages[len(system) :]
+    if len(rest) <= 1:
+        return list(messages)
+    # Where the kept dialogue may start, shortest drop first: the whole, then each later user
+    # turn, then the last message alone. Fewer messages never count more tokens, so the first
+    # start that fits is found by bisection (a few tokenisations instead of one per turn).
+    starts = [0, *(i for i in range(1, len(rest)) if rest[i]["role"] == "user")]
+    if starts[-1] != len(rest) - 1:
+        starts.append(len(rest) - 1)
+    lo, hi = 0, len(starts) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_tokens(system + rest[starts[mid] :]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return system + rest[starts[lo] :]
