@@ -193,9 +193,9 @@ def time_perplexity(args, engine, examples) -> dict:
 
 
 def time_generation(args, engine, examples) -> dict:
-    from eval.config import EvalGeneration
+    from chatbot.engine import GreedySettings
 
-    settings = EvalGeneration(max_new_tokens=args.max_new_tokens)
+    settings = GreedySettings(max_new_tokens=args.max_new_tokens)
     conversations = [ex.messages for ex in examples]
     engine.generate(conversations[:2], settings, batch_size=2)  # warm-up
     product_s, batched = once(lambda: engine.generate(conversations, settings, batch_size=args.batch_size))

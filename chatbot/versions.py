@@ -1,21 +1,30 @@
-"""Model versions: `base` plus one per finished training run in `runs/<version>/`.
+"""Model versions: `base` plus one per finished training run in `runs/<version>/`. The one
+module that knows what a version's folder holds.
 
 A finished run folder holds `version.json` (written last, so its presence means the run is
-complete), `adapter/` (the LoRA weights), `config.yaml`, `data.json`, `metrics.json` and
-the loss plot. Unfinished runs live in `runs/.partial-<version>/` and are never listed.
+complete), `adapter/` (the LoRA weights), `config.yaml`, `data.json` (the data fingerprint and
+the training conversation ids), `metrics.json` and the loss plot; evaluation and regression
+runs add `eval/<timestamp>/` and `regress/<timestamp>/` (also for `base`). Unfinished runs live
+in `runs/.partial-<version>/` and are never listed.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from chatbot.default_model import DEFAULT_MODEL
 from chatbot.errors import ModelLoadError
 
 BASE = "base"
 VERSION_FILE = "version.json"
+ADAPTER_DIR = "adapter"
+DATA_FILE = "data.json"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -27,13 +36,20 @@ class ModelVersion:
     created: str = ""
     info: dict = field(default_factory=dict)  # the rest of version.json (metrics, backend, ...)
 
+    def train_conversation_ids(self) -> set[str]:
+        """Ids of the conversations it was trained on (eval refuses to score those turns)."""
+        data = self.run_dir / DATA_FILE if self.run_dir else None
+        if data is None or not data.is_file():
+            return set()
+        return set(json.loads(data.read_text()).get("train_conversation_ids", []))
+
 
 def read_version(run_dir: Path) -> ModelVersion:
     data = json.loads((run_dir / VERSION_FILE).read_text())
     return ModelVersion(
         name=run_dir.name,
         base_model=data["base_model"],
-        adapter_dir=run_dir / "adapter",
+        adapter_dir=run_dir / ADAPTER_DIR,
         run_dir=run_dir,
         created=data.get("created", ""),
         info=data,
@@ -61,7 +77,21 @@ def find_version(name: str, runs_dir: str | Path = "runs") -> ModelVersion | Non
     return None
 
 
-def newest_version(runs_dir: str | Path = "runs") -> ModelVersion | None:
-    """The most recently finished fine-tuned version, if any."""
-    versions = list_versions(runs_dir)
-    return versions[1] if len(versions) > 1 else None
+def partial_dir(runs_dir: str | Path, name: str) -> Path:
+    """Where an unfinished run of version `name` is written (renamed to `runs/<name>` when done)."""
+    return Path(runs_dir) / f".partial-{name}"
+
+
+def results_dir(runs_dir: str | Path, name: str, kind: Literal["eval", "regress"]) -> Path:
+    """A new folder path `runs/<name>/<kind>/<timestamp>/` for one evaluation or regression run
+    of version `name` (a suffix keeps two runs in one second apart). Not created here."""
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    out, n = Path(runs_dir) / name / kind / stamp, 2
+    while out.exists():
+        out, n = out.with_name(f"{stamp}-{n}"), n + 1
+    return out
+
+
+def results_files(runs_dir: str | Path, kind: Literal["eval", "regress"], file: str) -> list[Path]:
+    """`file` of every evaluation or regression run of every version under `runs_dir`."""
+    return sorted(Path(runs_dir).glob(f"*/{kind}/*/{file}"))

@@ -6,18 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from chatbot.engine import GenerationSettings
+from chatbot.engine import GreedySettings
 from chatbot.loading import EngineConfig
 from corpus.examples import DataConfig
-
-
-class EvalGeneration(GenerationSettings):
-    """Greedy and short: reproducible replies, comparable across versions (recorded in the
-    output). A subclass, not a default instance, so `--generation.max_new_tokens 24` keeps
-    the other greedy defaults."""
-
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
-    max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens in one reply.")
 
 
 class EvalConfig(EngineConfig):
@@ -26,7 +17,7 @@ class EvalConfig(EngineConfig):
     limit: int | None = Field(200, ge=1, description="Score this many turns (a seeded sample); null = all.")
     seed: int = Field(0, description="Seed for the turn sample and the 'other persona' pairing.")
     batch_size: int = Field(8, ge=1, description="Prompts per generation / perplexity batch.")
-    generation: EvalGeneration = Field(default_factory=EvalGeneration)
+    generation: GreedySettings = Field(default_factory=GreedySettings)
     bertscore: bool = Field(True, description="Compute BERTScore (all-MiniLM-L6-v2).")
     perplexity: bool = Field(True, description="Perplexity of the reference reply under the version.")
     consistency: bool = Field(True, description="Persona grounding and the persona-swap probe.")

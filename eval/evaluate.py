@@ -1,4 +1,8 @@
-"""Generate, score, write, register: the body of `python -m eval.run`."""
+"""Generate and score: the replies of a model version to held-out turns, with every metric.
+
+`eval.run` (the entry point) picks the turns, registers the replies for labelling and writes
+the files (`eval/outputs.py`).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,14 @@ import json
 import logging
 import random
 import statistics
-from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from chatbot.conversation import build_messages
 from chatbot.engine import TransformersEngine
 from chatbot.persona import persona_from_facts
 from corpus.examples import Example
 from eval.config import EvalConfig
-from store import NewItem, Store
 
 log = logging.getLogger("eval")
 
@@ -64,30 +65,6 @@ def persona_scores(cfg: EvalConfig, engine, examples, replies, own, other) -> tu
     return summary, per_item
 
 
-def register(cfg: EvalConfig, name: str, examples, replies, own, out: Path, summary: dict) -> list[int | None]:
-    """One eval run in the store, and every reply as a label item of it."""
-    if not cfg.register_labels:
-        return [None] * len(examples)
-    store = Store(cfg.database_url)
-    try:
-        run_id = store.add_eval_run(name, str(out), cfg.model_dump(mode="json"), summary)
-        items = [
-            NewItem(
-                source="eval",
-                persona_name="persona-chat speaker",
-                persona={"facts": facts},
-                context=ex.messages[1:],
-                answer=reply,
-                model_version=name,
-                eval_run_id=run_id,
-            )  # fmt: skip
-            for ex, reply, facts in zip(examples, replies, own, strict=True)
-        ]
-        return list(store.add_label_items(items))
-    finally:
-        store.close()
-
-
 def persona_facts(examples: list[Example], conversations: dict) -> list[list[str]]:
     facts = []
     for ex in examples:
@@ -110,9 +87,9 @@ def other_facts(facts: list[list[str]], seed: int) -> list[list[str]]:
     return others
 
 
-def evaluate(cfg: EvalConfig, name: str, engine, examples, conversations, out: Path) -> dict:
-    from eval.outputs import write_outputs
-
+def evaluate(cfg: EvalConfig, name: str, engine, examples, conversations) -> tuple[pd.DataFrame, dict]:
+    """(one row per turn: persona, context, reference, reply and every per-item score; the
+    summary) of `engine`'s replies to `examples`, scored as `cfg` says."""
     replies = generate(engine, examples, cfg)
     summary, per_item, info = automatic_metrics(cfg, engine, examples, replies)
     own = persona_facts(examples, conversations)
@@ -122,10 +99,7 @@ def evaluate(cfg: EvalConfig, name: str, engine, examples, conversations, out: P
         per_item |= persona_items
     summary |= {"items": len(examples), "model_version": name, "model": engine.name, "split": cfg.split,
                 "decoding": cfg.generation.model_dump(), "info": info}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    item_ids = register(cfg, name, examples, replies, own, out, summary)
     rows = pd.DataFrame({
-        "item_id": item_ids,
         "conversation_id": [ex.conversation_id for ex in examples],
         "speaker": [ex.speaker for ex in examples],
         "persona": ["\n".join(f) for f in own],
@@ -134,6 +108,4 @@ def evaluate(cfg: EvalConfig, name: str, engine, examples, conversations, out: P
         "reply": replies,
         **per_item,
     })  # fmt: skip
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    write_outputs(out, rows, summary)
-    return summary
+    return rows, summary

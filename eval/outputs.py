@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from pydantic import BaseModel
 
 from eval.table import METRICS
 
@@ -61,8 +63,11 @@ def metric_bars(summary: dict, path: Path) -> Path:
     return path
 
 
-def write_outputs(out: Path, rows: pd.DataFrame, summary: dict) -> None:
+def write_outputs(out: Path, rows: pd.DataFrame, summary: dict, cfg: BaseModel) -> None:
+    """Everything of one run in `out`: the resolved config, rows (CSV, JSONL), the summary,
+    the Markdown table and the bar plot."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     rows.to_csv(out / "rows.csv", index=False)
     rows.to_json(out / "rows.jsonl", orient="records", lines=True, force_ascii=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -2,7 +2,7 @@
 
     python -m eval.run --model base --data ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv \\
         --limit 200 --out results/
-    python -m eval.run --model <version> --config eval/configs/default.yaml
+    python -m eval.run --model <version> --config eval/configs/quick.yaml   # a quick look
 
 Each turn's reply is generated under the speaker's persona and the real dialogue so far
 (batched, fixed decoding recorded in the output), then scored against the reference reply:
@@ -12,20 +12,19 @@ a persona-swap probe. Writes `runs/<version>/eval/<timestamp>/` and an eval run 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from chatbot.config import entry_point
 from chatbot.default_model import DEFAULT_MODEL
 from chatbot.engine import load_engine
 from chatbot.errors import ConfigError, DatasetError
-from chatbot.versions import BASE, find_version, list_versions
+from chatbot.versions import BASE, find_version, list_versions, results_dir
 from corpus.examples import Example, read_conversations, split_conversations, turn_examples
 from eval.config import EvalConfig
+from store import NewItem, Store
 
 log = logging.getLogger("eval")
 
@@ -42,19 +41,13 @@ def version_name(cfg: EvalConfig) -> str:
     raise ConfigError(f"there is no model version {cfg.model!r} in {cfg.runs_dir}", f"pick one of: {names}")
 
 
-def trained_ids(cfg: EvalConfig) -> set[str]:
-    version = find_version(cfg.model, cfg.runs_dir)
-    if version is None or not (version.run_dir / "data.json").is_file():
-        return set()
-    return set(json.loads((version.run_dir / "data.json").read_text()).get("train_conversation_ids", []))
-
-
 def select_turns(cfg: EvalConfig) -> tuple[list[Example], dict]:
     """A seeded sample of `limit` turns of the split, and the conversations by id. Turns of
     conversations the version was trained on are refused (or, with allow_overlap, counted)."""
     conversations, report = read_conversations(cfg.data.path, cfg.data.format)
     split = split_conversations(conversations, cfg.data.split_seed, cfg.data.split_fractions)[cfg.split]
-    seen = trained_ids(cfg)
+    version = find_version(cfg.model, cfg.runs_dir)
+    seen = version.train_conversation_ids() if version else set()
     overlap = [c for c in split if c.id in seen]
     if overlap and not cfg.allow_overlap:
         raise DatasetError(
@@ -76,16 +69,43 @@ def select_turns(cfg: EvalConfig) -> tuple[list[Example], dict]:
     return examples, {c.id: c for c in split}
 
 
+def register(cfg: EvalConfig, name: str, examples, facts, replies, out: Path, summary: dict) -> list[int | None]:
+    """One eval run in the store, and every reply as a label item of it; the items' ids."""
+    if not cfg.register_labels:
+        return [None] * len(examples)
+    with Store(cfg.database_url) as store:
+        run_id = store.add_eval_run(name, str(out), cfg.model_dump(mode="json"), summary)
+        items = [
+            NewItem(
+                source="eval",
+                persona_name="persona-chat speaker",
+                persona={"facts": own},
+                context=ex.messages[1:],
+                answer=reply,
+                model_version=name,
+                eval_run_id=run_id,
+            )  # fmt: skip
+            for ex, own, reply in zip(examples, facts, replies, strict=True)
+        ]
+        return store.add_label_items(items)
+
+
 @entry_point(EvalConfig, __doc__)
 def main(cfg: EvalConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     name = version_name(cfg)
     examples, conversations = select_turns(cfg)
     engine = load_engine(cfg)
-    from eval.evaluate import evaluate  # transformers and friends: not needed for --help
+    from eval.evaluate import evaluate, persona_facts  # transformers and friends: not needed for --help
+    from eval.outputs import write_outputs
 
-    out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / name / "eval" / f"{datetime.now():%Y%m%d-%H%M%S}"
-    summary = evaluate(cfg, name, engine, examples, conversations, out)
+    out = Path(cfg.out) if cfg.out else results_dir(cfg.runs_dir, name, "eval")
+    rows, summary = evaluate(cfg, name, engine, examples, conversations)
+    rows.insert(0, "item_id", None)
+    write_outputs(out, rows, summary, cfg)  # before the store: a database problem loses no replies
+    facts = persona_facts(examples, conversations)
+    rows["item_id"] = register(cfg, name, examples, facts, rows["reply"].tolist(), out, summary)
+    write_outputs(out, rows, summary, cfg)  # again, with the label item ids
     print((out / "table.md").read_text())
     print(f"written to {out} ({summary['items']} turns)")
     return 0
