@@ -97,45 +97,35 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 
 def reply_text(output) -> str:
-    """The last assistant message's text in a streamed /chat output (history, "", id, persona)."""
-    history = output[0] if isinstance(output, list | tuple) else []
-    if not history or history[-1].get("role") != "assistant":
-        return ""
-    content = history[-1].get("content")
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content or ""
+    """The reply so far in a streamed /chat output (conversation_id, reply, turn_id)."""
+    return output[1] if isinstance(output, list | tuple) and len(output) > 1 and output[1] else ""
 
 
-def api_history(history: list[dict]) -> list[dict]:
-    """Messages as the Chatbot API takes them in Gradio 6: content is a list of typed parts."""
-    return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in history]
-
-
-def chat_args(message: str, history: list, conv_id, args, max_new_tokens: int) -> list:
-    """The /chat endpoint's inputs: greedy, the persona of --persona, model version `base`."""
-    return [message, history, args.persona, "base", 0, 0.9, 50, max_new_tokens, conv_id, args.persona, "", ""]
+def chat_kwargs(message: str, conv_id, args, max_new_tokens: int, history: list | None = None) -> dict:
+    """The typed /chat endpoint's inputs: greedy, the persona of --persona, model version `base`."""
+    kwargs = dict(message=message, persona=args.persona, version="base", conversation_id=conv_id, temperature=0,
+                  max_new_tokens=max_new_tokens, api_name="/chat")  # fmt: skip
+    return kwargs | ({"history": history} if history else {})
 
 
 def one_chat(client, index: int, args, start: threading.Barrier, result: dict) -> None:
-    """A user in the middle of a chat: the 6th turn is sent first (untimed, the history made
-    unique per user, as real users' are), then, when all clients are ready, the 7th message
-    with the history the app sent back. Records first-token and total seconds of the 7th."""
+    """A user in the middle of a chat: the 6th turn is sent first (untimed; a new conversation
+    seeded with the first 4 messages, made unique per user, as real users' are), then, when all
+    clients are ready, the 7th message in the same stored conversation. Records first-token and
+    total seconds of the 7th."""
     history = [dict(m) for m in HISTORY[:4]]
     history[0]["content"] = f"{history[0]['content']} (I am visitor number {index + 1}.)"
     try:
-        sixth, _, conv_id, _ = client.predict(
-            *chat_args(HISTORY[4]["content"], api_history(history), None, args, args.first_tokens), api_name="/chat"
-        )
+        conv_id, _, _ = client.predict(**chat_kwargs(HISTORY[4]["content"], None, args, args.first_tokens, history))
     except Exception as err:
         result["error"] = f"6th turn: {type(err).__name__}: {err}"[:300]
-        sixth, conv_id = None, None
+        conv_id = None
     start.wait()
-    if sixth is None:
+    if conv_id is None:
         return
     t0 = time.perf_counter()
     try:
-        job = client.submit(*chat_args(MESSAGE, sixth, conv_id, args, args.max_new_tokens), api_name="/chat")
+        job = client.submit(**chat_kwargs(MESSAGE, conv_id, args, args.max_new_tokens))
         # Poll every 5 ms: Job's own iterator polls every 1 ms, which 16 threads would turn
         # into CPU load on the cores the server needs.
         while not job.done():

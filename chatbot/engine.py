@@ -45,6 +45,15 @@ class GenerationSettings(BaseModel):
         return {**kwargs, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
 
 
+class GreedySettings(GenerationSettings):
+    """Greedy and short: reproducible replies, comparable across versions (`eval.run`,
+    `eval.regress`; recorded with their results). A subclass with its own field defaults, not
+    a default instance, so `--generation.max_new_tokens 32` keeps temperature 0."""
+
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens in one reply.")
+
+
 class ChatEngine(ABC):
     """A generation backend. Subclasses give tokens counts and generation; trimming the
     history to the context window is shared here so every backend trims the same way."""

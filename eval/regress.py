@@ -15,7 +15,6 @@ The script format is in `eval/regress_checks.py`.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import sys
@@ -27,26 +26,18 @@ import yaml
 from pydantic import Field, field_validator
 
 from chatbot.config import entry_point
+from chatbot.conversation import dialogue, opening, switched
 from chatbot.default_model import DEFAULT_MODEL
-from chatbot.engine import GenerationSettings, load_engine
+from chatbot.engine import GenerationSettings, GreedySettings, load_engine
 from chatbot.errors import ConfigError, GenerationError
 from chatbot.loading import EngineConfig
 from chatbot.persona import Persona, load_personas
 from chatbot.session import ChatSession
-from chatbot.versions import BASE
+from chatbot.versions import BASE, results_dir, results_files
 from eval.regress_checks import ScriptFile, diff, diff_summary, junit_xml, load_scripts, run_checks, table
 from store import NewItem, Store
 
 log = logging.getLogger("eval.regress")
-
-
-class GreedySettings(GenerationSettings):
-    """Greedy by default, so runs are reproducible. Defaults live on the fields (not in a
-    default_factory): `--generation.max_new_tokens 32` rebuilds the nested model from the
-    given keys alone, and must not bring back sampling at temperature 0.7."""
-
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
-    max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens in one reply.")
 
 
 class RegressConfig(EngineConfig):
@@ -86,15 +77,6 @@ def version_name(cfg: RegressConfig) -> str:
 # -- chatting ------------------------------------------------------------------------------
 
 
-def _text(content) -> str:
-    """Chat content from the app: escaped HTML, maybe a list of parts (see ui/common.py)."""
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    elif isinstance(content, dict):
-        content = content.get("text", "")
-    return html.unescape(str(content))
-
-
 class LocalChat:
     """A `ChatSession` on a local engine."""
 
@@ -108,17 +90,19 @@ class LocalChat:
         self.session.switch_persona(persona)
 
     def context(self) -> list[dict]:
-        return [dict(m) for m in self.session.history]
+        return dialogue(self.session.history)
 
     def send(self, text: str) -> str:
         return self.session.reply(text)
 
 
 class AppChat:
-    """The app's `/chat` API, the conversation id and last persona passed back each turn.
+    """The same conversation through a running app's typed `/chat` API (raw text in and out).
 
-    The app decodes with temperature, top_p, top_k and max_new_tokens from here, and its own
-    repetition_penalty and seed; it saves the chat in its store like any other (source "chat")."""
+    The app keeps the conversation in its store (source "chat", like any other) and decodes
+    with temperature, top_p, top_k and max_new_tokens from here and its own repetition_penalty
+    and seed. The history here mirrors the app's with the same conversation functions, for
+    the records' context."""
 
     def __init__(self, url: str, version: str, settings: GenerationSettings):
         from gradio_client import Client
@@ -132,27 +116,28 @@ class AppChat:
         self.version, self.settings = version, settings
 
     def start(self, key: str, persona: Persona) -> None:
-        # The app's chat opens with the greeting, as ChatSession does; the history holds it escaped.
-        greeting = [{"type": "text", "text": html.escape(persona.greeting or "", quote=False)}]  # Gradio 6 parts
-        self.history = [{"role": "assistant", "content": greeting}] if persona.greeting else []
-        self.key, self.last, self.conversation_id = key, key, None
+        self.key, self.persona, self.conversation_id = key, persona, None
+        self.history = opening(persona)
 
     def switch(self, key: str, persona: Persona) -> None:
-        self.key = key  # the app marks the switch in the transcript on the next message
+        self.key, self.persona = key, persona  # the app marks the switch on the next message
+        self.history = switched(self.history, persona)
 
     def context(self) -> list[dict]:
-        shown = [m for m in self.history if not (m.get("metadata") or {}).get("title")]  # not notices
-        return [{"role": m["role"], "content": _text(m["content"])} for m in shown]
+        return dialogue(self.history)
 
     def send(self, text: str) -> str:
         s = self.settings
-        args = [text, self.history, self.key, self.version, s.temperature, s.top_p, s.top_k, s.max_new_tokens,
-                self.conversation_id, self.last, "", ""]  # fmt: skip
         try:
-            self.history, _, self.conversation_id, self.last = self.client.predict(*args, api_name="/chat")
+            self.conversation_id, reply, _ = self.client.predict(
+                message=text, persona=self.key, version=self.version, conversation_id=self.conversation_id,
+                temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
+                api_name="/chat",
+            )  # fmt: skip
         except Exception as err:  # the app's gr.Error arrives as gradio_client's AppError
             raise GenerationError(f"the app's /chat failed: {err}", "check the app's log and --model") from None
-        return _text(self.history[-1]["content"]).strip()
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        return reply
 
 
 def run_script(chat, file: ScriptFile, personas: dict[str, Persona], scorer, threshold: float) -> list[dict]:
@@ -198,7 +183,7 @@ def previous_results(cfg: RegressConfig, name: str, out: Path) -> Path | None:
             raise ConfigError(f"--compare_to {cfg.compare_to}: no results.json there", "pass a regress run folder")
         return path
     runs = []
-    for path in Path(cfg.runs_dir).glob("*/regress/*/results.json"):
+    for path in results_files(cfg.runs_dir, "regress", "results.json"):
         if path.parent.resolve() == out.resolve():
             continue
         try:
@@ -250,20 +235,12 @@ def write_outputs(out: Path, cfg: RegressConfig, results: dict) -> None:
 # -- entry point ---------------------------------------------------------------------------
 
 
-def default_out(cfg: RegressConfig, name: str) -> Path:
-    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-    out, n = Path(cfg.runs_dir) / name / "regress" / stamp, 2
-    while out.exists():  # two runs in one second
-        out, n = out.with_name(f"{stamp}-{n}"), n + 1
-    return out
-
-
 def run(cfg: RegressConfig) -> tuple[dict, Path]:
     """Play every script, check, diff, write the outputs and queue labels; (results, out)."""
     personas = load_personas(cfg.personas_dir)
     files = load_scripts(cfg.scripts, personas)  # a bad script fails before the model loads
     name = version_name(cfg)
-    out = Path(cfg.out) if cfg.out else default_out(cfg, name)
+    out = Path(cfg.out) if cfg.out else results_dir(cfg.runs_dir, name, "regress")
     chat = AppChat(cfg.app_url, name, cfg.generation) if cfg.app_url else LocalChat(load_engine(cfg), cfg.generation)
     scorer = make_scorer(personas)
     created = datetime.now().isoformat(timespec="seconds")

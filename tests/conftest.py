@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -95,3 +97,34 @@ def store(db_file_url):
 
     with Store(db_file_url) as opened:
         yield opened
+
+
+def studio_context(tmp_path: Path, store, engines: dict, settings=None, personas_dir: Path = REPO / "personas"):
+    """The app's context (what every tab needs) on the given engines by version name; no
+    model is loaded unless a version without an engine is asked for."""
+    from chatbot.engine import GenerationSettings
+    from chatbot.loading import EngineConfig
+    from chatbot.pool import EnginePool
+    from ui.context import AppContext
+
+    pool = EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs")))
+    for version, engine in engines.items():
+        pool.put(version, engine)
+    settings = settings or GenerationSettings(temperature=0, max_new_tokens=8)
+    return AppContext(pool, store, str(personas_dir), settings)
+
+
+@contextmanager
+def serving(ctx, **launch_kwargs) -> Iterator[str]:
+    """The whole app (`app.build_demo`) on `ctx`, served in this process; yields its URL."""
+    from app import build_demo
+    from ui.label import LABEL_SHORTCUTS_JS
+
+    demo = build_demo(ctx)
+    demo.queue().launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, js=LABEL_SHORTCUTS_JS, **launch_kwargs
+    )
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()

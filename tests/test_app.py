@@ -4,55 +4,50 @@ import pytest
 from gradio_client import Client
 
 from app import AppConfig, build_demo, parse_auth
-from chatbot.engine import GenerationSettings
 from chatbot.errors import ConfigError
-from chatbot.loading import EngineConfig
-from chatbot.pool import EnginePool
 from store import Store
-from tests.conftest import REPO
-from ui.common import text_of
-from ui.context import AppContext
+from tests.conftest import REPO, serving, studio_context
 
 
 @pytest.fixture(scope="module")
 def app(tiny_engine, tmp_path_factory):
+    """(client, store) of the app serving `base` and `tuned` (the same tiny weights)."""
     tmp = tmp_path_factory.mktemp("app")
-    pool = EnginePool(EngineConfig(runs_dir=str(tmp / "runs")))
-    pool.put("base", tiny_engine)
-    pool.put("tuned", tiny_engine)  # a second version to compare against
-    store = Store(f"sqlite:///{tmp / 'labels.db'}")
-    ctx = AppContext(pool, store, str(REPO / "personas"), GenerationSettings(temperature=0, max_new_tokens=8))
-    demo = build_demo(ctx)
-    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    yield Client(demo.local_url, verbose=False), store
-    demo.close()
-    store.close()
+    with Store(f"sqlite:///{tmp / 'labels.db'}") as store:
+        ctx = studio_context(tmp, store, {"base": tiny_engine, "tuned": tiny_engine})
+        with serving(ctx) as url:
+            yield Client(url, verbose=False), store
 
 
-def chat(client, message, history, persona="ada", conv_id=None, last=None):
-    args = [message, history, persona, "base", 0, 0.9, 50, 8, conv_id, last, "", ""]
-    return client.predict(*args, api_name="/chat")
+def chat(client, message, persona="ada", conversation_id=None, **kwargs):
+    """(conversation_id, reply, turn_id) once the reply is complete."""
+    return client.predict(message=message, persona=persona, conversation_id=conversation_id, api_name="/chat", **kwargs)
 
 
-def roles(history):
-    return [(m["role"], bool((m.get("metadata") or {}).get("title"))) for m in history]
+def active(store, conversation_id):
+    return [t for t in store.conversation(conversation_id) if t.withdrawn is None]
 
 
 def test_three_turn_chat_is_streamed_and_saved(app):
     client, store = app
-    history, conv_id, last = [], None, "ada"
-    for turn in ["Hello!", "What are you building?", "And the bees?"]:
-        history, cleared, conv_id, last = chat(client, turn, history, conv_id=conv_id, last=last)
-        assert cleared == ""
-    assert [r for r, _ in roles(history)] == ["user", "assistant"] * 3
-    assert all(text_of(m["content"]) for m in history)
-    stored = store.conversation(int(conv_id))
-    assert [t.role for t in stored] == ["user", "assistant"] * 3
-    assert stored[0].content == "Hello!" and stored[0].model_version == "base"
+    job = client.submit(message="Hello!", persona="ada", api_name="/chat")
+    steps = list(job)
+    assert len(steps) > 1 and steps[0][2] is None  # streamed: the turn id comes with the last step
+    conv_id, reply, turn_id = steps[-1]
+    assert reply and turn_id is not None
+    for turn in ["What are you building?", "And the bees?"]:
+        conv_id, reply, turn_id = chat(client, turn, conversation_id=conv_id)
+    stored = store.conversation(conv_id)
+    assert [t.role for t in stored] == ["assistant"] + ["user", "assistant"] * 3  # the greeting opens it
+    assert stored[1].content == "Hello!" and stored[-1].id == turn_id and stored[-1].content == reply
+    assert stored[-1].model_version == "base" and stored[-1].persona["name"] == "Ada"
+    assert stored[0].model_version is None  # the greeting comes from the persona file
+    history = client.predict(conversation_id=conv_id, api_name="/history")
+    assert [m["content"] for m in history] == [t.content for t in stored]
 
 
 def test_a_chat_turn_starts_from_the_previous_turns_kv_cache(app, tiny_engine, monkeypatch):
-    """The app sends the history back as the engine produced it, so turn 2 only prefills what is new."""
+    """Turn 2 is built from the stored turns exactly as generated, so it only prefills what is new."""
     client, _ = app
     taken = []
     take = tiny_engine.prefix_cache.take
@@ -63,35 +58,99 @@ def test_a_chat_turn_starts_from_the_previous_turns_kv_cache(app, tiny_engine, m
         return cache, reused
 
     monkeypatch.setattr(tiny_engine.prefix_cache, "take", spy)
-    history, _, conv_id, last = chat(client, "Tell me about your workshop, please.", [], persona="marco")
-    chat(client, "Which tool do you like best?", history, persona="marco", conv_id=conv_id, last=last)
+    conv_id, _, _ = chat(client, "Tell me about your workshop, please.", persona="marco")
+    chat(client, "Which tool do you like best?", persona="marco", conversation_id=conv_id)
     (first_prompt, _), (second_prompt, reused) = taken
     assert first_prompt <= reused < second_prompt  # at least all of turn 1's prompt came from the cache
 
 
-def test_persona_switch_mid_chat_is_marked_in_the_transcript(app):
+def test_persona_switch_mid_chat_is_marked_in_the_store(app):
     client, store = app
-    history, _, conv_id, last = chat(client, "Hi Ada", [], conv_id=None, last="ada")
-    history, _, conv_id, last = chat(client, "Who are you?", history, persona="nova", conv_id=conv_id, last=last)
-    assert last == "nova"
-    assert roles(history) == [("user", False), ("assistant", False), ("assistant", True), ("user", False),
-                              ("assistant", False)]  # fmt: skip
-    assert "Nova" in text_of(history[2]["content"])
-    assert [t.role for t in store.conversation(int(conv_id))][2] == "notice"
+    conv_id, _, _ = chat(client, "Hi Ada")
+    conv_id, _, turn_id = chat(client, "Who are you?", persona="nova", conversation_id=conv_id)
+    turns = store.conversation(conv_id)
+    assert [t.role for t in turns] == ["assistant", "user", "assistant", "notice", "user", "assistant"]
+    assert "Nova" in turns[3].content and turns[3].persona_name == "Nova"
+    assert store.turn(turn_id).persona["name"] == "Nova"
+    chat(client, "Still Nova?", persona="nova", conversation_id=conv_id)  # no second notice
+    assert [t.role for t in store.conversation(conv_id)].count("notice") == 1
+
+
+def test_identical_replies_of_two_versions_are_labelled_under_their_own_version(app):
+    """Labels name the stored turn, not its text: `base` replies, the same message is retried on
+    `tuned` (the same weights: the same words, in the same conversation), and each thumbs-up
+    lands on the version that wrote the reply."""
+    client, store = app
+    conv_id, reply_base, turn_base = chat(client, "Say something nice.", persona="sam")
+    conv_id, reply_tuned, turn_tuned = client.predict(
+        conversation_id=conv_id, persona="sam", version="tuned", api_name="/retry"
+    )
+    assert reply_base == reply_tuned and turn_base != turn_tuned
+    client.predict(turn_id=turn_base, verdict="bad", rater="kim", api_name="/label_reply")
+    client.predict(turn_id=turn_tuned, verdict="good", comment="nice", rater="kim", api_name="/label_reply")
+    rows = {r.verdict: r for r in store.label_rows() if r.rater == "kim"}
+    assert (rows["bad"].model_version, rows["good"].model_version) == ("base", "tuned")
+    assert rows["good"].comment == "nice"
+    item = store.item(rows["good"].item_id)
+    assert item.context == [{"role": "assistant", "content": store.conversation(conv_id)[0].content},
+                            {"role": "user", "content": "Say something nice."}]  # fmt: skip
+    greeting = store.conversation(conv_id)[0]
+    with pytest.raises(Exception, match="only the model's replies"):
+        client.predict(turn_id=greeting.id, verdict="good", rater="kim", api_name="/label_reply")
+
+
+def test_undo_and_retry_are_recorded_in_the_store(app):
+    client, store = app
+    conv_id, first, _ = chat(client, "Hi", persona="rusty")
+    conv_id, _, _ = chat(client, "Tell me about the sea.", persona="rusty", conversation_id=conv_id)
+    assert client.predict(conversation_id=conv_id, api_name="/undo") == "Tell me about the sea."
+    assert [t.content for t in active(store, conv_id)][-2:] == ["Hi", first]
+    assert [t.withdrawn for t in store.conversation(conv_id)][-2:] == ["undo", "undo"]
+
+    conv_id, again, turn_id = client.predict(conversation_id=conv_id, persona="rusty", api_name="/retry")
+    kept = active(store, conv_id)
+    assert [t.role for t in kept] == ["assistant", "user", "assistant"] and kept[-1].id == turn_id
+    assert kept[1].content == "Hi" and kept[-1].content == again
+    assert sorted(t.withdrawn for t in store.conversation(conv_id) if t.withdrawn) == ["retry", "retry", "undo", "undo"]
+    history = client.predict(conversation_id=conv_id, api_name="/history")
+    assert [m["turn_id"] for m in history] == [t.id for t in kept]
 
 
 def test_empty_message_sends_nothing(app):
-    client, _ = app
-    history, cleared, conv_id, _ = chat(client, "   ", [])
-    assert history == [] and conv_id is None
+    client, store = app
+    before = len(store.label_rows())
+    with pytest.raises(Exception, match="empty"):
+        chat(client, "   ")
+    assert len(store.label_rows()) == before
+
+
+def test_a_typed_in_persona_and_a_seeded_history(app):
+    client, store = app
+    mira = {"name": "Captain Mira", "facts": ["I sail cargo ships.", "I love tea."], "greeting": "Ahoy!"}
+    seed = [{"role": "user", "content": "Are you at sea?"}, {"role": "assistant", "content": "Aye, near Oslo."}]
+    conv_id, reply, turn_id = chat(client, "What cargo?", persona="", custom_persona=mira, history=seed)
+    turns = store.conversation(conv_id)
+    assert [t.content for t in turns[:2]] == ["Are you at sea?", "Aye, near Oslo."]  # the seed, not the greeting
+    assert turns[1].model_version is None  # not the model's words: never labelled as if they were
+    assert store.turn(turn_id).persona_name == "Captain Mira"
+    with pytest.raises(Exception, match="facts"):
+        chat(client, "Hi", persona="", custom_persona={"name": "No facts"})
 
 
 def test_compare_streams_two_versions(app):
     client, store = app
-    left, right, cleared = client.predict("Hello there", [], [], "sam", "base", "tuned", api_name="/compare")
-    assert cleared == ""
-    assert [m["role"] for m in left] == ["user", "assistant"] == [m["role"] for m in right]
-    assert text_of(left[1]["content"]) == text_of(right[1]["content"])  # same weights, greedy: same text
+    conv_a, left, conv_b, right = client.predict(
+        message="Hello there", persona="sam", version_a="base", version_b="tuned", api_name="/compare"
+    )
+    assert left and left == right  # same weights, greedy: same text
+    assert [t.model_version for t in store.conversation(conv_a)][-1] == "base"
+    assert [t.model_version for t in store.conversation(conv_b)][-1] == "tuned"
+    conv_a2, _, conv_b2, _ = client.predict(
+        message="And now?", persona="sam", version_a="base", version_b="tuned", conversation_a=conv_a,
+        conversation_b=conv_b, api_name="/compare",
+    )  # fmt: skip
+    assert (conv_a2, conv_b2) == (conv_a, conv_b)
+    assert [t.role for t in store.conversation(conv_b)][-4:] == ["user", "assistant"] * 2
 
 
 def test_labelling_round_lands_in_the_database(app):
@@ -103,12 +162,19 @@ def test_labelling_round_lands_in_the_database(app):
              for i in range(3)]  # fmt: skip
     store.add_label_items(items)
     first = client.predict("rita", api_name="/next_item")
-    item_id = first[0]
-    second = client.predict(item_id, "good", "nice", "rita", api_name="/label")
+    second = client.predict(first[0], "good", "nice", "rita", api_name="/label")
     client.predict(second[0], "bad", "", "rita", api_name="/label")
     rows = [r for r in store.label_rows() if r.rater == "rita"]
     assert sorted(r.verdict for r in rows) == ["bad", "good"]
     assert any(r.comment == "nice" for r in rows)
+
+
+def test_html_in_a_message_is_sent_and_stored_raw(app):
+    client, store = app
+    text = "<b>hi</b> <script>alert(1)</script>"
+    conv_id, _, _ = chat(client, text)
+    assert store.conversation(conv_id)[1].content == text
+    assert client.predict(conversation_id=conv_id, api_name="/history")[1]["content"] == text
 
 
 def test_auth_spec_is_parsed_and_checked():
@@ -125,14 +191,7 @@ def test_app_config_reads_the_environment(monkeypatch):
     assert cfg.database_url == "postgresql://x:y@db/z" and cfg.label_overlap == 2
 
 
-def test_html_in_a_message_is_shown_as_text_and_sent_raw(app):
-    client, store = app
-    history, _, conv_id, _ = chat(client, "<b>hi</b> <script>alert(1)</script>", [])
-    assert text_of(history[0]["content"]) == "&lt;b&gt;hi&lt;/b&gt; &lt;script&gt;alert(1)&lt;/script&gt;"
-    assert store.conversation(int(conv_id))[0].content == "<b>hi</b> <script>alert(1)</script>"
-
-
-def test_broken_persona_file_is_listed_and_explained(tiny_engine, tmp_path):
+def test_broken_persona_file_is_listed_and_explained(store, tmp_path):
     import shutil
 
     from ui.chat import resolve_persona
@@ -140,10 +199,9 @@ def test_broken_persona_file_is_listed_and_explained(tiny_engine, tmp_path):
     personas = tmp_path / "personas"
     shutil.copytree(REPO / "personas", personas)
     (personas / "broken.yaml").write_text("name: Bo\n")
-    pool = EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs")))
-    ctx = AppContext(pool, Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), str(personas))
+    ctx = studio_context(tmp_path, store, {}, personas_dir=personas)
     labels = dict((key, label) for label, key in ctx.persona_choices())
     assert "broken" in labels["broken"] and "facts" in labels["broken"]
     with pytest.raises(Exception, match="field `facts`"):
-        resolve_persona(ctx, "broken", "", "")
+        resolve_persona(ctx, "broken")
     build_demo(ctx)  # the app still builds with a broken file present

@@ -16,6 +16,8 @@ from gradio_client import Client
 from store import NewItem, Store
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # real app processes: ~10 s of imports each
+
 START_S = 120  # imports (torch, gradio) take ~10 s on 2 cores; more when the machine is busy
 PERSONA = {"name": "Ada", "facts": ["I build clocks.", "I keep bees."]}
 

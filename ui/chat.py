@@ -1,146 +1,70 @@
 """Chat tab: a persona, a model version, streamed replies, retry/undo/clear, 👍/👎 per reply.
 
-The transcript is the Gradio messages list. A persona switch adds a notice message (with a
-metadata title) that is shown but never sent to the model. Every turn is saved in the store;
-the conversation id travels in a hidden component, so API clients can continue a chat.
+The conversation lives in the store (`ui/conversations.py`); the chat box shows its active
+turns, each with its stored id in the message metadata, and only the conversation id travels
+with the page. Typed API endpoints for scripts (`gradio_client`, by name):
+
+    /chat(message, persona, version="base", conversation_id=None, temperature=None, top_p=None,
+          top_k=None, max_new_tokens=None, custom_persona=None, history=None)
+        -> (conversation_id, reply, turn_id)   streamed; turn_id is set once the reply is saved
+    /retry(conversation_id, persona, version="base", ...)   -> (conversation_id, reply, turn_id)
+    /undo(conversation_id)                   -> the user message taken back ("" if none)
+    /history(conversation_id)                -> [{"turn_id", "role", "content", "persona"}]
+    /label_reply(turn_id, verdict, comment="", rater="")   -> "saved: good (by rita)"
+
+Texts are raw in and out; HTML is escaped only for display in the chat box. Settings left
+None take the app's defaults; another persona in a running conversation switches persona
+from that turn (marked in the transcript).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
+# annotations.
+
+from collections.abc import Iterator
+from typing import Literal
 
 import gradio as gr
+from pydantic import ValidationError
 
-from chatbot.conversation import build_messages, check_message
+from chatbot.conversation import has_user_turn, opening
 from chatbot.engine import GenerationSettings
-from chatbot.errors import MessageError, PersonaStudioError
+from chatbot.errors import PersonaError
 from chatbot.persona import Persona
-from store import NewItem, StoreError
-from ui.common import rater_name, raw, shown, text_of, user_error
+from ui import conversations
+from ui.common import for_chatbot, rater_name, shows_errors
 from ui.context import AppContext
 
 CUSTOM = "__custom__"  # persona key of the persona typed in on the spot
 GENERATION = "generation"  # concurrency group of all events that run the model
 
-
-def dialogue(history: list[dict]) -> list[dict]:
-    """The user/assistant turns the model sees: notices and greetings' metadata dropped."""
-    turns = []
-    for m in history or []:
-        if (m.get("metadata") or {}).get("title"):
-            continue
-        turns.append({"role": m["role"], "content": raw(text_of(m["content"]))})
-    return turns
+ChatResult = tuple[int | None, str, int | None]  # conversation_id, reply, turn_id
 
 
-def notice(persona: Persona) -> dict:
-    """A transcript marker (shown, never sent to the model) for a persona switch."""
-    body = f"From here on the model speaks as {persona.name}."
-    return {
-        "role": "assistant",
-        "content": shown(body),
-        "metadata": {"title": f"Persona switched to {shown(persona.name)}"},
-    }
-
-
-def resolve_persona(ctx: AppContext, key: str, custom_name: str, custom_facts: str) -> Persona:
+def resolve_persona(ctx: AppContext, key: str, custom_name: str = "", custom_facts: str = "") -> Persona:
+    """The persona file `key`, or (key CUSTOM) the persona typed in: a name and one fact per line."""
     if key != CUSTOM:
-        try:
-            return ctx.persona(key)
-        except PersonaStudioError as err:  # a broken file picked from the list: say why
-            raise user_error(err) from None
+        return ctx.persona(key)
     facts = [line.strip() for line in (custom_facts or "").splitlines() if line.strip()]
+    return custom_persona(ctx, {"name": (custom_name or "").strip() or "Custom persona", "facts": facts})
+
+
+def custom_persona(ctx: AppContext, fields: dict) -> Persona:
     try:
-        return Persona(name=(custom_name or "").strip() or "Custom persona", facts=facts)
-    except ValueError:
-        raise gr.Error("A typed-in persona needs at least one fact: one sentence per line.") from None
+        return Persona.model_validate(fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "persona"
+        raise PersonaError(
+            f"the typed-in persona is invalid: `{where}`: {first['msg']}",
+            "give a name and at least one fact (one sentence per line)",
+        ) from None
 
 
-def greeting(persona: Persona) -> list[dict]:
-    return [{"role": "assistant", "content": shown(persona.greeting)}] if persona.greeting else []
-
-
-def save_turns(ctx, conv_id, history, start, version, persona_key, persona) -> int:
-    """Append history[start:] to the stored conversation (created on the first message)."""
-    if conv_id is None:
-        conv_id = ctx.store.start_conversation("chat", persona_key, persona.model_dump(), version)
-        start = 0
-    for m in history[start:]:
-        role = "notice" if (m.get("metadata") or {}).get("title") else m["role"]
-        ctx.store.add_turn(int(conv_id), role, raw(text_of(m["content"])), version, persona.name)
-    return int(conv_id)
-
-
-def make_respond(ctx: AppContext):
-    def respond(message, history, persona_key, version, temperature, top_p, top_k, max_new_tokens,
-                conv_id, last_persona, custom_name, custom_facts):  # fmt: skip
-        history = list(history or [])
-        try:
-            message = check_message(message)
-        except MessageError:
-            gr.Warning("Type a message first: nothing was sent.")
-            yield history, "", conv_id, last_persona
-            return
-        persona = resolve_persona(ctx, persona_key, custom_name, custom_facts)
-        settings = GenerationSettings(temperature=temperature, top_p=top_p, top_k=int(top_k),
-                                      max_new_tokens=int(max_new_tokens), seed=ctx.settings.seed)  # fmt: skip
-        start = len(history)
-        if last_persona and last_persona != persona_key:
-            history.append(notice(persona))
-        try:
-            engine = ctx.pool.get(version)
-            messages = build_messages(persona, dialogue(history), message)
-            if len(engine.fit_messages(messages, settings)) < len(messages):
-                gr.Info("The oldest turns were left out to fit the model's context window.")
-            history += [{"role": "user", "content": shown(message)}, {"role": "assistant", "content": ""}]
-            for piece in engine.stream(messages, settings):
-                history[-1]["content"] += shown(piece)
-                yield history, "", conv_id, persona_key
-            history[-1]["content"] = history[-1]["content"].strip()
-            conv_id = save_turns(ctx, conv_id, history, start, version, persona_key, persona)
-        except PersonaStudioError as err:
-            raise user_error(err) from None
-        yield history, "", conv_id, persona_key
-
-    return respond
-
-
-def reply_origin(ctx: AppContext, conv_id, answer: str):
-    """The stored turn that produced `answer` (its persona and model version), or None. The
-    dropdowns may have changed since, so the stored turn, not the current picks, is the truth."""
-    if conv_id is None:
-        return None
-    turns = ctx.store.conversation(int(conv_id))
-    return next((t for t in reversed(turns) if t.role == "assistant" and t.content == answer), None)
-
-
-def persona_record(ctx: AppContext, name: str, current: Persona) -> dict:
-    if current.name == name:
-        return current.model_dump()
-    found = next((p for p in ctx.personas()[0].values() if p.name == name), None)
-    return found.model_dump() if found else {"name": name}
-
-
-def make_like(ctx: AppContext):
-    def like(data: gr.LikeData, history, rater, persona_key, conv_id, custom_name, custom_facts,
-             request: gr.Request):  # fmt: skip
-        name = rater_name(rater, request)
-        index = data.index if isinstance(data.index, int) else data.index[0]
-        answer = raw(text_of(history[index]["content"]))
-        origin = reply_origin(ctx, conv_id, answer)
-        if index == 0 or origin is None:  # the greeting comes from the persona file, not the model
-            gr.Info("Only the model's replies can be labelled (greetings come from the persona file).")
-            return
-        current = resolve_persona(ctx, persona_key, custom_name, custom_facts)
-        item = NewItem(source="chat", persona_name=origin.persona_name, model_version=origin.model_version,
-                       persona=persona_record(ctx, origin.persona_name, current),
-                       context=dialogue(history[:index]), answer=answer, conversation_id=int(conv_id))  # fmt: skip
-        try:
-            [item_id] = ctx.store.add_label_items([item])
-            ctx.store.label(item_id, name, "good" if data.liked else "bad")
-        except StoreError as err:
-            raise user_error(err) from None
-        gr.Info(f"Saved: {'good' if data.liked else 'bad'} (by {name}).")
-
-    return like
+def settings_for(ctx: AppContext, temperature=None, top_p=None, top_k=None, max_new_tokens=None) -> GenerationSettings:
+    """The app's generation settings with the given ones (None: the app's) in their place."""
+    given = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)
+    update = {k: (int(v) if k in ("top_k", "max_new_tokens") else v) for k, v in given.items() if v is not None}
+    return ctx.settings.model_copy(update=update)
 
 
 def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
@@ -162,8 +86,9 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         top_p = gr.Slider(0.05, 1, value=s.top_p, step=0.05, label="Top-p")
         top_k = gr.Slider(0, 200, value=s.top_k, step=1, label="Top-k")
         max_new_tokens = gr.Slider(8, 1024, value=s.max_new_tokens, step=8, label="Max new tokens")
-    chat = gr.Chatbot(greeting(personas[first]) if first in personas else [], label="Chat", height=460,
-                      feedback_options=("Like", "Dislike"), group_consecutive_messages=False)  # fmt: skip
+    start = for_chatbot(opening(personas[first])) if first in personas else []
+    chat = gr.Chatbot(start, label="Chat", height=460, feedback_options=("Like", "Dislike"),
+                      group_consecutive_messages=False)  # fmt: skip
     with gr.Row():
         message = gr.Textbox(
             placeholder="Say something and press Enter", show_label=False, scale=6, elem_id="chat-input"
@@ -171,48 +96,148 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         send = gr.Button("Send", variant="primary", scale=1)
     with gr.Row():
         retry, undo, clear = gr.Button("Retry"), gr.Button("Undo"), gr.Button("Clear")
-    conv_id = gr.Number(value=None, visible=False, precision=0)
-    last_persona = gr.Textbox(value=first, visible=False)
+    conv_id = gr.State(None)  # the stored conversation on screen; None until the first message
     gr.Markdown("The thumbs under a reply save it as a good/bad label, under the Rater name at the top.")
 
-    inputs = [message, chat, persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, last_persona,
-              custom_name, custom_facts]  # fmt: skip
-    outputs = [chat, message, conv_id, last_persona]
-    respond = make_respond(ctx)
-    # One concurrency group for every event that generates (here and in Compare): the app's
-    # --concurrency_limit then caps generations overall, not per button.
-    message.submit(respond, inputs, outputs, api_name="chat", concurrency_id=GENERATION)
-    send.click(respond, inputs, outputs, api_name=False, concurrency_id=GENERATION)
-    chat.like(make_like(ctx), [chat, rater, persona, conv_id, custom_name, custom_facts], None,
-              api_name=False)  # fmt: skip
+    picks = [persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, custom_name, custom_facts]
 
-    def pop_last(history):
-        history = list(history or [])
-        while history and history[-1]["role"] == "assistant" and not (history[-1].get("metadata") or {}).get("title"):
-            history.pop()
-        last_user = raw(text_of(history.pop()["content"])) if history and history[-1]["role"] == "user" else ""
-        return history, last_user
+    def shown(steps: Iterator[conversations.Step]):
+        """Chat box, cleared message box and conversation id for each step of an exchange."""
+        for step in steps:
+            if step.trimmed and step.turn_id is not None:
+                gr.Info("The oldest turns were left out to fit the model's context window.")
+            yield for_chatbot(step.messages), "", step.conversation_id
 
-    def do_undo(history):
-        return pop_last(history)[0]
+    @shows_errors
+    def respond(text, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts):
+        if not (text or "").strip():
+            gr.Warning("Type a message first: nothing was sent.")
+            yield gr.skip(), "", conv
+            return
+        persona = resolve_persona(ctx, key, name, facts)
+        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
+        yield from shown(conversations.exchange(ctx, text, key, persona, version, settings, conv))
 
-    undo.click(do_undo, chat, chat, api_name="undo")
-    retry.click(pop_last, chat, [chat, message], api_name=False).then(
-        respond, inputs, outputs, api_name=False, concurrency_id=GENERATION
-    )
+    @shows_errors
+    def regenerate(key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts):
+        persona = resolve_persona(ctx, key, name, facts)
+        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
+        yield from shown(conversations.retry(ctx, conv, key, persona, version, settings))
 
-    def switch(key, history, custom_name, custom_facts):
+    @shows_errors
+    def take_back(conv, key, name, facts):
+        conversations.undo(ctx, conv)
+        return for_chatbot(conversations.transcript(ctx, conv, resolve_persona(ctx, key, name, facts)))
+
+    @shows_errors
+    def switch(key, conv, name, facts):
         """Before the first message the new persona simply greets; mid-chat the switch is
         marked in the transcript when the next message is sent."""
-        if any(m["role"] == "user" for m in history or []):
+        persona = resolve_persona(ctx, key, name, facts)
+        if conv is not None and has_user_turn(conversations.transcript(ctx, conv, persona)):
             return gr.skip(), gr.skip()
-        return greeting(resolve_persona(ctx, key, custom_name, custom_facts)), key
+        return for_chatbot(opening(persona)), None
 
-    persona.change(switch, [persona, chat, custom_name, custom_facts], [chat, last_persona], api_name="switch_persona")
+    @shows_errors
+    def new_chat(key, name, facts):
+        return for_chatbot(opening(resolve_persona(ctx, key, name, facts))), None
 
-    def do_clear(key, custom_name, custom_facts):
-        return greeting(resolve_persona(ctx, key, custom_name, custom_facts)), None, key
+    @shows_errors
+    def like(data: gr.LikeData, history, typed, request: gr.Request):
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        turn_id = (history[index].get("metadata") or {}).get("id")
+        if turn_id is None:
+            gr.Info("Only the model's replies can be labelled (greetings come from the persona file).")
+            return
+        row = conversations.label_reply(ctx, turn_id, "good" if data.liked else "bad", rater_name(typed, request))
+        gr.Info(f"Saved: {row.verdict} (by {row.rater}).")
 
-    clear.click(do_clear, [persona, custom_name, custom_facts], [chat, conv_id, last_persona], api_name="clear")
+    # One concurrency group for every event that generates (here, in Compare and the API): the
+    # app's --concurrency_limit then caps generations overall, not per button.
+    generating = dict(api_name=False, concurrency_id=GENERATION)
+    message.submit(respond, [message, *picks], [chat, message, conv_id], **generating)
+    send.click(respond, [message, *picks], [chat, message, conv_id], **generating)
+    retry.click(regenerate, picks, [chat, message, conv_id], **generating)
+    undo.click(take_back, [conv_id, persona, custom_name, custom_facts], chat, api_name=False)
+    chat.like(like, [chat, rater], None, api_name=False)
+    persona.change(switch, [persona, conv_id, custom_name, custom_facts], [chat, conv_id], api_name=False)
+    clear.click(new_chat, [persona, custom_name, custom_facts], [chat, conv_id], api_name=False)
     # The chat box's own trash icon starts a new conversation too (not more turns on the old one).
-    chat.clear(do_clear, [persona, custom_name, custom_facts], [chat, conv_id, last_persona], api_name=False)
+    chat.clear(new_chat, [persona, custom_name, custom_facts], [chat, conv_id], api_name=False)
+    _add_api(ctx)
+
+
+def _add_api(ctx: AppContext) -> None:
+    """Typed endpoints for scripts; the widgets above call the same functions."""
+
+    def api_persona(key: str, fields: dict | None) -> Persona:
+        return custom_persona(ctx, fields) if fields else ctx.persona(key)
+
+    def streamed(steps: Iterator[conversations.Step]) -> Iterator[ChatResult]:
+        for step in steps:
+            yield step.conversation_id, step.reply, step.turn_id
+
+    def chat(
+        message: str,
+        persona: str,
+        version: str = "base",
+        conversation_id: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        max_new_tokens: int | None = None,
+        custom_persona: dict | None = None,
+        history: list[dict] | None = None,
+    ) -> Iterator[ChatResult]:
+        """Send a message as the user and stream the reply: (conversation_id, reply so far,
+        turn_id once saved). `persona`: a persona file's key (or `custom_persona`, a mapping
+        like a persona file); pass the returned conversation_id to continue; another persona
+        switches from this turn; `history` (new conversations only) is the user/assistant
+        messages to start from."""
+        speaker = api_persona(persona, custom_persona)
+        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
+        seed = [{"role": m["role"], "content": m["content"]} for m in history] if history else None
+        key = persona if not custom_persona else CUSTOM
+        steps = conversations.exchange(ctx, message, key, speaker, version, settings, conversation_id, seed=seed)
+        yield from streamed(steps)
+
+    def retry(
+        conversation_id: int,
+        persona: str,
+        version: str = "base",
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        max_new_tokens: int | None = None,
+        custom_persona: dict | None = None,
+    ) -> Iterator[ChatResult]:
+        """A new reply to the conversation's last user message; the old one is withdrawn."""
+        speaker = api_persona(persona, custom_persona)
+        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
+        yield from streamed(conversations.retry(ctx, conversation_id, persona, speaker, version, settings))
+
+    def undo(conversation_id: int) -> str:
+        """Withdraw the last exchange; returns the user message it began with ("" if none)."""
+        return conversations.undo(ctx, conversation_id) or ""
+
+    def history(conversation_id: int) -> list[dict]:
+        """The conversation as the user sees it: its active turns, raw text, with turn ids."""
+        turns = ctx.store.conversation(int(conversation_id))
+        return [
+            {"turn_id": t.id, "role": t.role, "content": t.content, "persona": t.persona_name}
+            for t in turns
+            if t.withdrawn is None
+        ]
+
+    def label_reply(
+        turn_id: int, verdict: Literal["good", "bad"], request: gr.Request, comment: str = "", rater: str = ""
+    ) -> str:
+        """Label a stored reply good or bad (as the logged-in user when auth is on)."""
+        row = conversations.label_reply(ctx, turn_id, verdict, rater_name(rater, request), comment)
+        return f"saved: {row.verdict} (by {row.rater})"
+
+    gr.api(shows_errors(chat), api_name="chat", concurrency_id=GENERATION)
+    gr.api(shows_errors(retry), api_name="retry", concurrency_id=GENERATION)
+    gr.api(shows_errors(undo), api_name="undo")
+    gr.api(shows_errors(history), api_name="history")
+    gr.api(shows_errors(label_reply), api_name="label_reply")

@@ -1,11 +1,14 @@
-"""Small helpers shared by the tabs."""
+"""Small helpers shared by the tabs: who the rater is, errors as toasts, messages for display."""
 
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 
 import gradio as gr
 
+from chatbot.conversation import Messages
 from chatbot.errors import PersonaStudioError
 
 
@@ -24,20 +27,46 @@ def user_error(err: PersonaStudioError) -> gr.Error:
     return gr.Error(f"{err.problem}. {err.fix}" if err.fix else err.problem)
 
 
-def text_of(content) -> str:
-    """Gradio 6 hands chat content back as a list of parts; the chat template wants text."""
-    if isinstance(content, list):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    if isinstance(content, dict):
-        return str(content.get("text", ""))
-    return str(content)
+def shows_errors(handler):
+    """Wrap a handler (plain or generator) so a `PersonaStudioError` reaches the user as an
+    error toast that names the problem and the fix. The signature is kept (`gr.api` reads it)."""
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except PersonaStudioError as err:
+                raise user_error(err) from None
+
+        return stream
+
+    @functools.wraps(handler)
+    def call(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except PersonaStudioError as err:
+            raise user_error(err) from None
+
+    return call
 
 
-def shown(text: str) -> str:
-    """Text for a Chatbot: HTML in messages or personas must show as text, never render or run.
-    The chat history holds this escaped form; `raw` turns it back before the model sees it."""
+def escape_html(text: str) -> str:
+    """Text for a Chatbot, which renders (sanitised) HTML: a "<script>" someone typed must
+    show as those characters. Display only: the model and the store always get the raw text."""
     return html.escape(text, quote=False)
 
 
-def raw(text: str) -> str:
-    return html.unescape(text)
+def for_chatbot(messages: Messages) -> list[dict]:
+    """Conversation messages as a `gr.Chatbot` value: escaped text; a notice shown as a titled
+    box; a stored turn's id in the metadata, so a 👍 names the turn it labels (not its text)."""
+    shown = []
+    for m in messages:
+        metadata = {"id": m["id"]} if m.get("id") is not None else {}
+        if m["role"] == "notice":
+            to = f" to {m['persona_name']}" if m.get("persona_name") else ""
+            metadata["title"] = escape_html(f"Persona switched{to}")
+            shown.append({"role": "assistant", "content": escape_html(m["content"]), "metadata": metadata})
+        else:
+            shown.append({"role": m["role"], "content": escape_html(m["content"]), "metadata": metadata or None})
+    return shown

@@ -1,75 +1,38 @@
-"""Compare tab: one persona and one user turn, two model versions, streamed side by side."""
+"""Compare tab: the same persona and user turns to two model versions, streamed side by side.
 
-from __future__ import annotations
+Each pane is a stored conversation of its own (source "compare"), driven by the same
+`ui.conversations.exchange` as the Chat tab, so both sides keep their own history exactly as
+the store has it. API (`gradio_client`): `/compare(message, persona, version_a="base",
+version_b=None, conversation_a=None, conversation_b=None)` -> (conversation_a, reply_a,
+conversation_b, reply_b), streamed; version_b None is the newest trained version.
+"""
 
-import queue
-import threading
+# No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
+# annotations.
+
+from collections.abc import Iterator
 
 import gradio as gr
 
-from chatbot.conversation import build_messages, check_message
-from chatbot.errors import MessageError, PersonaStudioError
-from ui.chat import GENERATION, dialogue, greeting
-from ui.common import raw, shown, user_error
+from chatbot.conversation import opening
+from ui import conversations
+from ui.chat import GENERATION
+from ui.common import for_chatbot, shows_errors
 from ui.context import AppContext
 
-
-def stream_both(engines, messages, settings):
-    """Yield (side, piece) from both engines as the pieces arrive; each runs in a thread so
-    neither pane waits for the other to finish."""
-    pieces: queue.Queue = queue.Queue()
-
-    def run(side, engine, msgs):
-        try:
-            for piece in engine.stream(msgs, settings):
-                pieces.put((side, piece))
-        except Exception as err:  # handed to the consumer below
-            pieces.put((side, err))
-        finally:
-            pieces.put((side, None))
-
-    for side, (engine, msgs) in enumerate(zip(engines, messages, strict=True)):
-        threading.Thread(target=run, args=(side, engine, msgs), daemon=True).start()
-    running = len(engines)
-    while running:
-        side, piece = pieces.get()
-        if piece is None:
-            running -= 1
-        elif isinstance(piece, Exception):
-            raise piece
-        else:
-            yield side, piece
+CompareResult = tuple[int | None, str, int | None, str]  # conversation_a, reply_a, conversation_b, reply_b
 
 
-def make_compare(ctx: AppContext):
-    def compare(message, history_a, history_b, persona_key, version_a, version_b):
-        histories = [list(history_a or []), list(history_b or [])]
-        try:
-            message = check_message(message)
-        except MessageError:
-            gr.Warning("Type a message first: nothing was sent.")
-            yield *histories, ""
-            return
-        try:
-            persona = ctx.persona(persona_key)
-            engines = [ctx.pool.get(version_a), ctx.pool.get(version_b)]
-            messages = [build_messages(persona, dialogue(h), message) for h in histories]
-            for h in histories:
-                h += [{"role": "user", "content": shown(message)}, {"role": "assistant", "content": ""}]
-            for side, piece in stream_both(engines, messages, ctx.settings):
-                histories[side][-1]["content"] += shown(piece)
-                yield *histories, ""
-            conv = ctx.store.start_conversation(
-                "compare", persona_key, persona.model_dump(), f"{version_a} vs {version_b}"
-            )
-            for version, h in zip((version_a, version_b), histories, strict=True):
-                ctx.store.add_turn(conv, "user", message, version, persona.name)
-                ctx.store.add_turn(conv, "assistant", raw(h[-1]["content"]), version, persona.name)
-        except PersonaStudioError as err:
-            raise user_error(err) from None
-        yield *histories, ""
-
-    return compare
+def compare_steps(
+    ctx: AppContext, message: str, key: str, versions: tuple[str, str], conversation_ids: tuple
+) -> Iterator[tuple[int, conversations.Step]]:
+    """(side, step) of both exchanges as they stream."""
+    persona = ctx.persona(key)
+    streams = [
+        conversations.exchange(ctx, message, key, persona, version, ctx.settings, conv, source="compare")
+        for version, conv in zip(versions, conversation_ids, strict=True)
+    ]
+    yield from conversations.merge(streams)
 
 
 def build_compare_tab(ctx: AppContext) -> None:
@@ -85,7 +48,7 @@ def build_compare_tab(ctx: AppContext) -> None:
         picker.focus(lambda: gr.update(choices=ctx.pool.versions()), None, picker, api_name=False)
     if len(versions) == 1:
         gr.Markdown("Only `base` exists so far: train a version (`python -m training.train`) to compare against it.")
-    start = greeting(personas[first]) if first else []
+    start = for_chatbot(opening(personas[first])) if first else []
     with gr.Row():
         chat_a = gr.Chatbot(start, label="base", height=420)
         chat_b = gr.Chatbot(start, label=ctx.pool.newest(), height=420)
@@ -93,20 +56,49 @@ def build_compare_tab(ctx: AppContext) -> None:
         message = gr.Textbox(placeholder="The same message goes to both; press Enter", show_label=False, scale=6)
         send = gr.Button("Send to both", variant="primary", scale=1)
     clear = gr.Button("Clear both")
-    compare = make_compare(ctx)
-    inputs = [message, chat_a, chat_b, persona, version_a, version_b]
-    message.submit(compare, inputs, [chat_a, chat_b, message], api_name="compare", concurrency_id=GENERATION)
-    send.click(compare, inputs, [chat_a, chat_b, message], api_name=False, concurrency_id=GENERATION)
+    conv_a, conv_b = gr.State(None), gr.State(None)
+
+    @shows_errors
+    def compare(text, key, a, b, id_a, id_b):
+        if not (text or "").strip():
+            gr.Warning("Type a message first: nothing was sent.")
+            yield gr.skip(), gr.skip(), "", id_a, id_b
+            return
+        panes, ids = [gr.skip(), gr.skip()], [id_a, id_b]
+        for side, step in compare_steps(ctx, text, key, (a, b), (id_a, id_b)):
+            panes[side], ids[side] = for_chatbot(step.messages), step.conversation_id
+            yield *panes, "", *ids
+
+    inputs = [message, persona, version_a, version_b, conv_a, conv_b]
+    outputs = [chat_a, chat_b, message, conv_a, conv_b]
+    message.submit(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
+    send.click(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
     # Each pane is titled with the version it shows.
     version_a.change(lambda v: gr.update(label=v), version_a, chat_a, api_name=False)
     version_b.change(lambda v: gr.update(label=v), version_b, chat_b, api_name=False)
 
+    @shows_errors
     def reset(key):
-        try:
-            start = greeting(ctx.persona(key))
-        except PersonaStudioError as err:
-            raise user_error(err) from None
-        return start, start
+        start = for_chatbot(opening(ctx.persona(key)))
+        return start, start, None, None
 
-    clear.click(reset, persona, [chat_a, chat_b], api_name=False)
-    persona.change(reset, persona, [chat_a, chat_b], api_name=False)
+    clear.click(reset, persona, [chat_a, chat_b, conv_a, conv_b], api_name=False)
+    persona.change(reset, persona, [chat_a, chat_b, conv_a, conv_b], api_name=False)
+
+    def compare_api(
+        message: str,
+        persona: str,
+        version_a: str = "base",
+        version_b: str | None = None,
+        conversation_a: int | None = None,
+        conversation_b: int | None = None,
+    ) -> Iterator[CompareResult]:
+        """The message to two versions under one persona, streamed: (conversation_a, reply_a,
+        conversation_b, reply_b). Pass the conversation ids back to continue both."""
+        result = [conversation_a, "", conversation_b, ""]
+        versions = (version_a, version_b or ctx.pool.newest())
+        for side, step in compare_steps(ctx, message, persona, versions, (conversation_a, conversation_b)):
+            result[2 * side : 2 * side + 2] = [step.conversation_id, step.reply]
+            yield tuple(result)
+
+    gr.api(shows_errors(compare_api), api_name="compare", concurrency_id=GENERATION)

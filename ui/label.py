@@ -16,15 +16,15 @@ the logged-in user is the rater whatever `rater` says). Each returns the rater's
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations (a string return annotation would become one untyped output).
 
-import html
 import json
 from dataclasses import dataclass
 from typing import Literal
 
 import gradio as gr
 
+from chatbot.conversation import dialogue
 from store import BlindItem, StoreError
-from ui.common import rater_name, text_of
+from ui.common import for_chatbot, rater_name
 from ui.context import AppContext
 
 Shown = tuple[int | None, str, list[dict], str, str]  # item_id, persona, context, answer, progress
@@ -72,20 +72,6 @@ def persona_text(persona: dict) -> str:
     return "\n".join(lines)
 
 
-def context_messages(context: list[dict]) -> list[dict]:
-    """The conversation before the answer, as user/assistant text; the system message is the
-    persona (shown beside it) and notices are not part of what the model saw."""
-    return [
-        {"role": m["role"], "content": text_of(m["content"])} for m in context if m.get("role") in ("user", "assistant")
-    ]
-
-
-def display_messages(messages: list[dict]) -> list[dict]:
-    """`messages` for the Chatbot, which renders content as (sanitised) HTML: escaped, so a
-    "<script>" someone typed shows as those characters instead of vanishing."""
-    return [{"role": m["role"], "content": html.escape(m["content"], quote=False)} for m in messages]
-
-
 def _store_error(what: str, err: StoreError) -> gr.Error:
     # duration=None: the toast stays until closed, so a lost label cannot go unnoticed.
     return gr.Error(f"{what}: {err.problem}. {err.fix}" if err.fix else f"{what}: {err.problem}", duration=None)
@@ -102,7 +88,7 @@ def show_next(ctx: AppContext, rater: str) -> Shown:
     if item is None:
         return None, "", [], "", f"{EMPTY_QUEUE} ({progress})"
     blind: BlindItem = item.blind()  # what a rater may see: no model version, no source
-    return blind.id, persona_text(blind.persona), context_messages(blind.context), blind.answer, progress
+    return blind.id, persona_text(blind.persona), dialogue(blind.context), blind.answer, progress
 
 
 def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str, rater: str) -> Shown:
@@ -194,7 +180,7 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
 
     def ui(shown: Shown) -> tuple:  # -> view.outputs; the comment box is emptied
         shown_id, persona, context, answer, progress = shown
-        return shown_id, persona, display_messages(context), answer, progress, ""
+        return shown_id, persona, for_chatbot(context), answer, progress, ""
 
     def on_show(typed: str, request: gr.Request) -> tuple:
         try:

@@ -13,8 +13,8 @@ from chatbot.errors import ConfigError, PersonaError
 from chatbot.persona import load_personas, render_system_prompt
 from eval import regress
 from eval.regress_checks import Checks, load_script, mentions, run_checks
-from store import NewItem, Store
-from tests.conftest import REPO
+from store import NewItem
+from tests.conftest import REPO, serving, studio_context
 
 PERSONAS = REPO / "personas"
 SHIPPED = sorted((REPO / "eval" / "regression").glob("*.yaml"))
@@ -49,12 +49,12 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 
 @pytest.fixture
-def run(tiny_model_dir, tmp_path):
+def run(tiny_model_dir, tmp_path, db_file_url):
     """main() on the tiny model with a store, runs folder and output folder under tmp_path."""
 
     def run(*scripts: Path, out: str = "out", extra: tuple = ()) -> tuple[int, Path]:
         argv = ["--model", str(tiny_model_dir), "--personas_dir", str(PERSONAS), "--runs_dir", str(tmp_path / "runs"),
-                "--database_url", f"sqlite:///{tmp_path / 'labels.db'}", "--generation.max_new_tokens", "8",
+                "--database_url", db_file_url, "--generation.max_new_tokens", "8",
                 "--scripts", json.dumps([str(s) for s in scripts]), "--out", str(tmp_path / out), *extra]  # fmt: skip
         return regress.main(argv), tmp_path / out
 
@@ -126,36 +126,34 @@ def test_usage_errors_exit_2(run, tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_failed_replies_are_queued_before_the_rest(run, tmp_path):
+def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
     context = [{"role": "user", "content": "hi"}]
-    with Store(f"sqlite:///{tmp_path / 'labels.db'}") as store:  # an item already waiting, not flagged
-        [older] = store.add_label_items([NewItem("eval", "Ada", {"name": "Ada"}, context, "hello", "older")])
+    # an item already waiting, not flagged
+    [older] = store.add_label_items([NewItem("eval", "Ada", {"name": "Ada"}, context, "hello", "older")])
     code, out = run(write(tmp_path / "scripts", "mixed.yaml", MIXED), extra=("--labels", "all"))
     passed, failed = results(out)["turns"]
     assert code == 1 and older < failed["label_item"] < passed["label_item"]
-    with Store(f"sqlite:///{tmp_path / 'labels.db'}") as store:
-        first = store.next_item("rita", source="eval")
-        assert (first.id, first.answer, first.persona_name) == (failed["label_item"], failed["reply"], "Sam")
-        assert first.source == "eval" and first.model_version == results(out)["model_version"]
-        assert first.context[-1] == {"role": "assistant", "content": passed["reply"]}
-        assert (first.priority, store.item(passed["label_item"]).priority) == (1, 0)
-        order = []
-        while (item := store.next_item("rita", source="eval")) is not None:
-            order.append(item.id)
-            store.label(item.id, "rita", "good")
-        assert order == [failed["label_item"], older, passed["label_item"]]  # flagged first, then by age
+    first = store.next_item("rita", source="eval")
+    assert (first.id, first.answer, first.persona_name) == (failed["label_item"], failed["reply"], "Sam")
+    assert first.source == "eval" and first.model_version == results(out)["model_version"]
+    assert first.context[-1] == {"role": "assistant", "content": passed["reply"]}
+    assert (first.priority, store.item(passed["label_item"]).priority) == (1, 0)
+    order = []
+    while (item := store.next_item("rita", source="eval")) is not None:
+        order.append(item.id)
+        store.label(item.id, "rita", "good")
+    assert order == [failed["label_item"], older, passed["label_item"]]  # flagged first, then by age
 
 
-def test_only_flagged_replies_are_queued_by_default(run, tmp_path):
+def test_only_flagged_replies_are_queued_by_default(run, store, tmp_path):
     _, out = run(write(tmp_path / "scripts", "mixed.yaml", MIXED))
     passed, failed = results(out)["turns"]
     assert "label_item" not in passed
-    with Store(f"sqlite:///{tmp_path / 'labels.db'}") as store:
-        assert store.item(failed["label_item"]).answer == failed["reply"]
-        assert store.progress("rita").total == 1
+    assert store.item(failed["label_item"]).answer == failed["reply"]
+    assert store.progress("rita").total == 1
 
 
-def test_diff_against_the_newest_run_of_another_version(run, tmp_path, capsys):
+def test_diff_against_the_newest_run_of_another_version(run, store, tmp_path, capsys):
     script = write(tmp_path / "scripts", "mixed.yaml", MIXED)
     _, first = run(script, out="first")
     previous = results(first)
@@ -180,8 +178,7 @@ def test_diff_against_the_newest_run_of_another_version(run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 of 2 replies changed" in printed and "pass -> fail: mixed turn 2 contains" in printed
     assert "label_item" in changed  # changed, though it passed: queued for labelling
-    with Store(f"sqlite:///{tmp_path / 'labels.db'}") as store:
-        assert store.item(changed["label_item"]).priority == 1
+    assert store.item(changed["label_item"]).priority == 1
 
 
 def test_persona_switch_changes_the_system_prompt(run, tmp_path, tiny_engine, monkeypatch):
@@ -248,31 +245,20 @@ def test_the_suite_covers_every_persona():
 
 
 @pytest.mark.slow
-def test_shipped_scripts_through_the_app_api_match_a_local_run(default_engine, tmp_path, monkeypatch):
-    from app import build_demo
+def test_shipped_scripts_through_the_app_api_match_a_local_run(default_engine, store, tmp_path, monkeypatch):
     from chatbot.engine import GenerationSettings
-    from chatbot.loading import EngineConfig
-    from chatbot.pool import EnginePool
-    from ui.context import AppContext
 
-    pool = EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs")))
-    pool.put("base", default_engine)
-    store = Store(f"sqlite:///{tmp_path / 'app.db'}")
-    demo = build_demo(AppContext(pool, store, str(PERSONAS), GenerationSettings()))
-    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     monkeypatch.setattr(regress, "load_engine", lambda cfg: default_engine)
     scripts = [REPO / "eval" / "regression" / f"{name}.yaml" for name in ("nova_identity", "switch_ada_to_nova")]
     argv = ["--model", "base", "--personas_dir", str(PERSONAS), "--runs_dir", str(tmp_path / "runs"),
-            "--database_url", f"sqlite:///{tmp_path / 'labels.db'}", "--generation.max_new_tokens", "24",
+            "--database_url", f"sqlite:///{tmp_path / 'regress.db'}", "--generation.max_new_tokens", "24",
             "--scripts", json.dumps([str(s) for s in scripts])]  # fmt: skip
-    try:
-        code = regress.main([*argv, "--app_url", demo.local_url, "--out", str(tmp_path / "app")])
-    finally:
-        demo.close()
-        store.close()
+    ctx = studio_context(tmp_path, store, {"base": default_engine}, GenerationSettings())
+    with serving(ctx) as url:
+        code = regress.main([*argv, "--app_url", url, "--out", str(tmp_path / "app")])
     assert code in (0, 1)
     via_app = results(tmp_path / "app")
-    assert via_app["app_url"] == demo.local_url and via_app["model_version"] == "base"
+    assert via_app["app_url"] == url and via_app["model_version"] == "base"
     assert via_app["summary"]["scripts"] == 2 and via_app["summary"]["turns"] == 5
     for turn in via_app["turns"]:
         assert set(turn) >= {"script", "turn", "line", "persona", "user", "reply", "context", "checks", "passed"}

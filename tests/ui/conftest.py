@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import serving, studio_context
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright cannot download a browser here
 CHROMIUM_ARGS = [
@@ -33,27 +33,16 @@ def browser():
 
 
 @pytest.fixture
-def studio(tiny_engine, tmp_path):
+def studio(tiny_engine, store, tmp_path):
     """(url, store) of the full app on the tiny model, with 3 eval answers waiting for raters."""
-    from app import build_demo
     from chatbot.engine import GenerationSettings
-    from chatbot.loading import EngineConfig
-    from chatbot.pool import EnginePool
-    from store import NewItem, Store
-    from ui.context import AppContext
-    from ui.label import LABEL_SHORTCUTS_JS
+    from store import NewItem
 
-    pool = EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs")))
-    pool.put("base", tiny_engine)
-    store = Store(f"sqlite:///{tmp_path / 'labels.db'}")
     items = [
         NewItem("eval", "Ada", PERSONA, [{"role": "user", "content": f"Question {i}?"}], f"Answer number {i}.", "base")
         for i in range(3)
     ]
     store.add_label_items(items)
-    settings = GenerationSettings(temperature=0, max_new_tokens=16)
-    demo = build_demo(AppContext(pool, store, str(REPO / "personas"), settings))
-    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, js=LABEL_SHORTCUTS_JS)
-    yield demo.local_url, store
-    demo.close()
-    store.close()
+    ctx = studio_context(tmp_path, store, {"base": tiny_engine}, GenerationSettings(temperature=0, max_new_tokens=16))
+    with serving(ctx) as url:
+        yield url, store

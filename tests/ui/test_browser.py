@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from store.schema import conversations
 from tests.ui.conftest import CHROMIUM
 
+pytestmark = pytest.mark.slow  # a real browser and a real app: seconds per step
+
 if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (make browser)", allow_module_level=True)
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt")

@@ -1,4 +1,4 @@
-"""Label and Results tabs through their API (gradio_client), on a SQLite store; no model loads."""
+"""Label and Results tabs through the app's API (gradio_client), on a SQLite store; no model loads."""
 
 import csv
 
@@ -6,23 +6,13 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from chatbot.loading import EngineConfig
-from chatbot.pool import EnginePool
 from eval.human import wilson_interval
 from eval.table import NO_LABELS, NOT_RUN, VersionResult, collect, results_table
-from store import NewItem, Store, StoreError
-from tests.conftest import REPO
-from ui.context import AppContext
-from ui.label import (
-    BUTTON_IDS,
-    EMPTY_QUEUE,
-    LABEL_SHORTCUTS_JS,
-    build_label_tab,
-    display_messages,
-    persona_text,
-    save_label,
-)
-from ui.results import build_results_tab, results_figure, write_csv
+from store import NewItem, StoreError
+from tests.conftest import serving, studio_context
+from ui.common import for_chatbot
+from ui.label import EMPTY_QUEUE, persona_text, save_label
+from ui.results import results_figure, write_csv
 
 PERSONA = {"name": "Ada <b>Lovelace</b>", "facts": ["I build clocks.", "I keep bees."], "style": "short and warm"}
 SCRIPT = "<script>alert(1)</script>"
@@ -37,30 +27,14 @@ def new_item(i: int, version: str, answer: str | None = None) -> NewItem:
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'labels.db'}")
-    yield AppContext(EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs"))), store, str(REPO / "personas"))
-    store.close()
-
-
-def launch(ctx: AppContext, **launch_kwargs) -> gr.Blocks:
-    with gr.Blocks() as demo:
-        rater = gr.Textbox(label="Rater")
-        with gr.Tab("Label") as label_tab:
-            on_label = build_label_tab(ctx, rater)
-        with gr.Tab("Results") as results_tab:
-            on_results = build_results_tab(ctx)
-        label_tab.select(**on_label)
-        results_tab.select(**on_results)
-    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs)
-    return demo
+def ctx(store, tmp_path):
+    return studio_context(tmp_path, store, {})
 
 
 @pytest.fixture
 def client(ctx):
-    demo = launch(ctx)
-    yield Client(demo.local_url, verbose=False)
-    demo.close()
+    with serving(ctx) as url:
+        yield Client(url, verbose=False)
 
 
 def by_version(rows: list[dict]) -> dict[str, dict]:
@@ -141,25 +115,21 @@ def test_a_saved_label_is_not_reported_lost_when_the_next_item_fails(ctx, monkey
 
 def test_the_logged_in_user_is_the_rater(ctx):
     [item_id] = ctx.store.add_label_items([new_item(0, "base")])
-    demo = launch(ctx, auth=[("ana", "pw")])
-    try:
-        client = Client(demo.local_url, auth=("ana", "pw"), verbose=False)
+    with serving(ctx, auth=[("ana", "pw")]) as url:
+        client = Client(url, auth=("ana", "pw"), verbose=False)
         client.predict(item_id, "good", "", "someone else", api_name="/label")
-    finally:
-        demo.close()
     assert [r.rater for r in ctx.store.label_rows()] == ["ana"]
 
 
 def test_persona_and_messages_show_html_as_text():
     assert persona_text(PERSONA).splitlines()[0] == "Ada <b>Lovelace</b>"
-    shown = display_messages([{"role": "user", "content": f"hi {SCRIPT} & bye"}])
-    assert shown == [{"role": "user", "content": "hi &lt;script&gt;alert(1)&lt;/script&gt; &amp; bye"}]
-
-
-def test_shortcuts_click_the_label_buttons():
-    for element_id in BUTTON_IDS.values():
-        assert f'"{element_id}"' in LABEL_SHORTCUTS_JS
-    assert LABEL_SHORTCUTS_JS.strip().startswith("() =>")  # a function, as launch(js=...) expects
+    shown = for_chatbot([{"role": "user", "content": f"hi {SCRIPT} & bye"}, {"role": "notice", "content": "<i>x</i>"}])
+    assert shown[0] == {
+        "role": "user",
+        "content": "hi &lt;script&gt;alert(1)&lt;/script&gt; &amp; bye",
+        "metadata": None,
+    }
+    assert shown[1]["content"] == "&lt;i&gt;x&lt;/i&gt;" and shown[1]["metadata"]["title"] == "Persona switched"
 
 
 def test_results_table_lists_every_version_base_first(ctx):
