@@ -2,10 +2,14 @@
 
 Per item the prompt is `engine.render(messages)` (persona, history, the template's
 generation prompt) and the reply is the reference tokenised on its own: exactly the tokens a
-model would have to generate after that prompt. Only those reply tokens are scored: not the
-prompt, not padding, and not the end-of-turn token (`<|im_end|>`), so the number measures
-the reply's words, is comparable across chat templates, and does not flatter a model merely
-for having learned where turns end.
+model would have to generate after that prompt. A prompt too long for the context window with
+the reply's tokens reserved is trimmed by the product's one rule, `chatbot.conversation.fit`
+(whole oldest turns dropped, as in chat and in training); an item that does not fit even with
+only the persona and the last message is left out (scored as no tokens).
+
+Only the reply tokens are scored: not the prompt, not padding, and not the end-of-turn token
+(`<|im_end|>`), so the number measures the reply's words, is comparable across chat
+templates, and does not flatter a model merely for having learned where turns end.
 
 Turns of one conversation share their prefix: a turn's prompt + reply tokens are usually the
 exact start of a later turn's prompt, and a causal LM gives a prefix the same logits alone or
@@ -23,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from chatbot.conversation import fit
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -34,22 +40,22 @@ GROUP_POSITIONS = 1024
 Item = tuple[list[int], int]  # (prompt + reply token ids, number of reply tokens at the end)
 
 
-def _encode(tokenizer, prompt: str, reference: str, window: int) -> Item:
-    """Token ids of prompt + reply, fitted to `window`, and the number of reply tokens at the end.
+def _encode(engine, messages: Messages, reference: str) -> Item | None:
+    """Token ids of prompt + reply and the number of reply tokens at the end, or None when the
+    reply does not fit the context window after even the shortest prompt.
 
     The chat template already holds the special tokens, so none are added. A prompt that is
-    too long loses its oldest tokens; the reply stays whole unless it alone fills the window.
+    too long loses whole oldest turns (`fit`, with the reply's tokens reserved), never part of one.
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tokenizer = engine.tokenizer
     reply_ids = tokenizer(reference, add_special_tokens=False)["input_ids"]
-    if len(reply_ids) >= window:  # at least one prompt token must stay to predict the first reply token from
-        log.warning(
-            "a reference of %d tokens does not fit the %d-token window: scoring its start", len(reply_ids), window
-        )
-        reply_ids = reply_ids[: window - 1]
-    room = window - len(reply_ids)
-    if len(prompt_ids) > room:
-        prompt_ids = prompt_ids[len(prompt_ids) - room :]
+    budget = engine.context_window - len(reply_ids)  # tokens left for the prompt
+    prompt_ids = tokenizer(engine.render(messages), add_special_tokens=False)["input_ids"]
+    if len(prompt_ids) > budget:
+        fitted = fit(messages, engine.count_tokens, budget)
+        prompt_ids = tokenizer(engine.render(fitted), add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) > budget:
+            return None
     return prompt_ids + reply_ids, len(reply_ids)
 
 
@@ -139,19 +145,26 @@ def reference_nll(
     engine, conversations: list[Messages], references: list[str], batch_size: int = 8, progress: bool = False
 ) -> list[tuple[float, int]]:
     """Per item, (summed negative log-likelihood in nats, token count) of the reference reply
-    after `engine.render(messages)`, under `engine.model`; same order as the input.
+    after `engine.render(messages)` (fitted to the window by `fit`), under `engine.model`; same
+    order as the input.
 
     Items that are exact token prefixes of a longer item share its forward (`prefix_groups`);
-    the rest are sorted by length and batched so each batch pads little. An empty reference
-    gives (0.0, 0).
+    the rest are sorted by length and batched so each batch pads little. An empty reference,
+    or an item that does not fit the window, gives (0.0, 0).
     """
     if len(conversations) != len(references):
         raise ValueError(f"{len(conversations)} conversations but {len(references)} references")
     tokenizer = engine.tokenizer
-    items = [
-        _encode(tokenizer, engine.render(messages), reference, engine.context_window)
-        for messages, reference in zip(conversations, references, strict=True)
-    ]
+    encoded = [_encode(engine, m, r) for m, r in zip(conversations, references, strict=True)]
+    if left_out := sum(item is None for item in encoded):
+        log.warning(
+            "reference perplexity: %d of %d items do not fit the %d-token window even with only the persona and "
+            "the last message: left out (scored as no tokens)",
+            left_out,
+            len(encoded),
+            engine.context_window,
+        )
+    items = [([], 0) if item is None else item for item in encoded]  # no reply tokens: in no group or batch
     groups = prefix_groups(items)
     shared = [g for g in groups if len(g) > 1]
     alone = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: len(items[i][0]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chatbot.conversation import build_messages
-from chatbot.engine import TransformersEngine
+from chatbot.engine import GenerationSettings, TransformersEngine
 from corpus.examples import read_conversations, turn_examples
 from eval.perplexity import perplexity, prefix_groups, reference_nll
 
@@ -73,16 +73,35 @@ def test_only_reply_tokens_are_scored(tiny_engine):
     assert nll_a != pytest.approx(nll_b)  # but the prompt conditions them
 
 
-def test_long_prompt_is_trimmed_from_the_left(tiny_engine):
-    small = TransformersEngine(tiny_engine.model, tiny_engine.tokenizer, "tiny", max_context_tokens=48)
-    messages = chat("Tell me everything about clocks. " * 20)
+def test_long_prompt_loses_whole_oldest_turns_as_in_chat(tiny_engine):
+    small = TransformersEngine(tiny_engine.model, tiny_engine.tokenizer, "tiny", max_context_tokens=96)
+    messages = chat(
+        "Tell me everything about clocks, please, from the very first ones you built.",
+        "The first was a water clock, then a pendulum clock from a kit my uncle gave me.",
+        "And the bees? Tell me about every hive you have kept over the years, one by one.",
+        "Three hives now; there were five before the hard winter.",
+        "Any bees?",
+    )
     reference = REFERENCES[1]
+    reply = len(small.tokenizer(reference, add_special_tokens=False)["input_ids"])
+    assert small.count_tokens(messages) + reply > 96
     [(nll, count)] = reference_nll(small, [messages], [reference])
-    reply_ids = small.tokenizer(reference, add_special_tokens=False)["input_ids"]
-    prompt_ids = small.tokenizer(small.render(messages), add_special_tokens=False)["input_ids"]
-    assert len(prompt_ids) + len(reply_ids) > 48 and count == len(reply_ids)
-    expected, _ = manual_nll(small, messages, reference, prompt_ids=prompt_ids[-(48 - len(reply_ids)) :])
+    # The same messages chat would send with the reply's tokens held back for the answer.
+    kept = small.fit_messages(messages, GenerationSettings(max_new_tokens=reply))
+    assert kept[0] == messages[0] and kept[1]["role"] == "user" and 2 < len(kept) < len(messages)
+    assert kept[1:] == messages[len(messages) - len(kept) + 1 :]  # whole turns, the newest kept
+    expected, expected_count = manual_nll(small, kept, reference)
+    assert count == expected_count == reply
     assert nll == pytest.approx(expected, abs=1e-4)
+
+
+def test_item_that_cannot_fit_is_left_out(tiny_engine, caplog):
+    small = TransformersEngine(tiny_engine.model, tiny_engine.tokenizer, "tiny", max_context_tokens=48)
+    too_long = chat("Tell me everything about clocks. " * 20)  # one message: no turn to drop
+    with caplog.at_level("WARNING", logger="eval.perplexity"):
+        results = reference_nll(small, [too_long, CONVERSATIONS[0]], [REFERENCES[1], REFERENCES[0]])
+    assert results[0] == (0.0, 0) and results[1][1] > 0
+    assert "1 of 2 items do not fit the 48-token window" in caplog.text
 
 
 def test_empty_inputs(tiny_engine):
