@@ -38,8 +38,10 @@ def test_persona_switch_leaves_nothing_of_the_old_persona_prompt(session, ada):
     assert "Ada" not in system
     assert [m["role"] for m in messages].count("system") == 1
     assert messages[2]["content"] == "Hi Ada"  # the dialogue itself is kept
+    assert session.history[-1] == {"role": "notice", "content": "From here on the model speaks as Nova."}
     session.reply("Who are you?")
     assert session.history[-2]["content"] == "Who are you?"
+    assert session.undo() == "Who are you?" and session.history[-1]["role"] == "notice"  # the switch stays
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])

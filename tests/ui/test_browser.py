@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from store.schema import conversations
 from tests.ui.conftest import CHROMIUM
 
 pytestmark = pytest.mark.slow  # a real browser and a real app: seconds per step
@@ -72,13 +71,20 @@ def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, t
 
     page.locator("#rater-name").get_by_role("textbox").fill("rita")
 
-    # Chat: two turns with the first persona, then a switch to Nova and a third turn.
+    # Chat: two turns with the first persona; a thumbs-up on the second reply; undo it and ask
+    # again; then a switch to Nova and a third turn.
     chat = panel(page)
     box = page.locator("#chat-input").get_by_role("textbox")
     expect(bot(chat)).to_have_count(1)  # the persona's greeting
     send(box, "Hello! What are you making today?", chat, users_after=1)
     send(box, "And how are the bees?", chat, users_after=2)
     expect(bot(chat)).to_have_count(3)
+    chat.get_by_role("button", name="Like", exact=True).nth(2).click()  # under the second reply
+    expect(page.get_by_text("Saved: good (by rita).")).to_be_visible()
+    chat.get_by_role("button", name="Undo", exact=True).click()
+    expect(user(chat)).to_have_count(1)
+    expect(bot(chat)).to_have_count(2)
+    send(box, "And how are the bees?", chat, users_after=2)
     chat.get_by_role("combobox", name="Persona").click()
     page.get_by_role("option", name=re.compile(r"^Nova\b")).click()
     expect(chat.get_by_role("combobox", name="Persona")).to_have_value(re.compile(r"^Nova\b"))
@@ -102,43 +108,49 @@ def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, t
 
     # Label: the first answer loads when the tab opens; G, B, G label all three.
     label = open_tab(page, "Label")
-    progress = label.get_by_text(re.compile(r"of 3 labelled"))
-    expect(progress).to_have_text("0 of 3 labelled")
+    progress = label.get_by_text(re.compile(r"of 4 labelled"))
+    expect(progress).to_have_text("1 of 4 labelled")  # the thumbs-up in Chat counts
     answer = label.get_by_role("textbox", name=re.compile("Answer to judge"))
     expect(answer).to_have_value("Answer number 0.")
     shoot(page, shots, "3-label")
     for done, key in enumerate("gbg", start=1):  # good, bad, good
         page.keyboard.press(key)
-        expect(progress).to_contain_text(f"{done} of 3 labelled")
+        expect(progress).to_contain_text(f"{done + 1} of 4 labelled")
         if done < 3:
             expect(answer).to_have_value(f"Answer number {done}.")
     expect(progress).to_contain_text("Nothing left to label")
     expect(answer).to_have_value("")
     shoot(page, shots, "4-label-done")
 
-    # Results: the table shows the three new labels for `base`.
+    # Results: the table shows the four labels for `base`.
     results = open_tab(page, "Results")
     row = results.get_by_role("row").filter(has_text=re.compile(r"^\s*base\b"))
-    expect(row).to_contain_text("66.7")  # 2 of 3 good
+    expect(row).to_contain_text("75")  # 3 of 4 good
     columns = [re.sub(r"[\s⋮]+$", "", text).strip() for text in results.get_by_role("columnheader").all_inner_texts()]
     shown = dict(zip(columns, (text.strip() for text in row.get_by_role("gridcell").all_inner_texts()), strict=True))
-    assert shown["model version"] == "base" and shown["human accuracy (%)"] == "66.7"
+    assert shown["model version"] == "base" and shown["human accuracy (%)"] == "75"
     assert re.fullmatch(r"\d+\.\d–\d+\.\d", shown["95 % interval (%)"])  # the Wilson interval, e.g. 20.8–93.9
-    assert (shown["labels"], shown["items"], shown["raters"]) == ("3", "3", "1")
+    assert (shown["labels"], shown["items"], shown["raters"]) == ("4", "4", "1")
     expect(results.get_by_role("img")).not_to_have_count(0)  # the accuracy plot
     shoot(page, shots, "5-results")
     page.close()
 
     labels = sorted(store.label_rows(), key=lambda r: r.item_id)
-    assert [(r.rater, r.verdict, r.model_version) for r in labels] == [
-        ("rita", "good", "base"),
-        ("rita", "bad", "base"),
-        ("rita", "good", "base"),
+    assert [(r.rater, r.verdict, r.model_version, r.source) for r in labels] == [
+        ("rita", "good", "base", "eval"),
+        ("rita", "bad", "base", "eval"),
+        ("rita", "good", "base", "eval"),
+        ("rita", "good", "base", "chat"),
     ]
     with store.engine.connect() as conn:
-        conv_ids = dict(conn.execute(sa.select(conversations.c.source, conversations.c.id)).all())
+        conv_ids = dict(conn.execute(sa.text("SELECT source, id FROM conversations")).all())
     chat_turns = store.conversation(conv_ids["chat"])
-    # The greeting opens the stored conversation; the switch notice is kept, marked as such.
-    assert [t.role for t in chat_turns] == ["assistant"] + ["user", "assistant"] * 2 + ["notice", "user", "assistant"]
-    assert chat_turns[-2].content == "Who are you now?" and chat_turns[-1].persona_name == "Nova"
-    assert [t.role for t in store.conversation(conv_ids["compare"])] == ["user", "assistant"] * 2
+    # The greeting opens the stored conversation; the undone exchange is kept, marked; the
+    # switch notice is kept too, as a notice.
+    assert [t.withdrawn for t in chat_turns[3:5]] == ["undo", "undo"]
+    shown_turns = [t for t in chat_turns if t.withdrawn is None]
+    assert [t.role for t in shown_turns] == ["assistant"] + ["user", "assistant"] * 2 + ["notice", "user", "assistant"]
+    assert shown_turns[-2].content == "Who are you now?" and shown_turns[-1].persona_name == "Nova"
+    liked = store.item(labels[-1].item_id)
+    assert liked.answer == chat_turns[4].content and liked.context[-1]["content"] == "And how are the bees?"
+    assert [t.role for t in store.conversation(conv_ids["compare"])] == ["assistant", "user", "assistant"]
