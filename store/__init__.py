@@ -5,11 +5,19 @@
     item = store.next_item("kim")
     store.label(item.id, "kim", "good")
 
-SQLite (default) or PostgreSQL (`DATABASE_URL=postgresql://user:pw@host:5432/db`).
+SQLite (default) or PostgreSQL (`DATABASE_URL=postgresql://user:pw@host:5432/db`). An empty
+database gets the tables; an older one is upgraded only by `Store(migrate=True)` (the app on
+start) or `python -m store.migrate`, and refused by everything else.
+
+Modules: `schema` (the tables, each declared once, and the records built from them), `records`
+(the other values), `upgrade` (create or migrate on open), `store` (`Store`), `assign` (the
+queue), `history` (turns), `sql` (shared query pieces), `db` (engine, SQLite settings), `migrate`
+(the command).
 """
 
 from store.db import StoreError, database_url, mask_url
-from store.records import BlindItem, EvalRun, Item, LabelRow, NewItem, Progress, Turn, Verdict
+from store.records import BlindItem, LabelRow, NewItem, Progress, Verdict
+from store.schema import EvalRun, Item, Turn
 from store.store import Store
 
 __all__ = [

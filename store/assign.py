@@ -37,11 +37,11 @@ def _unfinished(rater_id: int | None, source: str | None) -> list:
     return where + ([label_items.c.source == source] if source else [])
 
 
-def pending(conn: sa.Connection, rater_id: int, source: str | None, columns: list) -> sa.Row | None:
+def pending(conn: sa.Connection, rater_id: int, source: str | None) -> sa.Row | None:
     """The item the rater holds and has not finished; the latest assigned first, so an
     undone label (re-assigned by `undo_last_label`) comes back before anything else."""
     query = (
-        sa.select(*columns)
+        sa.select(label_items)
         .join(assignments, assignments.c.item_id == label_items.c.id)
         .where(assignments.c.rater_id == rater_id, *_unfinished(rater_id, source))
         .order_by(assignments.c.id.desc())
@@ -50,11 +50,11 @@ def pending(conn: sa.Connection, rater_id: int, source: str | None, columns: lis
     return conn.execute(query).first()
 
 
-def claim(conn: sa.Connection, rater_id: int, overlap: int, source: str | None, columns: list) -> sa.Row | None:
+def claim(conn: sa.Connection, rater_id: int, overlap: int, source: str | None) -> sa.Row | None:
     """Assign the item with a free place and the highest priority (the oldest of those) to
     the rater, or None if there is none."""
     query = (
-        sa.select(*columns)
+        sa.select(label_items)
         .where(*_unfinished(rater_id, source), ~_held_by(rater_id), _holders(label_items.c.id) < overlap)
         .order_by(label_items.c.priority.desc(), label_items.c.id)
         .limit(1)

@@ -1,10 +1,12 @@
-"""What the store hands back: small frozen dataclasses, one per kind of row."""
+"""The allowed values, and what the store takes or hands back that is not one table row:
+`NewItem` (an answer to register), `BlindItem`, `LabelRow` (a join), `Progress`. The rows
+(`Turn`, `Item`, `EvalRun`) are declared once, in `store.schema`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -14,18 +16,9 @@ CONVERSATION_SOURCES = ("chat", "compare", "eval")
 ITEM_SOURCES = ("chat", "eval")
 # `notice` is a system notice shown in the chat ("switched to model v2"), not a prompt.
 ROLES = ("user", "assistant", "system", "notice")
-
-
-@dataclass(frozen=True)
-class Turn:
-    id: int
-    conversation_id: int
-    index: int  # 0-based position in the conversation
-    role: str
-    content: str
-    model_version: str | None
-    persona_name: str | None
-    created_at: datetime
+# Why the user took a turn back: both take back the last exchange; retry then sends it again.
+WITHDRAW_REASONS = ("undo", "retry")
+WithdrawReason = Literal["undo", "retry"]
 
 
 @dataclass(frozen=True)
@@ -62,24 +55,6 @@ class BlindItem:
 
 
 @dataclass(frozen=True)
-class Item:
-    id: int
-    source: str
-    persona_name: str
-    persona: dict
-    context: list[dict]
-    answer: str
-    model_version: str
-    conversation_id: int | None
-    eval_run_id: int | None
-    priority: int
-    created_at: datetime
-
-    def blind(self) -> BlindItem:
-        return BlindItem(id=self.id, persona=self.persona, context=self.context, answer=self.answer)
-
-
-@dataclass(frozen=True)
 class LabelRow:
     item_id: int
     rater: str
@@ -89,16 +64,6 @@ class LabelRow:
     source: str
     created_at: datetime  # first verdict on this item by this rater
     updated_at: datetime  # last change (a relabel moves it)
-
-
-@dataclass(frozen=True)
-class EvalRun:
-    id: int
-    model_version: str
-    path: str
-    created_at: datetime
-    config: dict = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
 
 
 class Progress(NamedTuple):

@@ -1,25 +1,25 @@
-"""Tables. `SCHEMA_VERSION` is stored in `schema_version`; bump it with each change and add
-the step to `UPGRADES` so an existing database is brought forward on start (`migrate`)."""
+"""The tables, each declared once: a declarative class is both the table and the record.
+
+`Turn`, `Item` and `EvalRun` are what the store hands back. The store writes and reads with
+Core statements on `Turn.__table__` (aliased `turns`, ...) and builds each record from its
+row (`Turn(**row._mapping)`), outside any ORM session: a record holds plain values, never
+loads anything lazily, and changing one changes nothing in the database.
+
+`SCHEMA_VERSION` is the version these declarations describe; bump it with each change and
+add the step that brings the previous version here to `store.upgrade.UPGRADES`.
+"""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
+from typing import Annotated
 
 import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
-from store.db import StoreError
-from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS
+from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, WITHDRAW_REASONS, BlindItem
 
-log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 2
-
-# The statements that bring a database from version n - 1 to n, keyed by n. Plain SQL that
-# both SQLite and PostgreSQL run; each step leaves the tables as `metadata` describes them.
-UPGRADES: dict[int, tuple[str, ...]] = {
-    2: ("ALTER TABLE label_items ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",),
-}
+SCHEMA_VERSION = 3
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -40,23 +40,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _in(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
-    allowed = ", ".join(f"'{v}'" for v in values)
-    return sa.CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
-
-
-def _id() -> sa.Column:
-    return sa.Column("id", sa.Integer, primary_key=True)
-
-
-def _created() -> sa.Column:
-    return sa.Column("created_at", UTCDateTime, nullable=False, default=now)
-
-
-def _fk(name: str, target: str, ondelete: str | None = None, nullable: bool = False) -> sa.Column:
-    return sa.Column(name, sa.ForeignKey(f"{target}.id", ondelete=ondelete), nullable=nullable, index=True)
-
-
 # Named constraints (ck_labels_verdict_allowed, ...), so a later migration can refer to them.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -65,130 +48,162 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-metadata = sa.MetaData(naming_convention=NAMING)
 
-schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
-raters = sa.Table("raters", metadata, _id(), sa.Column("name", sa.Text, nullable=False, unique=True), _created())
+class Base(MappedAsDataclass, DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    # Nullability follows the annotation: `str` is NOT NULL, `str | None` is nullable.
+    type_annotation_map = {str: sa.Text, dict: sa.JSON, list[dict]: sa.JSON, datetime: UTCDateTime}
 
-conversations = sa.Table(
-    "conversations",
-    metadata,
-    _id(),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("persona_key", sa.Text, nullable=False),
-    sa.Column("persona", sa.JSON, nullable=False),
-    sa.Column("model_version", sa.Text, nullable=False),
-    _created(),
-    _in("source", CONVERSATION_SOURCES),
-)
 
-turns = sa.Table(
-    "turns",
-    metadata,
-    _id(),
-    _fk("conversation_id", "conversations", ondelete="CASCADE"),
-    sa.Column("index", sa.Integer, nullable=False),
-    sa.Column("role", sa.Text, nullable=False),
-    sa.Column("content", sa.Text, nullable=False),
-    sa.Column("model_version", sa.Text),
-    sa.Column("persona_name", sa.Text),
-    _created(),
-    sa.UniqueConstraint("conversation_id", "index"),
-    _in("role", ROLES),
-)
+metadata = Base.metadata
 
-eval_runs = sa.Table(
-    "eval_runs",
-    metadata,
-    _id(),
-    sa.Column("model_version", sa.Text, nullable=False, index=True),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("config", sa.JSON, nullable=False),
-    sa.Column("summary", sa.JSON, nullable=False),
-    _created(),
-)
+Id = Annotated[int, mapped_column(primary_key=True)]
+Created = Annotated[datetime, mapped_column(insert_default=now)]
 
-label_items = sa.Table(
-    "label_items",
-    metadata,
-    _id(),
-    sa.Column("source", sa.Text, nullable=False),
+
+def _fk(target: str, ondelete: str | None = None):
+    return mapped_column(sa.ForeignKey(f"{target}.id", ondelete=ondelete), index=True)
+
+
+def _in(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
+    allowed = ", ".join(f"'{v}'" for v in values)
+    return sa.CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
+
+
+class SchemaVersion(Base):
+    """One row: the version of `SCHEMA_VERSION` the tables are at."""
+
+    __tablename__ = "schema_version"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    version: Mapped[int]
+
+
+class Rater(Base):
+    __tablename__ = "raters"
+
+    id: Mapped[Id]
+    name: Mapped[str] = mapped_column(unique=True)
+    created_at: Mapped[Created]
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (_in("source", CONVERSATION_SOURCES),)
+
+    id: Mapped[Id]
+    source: Mapped[str]
+    persona_key: Mapped[str]
+    persona: Mapped[dict]
+    model_version: Mapped[str]
+    created_at: Mapped[Created]
+
+
+class Turn(Base):
+    """One message of a conversation, as the user saw it; a withdrawn turn stays, marked."""
+
+    __tablename__ = "turns"
+    __table_args__ = (
+        sa.UniqueConstraint("conversation_id", "index"),
+        _in("role", ROLES),
+        _in("withdrawn", WITHDRAW_REASONS),
+    )
+
+    id: Mapped[Id]
+    conversation_id: Mapped[int] = _fk("conversations", ondelete="CASCADE")
+    index: Mapped[int]  # 0-based position in the conversation, withdrawn turns included
+    role: Mapped[str]
+    content: Mapped[str]
+    model_version: Mapped[str | None]
+    persona_name: Mapped[str | None]
+    created_at: Mapped[Created]
+    # NULL while the turn is part of the conversation; "undo" or "retry" once the user took it back.
+    withdrawn: Mapped[str | None]
+    # The persona the model spoke as (assistant and notice turns); SQL NULL, not JSON null, otherwise.
+    persona: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
+
+
+class EvalRun(Base):
+    __tablename__ = "eval_runs"
+
+    id: Mapped[Id]
+    model_version: Mapped[str] = mapped_column(index=True)
+    path: Mapped[str]
+    config: Mapped[dict]
+    summary: Mapped[dict]
+    created_at: Mapped[Created]
+
+
+class Item(Base):
+    """An answer in front of raters (`NewItem` is what registers one)."""
+
+    __tablename__ = "label_items"
+    __table_args__ = (_in("source", ITEM_SOURCES),)
+
+    id: Mapped[Id]
+    source: Mapped[str]
     # An item holds everything a rater sees, so it (and its labels) outlives its origin.
-    _fk("conversation_id", "conversations", ondelete="SET NULL", nullable=True),
-    _fk("eval_run_id", "eval_runs", ondelete="SET NULL", nullable=True),
-    sa.Column("persona_name", sa.Text, nullable=False),
-    sa.Column("persona", sa.JSON, nullable=False),
-    sa.Column("context", sa.JSON, nullable=False),
-    sa.Column("answer", sa.Text, nullable=False),
-    sa.Column("model_version", sa.Text, nullable=False, index=True),
-    sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),  # NewItem.key
-    _created(),
+    conversation_id: Mapped[int | None] = _fk("conversations", ondelete="SET NULL")
+    eval_run_id: Mapped[int | None] = _fk("eval_runs", ondelete="SET NULL")
+    persona_name: Mapped[str]
+    persona: Mapped[dict]
+    context: Mapped[list[dict]]
+    answer: Mapped[str]
+    model_version: Mapped[str] = mapped_column(index=True)
+    dedupe_key: Mapped[str] = mapped_column(sa.String(64), unique=True)  # NewItem.key
+    created_at: Mapped[Created]
     # The queue hands out higher priorities first (then the oldest); NewItem.priority.
-    sa.Column("priority", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
-    _in("source", ITEM_SOURCES),
-)
+    priority: Mapped[int] = mapped_column(insert_default=0, server_default=sa.text("0"))
 
-# A rater holds an item from `next_item` until they label or skip it; the number of
-# holders is what `overlap` limits. The id orders a rater's pending items (newest first).
-assignments = sa.Table(
-    "assignments",
-    metadata,
-    _id(),
-    _fk("item_id", "label_items"),
-    _fk("rater_id", "raters"),
-    _created(),
-    sa.UniqueConstraint("item_id", "rater_id"),
-)
-
-labels = sa.Table(
-    "labels",
-    metadata,
-    _id(),
-    _fk("item_id", "label_items"),
-    _fk("rater_id", "raters"),
-    sa.Column("verdict", sa.Text, nullable=False),
-    sa.Column("comment", sa.Text, nullable=False, default=""),
-    _created(),
-    sa.Column("updated_at", UTCDateTime, nullable=False, default=now, index=True),
-    sa.UniqueConstraint("item_id", "rater_id"),
-    _in("verdict", VERDICTS),
-)
-
-skips = sa.Table(
-    "skips",
-    metadata,
-    _id(),
-    _fk("item_id", "label_items"),
-    _fk("rater_id", "raters"),
-    _created(),
-    sa.UniqueConstraint("item_id", "rater_id"),
-)
+    def blind(self) -> BlindItem:
+        return BlindItem(id=self.id, persona=self.persona, context=self.context, answer=self.answer)
 
 
-def migrate(conn: sa.Connection, found: int) -> None:
-    """Bring a database at schema version `found` up to `SCHEMA_VERSION`, one step at a time,
-    in the caller's transaction (DDL is transactional on both backends: all steps or none)."""
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        log.info("upgrading the database schema from version %d to %d", version - 1, version)
-        for statement in UPGRADES[version]:
-            conn.exec_driver_sql(statement)
-    conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION))
+class Assignment(Base):
+    """A rater holds an item from `next_item` until they label or skip it; the number of
+    holders is what `overlap` limits. The id orders a rater's pending items (newest first)."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (sa.UniqueConstraint("item_id", "rater_id"),)
+
+    id: Mapped[Id]
+    item_id: Mapped[int] = _fk("label_items")
+    rater_id: Mapped[int] = _fk("raters")
+    created_at: Mapped[Created]
 
 
-def ensure(conn: sa.Connection, url: str) -> None:
-    """Create missing tables and record or check the schema version (`url` for messages)."""
-    metadata.create_all(conn)
-    # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises us): a second app
-    # starting at the same time waits here and then sees the version the first one wrote,
-    # so it does not run the same upgrade again.
-    found = conn.execute(sa.select(schema_version.c.version).with_for_update()).scalar()
-    if found is None:
-        conn.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))
-    elif found > SCHEMA_VERSION:
-        raise StoreError(
-            f"the database {url} has schema version {found}; this code knows up to {SCHEMA_VERSION}",
-            "update Persona Studio, or point DATABASE_URL at another database",
-        )
-    elif found < SCHEMA_VERSION:
-        migrate(conn, found)
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (sa.UniqueConstraint("item_id", "rater_id"), _in("verdict", VERDICTS))
+
+    id: Mapped[Id]
+    item_id: Mapped[int] = _fk("label_items")
+    rater_id: Mapped[int] = _fk("raters")
+    verdict: Mapped[str]
+    comment: Mapped[str] = mapped_column(insert_default="")
+    created_at: Mapped[Created]
+    updated_at: Mapped[datetime] = mapped_column(insert_default=now, index=True)
+
+
+class Skip(Base):
+    __tablename__ = "skips"
+    __table_args__ = (sa.UniqueConstraint("item_id", "rater_id"),)
+
+    id: Mapped[Id]
+    item_id: Mapped[int] = _fk("label_items")
+    rater_id: Mapped[int] = _fk("raters")
+    created_at: Mapped[Created]
+
+
+# The tables, for Core statements.
+schema_version = SchemaVersion.__table__
+raters = Rater.__table__
+conversations = Conversation.__table__
+turns = Turn.__table__
+eval_runs = EvalRun.__table__
+label_items = Item.__table__
+assignments = Assignment.__table__
+labels = Label.__table__
+skips = Skip.__table__

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from store.db import StoreError
-from store.records import EvalRun, Item, Turn
-from store.schema import eval_runs, label_items, labels, raters, turns
+from store.schema import Base, label_items, labels, raters
 
-ITEM_COLUMNS = [label_items.c[f.name] for f in fields(Item)]
-TURN_COLUMNS = [turns.c[f.name] for f in fields(Turn)]
-RUN_COLUMNS = [eval_runs.c[f.name] for f in fields(EvalRun)]
+R = TypeVar("R", bound=Base)
+
 LABEL_COLUMNS = [
     labels.c.item_id,
     raters.c.name.label("rater"),
@@ -48,6 +46,12 @@ def require(conn: sa.Connection, table: sa.Table, row_id: int, what: str, lock: 
     if row is None:
         raise StoreError(f"there is no {what} {row_id}", f"pass the id of an existing {what}")
     return row
+
+
+def record(conn: sa.Connection, cls: type[R], row_id: int, what: str) -> R:
+    """The row `row_id` of `cls`'s table as a `cls` record; StoreError naming `what` if there is none."""
+    table = cls.__table__
+    return cls(**require(conn, table, row_id, what, columns=table.c)._mapping)
 
 
 def rater_id(conn: sa.Connection, name: str, create: bool) -> int | None:

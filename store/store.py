@@ -1,7 +1,8 @@
 """`Store`: conversations, label items, the labelling queue, labels and eval runs.
 
 Every method is one transaction; a write is committed (on disk) when the method returns.
-Methods take and return plain values and frozen records, so any thread may call them.
+Methods take and return plain values and records built from rows outside any ORM session
+(nothing loads lazily, nothing is shared between calls), so any thread may call them.
 """
 
 from __future__ import annotations
@@ -9,29 +10,30 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
 import sqlalchemy as sa
 
-from store import assign, sql
+from store import assign, history, sql
 from store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, create_engine, database_url, mask_url, reason
 from store.db import transaction as _transaction
 from store.records import (
     CONVERSATION_SOURCES,
     ITEM_SOURCES,
-    ROLES,
     VERDICTS,
-    EvalRun,
-    Item,
+    WITHDRAW_REASONS,
     LabelRow,
     NewItem,
     Progress,
-    Turn,
     Verdict,
+    WithdrawReason,
 )
 from store.schema import (
+    EvalRun,
+    Item,
+    Turn,
     assignments,
     conversations,
     eval_runs,
@@ -41,7 +43,7 @@ from store.schema import (
     skips,
     turns,
 )
-from store.schema import ensure as ensure_schema
+from store.upgrade import ensure as ensure_schema
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,18 +52,21 @@ T = TypeVar("T")
 class Store:
     """The one way the app, eval and scripts read and write persisted data.
 
-    `Store()` opens `$DATABASE_URL`, else `sqlite:///data/persona_studio.db`, and creates
-    the tables on first use. A database that cannot be reached raises `StoreError`.
+    `Store()` opens `$DATABASE_URL`, else `sqlite:///data/persona_studio.db`, and creates the
+    tables in an empty database. An older database is upgraded only with `migrate=True` (the
+    app on start, `python -m store.migrate`) and refused otherwise; `found_version` says which
+    version it was at (None: this open created it). A database that cannot be reached raises
+    `StoreError`.
     """
 
-    def __init__(self, url: str | None = None, *, data_dir: str | Path = DEFAULT_DATA_DIR):
+    def __init__(self, url: str | None = None, *, data_dir: str | Path = DEFAULT_DATA_DIR, migrate: bool = False):
         full_url = database_url(url, data_dir)
         self.url = mask_url(full_url)  # safe to show
         self._full_url = full_url
         self.engine = create_engine(full_url)
         try:
             with _transaction(self.engine, write=True) as conn:
-                ensure_schema(conn, self.url)
+                self.found_version = ensure_schema(conn, self.url, migrate)
         except sa.exc.DBAPIError as err:
             self.engine.dispose()
             raise StoreError(f"cannot open the database {self.url}: {reason(err, full_url)}", URL_FIX) from None
@@ -70,9 +75,9 @@ class Store:
             raise
 
     @classmethod
-    def from_env(cls) -> Store:
+    def from_env(cls, *, migrate: bool = False) -> Store:
         """The store named by `$DATABASE_URL` (the local SQLite file when unset)."""
-        return cls(os.environ.get("DATABASE_URL"))
+        return cls(os.environ.get("DATABASE_URL"), migrate=migrate)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -100,23 +105,48 @@ class Store:
         content: str,
         model_version: str | None = None,
         persona_name: str | None = None,
+        persona: dict | None = None,
     ) -> int:
-        _check(role, ROLES, "turn role")
+        """Append a turn; `persona` is the persona the model spoke as (assistant and notice turns)."""
+        turn = dict(role=role, content=content, model_version=model_version, persona_name=persona_name, persona=persona)
+        return self.add_turns(conversation_id, [turn])[0]
+
+    def add_turns(self, conversation_id: int, turns: list[dict]) -> list[int]:
+        """Append several turns (dicts of `add_turn`'s arguments) in one transaction: a user
+        message and its reply are saved together or not at all. Returns their ids, in order."""
+        rows = [history.turn_values(turn) for turn in turns]
+
+        def write(conn: sa.Connection) -> list[int]:
+            # The row lock (PostgreSQL) makes a second writer to this conversation wait, so the
+            # two cannot compute the same next index.
+            sql.require(conn, conversations, conversation_id, "conversation", lock=True)
+            return history.insert_turns(conn, conversation_id, rows)
+
+        roles = " and ".join(row["role"] for row in rows)
+        turns_were = "turns were" if len(rows) > 1 else "turn was"
+        return self._write(write, f"the {roles} {turns_were} NOT saved in conversation {conversation_id}")
+
+    def withdraw_turns(self, conversation_id: int, turn_ids: list[int], reason: WithdrawReason) -> int:
+        """Mark turns of the conversation as taken back by the user (`reason` "undo" or "retry");
+        they stay in `conversation`, with `withdrawn` set. Returns how many were not withdrawn yet."""
+        _check(reason, WITHDRAW_REASONS, "withdraw reason")
+        turn_ids = list(turn_ids)
 
         def write(conn: sa.Connection) -> int:
-            sql.require(conn, conversations, conversation_id, "conversation", lock=True)
-            index = conn.execute(sql.count(turns.c.conversation_id == conversation_id)).scalar_one()
-            values = dict(conversation_id=conversation_id, index=index, role=role, content=content)
-            return sql.insert_id(conn, turns, values | dict(model_version=model_version, persona_name=persona_name))
+            sql.require(conn, conversations, conversation_id, "conversation")
+            return history.withdraw(conn, conversation_id, turn_ids, reason)
 
-        return self._write(write, f"the {role} turn of conversation {conversation_id} was NOT saved")
+        return self._write(write, f"withdrawing turns {turn_ids} of conversation {conversation_id} was NOT saved")
+
+    def turn(self, turn_id: int) -> Turn:
+        return self._read(lambda c: sql.record(c, Turn, turn_id, "turn"), f"turn {turn_id}")
 
     def conversation(self, conversation_id: int) -> list[Turn]:
+        """Every turn of the conversation in order, withdrawn ones included (marked)."""
+
         def read(conn: sa.Connection) -> list[Turn]:
             sql.require(conn, conversations, conversation_id, "conversation")
-            query = (
-                sa.select(*sql.TURN_COLUMNS).where(turns.c.conversation_id == conversation_id).order_by(turns.c.index)
-            )
+            query = sa.select(turns).where(turns.c.conversation_id == conversation_id).order_by(turns.c.index)
             return [Turn(**row._mapping) for row in conn.execute(query)]
 
         return self._read(read, f"conversation {conversation_id}")
@@ -135,7 +165,7 @@ class Store:
         def write(conn: sa.Connection) -> list[int]:
             ids = []
             for item in items:
-                values = {f.name: getattr(item, f.name) for f in fields(NewItem)} | {"dedupe_key": item.key}
+                values = asdict(item) | {"dedupe_key": item.key}
                 stmt = sql.dialect_insert(conn, label_items).values(values)
                 raise_priority = stmt.on_conflict_do_update(
                     index_elements=["dedupe_key"],
@@ -151,10 +181,7 @@ class Store:
         return self._write(write, f"{len(items)} label items were NOT saved", retry=True)
 
     def item(self, item_id: int) -> Item:
-        def read(conn: sa.Connection) -> Item:
-            return Item(**sql.require(conn, label_items, item_id, "label item", columns=sql.ITEM_COLUMNS)._mapping)
-
-        return self._read(read, f"label item {item_id}")
+        return self._read(lambda c: sql.record(c, Item, item_id, "label item"), f"label item {item_id}")
 
     def next_item(self, rater: str, overlap: int = 1, source: str | None = None) -> Item | None:
         """The rater's next item: one they hold but have not finished, else, of the items fewer
@@ -165,8 +192,7 @@ class Store:
 
         def write(conn: sa.Connection) -> Item | None:
             rater_id = sql.rater_id(conn, rater, create=True)
-            row = assign.pending(conn, rater_id, source, sql.ITEM_COLUMNS)
-            row = row or assign.claim(conn, rater_id, overlap, source, sql.ITEM_COLUMNS)
+            row = assign.pending(conn, rater_id, source) or assign.claim(conn, rater_id, overlap, source)
             return Item(**row._mapping) if row else None
 
         return self._write(write, f"no item could be assigned to {rater}", retry=True)
@@ -276,7 +302,7 @@ class Store:
 
     def eval_runs(self, model_version: str | None = None) -> list[EvalRun]:
         """Eval runs (of one model version, if given), oldest first."""
-        query = sa.select(*sql.RUN_COLUMNS).order_by(eval_runs.c.id)
+        query = sa.select(eval_runs).order_by(eval_runs.c.id)
         if model_version is not None:
             query = query.where(eval_runs.c.model_version == model_version)
         return self._read(lambda c: [EvalRun(**row._mapping) for row in c.execute(query)], "the eval runs")

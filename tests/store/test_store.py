@@ -1,8 +1,5 @@
-"""Store: conversations, label items, the queue with overlap, labels, eval runs, failures.
-
-Every store test runs on SQLite (tmp_path) and, when PERSONA_STUDIO_TEST_DATABASE_URL is
-set (`source .ci/postgres.sh`), on PostgreSQL too, each test in a schema of its own.
-"""
+"""Store methods: conversations and turns, label items, the queue with overlap, labels, eval
+runs, failures. Opening, creating and upgrading a database: test_schema.py."""
 
 import os
 import select
@@ -10,54 +7,14 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from store import NewItem, Store, StoreError, database_url
-from store.schema import NAMING, SCHEMA_VERSION, UTCDateTime
-from store.schema import metadata as current_metadata
+from store import BlindItem, NewItem, Store, StoreError, database_url
 from tests.conftest import REPO
-
-PG_URL = os.environ.get("PERSONA_STUDIO_TEST_DATABASE_URL")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("PERSONA_STUDIO_TEST_DATABASE_URL is not set (source .ci/postgres.sh to test PostgreSQL)")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(database_url(PG_URL))
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    url = make_url(database_url(PG_URL)).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
-
-
-@pytest.fixture
-def store(db_url):
-    with Store(db_url) as store:
-        yield store
-
-
-def new_item(i: int, model_version: str = "base", source: str = "eval", priority: int = 0) -> NewItem:
-    context = [{"role": "user", "content": f"question {i}"}]
-    persona = {"name": "Ada", "facts": ["I build engines."]}
-    return NewItem(source, "Ada", persona, context, f"answer {i}", model_version, priority=priority)
-
-
-def add_items(store: Store, n: int, **kwargs) -> list[int]:
-    return store.add_label_items([new_item(i, **kwargs) for i in range(n)])
-
+from tests.store.conftest import add_items, new_item
 
 # -- conversations ----------------------------------------------------------------------
 
@@ -65,22 +22,115 @@ def add_items(store: Store, n: int, **kwargs) -> list[int]:
 def test_conversation_round_trip(store, ada):
     conversation = store.start_conversation("chat", "ada", ada, "base")
     store.add_turn(conversation, "user", "Hi Ada")
-    store.add_turn(conversation, "assistant", "Hello!", model_version="base", persona_name="Ada")
-    store.add_turn(conversation, "notice", "switched to v1")
+    reply = store.add_turn(conversation, "assistant", "Hello!", model_version="base", persona_name="Ada", persona=ada)
+    store.add_turn(conversation, "notice", "switched to v1", persona={"name": "Nova"})
     turns = store.conversation(conversation)
-    assert [(t.index, t.role, t.content) for t in turns] == [
-        (0, "user", "Hi Ada"),
-        (1, "assistant", "Hello!"),
-        (2, "notice", "switched to v1"),
+    assert [(t.index, t.role, t.content, t.withdrawn) for t in turns] == [
+        (0, "user", "Hi Ada", None),
+        (1, "assistant", "Hello!", None),
+        (2, "notice", "switched to v1", None),
     ]
-    assert (turns[1].model_version, turns[1].persona_name) == ("base", "Ada")
+    assert (turns[1].model_version, turns[1].persona_name, turns[1].persona) == ("base", "Ada", ada.model_dump())
+    assert (turns[0].persona, turns[2].persona) == (None, {"name": "Nova"})
     assert turns[0].created_at.tzinfo is not None
+    assert store.turn(reply) == turns[1]
     with pytest.raises(StoreError, match="turn role"):
         store.add_turn(conversation, "robot", "beep")
     with pytest.raises(StoreError, match="no conversation 999"):
         store.add_turn(999, "user", "anyone?")
     with pytest.raises(StoreError, match="conversation source"):
         store.start_conversation("web", "ada", ada.model_dump(), "base")
+    with pytest.raises(StoreError, match="no turn 999"):
+        store.turn(999)
+
+
+def test_a_turn_without_a_persona_stores_sql_null(store, ada):
+    conversation = store.start_conversation("chat", "ada", ada, "base")
+    store.add_turns(conversation, [dict(role="user", content="Hi", persona=None), dict(role="assistant", content="Yo")])
+    with store.engine.connect() as conn:
+        # JSON null ('null') would make `persona IS NULL` false and read back the same in Python.
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM turns WHERE persona IS NULL")).scalar() == 2
+
+
+def test_add_turns_saves_a_message_and_its_reply_together_or_not_at_all(store, ada):
+    conversation = store.start_conversation("compare", "ada", ada, "base")
+    greeting = store.add_turn(conversation, "assistant", "Hello, I am Ada.", "base", "Ada", ada.model_dump())
+    exchange = [
+        dict(role="user", content="What do you build?"),
+        dict(role="assistant", content="Engines.", model_version="base", persona_name="Ada", persona={"name": "Ada"}),
+    ]
+    ids = store.add_turns(conversation, exchange)
+    turns = store.conversation(conversation)
+    assert [t.id for t in turns] == [greeting, *ids]
+    assert [(t.index, t.role, t.content, t.persona) for t in turns[1:]] == [
+        (1, "user", "What do you build?", None),
+        (2, "assistant", "Engines.", {"name": "Ada"}),
+    ]
+    # The reply fails in the database (content is NOT NULL) after the message was inserted.
+    with pytest.raises(StoreError, match=f"the user and assistant turns were NOT saved in conversation {conversation}"):
+        store.add_turns(conversation, [dict(role="user", content="And?"), dict(role="assistant", content=None)])
+    assert [t.id for t in store.conversation(conversation)] == [greeting, *ids]
+    assert store.add_turns(conversation, []) == []
+
+
+def test_add_turns_checks_each_turn_before_writing(store, ada):
+    conversation = store.start_conversation("chat", "ada", ada, "base")
+    bad_turns = [
+        ([dict(role="user", content="Hi", mood="happy")], "unknown fields mood"),
+        ([dict(role="user")], "needs a role and content"),
+        ([dict(role="user", content="Hi"), dict(role="robot", content="beep")], "turn role 'robot'"),
+        ([dict(role="user", content="Hi", persona={"name": "Ada"})], "a user turn has no persona"),
+    ]
+    for turns, message in bad_turns:
+        with pytest.raises(StoreError, match=message):
+            store.add_turns(conversation, turns)
+    with pytest.raises(StoreError, match="no conversation 999"):
+        store.add_turns(999, [dict(role="user", content="Hi")])
+    assert store.conversation(conversation) == []
+
+
+def test_withdrawn_turns_stay_marked_and_new_turns_follow_them(store, ada):
+    conversation = store.start_conversation("chat", "ada", ada, "base")
+    other = store.start_conversation("chat", "ada", ada, "base")
+    greeting = store.add_turn(conversation, "assistant", "Hello!", persona=ada)
+    first = store.add_turns(conversation, [dict(role="user", content="Hi"), dict(role="assistant", content="Hey")])
+    assert store.withdraw_turns(conversation, first, "retry") == 2
+    again = store.add_turns(conversation, [dict(role="user", content="Hi"), dict(role="assistant", content="Hello")])
+    assert store.withdraw_turns(conversation, [*first, again[1]], "undo") == 1  # first was withdrawn already
+    turns = store.conversation(conversation)
+    assert [(t.index, t.content, t.withdrawn) for t in turns] == [
+        (0, "Hello!", None),
+        (1, "Hi", "retry"),
+        (2, "Hey", "retry"),
+        (3, "Hi", None),
+        (4, "Hello", "undo"),
+    ]
+    assert store.turn(first[0]).withdrawn == "retry"
+
+    (foreign,) = store.add_turns(other, [dict(role="user", content="Elsewhere")])
+    with pytest.raises(StoreError, match=rf"turns \[{foreign}\] are not turns of conversation {conversation}"):
+        store.withdraw_turns(conversation, [again[0], foreign], "undo")
+    with pytest.raises(StoreError, match=r"turns \[9999\] are not"):
+        store.withdraw_turns(conversation, [9999], "undo")
+    with pytest.raises(StoreError, match="withdraw reason 'delete'"):
+        store.withdraw_turns(conversation, [greeting], "delete")
+    with pytest.raises(StoreError, match="no conversation 999"):
+        store.withdraw_turns(999, [], "undo")
+    assert [t.withdrawn for t in store.conversation(conversation)] == [None, "retry", "retry", None, "undo"]
+    assert store.turn(foreign).withdrawn is None
+
+
+def test_records_are_plain_values_after_the_store_is_closed(db_url, ada):
+    with Store(db_url) as store:
+        conversation = store.start_conversation("chat", "ada", ada, "base")
+        store.add_turn(conversation, "assistant", "Hello!", persona=ada)
+        (item_id,) = add_items(store, 1)
+        turns, item, runs = store.conversation(conversation), store.item(item_id), store.eval_runs()
+    seen = []  # read in another thread, with the engine disposed: nothing may load lazily
+    reader = threading.Thread(target=lambda: seen.append((turns[0].persona["name"], item.blind(), runs)))
+    reader.start()
+    reader.join(timeout=30)
+    assert seen == [("Ada", BlindItem(item_id, item.persona, item.context, "answer 0"), [])]
 
 
 # -- label items and the queue ----------------------------------------------------------
@@ -96,11 +146,28 @@ def test_label_items_are_registered_once(store):
         "base",
         [{"role": "user", "content": "question 1"}],
     )
-    assert item.priority == 0
-    assert "model_version" not in vars(item.blind()) and item.blind().answer == "answer 1"
-    assert "priority" not in vars(item.blind())
+    assert (item.priority, item.dedupe_key) == (0, new_item(1).key)
+    assert item.blind() == BlindItem(first[1], item.persona, item.context, "answer 1")  # no version, no source
+    assert store.item(first[1]) == item
     with pytest.raises(StoreError, match="no label item 12345"):
         store.item(12345)
+
+
+def test_new_item_key_is_the_question_to_raters():
+    item = new_item(0)
+    by_keyword = NewItem(
+        source="eval",
+        persona_name="Ada",
+        persona=item.persona,
+        context=item.context,
+        answer="answer 0",
+        model_version="base",
+        conversation_id=7,
+        eval_run_id=3,
+        priority=1,
+    )
+    assert by_keyword.key == item.key  # where it came from and its priority do not change the question
+    assert new_item(0, model_version="v1").key != item.key and new_item(1).key != item.key
 
 
 def test_queue_gives_each_item_to_one_rater_with_overlap_1(store):
@@ -186,15 +253,18 @@ def test_concurrent_next_item_never_double_assigns(store):
 # -- labels -----------------------------------------------------------------------------
 
 
-def test_label_relabel_skip_undo_and_progress(store):
+def test_label_relabel_skip_undo_and_progress(store, monkeypatch):
     a, b, c = add_items(store, 3)
     assert store.progress("kim") == (0, 3)
     assert store.next_item("kim").id == a
-    first = store.label(a, "kim", "good")
+    t1, t2 = datetime(2024, 5, 1, 12, tzinfo=UTC), datetime(2024, 5, 1, 13, tzinfo=UTC)
+    monkeypatch.setattr("store.store.now", lambda: t1)
+    store.label(a, "kim", "good")
     assert store.progress("kim") == (1, 3)
+    monkeypatch.setattr("store.store.now", lambda: t2)
     relabel = store.label(a, "kim", "bad", "off persona")
-    assert (relabel.verdict, relabel.comment, relabel.created_at) == ("bad", "off persona", first.created_at)
-    assert relabel.updated_at >= first.updated_at and len(store.label_rows()) == 1
+    assert (relabel.verdict, relabel.comment, relabel.created_at, relabel.updated_at) == ("bad", "off persona", t1, t2)
+    assert len(store.label_rows()) == 1
 
     assert store.next_item("kim").id == b
     store.skip(b, "kim")
@@ -287,73 +357,6 @@ def test_sqlite_settings(tmp_path):
         assert pragma == {"journal_mode": "wal", "synchronous": 2}  # 2 = FULL
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
-
-
-def test_newer_schema_version_is_refused(db_url):
-    with Store(db_url) as store, store.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE schema_version SET version = 99")
-    with pytest.raises(StoreError, match="schema version 99"):
-        Store(db_url)
-
-
-def _v1_metadata() -> sa.MetaData:
-    """The tables as schema version 1 created them: today's tables, except for `label_items`,
-    frozen here as version 1 defined it (no `priority`). A later version that changes another
-    table freezes that table here too."""
-    v1 = sa.MetaData(naming_convention=NAMING)
-    for table in current_metadata.sorted_tables:
-        if table.name != "label_items":
-            table.to_metadata(v1)
-    sa.Table(
-        "label_items",
-        v1,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("source", sa.Text, nullable=False),
-        sa.Column("conversation_id", sa.ForeignKey("conversations.id", ondelete="SET NULL"), index=True),
-        sa.Column("eval_run_id", sa.ForeignKey("eval_runs.id", ondelete="SET NULL"), index=True),
-        sa.Column("persona_name", sa.Text, nullable=False),
-        sa.Column("persona", sa.JSON, nullable=False),
-        sa.Column("context", sa.JSON, nullable=False),
-        sa.Column("answer", sa.Text, nullable=False),
-        sa.Column("model_version", sa.Text, nullable=False, index=True),
-        sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
-        sa.Column("created_at", UTCDateTime, nullable=False),
-        sa.CheckConstraint("source IN ('chat', 'eval')", name="source_allowed"),
-    )
-    return v1
-
-
-def test_a_version_1_database_is_upgraded_and_keeps_its_rows(db_url):
-    v1, t = _v1_metadata(), datetime.now(UTC)
-    items = v1.tables["label_items"]
-    engine = sa.create_engine(database_url(db_url))
-    with engine.begin() as conn:
-        v1.create_all(conn)
-        conn.execute(sa.insert(v1.tables["schema_version"]).values(version=1))
-        kim = conn.execute(sa.insert(v1.tables["raters"]).values(name="kim", created_at=t)).inserted_primary_key[0]
-        ids = []
-        for item in (new_item(i) for i in range(3)):
-            values = {c.name: getattr(item, c.name) for c in items.columns if hasattr(item, c.name)}
-            values |= dict(dedupe_key=item.key, created_at=t)
-            ids.append(conn.execute(sa.insert(items).values(values)).inserted_primary_key[0])
-        pair = dict(item_id=ids[0], rater_id=kim)  # kim labelled the first item
-        conn.execute(sa.insert(v1.tables["assignments"]).values(pair | dict(created_at=t)))
-        label = dict(verdict="bad", comment="rude", created_at=t, updated_at=t)
-        conn.execute(sa.insert(v1.tables["labels"]).values(pair | label))
-    engine.dispose()
-
-    with Store(db_url) as store, store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [SCHEMA_VERSION]
-        column = {c["name"]: c for c in sa.inspect(conn).get_columns("label_items")}["priority"]
-        assert not column["nullable"] and "0" in str(column["default"])
-        rows = [(r.item_id, r.rater, r.verdict, r.comment, r.created_at) for r in store.label_rows()]
-        assert rows == [(ids[0], "kim", "bad", "rude", t)]
-        assert [(store.item(i).answer, store.item(i).priority) for i in ids] == [(f"answer {i}", 0) for i in range(3)]
-        new_id = store.add_label_items([new_item(7, priority=1)])[0]
-        assert store.add_label_items([new_item(1)]) == [ids[1]]  # the old keys still match
-        assert [store.next_item(r).id for r in ("lee", "max", "ann")] == [new_id, ids[1], ids[2]]
-    with Store(db_url) as store:  # opening an upgraded database again changes nothing
-        assert len(store.label_rows()) == 1 and store.progress("kim") == (1, 1)
 
 
 def _break_label_writes(store: Store, times: int) -> None:

@@ -1,0 +1,308 @@
+"""Opening a database: created when empty, upgraded from versions 1 and 2 only when allowed
+(`migrate=True`, `python -m store.migrate`), refused when newer; concurrent first starts."""
+
+import os
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from store import Store, StoreError, database_url
+from store.migrate import main as migrate_main
+from store.schema import SCHEMA_VERSION, metadata
+from tests.conftest import REPO
+from tests.store.conftest import add_items, new_item
+
+# The tables as versions 1 and 2 of the code created them (their `create_all` output), frozen
+# here as raw SQL so later changes to store.schema cannot change what an old database is.
+# {serial} and {timestamp} are the only differences between SQLite and PostgreSQL.
+OLD_DDL = """
+CREATE TABLE conversations (
+    id {serial} NOT NULL, source TEXT NOT NULL, persona_key TEXT NOT NULL, persona JSON NOT NULL,
+    model_version TEXT NOT NULL, created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_conversations PRIMARY KEY (id),
+    CONSTRAINT ck_conversations_source_allowed CHECK (source IN ('chat', 'compare', 'eval'))
+);
+CREATE TABLE eval_runs (
+    id {serial} NOT NULL, model_version TEXT NOT NULL, path TEXT NOT NULL, config JSON NOT NULL,
+    summary JSON NOT NULL, created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_eval_runs PRIMARY KEY (id)
+);
+CREATE INDEX ix_eval_runs_model_version ON eval_runs (model_version);
+CREATE TABLE raters (
+    id {serial} NOT NULL, name TEXT NOT NULL, created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_raters PRIMARY KEY (id), CONSTRAINT uq_raters_name UNIQUE (name)
+);
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE label_items (
+    id {serial} NOT NULL, source TEXT NOT NULL, conversation_id INTEGER, eval_run_id INTEGER,
+    persona_name TEXT NOT NULL, persona JSON NOT NULL, context JSON NOT NULL, answer TEXT NOT NULL,
+    model_version TEXT NOT NULL, dedupe_key VARCHAR(64) NOT NULL, created_at {timestamp} NOT NULL,
+    {priority}
+    CONSTRAINT pk_label_items PRIMARY KEY (id),
+    CONSTRAINT ck_label_items_source_allowed CHECK (source IN ('chat', 'eval')),
+    CONSTRAINT fk_label_items_conversation_id_conversations FOREIGN KEY(conversation_id)
+        REFERENCES conversations (id) ON DELETE SET NULL,
+    CONSTRAINT fk_label_items_eval_run_id_eval_runs FOREIGN KEY(eval_run_id)
+        REFERENCES eval_runs (id) ON DELETE SET NULL,
+    CONSTRAINT uq_label_items_dedupe_key UNIQUE (dedupe_key)
+);
+CREATE INDEX ix_label_items_conversation_id ON label_items (conversation_id);
+CREATE INDEX ix_label_items_eval_run_id ON label_items (eval_run_id);
+CREATE INDEX ix_label_items_model_version ON label_items (model_version);
+CREATE TABLE turns (
+    id {serial} NOT NULL, conversation_id INTEGER NOT NULL, "index" INTEGER NOT NULL, role TEXT NOT NULL,
+    content TEXT NOT NULL, model_version TEXT, persona_name TEXT, created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_turns PRIMARY KEY (id),
+    CONSTRAINT uq_turns_conversation_id_index UNIQUE (conversation_id, "index"),
+    CONSTRAINT ck_turns_role_allowed CHECK (role IN ('user', 'assistant', 'system', 'notice')),
+    CONSTRAINT fk_turns_conversation_id_conversations FOREIGN KEY(conversation_id)
+        REFERENCES conversations (id) ON DELETE CASCADE
+);
+CREATE INDEX ix_turns_conversation_id ON turns (conversation_id);
+CREATE TABLE assignments (
+    id {serial} NOT NULL, item_id INTEGER NOT NULL, rater_id INTEGER NOT NULL, created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_assignments PRIMARY KEY (id), CONSTRAINT uq_assignments_item_id_rater_id UNIQUE (item_id, rater_id),
+    CONSTRAINT fk_assignments_item_id_label_items FOREIGN KEY(item_id) REFERENCES label_items (id),
+    CONSTRAINT fk_assignments_rater_id_raters FOREIGN KEY(rater_id) REFERENCES raters (id)
+);
+CREATE INDEX ix_assignments_item_id ON assignments (item_id);
+CREATE INDEX ix_assignments_rater_id ON assignments (rater_id);
+CREATE TABLE labels (
+    id {serial} NOT NULL, item_id INTEGER NOT NULL, rater_id INTEGER NOT NULL, verdict TEXT NOT NULL,
+    comment TEXT NOT NULL, created_at {timestamp} NOT NULL, updated_at {timestamp} NOT NULL,
+    CONSTRAINT pk_labels PRIMARY KEY (id), CONSTRAINT uq_labels_item_id_rater_id UNIQUE (item_id, rater_id),
+    CONSTRAINT ck_labels_verdict_allowed CHECK (verdict IN ('good', 'bad')),
+    CONSTRAINT fk_labels_item_id_label_items FOREIGN KEY(item_id) REFERENCES label_items (id),
+    CONSTRAINT fk_labels_rater_id_raters FOREIGN KEY(rater_id) REFERENCES raters (id)
+);
+CREATE INDEX ix_labels_item_id ON labels (item_id);
+CREATE INDEX ix_labels_rater_id ON labels (rater_id);
+CREATE INDEX ix_labels_updated_at ON labels (updated_at);
+CREATE TABLE skips (
+    id {serial} NOT NULL, item_id INTEGER NOT NULL, rater_id INTEGER NOT NULL, created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_skips PRIMARY KEY (id), CONSTRAINT uq_skips_item_id_rater_id UNIQUE (item_id, rater_id),
+    CONSTRAINT fk_skips_item_id_label_items FOREIGN KEY(item_id) REFERENCES label_items (id),
+    CONSTRAINT fk_skips_rater_id_raters FOREIGN KEY(rater_id) REFERENCES raters (id)
+);
+CREATE INDEX ix_skips_item_id ON skips (item_id);
+CREATE INDEX ix_skips_rater_id ON skips (rater_id)
+"""
+V2_PRIORITY = "priority INTEGER DEFAULT 0 NOT NULL,"  # the one change from version 1 to 2
+T = "2024-05-01 12:00:00.000000"  # naive UTC, as UTCDateTime stores it
+T_READ = datetime(2024, 5, 1, 12, tzinfo=UTC)  # T as the store reads it back
+PERSONA = '{"name": "Ada", "facts": ["I build engines."]}'
+
+
+def old_rows(version: int) -> list[str]:
+    """A few rows of every table, as version 1 or 2 stored them: kim labelled item 1, lee skipped item 2."""
+    items = []
+    for i, eval_run_id, priority in [(1, "1", 0), (2, "NULL", 0), (3, "NULL", 2)]:
+        item = new_item(i - 1)
+        context = f'[{{"role": "user", "content": "question {i - 1}"}}]'
+        values = f"{i}, 'eval', NULL, {eval_run_id}, 'Ada', '{PERSONA}', '{context}', '{item.answer}', 'base'"
+        items.append(f"({values}, '{item.key}', '{T}'" + (f", {priority})" if version == 2 else ")"))
+    return [
+        f"INSERT INTO conversations VALUES (1, 'chat', 'ada', '{PERSONA}', 'base', '{T}')",
+        f"""INSERT INTO turns VALUES (1, 1, 0, 'assistant', 'Hello!', 'base', 'Ada', '{T}'),
+            (2, 1, 1, 'user', 'Hi Ada', NULL, NULL, '{T}'), (3, 1, 2, 'assistant', 'Hi!', 'base', 'Ada', '{T}')""",
+        f"INSERT INTO eval_runs VALUES (1, 'base', 'runs/base/eval/1', '{{\"n\": 2}}', '{{\"bleu\": 1.5}}', '{T}')",
+        f"INSERT INTO raters VALUES (1, 'kim', '{T}'), (2, 'lee', '{T}')",
+        f"INSERT INTO label_items VALUES {', '.join(items)}",
+        f"INSERT INTO assignments (item_id, rater_id, created_at) VALUES (1, 1, '{T}')",
+        f"INSERT INTO labels (item_id, rater_id, verdict, comment, created_at, updated_at)"
+        f" VALUES (1, 1, 'bad', 'rude', '{T}', '{T}')",
+        f"INSERT INTO skips (item_id, rater_id, created_at) VALUES (2, 2, '{T}')",
+        f"INSERT INTO schema_version VALUES ({version})",
+    ]
+
+
+def create_old_database(url: str, version: int) -> None:
+    """A database as version 1 or 2 of the code left it: its tables and a few rows."""
+    engine = sa.create_engine(database_url(url))
+    postgres = engine.dialect.name == "postgresql"
+    ddl = OLD_DDL.format(
+        serial="SERIAL" if postgres else "INTEGER",
+        timestamp="TIMESTAMP WITHOUT TIME ZONE" if postgres else "DATETIME",
+        priority=V2_PRIORITY if version == 2 else "",
+    )
+    with engine.begin() as conn:
+        for statement in ddl.split(";") + old_rows(version):
+            conn.exec_driver_sql(statement)
+        if postgres:  # rows given explicit ids leave the SERIAL sequences behind: move them on
+            for table in ("conversations", "turns", "eval_runs", "raters", "label_items"):
+                conn.exec_driver_sql(f"SELECT setval('{table}_id_seq', (SELECT MAX(id) FROM {table}))")
+    engine.dispose()
+
+
+def schema_of(url: str) -> dict:
+    """What the database says about each of our tables, for comparing two databases."""
+    engine = sa.create_engine(database_url(url))
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        schema = {
+            table: dict(
+                columns=[
+                    (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                    for c in inspector.get_columns(table)
+                ],
+                primary_key=inspector.get_pk_constraint(table),
+                foreign_keys=sorted(inspector.get_foreign_keys(table), key=lambda fk: fk["name"]),
+                indexes=sorted(inspector.get_indexes(table), key=lambda ix: ix["name"]),
+                unique=sorted(inspector.get_unique_constraints(table), key=lambda uq: uq["name"]),
+                checks=sorted(
+                    (ck["name"], " ".join(ck["sqltext"].split())) for ck in inspector.get_check_constraints(table)
+                ),
+            )
+            for table in sorted(inspector.get_table_names())
+        }
+    engine.dispose()
+    return schema
+
+
+def schema_version_rows(url: str) -> list[tuple]:
+    engine = sa.create_engine(database_url(url))
+    with engine.connect() as conn:
+        names = [c["name"] for c in sa.inspect(conn).get_columns("schema_version")]
+        rows = [tuple(row) for row in conn.exec_driver_sql(f"SELECT {', '.join(names)} FROM schema_version")]
+    engine.dispose()
+    return rows
+
+
+def test_an_empty_database_gets_every_table_at_the_current_version(db_url):
+    with Store(db_url) as store:
+        assert store.found_version is None
+    assert set(schema_of(db_url)) == set(metadata.tables)
+    assert schema_version_rows(db_url) == [(1, SCHEMA_VERSION)]
+    with Store(db_url) as store:
+        assert store.found_version == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
+    create_old_database(db_url, version)
+    with Store(db_url, migrate=True) as store:
+        assert store.found_version == version
+        rows = [(r.item_id, r.rater, r.verdict, r.comment, r.model_version, r.created_at) for r in store.label_rows()]
+        assert rows == [(1, "kim", "bad", "rude", "base", T_READ)]
+        assert [(store.item(i).answer, store.item(i).priority) for i in (1, 2, 3)] == [
+            ("answer 0", 0),
+            ("answer 1", 0),
+            ("answer 2", 2 if version == 2 else 0),
+        ]
+        assert store.item(1).persona == {"name": "Ada", "facts": ["I build engines."]}
+        turns = store.conversation(1)
+        assert [(t.role, t.content, t.withdrawn, t.persona) for t in turns] == [
+            ("assistant", "Hello!", None, None),
+            ("user", "Hi Ada", None, None),
+            ("assistant", "Hi!", None, None),
+        ]
+        assert [(r.id, r.config, r.summary) for r in store.eval_runs("base")] == [(1, {"n": 2}, {"bleu": 1.5})]
+        # The upgraded tables take new rows, and the old rows work with the new columns.
+        assert store.add_label_items([new_item(1)]) == [2]  # the old keys still match
+        assert store.withdraw_turns(1, [2, 3], "undo") == 2
+        exchange = [dict(role="user", content="Again"), dict(role="assistant", content="Yes!")]
+        assert store.add_turns(1, exchange) == [4, 5]
+        assert [(t.index, t.withdrawn) for t in store.conversation(1)][1:] == [
+            (1, "undo"),
+            (2, "undo"),
+            (3, None),
+            (4, None),
+        ]
+        assert store.next_item("lee").id == 3  # lee skipped item 2; kim holds item 1
+        assert store.progress("kim") == (1, 2)
+    assert schema_version_rows(db_url) == [(1, SCHEMA_VERSION)]
+    with Store(db_url) as store:  # upgraded: opening it again needs no migrate
+        assert store.found_version == SCHEMA_VERSION and len(store.label_rows()) == 1
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_upgraded_database_has_the_schema_of_a_created_one(db_url, version):
+    create_old_database(db_url, version)
+    Store(db_url, migrate=True).close()
+    upgraded = schema_of(db_url)
+    engine = sa.create_engine(database_url(db_url))
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+    engine.dispose()
+    Store(db_url).close()  # created afresh
+    assert upgraded == schema_of(db_url)
+
+
+def test_an_old_database_is_refused_without_migrate_and_upgraded_by_the_command(db_url, capsys):
+    create_old_database(db_url, 2)
+    with pytest.raises(StoreError, match=f"schema version 2; this code needs {SCHEMA_VERSION}") as refused:
+        Store(db_url)
+    assert "python -m store.migrate" in refused.value.fix
+    assert schema_version_rows(db_url) == [(2,)]  # refusing changed nothing
+    assert migrate_main(["--database_url", db_url]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"upgraded from schema version 2 to {SCHEMA_VERSION}")
+    assert migrate_main(["--database_url", db_url]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"already at schema version {SCHEMA_VERSION}, nothing to do")
+    with Store(db_url) as store:
+        assert len(store.label_rows()) == 1
+
+
+def test_the_migrate_command_runs_as_a_module(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "store.migrate", "--database_url", url]
+    done = subprocess.run(
+        command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout.strip()) == (
+        0,
+        f"{url}: created the tables at schema version {SCHEMA_VERSION}",
+    )
+    with Store(url) as store:
+        assert store.found_version == SCHEMA_VERSION
+
+
+def test_newer_schema_version_is_refused(db_url):
+    Store(db_url).close()
+    engine = sa.create_engine(database_url(db_url))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_version SET version = 99")
+    engine.dispose()
+    for migrate in (False, True):
+        with pytest.raises(StoreError, match="schema version 99; this code knows up to"):
+            Store(db_url, migrate=migrate)
+
+
+def test_our_tables_without_a_schema_version_are_refused(db_url):
+    with Store(db_url) as store:
+        add_items(store, 1)
+    engine = sa.create_engine(database_url(db_url))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE schema_version")
+    engine.dispose()
+    with pytest.raises(StoreError, match="some Persona Studio tables .*label_items.* but no schema version"):
+        Store(db_url, migrate=True)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_first_starts_at_once_both_open_the_new_database(db_url):
+    # Without the advisory lock each would see no tables and run CREATE TABLE, and all but one
+    # would fail on PostgreSQL (SQLite's BEGIN IMMEDIATE serialises them on its own).
+    starts = 4
+    barrier, opened, failed = threading.Barrier(starts), [], []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            with Store(db_url) as store:
+                opened.append(store.found_version)
+        except StoreError as err:
+            failed.append(err)
+
+    threads = [threading.Thread(target=start) for _ in range(starts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failed == []
+    # One created the tables; the others waited for it and found them.
+    assert (opened.count(None), opened.count(SCHEMA_VERSION)) == (1, starts - 1)
+    assert schema_version_rows(db_url) == [(1, SCHEMA_VERSION)]
