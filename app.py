@@ -5,7 +5,8 @@
     DATABASE_URL=postgresql://user:pw@host/db PERSONA_STUDIO_AUTH="ana:pw1,ben:pw2" python app.py
 
 Every setting is a flag (`--help`) and most have an environment variable, so a Hugging Face
-Space is configured from its settings page. Handlers live in `ui/` and stay thin.
+Space is configured from its settings page. Handlers live in `ui/` and stay thin; scripts call
+the typed API endpoints by name (`/chat`, `/compare`, `/next_item`, `/label`, ... : see README).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 def main(cfg: AppConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     auth = parse_auth(cfg.auth)
-    store = Store(cfg.database_url)
+    store = Store(cfg.database_url, migrate=True)  # the app brings an older database up to date
     pool = EnginePool(cfg)
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
     ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth))
