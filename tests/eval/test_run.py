@@ -8,11 +8,10 @@ import pytest
 from corpus.examples import read_conversations, split_conversations
 from eval.report import main as report_main
 from eval.run import main as run_main
-from store import Store
 
 
 def args(tmp_path, *extra):
-    return ["--runs_dir", str(tmp_path / "runs"), "--database_url", f"sqlite:///{tmp_path / 'db.sqlite'}", *extra]
+    return ["--runs_dir", str(tmp_path / "runs"), "--database_url", f"sqlite:///{tmp_path / 'labels.db'}", *extra]
 
 
 def test_unknown_version_lists_the_ones_that_exist(tmp_path, capsys):
@@ -40,7 +39,7 @@ def test_turns_the_version_was_trained_on_are_refused(tmp_path, spc_csv, capsys)
 
 
 @pytest.mark.slow
-def test_end_to_end_on_the_default_model(tmp_path, spc_csv, capsys):
+def test_end_to_end_on_the_default_model(tmp_path, store, spc_csv, capsys):
     out = tmp_path / "eval-out"
     flags = ["--model", "base", "--data", str(spc_csv), "--limit", "4", "--batch_size", "4",
              "--generation.max_new_tokens", "24", "--swap_probe_items", "2", "--out", str(out)]  # fmt: skip
@@ -56,13 +55,11 @@ def test_end_to_end_on_the_default_model(tmp_path, spc_csv, capsys):
     assert not rows["reply"].str.contains("User 1:|User 2:").any()
     for name in ["rows.csv", "table.md", "metrics.png", "config.yaml"]:
         assert (out / name).is_file(), name
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    run = store.latest_eval_run("base")
+    run = store.latest_eval_run("base")  # the `store` fixture opens the same labels.db
     assert run is not None and run.summary["items"] == 4
     assert store.item(int(rows["item_id"][0])).answer == rows["reply"][0]  # replies are in the label queue
     first = store.next_item("rita")
     store.label(first.id, "rita", "good")
-    store.close()
     capsys.readouterr()
     assert report_main(args(tmp_path)[:4] + ["--format", "md"]) == 0
     report = capsys.readouterr().out
