@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, MappedColumn, mapped_column
 
 from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, WITHDRAW_REASONS, BlindItem
 
@@ -51,6 +51,8 @@ NAMING = {
 
 
 class Base(MappedAsDataclass, DeclarativeBase):
+    """Each subclass is a table in `metadata` and a dataclass whose fields are its columns."""
+
     metadata = sa.MetaData(naming_convention=NAMING)
     # Nullability follows the annotation: `str` is NOT NULL, `str | None` is nullable.
     type_annotation_map = {str: sa.Text, dict: sa.JSON, list[dict]: sa.JSON, datetime: UTCDateTime}
@@ -59,10 +61,10 @@ class Base(MappedAsDataclass, DeclarativeBase):
 metadata = Base.metadata
 
 Id = Annotated[int, mapped_column(primary_key=True)]
-Created = Annotated[datetime, mapped_column(insert_default=now)]
+Created = Annotated[datetime, mapped_column(insert_default=now)]  # set by the INSERT, in UTC
 
 
-def _fk(target: str, ondelete: str | None = None):
+def _fk(target: str, ondelete: str | None = None) -> MappedColumn:
     return mapped_column(sa.ForeignKey(f"{target}.id", ondelete=ondelete), index=True)
 
 

@@ -125,12 +125,13 @@ def test_records_are_plain_values_after_the_store_is_closed(db_url, ada):
         conversation = store.start_conversation("chat", "ada", ada, "base")
         store.add_turn(conversation, "assistant", "Hello!", persona=ada)
         (item_id,) = add_items(store, 1)
-        turns, item, runs = store.conversation(conversation), store.item(item_id), store.eval_runs()
+        store.add_eval_run("base", "runs/base/eval/1", {"n": 1}, {"bleu": 2.0})
+        turns, item, (run,) = store.conversation(conversation), store.item(item_id), store.eval_runs()
     seen = []  # read in another thread, with the engine disposed: nothing may load lazily
-    reader = threading.Thread(target=lambda: seen.append((turns[0].persona["name"], item.blind(), runs)))
+    reader = threading.Thread(target=lambda: seen.append((turns[0].persona["name"], item.blind(), run.summary)))
     reader.start()
     reader.join(timeout=30)
-    assert seen == [("Ada", BlindItem(item_id, item.persona, item.context, "answer 0"), [])]
+    assert seen == [("Ada", BlindItem(item_id, item.persona, item.context, "answer 0"), {"bleu": 2.0})]
 
 
 # -- label items and the queue ----------------------------------------------------------
