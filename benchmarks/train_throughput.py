@@ -93,13 +93,13 @@ def product_config(args, cuda: bool) -> dict:
         "limit": args.limit,
         "split_fractions": (1.0, 0.0, 0.0),
     }
-    values["optim"] = {
-        **values.get("optim", {}),
+    values["sft"] = {
+        **values.get("sft", {}),
         "per_device_train_batch_size": args.batch,
         "gradient_accumulation_steps": 1,
         "gradient_checkpointing": cuda,
+        "save_steps": 10**6,  # no checkpoint inside the timed steps
     }
-    values["output"] = {**values.get("output", {}), "save_steps": 10**6}  # no checkpoint inside the timed steps
     return TrainConfig.model_validate(values).model_dump(mode="json")
 
 

@@ -127,24 +127,17 @@ def bnb_config():
 
 
 def lora_config(cfg: TrainConfig):
-    """The recipe's LoRA settings, written out as a user's script does."""
+    """The recipe's LoRA settings (its `lora` section holds `LoraConfig`'s own fields)."""
     from peft import LoraConfig
 
-    lora = cfg.lora
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**cfg.lora.model_dump(), task_type="CAUSAL_LM")
 
 
 def common_args(cfg: TrainConfig, out: Path, cuda: bool) -> dict:
     """The TrainingArguments every variant shares: same batch, steps, optimizer, schedule, seed."""
     import torch
 
-    o = cfg.optim
+    o = cfg.sft
     bf16 = cuda and torch.cuda.is_bf16_supported()
     return dict(
         output_dir=str(out),
@@ -213,16 +206,11 @@ def bare_unsloth(cfg: TrainConfig, out: Path, cuda: bool):
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=source, max_seq_length=cfg.model.max_seq_length, load_in_4bit=cfg.model.load_in_4bit, dtype=None
     )
-    lora = cfg.lora
     model = FastLanguageModel.get_peft_model(
         model,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        bias="none",
+        **cfg.lora.model_dump(),
         random_state=cfg.seed,
-        use_gradient_checkpointing="unsloth" if cfg.optim.gradient_checkpointing else False,
+        use_gradient_checkpointing="unsloth" if cfg.sft.gradient_checkpointing else False,
     )
     trainer = SFTTrainer(
         model=model,
@@ -251,7 +239,7 @@ def bare_qlora(cfg: TrainConfig, out: Path, cuda: bool):
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(source, quantization_config=bnb_config(), dtype=torch.bfloat16)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.optim.gradient_checkpointing)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.sft.gradient_checkpointing)
     model = get_peft_model(model, lora_config(cfg))
     texts = [row["text"] for row in chat_texts(cfg, tokenizer)]
     encoded = tokenizer(texts, truncation=True, max_length=cfg.model.max_seq_length, add_special_tokens=False)

@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 
 import torch
 
+from chatbot.errors import ConfigError
 from chatbot.loading import from_pretrained, pick_device, pick_dtype
 from training.config import TrainConfig, check_hardware
 
@@ -21,26 +24,35 @@ log = logging.getLogger(__name__)
 def resolve_backend(cfg: TrainConfig) -> str:
     """`unsloth` or `trl`. Unsloth is chosen by `auto` only when it is installed and a GPU is
     present; it is never imported here (it must be imported before transformers)."""
-    import importlib.util
-
     cuda = torch.cuda.is_available() and not cfg.device.startswith("cpu")
     check_hardware(cfg, cuda)
+    installed = importlib.util.find_spec("unsloth") is not None
+    if cfg.backend == "unsloth" and not installed:
+        raise ConfigError(
+            "backend unsloth was requested but Unsloth is not installed",
+            "pip install unsloth (CUDA only; it pins its own transformers and trl versions), or use --backend trl",
+        )
     if cfg.backend != "auto":
         return cfg.backend
-    return "unsloth" if cuda and importlib.util.find_spec("unsloth") else "trl"
+    return "unsloth" if cuda and installed else "trl"
 
 
 def lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**cfg.lora.model_dump(), task_type="CAUSAL_LM")
+
+
+def device_map(cfg: TrainConfig) -> dict | None:
+    """`{"": this process's GPU}` on CUDA, so the weights load straight onto it (not into CPU
+    memory first; bitsandbytes quantises as they land). Under `accelerate launch` each process
+    takes the GPU of its LOCAL_RANK. None on CPU."""
+    device = pick_device(cfg.device)
+    if not device.startswith("cuda"):
+        return None
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return {"": device}
 
 
 def load_trl(cfg: TrainConfig):
@@ -48,6 +60,8 @@ def load_trl(cfg: TrainConfig):
     from transformers import BitsAndBytesConfig
 
     kwargs = {}
+    if (placement := device_map(cfg)) is not None:
+        kwargs["device_map"] = placement
     if cfg.model.load_in_4bit:
         dtype = pick_dtype(cfg.model.dtype, pick_device(cfg.device))
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -68,6 +82,11 @@ def load_for_training(cfg: TrainConfig, backend: str):
 
 
 def trainable_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts. A PeftModel counts itself: under QLoRA a 4-bit
+    weight is stored packed (two values per byte), so summing `numel()` would halve it."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())

@@ -1,8 +1,14 @@
 """`TrainConfig`: everything a fine-tuning run needs, from YAML recipes with CLI overrides.
 
-Recipes in `training/recipes/*.yaml` hold only the keys they change. Field names follow the
-API each part feeds: `lora.*` -> `peft.LoraConfig`, `optim.*` / `max_steps` ->
-`trl.SFTConfig` (transformers `TrainingArguments`), `data.*` -> `corpus.examples.DataConfig`.
+Recipes in `training/recipes/*.yaml` hold only the keys they change. Each section is named
+and shaped after the API it feeds and is passed to it whole, so a field added to a section
+reaches that API with no other edit:
+
+- `lora.*`  -> `peft.LoraConfig(**lora, task_type="CAUSAL_LM")` (and Unsloth's `get_peft_model`)
+- `sft.*`, `max_steps`, `seed` -> `trl.SFTConfig(**sft, ...)` (TRL's fields + transformers
+  `TrainingArguments`), beside the fields the product derives itself (`training/trainer.py`)
+- `data.*`  -> `corpus.examples.DataConfig`
+
 No torch/transformers import here: the Unsloth backend must be imported before transformers.
 """
 
@@ -22,67 +28,98 @@ class _Part(BaseModel):
 
 
 class ModelPart(_Part):
+    """The base model and how it is loaded (`chatbot.loading.from_pretrained`, or Unsloth's
+    `FastLanguageModel.from_pretrained`)."""
+
     name: str = Field(DEFAULT_MODEL, description="Base model: `default`, a local folder, or a hub id.")
     max_seq_length: int = Field(
-        512, ge=16, description="Tokens per example; longer ones are cut from the left context."
+        512, ge=16, description="Tokens per example (prompt + reply); the oldest turns are dropped to fit."
     )
     load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit (CUDA only).")
     dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")
 
 
 class LoraPart(_Part):
+    """`peft.LoraConfig` fields under their PEFT names, passed whole: `LoraConfig(**lora,
+    task_type="CAUSAL_LM")`; Unsloth's `FastLanguageModel.get_peft_model` takes the same keys."""
+
     r: int = Field(16, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = lora_alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Linear layers that get adapters (all Llama linears by default).",
     )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train (Llama has none).")
 
 
-class OptimPart(_Part):
+class SftPart(_Part):
+    """`trl.SFTConfig` fields (TRL's own and transformers `TrainingArguments`) under their
+    upstream names, passed whole: `SFTConfig(**sft, <output_dir, use_cpu, bf16, max_length,
+    eval_strategy, ...: derived by training/trainer.py>)`. Defaults differ from TRL's where
+    the product needs it (no gradient checkpointing on CPU, eval batch = train batch)."""
+
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant).")
     optim: str = Field("adamw_torch", description="transformers optimizer name (adamw_torch, adamw_8bit, ...).")
     per_device_train_batch_size: int = Field(4, ge=1, description="Examples per step per device.")
+    per_device_eval_batch_size: int | None = Field(
+        None, ge=1, description="Validation examples per forward (None = per_device_train_batch_size)."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
     num_train_epochs: float = Field(1.0, gt=0, description="Epochs (ignored when max_steps > 0).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (Unsloth: its offloaded kind).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
-    padding_free: bool = Field(False, description="Padding-free batches (flash-attention backends).")
+    padding_free: bool | None = Field(
+        None,
+        description="Padding-free batches (flash-attention kernels); None = off with TRL, Unsloth decides itself.",
+    )
     train_sampling_strategy: str = Field(
         "random", description="random, or group_by_length: batches of similar length pad less (faster steps)."
     )
-
-
-class EvalPart(_Part):
     eval_steps: int = Field(25, ge=1, description="Validation loss every N optimizer steps.")
-    max_eval_examples: int = Field(200, ge=1, description="Cap the validation examples (eval costs time).")
-    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evals without improvement.")
+    logging_steps: int = Field(5, ge=1, description="Log the training loss every N steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for resume and early stopping).")
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept on disk (None = all).")
+    report_to: str | list[str] = Field("none", description="none, tensorboard, wandb, or a list of them.")
+
+    @model_validator(mode="after")
+    def _eval_batch(self) -> SftPart:
+        if self.per_device_eval_batch_size is None:  # eval memory then matches what training fits
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        return self
+
+
+class ValidationPart(_Part):
+    """The validation split during training (what `SFTConfig` has no field for)."""
+
+    max_examples: int = Field(200, ge=1, description="Cap the validation examples (each eval costs time).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without improvement and keep the best checkpoint."
+    )
 
 
 class OutputPart(_Part):
+    """Where the model version is written, and where it goes afterwards."""
+
     dir: str = Field("runs", description="Folder that holds one sub-folder per model version.")
     version: str | None = Field(None, description="Version name (default: <model>-<timestamp>).")
-    logging_steps: int = Field(5, ge=1, description="Log the training loss every N steps.")
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for resume).")
     resume: bool = Field(False, description="Resume the unfinished run named by output.version.")
-    report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, ... (none by default).")
-    push_to_hub: str | None = Field(None, description="Hub repo to push the adapter to (needs network).")
+    push_to_hub: str | None = Field(None, description="Hub repo id to push the adapter to (needs network).")
 
 
 class TrainConfig(_Part):
     backend: Literal["auto", "unsloth", "trl"] = Field("auto", description="auto = unsloth on CUDA, trl elsewhere.")
-    max_steps: int = Field(-1, description="Optimizer steps; -1 = run num_train_epochs.")
-    seed: int = Field(42, description="Seed for LoRA init, shuffling and dropout.")
+    max_steps: int = Field(-1, description="Optimizer steps (SFTConfig.max_steps); -1 = run num_train_epochs.")
+    seed: int = Field(42, description="Seed for LoRA init, shuffling and dropout (SFTConfig.seed).")
     device: str = Field("auto", description="auto, cpu, cuda.")
     model: ModelPart = Field(default_factory=ModelPart)
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraPart = Field(default_factory=LoraPart)
-    optim: OptimPart = Field(default_factory=OptimPart)
-    eval: EvalPart = Field(default_factory=EvalPart)
+    sft: SftPart = Field(default_factory=SftPart)
+    validation: ValidationPart = Field(default_factory=ValidationPart)
     output: OutputPart = Field(default_factory=OutputPart)
 
     @model_validator(mode="after")
@@ -91,6 +128,14 @@ class TrainConfig(_Part):
             raise ValueError(f"lora.r must be a positive rank, got {self.lora.r}: use e.g. --lora.r 16")
         if self.output.resume and not self.output.version:
             raise ValueError("output.resume needs output.version: name the run to resume")
+        sft = self.sft
+        # Early stopping reloads the best evaluated checkpoint, so every evaluation must have one
+        # (transformers refuses load_best_model_at_end otherwise, after the model is loaded).
+        if self.validation.early_stopping_patience and sft.save_steps % sft.eval_steps:
+            raise ValueError(
+                f"early stopping needs a checkpoint at every evaluation, but sft.save_steps ({sft.save_steps}) "
+                f"is not a multiple of sft.eval_steps ({sft.eval_steps}): set e.g. --sft.save_steps {sft.eval_steps}"
+            )
         return self
 
 

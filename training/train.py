@@ -22,6 +22,7 @@ from pathlib import Path
 
 from chatbot.config import entry_point
 from chatbot.errors import ConfigError, PersonaStudioError
+from chatbot.versions import partial_dir
 from training.config import TrainConfig
 
 log = logging.getLogger("training")
@@ -50,7 +51,7 @@ def agreed_version_name(cfg: TrainConfig) -> str:
 def prepare_folders(cfg: TrainConfig, version: str) -> tuple[Path, Path]:
     """(partial folder to write into, final folder), checked against what exists."""
     runs = Path(cfg.output.dir)
-    final, partial = runs / version, runs / f".partial-{version}"
+    final, partial = runs / version, partial_dir(runs, version)
     if final.exists():
         raise ConfigError(f"model version {version} already exists at {final}", "pick another --output.version")
     if cfg.output.resume and not (partial / "checkpoints").is_dir():
@@ -82,7 +83,9 @@ def main(cfg: TrainConfig) -> int:
 
         backend = resolve_backend(cfg)
         if backend == "unsloth":
-            import unsloth  # noqa: F401  -- patches transformers/TRL; must come before them
+            from training.unsloth_backend import fast_language_model
+
+            fast_language_model()  # imports unsloth, which patches transformers/TRL: must come before them
 
         from training.trainer import train
 

@@ -61,7 +61,7 @@ def load_data(cfg: TrainConfig) -> tuple[list[Example], list[Example], dict]:
             "check the file and --data.speakers, or give more conversations (--data.limit, --data.split_fractions)",
         )
     validation, _ = load_examples(cfg.data.model_copy(update={"limit": None}), "validation")
-    validation = validation[: cfg.eval.max_eval_examples]
+    validation = validation[: cfg.validation.max_examples]
     data_info = {
         "path": str(Path(cfg.data.path).resolve()),
         "format": report.format,
@@ -81,45 +81,31 @@ def load_data(cfg: TrainConfig) -> tuple[list[Example], list[Example], dict]:
 
 
 def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool):
+    """`SFTConfig(**cfg.sft, ...)`: the section passed whole, with what the product derives."""
     from trl import SFTConfig
 
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     bf16 = not cpu and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
-    o = cfg.optim
+    early_stopping = has_validation and cfg.validation.early_stopping_patience is not None
     return SFTConfig(
+        **cfg.sft.model_dump(),
         output_dir=str(partial / "checkpoints"),
         max_steps=cfg.max_steps,
-        num_train_epochs=o.num_train_epochs,
-        per_device_train_batch_size=o.per_device_train_batch_size,
-        per_device_eval_batch_size=o.per_device_train_batch_size,
-        gradient_accumulation_steps=o.gradient_accumulation_steps,
-        learning_rate=o.learning_rate,
-        weight_decay=o.weight_decay,
-        warmup_steps=o.warmup_steps,
-        lr_scheduler_type=o.lr_scheduler_type,
-        optim=o.optim,
-        max_grad_norm=o.max_grad_norm,
-        # TRL's defaults turn both on; on CPU bf16 is ~20x slower and checkpointing only costs.
+        seed=cfg.seed,
+        # TRL's defaults turn bf16 on; on CPU it is ~20x slower (gradient checkpointing is the recipe's choice).
         use_cpu=cpu,
         bf16=bf16,
-        gradient_checkpointing=o.gradient_checkpointing,
-        padding_free=o.padding_free,
-        train_sampling_strategy=o.train_sampling_strategy,
-        max_length=cfg.model.max_seq_length,
+        # Records are fitted to max_seq_length already (to_records); padding-free batches refuse
+        # a max_length they cannot enforce.
+        max_length=None if cfg.sft.padding_free else cfg.model.max_seq_length,
         completion_only_loss=True,
         eval_strategy="steps" if has_validation else "no",
-        eval_steps=cfg.eval.eval_steps,
         eval_on_start=has_validation,  # step 0 = the base model's validation loss
-        load_best_model_at_end=has_validation and cfg.eval.early_stopping_patience is not None,
+        load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         save_strategy="steps",
-        save_steps=cfg.output.save_steps,
-        save_total_limit=2,
-        logging_steps=cfg.output.logging_steps,
         logging_first_step=True,
-        report_to=cfg.output.report_to or "none",
-        seed=cfg.seed,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,  # LoRA: every adapter weight is used in every step
     )
@@ -145,8 +131,8 @@ def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
     train, validation, data_info = load_data(cfg)
     model, tokenizer, peft_config = load_for_training(cfg, backend)
     callbacks = []
-    if validation and cfg.eval.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
+    if validation and cfg.validation.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.validation.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
         args=sft_args(cfg, partial, bool(validation)),
@@ -230,8 +216,8 @@ def train(cfg: TrainConfig, backend: str, version: str, partial: Path, final: Pa
             shutil.rmtree(partial, ignore_errors=True)
         raise TrainingError(
             f"training ran out of memory: {str(err).splitlines()[0]}",
-            "lower --optim.per_device_train_batch_size (raise --optim.gradient_accumulation_steps to keep the "
-            "batch), lower --model.max_seq_length, set --optim.gradient_checkpointing true, or use QLoRA "
+            "lower --sft.per_device_train_batch_size (raise --sft.gradient_accumulation_steps to keep the "
+            "batch), lower --model.max_seq_length, set --sft.gradient_checkpointing true, or use QLoRA "
             "(--model.load_in_4bit true, CUDA)",
         ) from None
     state.wait_for_everyone()

@@ -27,7 +27,9 @@ def fast_language_model():
         from unsloth import FastLanguageModel
     except ImportError:
         raise ConfigError(
-            "Unsloth is not installed", "pip install unsloth on a CUDA machine, or use --backend trl"
+            "Unsloth is not installed",
+            "pip install unsloth on a CUDA machine (it pins its own transformers and trl versions), "
+            "or use --backend trl",
         ) from None
     except NotImplementedError:  # unsloth's import raises this when there is no GPU
         raise ConfigError("Unsloth needs a CUDA GPU and this machine has none", "use --backend trl") from None
@@ -62,13 +64,9 @@ def load_unsloth(cfg: TrainConfig):
     )
     model = FastLanguageModel.get_peft_model(
         model,
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
-        bias="none",
+        **cfg.lora.model_dump(),  # the same keys as peft.LoraConfig
         # "unsloth" offloads activations to CPU memory: ~30% less VRAM than plain checkpointing.
-        use_gradient_checkpointing="unsloth" if cfg.optim.gradient_checkpointing else False,
+        use_gradient_checkpointing="unsloth" if cfg.sft.gradient_checkpointing else False,
         random_state=cfg.seed,
     )
     return model, tokenizer

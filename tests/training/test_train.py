@@ -96,10 +96,12 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, m
         (["--backend", "unsloth"], "needs a CUDA GPU"),
         (["--output.resume", "true", "--output.version", "nothing"], "no unfinished run nothing"),
         (["--data.path", "/no/such/file.csv"], "does not exist"),
+        (["--validation.early_stopping_patience", "2", "--sft.eval_steps", "3"], "not a multiple of sft.eval_steps"),
     ],
 )
 def test_bad_recipes_fail_with_a_clear_message(tiny_model_dir, tmp_path, capsys, flags, message):
-    assert main(train_args(tiny_model_dir, tmp_path / "runs", *flags)) == 2
+    # --device cpu: the "no CUDA GPU" cases must hold on a GPU machine too.
+    assert main(train_args(tiny_model_dir, tmp_path / "runs", "--device", "cpu", *flags)) == 2
     err = capsys.readouterr().err
     assert message in err and "fix:" in err
     assert versions_on_disk(tmp_path / "runs") == []
@@ -107,10 +109,10 @@ def test_bad_recipes_fail_with_a_clear_message(tiny_model_dir, tmp_path, capsys,
 
 def test_unknown_key_in_a_recipe_is_named(tiny_model_dir, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("lora:\n  rank: 8\n")
+    recipe.write_text("lora:\n  alpha: 8\n")  # PEFT's name is lora_alpha
     assert main(["--config", str(recipe), "--model.name", str(tiny_model_dir), "--output.dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "`lora.rank`: Extra inputs are not permitted" in err and "--help" in err
+    assert "`lora.alpha`: Extra inputs are not permitted" in err and "--help" in err
 
 
 def test_dataset_with_no_usable_rows_is_refused(tiny_model_dir, tmp_path, capsys):
@@ -137,7 +139,7 @@ def test_out_of_memory_gives_advice_and_leaves_no_version(tiny_model_dir, tmp_pa
     monkeypatch.setattr("trl.SFTTrainer.train", oom)
     assert main(train_args(tiny_model_dir, tmp_path / "runs", "--output.version", "v3")) == 2
     err = capsys.readouterr().err
-    assert "out of memory" in err and "per_device_train_batch_size" in err and "load_in_4bit" in err
+    assert "out of memory" in err and "--sft.per_device_train_batch_size" in err and "load_in_4bit" in err
     assert list((tmp_path / "runs").iterdir()) == []  # not even a partial folder
 
 
@@ -155,9 +157,9 @@ def test_full_disk_is_refused_before_training(tiny_model_dir, tmp_path, capsys, 
 
 def test_early_stopping_ends_the_run_and_keeps_the_best(tiny_model_dir, tmp_path):
     runs = tmp_path / "runs"
-    flags = ["--output.version", "v5", "--max_steps", "40", "--eval.eval_steps", "1",
-             "--eval.early_stopping_patience", "1", "--optim.learning_rate", "0.5",
-             "--output.save_steps", "1"]  # fmt: skip
+    flags = ["--output.version", "v5", "--max_steps", "40", "--sft.eval_steps", "1",
+             "--validation.early_stopping_patience", "1", "--sft.learning_rate", "0.5",
+             "--sft.save_steps", "1"]  # fmt: skip
     assert main(train_args(tiny_model_dir, runs, *flags)) == 0
     metrics = json.loads((runs / "v5" / "metrics.json").read_text())
     assert metrics["steps"] < 40  # a huge learning rate makes validation loss rise: stopped early

@@ -24,9 +24,9 @@ def test_short_run_changes_the_default_model(default_engine, spc_csv, tmp_path):
     runs = tmp_path / "runs"
     args = ["--model.name", "default", "--data.path", str(spc_csv), "--data.limit", "4",
             "--data.max_history_turns", "2",
-            "--max_steps", "3", "--optim.per_device_train_batch_size", "2", "--optim.learning_rate", "1e-3",
-            "--optim.warmup_steps", "0", "--model.max_seq_length", "192", "--eval.max_eval_examples", "4",
-            "--eval.eval_steps", "3", "--output.dir", str(runs), "--output.version", "tiny-tune"]  # fmt: skip
+            "--max_steps", "3", "--sft.per_device_train_batch_size", "2", "--sft.learning_rate", "1e-3",
+            "--sft.warmup_steps", "0", "--model.max_seq_length", "192", "--validation.max_examples", "4",
+            "--sft.eval_steps", "3", "--output.dir", str(runs), "--output.version", "tiny-tune"]  # fmt: skip
     assert main(args) == 0
     metrics = json.loads((runs / "tiny-tune" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["final_eval_loss"] != metrics["base_eval_loss"]
