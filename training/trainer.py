@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from chatbot.conversation import Messages, fit
 from chatbot.errors import DatasetError, TrainingError
 from chatbot.versions import VERSION_FILE
 from corpus.examples import Example, fingerprint, load_examples
@@ -23,32 +24,60 @@ from training.config import TrainConfig
 
 log = logging.getLogger("training")
 
-# Chat-template tokens around one message (ChatML: "<|im_start|>role\n" ... "<|im_end|>\n";
-# Llama 3 has a similar handful); used to fit prompts to max_seq_length without re-rendering.
-TEMPLATE_TOKENS_PER_MESSAGE = 6
+
+def chat_tokens(tokenizer, chats: list[Messages]) -> list[int]:
+    """Tokens of each chat as TRL trains on it: rendered by the chat template (system preamble
+    included, e.g. Llama 3.1's dates), tokenised without added special tokens (the template
+    holds them): `len(apply_chat_template(prompt + completion, tokenize=True))`, batched."""
+    if not chats:
+        return []
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def fit_example(example: Example, tokenizer, max_seq_length: int) -> Messages | None:
+    """The prompt of `example` cut by `chatbot.conversation.fit` (whole oldest turns dropped,
+    restarting on a user turn; system and last message kept) so prompt + reply fit
+    `max_seq_length`, or None when even the shortest prompt does not."""
+    reply = [{"role": "assistant", "content": example.target}]
+    counts: dict[int, int] = {}  # by prompt length: fit's bisection and the final check share them
+
+    def count(messages: Messages) -> int:
+        if len(messages) not in counts:
+            counts[len(messages)] = chat_tokens(tokenizer, [messages + reply])[0]
+        return counts[len(messages)]
+
+    prompt = fit(example.messages, count, max_seq_length)
+    return prompt if count(prompt) <= max_seq_length else None
 
 
 def to_records(examples: list[Example], tokenizer, max_seq_length: int) -> list[dict]:
     """TRL prompt-completion records: the loss falls on `completion` (the persona's reply) only.
 
-    The oldest history turns are dropped until prompt + reply fit `max_seq_length`, so the
-    reply is never the part that truncation cuts off.
+    Prompt + reply are fitted to `max_seq_length` with the product's one trimming rule (the
+    one chat uses), counted exactly through the chat template, so TRL never truncates and the
+    reply is never cut. Examples that do not fit even as system + last message + reply are
+    left out. Most fit whole: one batched tokenisation decides that, and only the rest are fitted.
     """
-    lengths: dict[str, int] = {}
-
-    def size(text: str) -> int:
-        if text not in lengths:
-            lengths[text] = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + TEMPLATE_TOKENS_PER_MESSAGE
-        return lengths[text]
-
-    records = []
-    for ex in examples:
-        system = [m for m in ex.messages[:1] if m["role"] == "system"]
-        dialogue = list(ex.messages[len(system) :])
-        total = sum(size(m["content"]) for m in system + dialogue) + size(ex.target)
-        while dialogue and total > max_seq_length:
-            total -= size(dialogue.pop(0)["content"])
-        records.append({"prompt": system + dialogue, "completion": [{"role": "assistant", "content": ex.target}]})
+    totals = chat_tokens(tokenizer, [ex.chat() for ex in examples])
+    records, trimmed, left_out = [], 0, 0
+    for example, total in zip(examples, totals, strict=True):
+        prompt = example.messages
+        if total > max_seq_length:
+            prompt = fit_example(example, tokenizer, max_seq_length)
+            if prompt is None:
+                left_out += 1
+                continue
+            trimmed += 1
+        records.append({"prompt": list(prompt), "completion": [{"role": "assistant", "content": example.target}]})
+    if trimmed or left_out:
+        log.info(
+            "%d of %d examples lost their oldest turns to fit %d tokens; %d did not fit even so and are left out",
+            trimmed,
+            len(examples),
+            max_seq_length,
+            left_out,
+        )
     return records
 
 
@@ -130,16 +159,26 @@ def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
 
     train, validation, data_info = load_data(cfg)
     model, tokenizer, peft_config = load_for_training(cfg, backend)
+    train_records = to_records(train, tokenizer, cfg.model.max_seq_length)
+    if not train_records:
+        raise DatasetError(
+            f"none of the {len(train)} train examples fits {cfg.model.max_seq_length} tokens, "
+            "even with only the persona, the last message and the reply",
+            "raise --model.max_seq_length",
+        )
+    eval_records = to_records(validation, tokenizer, cfg.model.max_seq_length)
+    data_info["left_out_examples"] = {  # too long for max_seq_length even after trimming
+        "train": len(train) - len(train_records),
+        "validation": len(validation) - len(eval_records),
+    }
     callbacks = []
-    if validation and cfg.validation.early_stopping_patience:
+    if eval_records and cfg.validation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.validation.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(cfg, partial, bool(validation)),
-        train_dataset=Dataset.from_list(to_records(train, tokenizer, cfg.model.max_seq_length)),
-        eval_dataset=Dataset.from_list(to_records(validation, tokenizer, cfg.model.max_seq_length))
-        if validation
-        else None,
+        args=sft_args(cfg, partial, bool(eval_records)),
+        train_dataset=Dataset.from_list(train_records),
+        eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,

@@ -1,5 +1,6 @@
 """Training mechanics on the tiny Llama: label mask, run folder, versions, resume, bad input."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -7,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chatbot.engine import GenerationSettings, load_engine
+from chatbot.engine import GenerationSettings, TransformersEngine, load_engine
 from chatbot.loading import EngineConfig
 from chatbot.versions import list_versions
+from corpus.examples import Example
 from tests.conftest import REPO
 from training import trainer
 from training.config import TrainConfig
@@ -44,6 +46,68 @@ def test_loss_falls_on_the_persona_reply_only(tiny_model_dir, spc_csv, tmp_path)
         for message in record["prompt"][1:]:  # the other speaker's and earlier own turns: context only
             assert message["content"] in masked
     assert any(len(trainer.train_dataset[i]["prompt"]) > 2 for i in range(len(trainer.train_dataset)))
+
+
+PERSONA = {"role": "system", "content": "Your persona: I keep three hives of bees. I build clocks in my shed."}
+HISTORY = [  # the persona spoke first: the history starts on an assistant turn
+    {"role": "assistant", "content": "Hello! I was just winding the long-case clock in the hall."},
+    {"role": "user", "content": "Hi! How many clocks do you have by now, and which one is your favourite?"},
+    {"role": "assistant", "content": "Eleven, and the water clock I built first is still the one I love most."},
+    {"role": "user", "content": "A water clock! How does it keep time when the weather turns cold?"},
+    {"role": "assistant", "content": "Badly, to be honest: in winter it loses ten minutes a day."},
+    {"role": "user", "content": "Do the bees mind the ticking?"},
+]
+LONG = Example("c1", "User 2", 6, [PERSONA, *HISTORY], "Not at all, they hum along.")
+
+
+def record_tokens(tokenizer, record: dict) -> int:
+    """What TRL trains on: prompt + completion through the chat template."""
+    chat = record["prompt"] + record["completion"]
+    return len(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"])
+
+
+def test_long_record_loses_whole_oldest_turns_as_chat_would(tiny_engine):
+    tokenizer = tiny_engine.tokenizer
+    full = record_tokens(tokenizer, {"prompt": LONG.messages, "completion": [LONG.chat()[-1]]})
+    max_seq_length = full - 30
+    [record] = trainer.to_records([LONG], tokenizer, max_seq_length)
+    prompt = record["prompt"]
+    assert prompt[0] == PERSONA and prompt[1]["role"] == "user" and 2 < len(prompt) < len(LONG.messages)
+    assert prompt[1:] == HISTORY[len(HISTORY) - len(prompt) + 1 :]  # whole turns, the newest kept
+    assert record_tokens(tokenizer, record) <= max_seq_length
+    # The engine keeps the same turns when the reply's tokens are what it holds back.
+    reply = full - tiny_engine.count_tokens(LONG.messages)
+    engine = TransformersEngine(tiny_engine.model, tokenizer, "tiny", max_context_tokens=max_seq_length)
+    assert engine.fit_messages(LONG.messages, GenerationSettings(max_new_tokens=reply)) == prompt
+
+
+# ChatML with a preamble in the system message, as Llama 3.1/3.2 templates add one.
+PREAMBLE_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'system' %}Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    "{% endif %}{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_counts_come_from_the_chat_template(tiny_engine):
+    tokenizer = copy.deepcopy(tiny_engine.tokenizer)
+    tokenizer.chat_template = PREAMBLE_TEMPLATE
+    assert "Today Date" in tokenizer.apply_chat_template([PERSONA], tokenize=False)
+    full = record_tokens(tokenizer, {"prompt": LONG.messages, "completion": [LONG.chat()[-1]]})
+    [whole] = trainer.to_records([LONG], tokenizer, full)
+    [trimmed] = trainer.to_records([LONG], tokenizer, full - 1)  # one token short: a turn must go
+    assert whole["prompt"] == LONG.messages and len(trimmed["prompt"]) < len(LONG.messages)
+    assert record_tokens(tokenizer, trimmed) <= full - 1
+
+
+def test_example_that_cannot_fit_is_left_out(tiny_engine, caplog):
+    tokenizer = tiny_engine.tokenizer
+    shortest = {"prompt": [PERSONA, HISTORY[-1]], "completion": [LONG.chat()[-1]]}
+    with caplog.at_level("INFO", logger="training"):
+        records = trainer.to_records([LONG, LONG], tokenizer, record_tokens(tokenizer, shortest) - 1)
+    assert records == []
+    assert "2 did not fit even so and are left out" in caplog.text
 
 
 def test_run_writes_a_loadable_version(tiny_model_dir, tmp_path):
