@@ -5,7 +5,8 @@
 
 The merged folder (default `runs/<version>/merged`) is a plain transformers model in fp32
 safetensors with the tokenizer and chat template: `AutoModelForCausalLM.from_pretrained(DIR)`
-and `--model DIR` load it with no PEFT. Folders are written under a temporary name and
+and `--model DIR` load it with no PEFT. The GGUF folder (`runs/<version>/gguf`) holds the .gguf
+file and Ollama's Modelfile (training/gguf.py). Folders are written under a temporary name and
 renamed when complete, so a killed export never leaves a folder that looks finished.
 """
 
@@ -35,7 +36,14 @@ class ExportConfig(BaseModel):
     version: str | None = Field(None, description="Trained version to export (a folder name under runs_dir).")
     runs_dir: str = Field("runs", description="Folder of trained model versions.")
     out: str | None = Field(None, description="Output folder (default: runs/<version>/merged, or .../gguf).")
-    gguf: str | None = Field(None, description="Write GGUF with this quantization (q4_k_m, q8_0, f16); CUDA only.")
+    gguf: str | None = Field(
+        None,
+        description="Write GGUF with this quantization (q4_k_m, q8_0, f16) through Unsloth: CUDA only, and "
+        "llama.cpp's llama-quantize and convert_hf_to_gguf.py in $UNSLOTH_LLAMA_CPP_PATH (default "
+        "~/.unsloth/llama.cpp). The adapter is merged into the base's 16-bit weights: a hub base is loaded "
+        "from its 16-bit repo (a `-bnb-4bit` one is swapped for it), a download of 2 bytes per parameter "
+        "(~16 GB for 8B, ~2.5 GB for 1B) unless it is in the hub cache; a local base folder downloads nothing.",
+    )
     push_to_hub: str | None = Field(None, description="Upload the exported folder to this hub repo (user/name).")
 
 
@@ -55,14 +63,26 @@ def get_version(name: str | None, runs_dir: str) -> ModelVersion:
 
 
 def check_gguf_possible() -> None:
+    """Everything a GGUF export needs that is not there, in one error, before anything loads."""
     import torch
 
+    from training.gguf import LLAMA_CPP_FIX, llama_cpp_dir, missing_llama_cpp
+
+    problems, fixes = [], []
     if not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None:
+        problems.append("no CUDA GPU" if not torch.cuda.is_available() else "Unsloth is not installed")
+        fixes.append(
+            "run it on a CUDA machine (pip install -r requirements-gpu.txt), or on CPU export the merged "
+            "folder (drop --gguf) and convert it with llama.cpp: python convert_hf_to_gguf.py "
+            "runs/<version>/merged --outtype q8_0 (then llama-quantize for q4_k_m)"
+        )
+    if missing := missing_llama_cpp(llama_cpp_dir()):
+        problems += missing
+        fixes.append(LLAMA_CPP_FIX.format(dir=llama_cpp_dir()))
+    if problems:
         raise ConfigError(
-            "GGUF export needs Unsloth on a CUDA GPU, and this machine lacks "
-            + ("a CUDA GPU" if not torch.cuda.is_available() else "Unsloth"),
-            "on CPU, export the merged folder (drop --gguf) and convert it with llama.cpp: "
-            "python convert_hf_to_gguf.py runs/<version>/merged --outtype q8_0 (then llama-quantize for q4_k_m)",
+            f"GGUF export needs Unsloth on a CUDA GPU and llama.cpp, and this machine has {'; '.join(problems)}",
+            "; and ".join(fixes),
         )
 
 
@@ -141,9 +161,10 @@ def export(cfg: ExportConfig) -> Path:
     }
     if cfg.gguf:
         # export_gguf imports unsloth before anything here has imported transformers.
-        from training.unsloth_backend import export_gguf
+        from training.gguf import export_gguf
 
-        write_folder(out, lambda tmp: export_gguf(version.run_dir, tmp, cfg.gguf), info)
+        print(f"merging {version.name} into the 16-bit weights of {version.base_model} for GGUF")
+        write_folder(out, lambda tmp: export_gguf(version, tmp, cfg.gguf), info)
     else:
         write_folder(out, lambda tmp: merge_into(version, tmp), info)
     print(f"exported {version.name} to {out} ({folder_size(out)})")

@@ -1,4 +1,4 @@
-"""Unsloth backend (CUDA only): load a base with Unsloth's kernels, put LoRA on it, export GGUF.
+"""Unsloth backend (CUDA only): load a base with Unsloth's kernels and put LoRA on it.
 
 Unsloth patches transformers, TRL and PEFT when it is first imported, and warns (and loses
 some speed-ups) if they were imported before it. This module imports unsloth only inside its
@@ -10,14 +10,8 @@ imports transformers, trl or peft, e.g. first thing in the training entry point 
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-from pathlib import Path
-
 from chatbot.errors import ConfigError
 from chatbot.loading import resolve_model
-from chatbot.versions import read_version
 from training.config import TrainConfig
 
 
@@ -70,26 +64,3 @@ def load_unsloth(cfg: TrainConfig):
         random_state=cfg.seed,
     )
     return model, tokenizer
-
-
-def export_gguf(version_dir: str | Path, out_dir: str | Path, quantization: str = "q4_k_m") -> Path:
-    """Merge a trained version (base + adapter) and write it as GGUF into `out_dir`.
-
-    Unsloth loads an adapter folder by reading the base from `adapter_config.json`; we point
-    that at the base recorded in `version.json`, so a run trained on `default` or on a folder
-    that has since moved still finds its base. Unsloth runs llama.cpp for the conversion (it
-    builds llama.cpp on first use, which needs the network unless llama.cpp is already there).
-    """
-    FastLanguageModel = fast_language_model()
-    version = read_version(Path(version_dir))
-    with tempfile.TemporaryDirectory(prefix="persona-studio-adapter-") as tmp:
-        adapter_dir = Path(tmp) / "adapter"
-        shutil.copytree(version.adapter_dir, adapter_dir)
-        config_file = adapter_dir / "adapter_config.json"
-        adapter_config = json.loads(config_file.read_text())
-        adapter_config["base_model_name_or_path"] = _base_source(version.base_model)
-        config_file.write_text(json.dumps(adapter_config, indent=2))
-        # 16-bit base: merging LoRA into 4-bit weights would round the merged weights twice.
-        model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(adapter_dir), load_in_4bit=False)
-        model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=quantization)
-    return Path(out_dir)
