@@ -102,16 +102,22 @@ def bare_bertscore(predictions, references):
 
 def bare_perplexity(engine, conversations, references) -> float:
     """One forward per turn with `labels` (the prompt masked with -100): the textbook way. A turn
-    longer than the context window keeps its last tokens (late test turns outgrow the tiny model's 512)."""
+    longer than the context window loses whole oldest turns, by the product's one trimming rule
+    (late test turns outgrow the tiny model's 512), so both sides score the same tokens."""
     import torch
+
+    from chatbot.conversation import fit
 
     model, tokenizer = engine.model, engine.tokenizer
     nll, count = 0.0, 0
     with torch.inference_mode():
         for messages, reference in zip(conversations, references, strict=True):
-            prompt = tokenizer(engine.render(messages), add_special_tokens=False)["input_ids"]
             reply = tokenizer(reference, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([(prompt + reply)[-engine.context_window :]], device=model.device)
+            messages = fit(messages, engine.count_tokens, engine.context_window - len(reply))
+            prompt = tokenizer(engine.render(messages), add_special_tokens=False)["input_ids"]
+            if not reply or len(prompt) + len(reply) > engine.context_window:
+                continue  # the product leaves these out too (no reply tokens, or no room)
+            ids = torch.tensor([prompt + reply], device=model.device)
             labels = ids.clone()
             labels[0, : ids.shape[1] - len(reply)] = -100
             loss = model(input_ids=ids, labels=labels).loss  # mean over the reply's tokens
