@@ -17,7 +17,7 @@ import yaml
 
 from chatbot.conversation import Messages, fit
 from chatbot.errors import DatasetError, TrainingError
-from chatbot.versions import VERSION_FILE
+from chatbot.versions import ADAPTER_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, VERSION_FILE
 from corpus.examples import Example, fingerprint, load_examples
 from training.backends import load_for_training, trainable_parameters
 from training.config import TrainConfig
@@ -206,14 +206,14 @@ def finish(trainer, cfg: TrainConfig, backend: str, data_info: dict, partial: Pa
     """Write everything into the partial folder, then rename: version.json comes last."""
     from training.plots import save_loss_plot, save_training_log
 
-    trainer.save_model(str(partial / "adapter"))
-    trainer.processing_class.save_pretrained(str(partial / "adapter"))
+    trainer.save_model(str(partial / ADAPTER_DIR))
+    trainer.processing_class.save_pretrained(str(partial / ADAPTER_DIR))
     history = trainer.state.log_history
     metrics = summarize(history)
     save_training_log(history, partial)
     save_loss_plot(history, partial / "loss.png", title=f"{final.name} ({cfg.model.name})")
-    (partial / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (partial / "data.json").write_text(json.dumps(data_info, indent=2))
+    (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    (partial / DATA_FILE).write_text(json.dumps(data_info, indent=2))
     trainable, total = trainable_parameters(trainer.model)
     version = {
         "base_model": cfg.model.name,
@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, backend: str, version: str, partial: Path, final: Pa
     state = PartialState()
     if state.is_main_process:
         partial.mkdir(parents=True, exist_ok=True)
-        (partial / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (partial / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     trainer, data_info = build_trainer(cfg, backend, partial)
     trainable, total = trainable_parameters(trainer.model)
     if state.num_processes > 1:
