@@ -12,8 +12,7 @@ RECIPES = sorted((REPO / "training" / "recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_is_valid(recipe):
-    cfg = validate_config(TrainConfig, yaml.safe_load(recipe.read_text()), source=str(recipe))
-    assert cfg.lora.r > 0
+    validate_config(TrainConfig, yaml.safe_load(recipe.read_text()), source=str(recipe))  # raises on a bad key
 
 
 def test_published_hyperparameters_are_kept():
