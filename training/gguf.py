@@ -68,8 +68,10 @@ def missing_llama_cpp(folder: Path) -> list[str]:
     converter = next((folder / name for name in CONVERTER_NAMES if (folder / name).is_file()), None)
     if converter is None:
         missing.append(f"no convert_hf_to_gguf.py in {folder}")
-    elif not ((folder / "conversion" / "__init__.py").is_file() or (folder / "gguf-py" / "gguf").is_dir()):
-        # Without the converter's own package Unsloth fetches matching sources from GitHub.
+    elif not (
+        all((folder / "conversion" / name).is_file() for name in ("__init__.py", "base.py"))
+        or (folder / "gguf-py" / "gguf" / "__init__.py").is_file()
+    ):  # without the converter's own package beside it Unsloth fetches matching sources from GitHub
         missing.append(f"{converter.name} in {folder} has neither its conversion/ nor its gguf-py/ folder beside it")
     return missing
 

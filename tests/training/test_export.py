@@ -111,6 +111,7 @@ def fake_llama_cpp(folder: Path, quantizer: str = "llama-quantize", converter: b
         (folder / "convert_hf_to_gguf.py").write_text("# llama.cpp's converter\n")
         (folder / "conversion").mkdir(exist_ok=True)
         (folder / "conversion" / "__init__.py").write_text("")
+        (folder / "conversion" / "base.py").write_text("")
     return folder
 
 
@@ -159,7 +160,8 @@ def test_llama_cpp_lookup_matches_unsloths(tmp_path, monkeypatch):
     lone_converter = fake_llama_cpp(tmp_path / "lone-converter")
     shutil.rmtree(lone_converter / "conversion")
     assert "neither its conversion/ nor its gguf-py/" in missing_llama_cpp(lone_converter)[0]
-    (lone_converter / "gguf-py" / "gguf").mkdir(parents=True)  # a pre-split llama.cpp: also complete
+    (lone_converter / "gguf-py" / "gguf").mkdir(parents=True)
+    (lone_converter / "gguf-py" / "gguf" / "__init__.py").write_text("")  # a pre-split llama.cpp: also complete
     assert missing_llama_cpp(lone_converter) == []
 
 
