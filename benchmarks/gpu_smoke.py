@@ -52,15 +52,10 @@ class StepFailed(Exception):
 
 
 def tokenizer_source(prepared: Path) -> tuple[str, dict]:
-    """The default model's tokenizer without the 500 MB model (as tests/conftest.py's tiny_model_dir)."""
-    from chatbot.default_model import GGUF_FILE, default_model_dir, gguf_path
+    """The default model's tokenizer without the 500 MB model: the carried one first."""
+    from chatbot.default_model import tokenizer_source as default_tokenizer
 
-    if os.environ.get("PERSONA_STUDIO_TOKENIZER"):
-        return os.environ["PERSONA_STUDIO_TOKENIZER"], {}
-    for folder in (prepared / "tokenizer", default_model_dir()):
-        if (folder / "tokenizer.json").is_file():
-            return str(folder), {}
-    return str(gguf_path().parent), {"gguf_file": GGUF_FILE}
+    return default_tokenizer(prepared / "tokenizer")
 
 
 def prepare(prepared: Path) -> None:

@@ -54,6 +54,20 @@ def default_model_dir() -> Path:
     return cache_dir() / "models" / FOLDER_NAME
 
 
+def tokenizer_source(*folders: Path) -> tuple[str, dict]:
+    """(`AutoTokenizer.from_pretrained` argument, kwargs) for the default model's tokenizer alone,
+    without converting the 500 MB model: $PERSONA_STUDIO_TOKENIZER (a saved tokenizer folder, a
+    few MB: how a GPU machine without the model package gets it), else the first of `folders`
+    or the converted model that holds one, else the packaged GGUF's metadata (~4 s). All are the
+    same tokenizer and chat template."""
+    if os.environ.get("PERSONA_STUDIO_TOKENIZER"):
+        return os.environ["PERSONA_STUDIO_TOKENIZER"], {}
+    for folder in (*folders, default_model_dir()):
+        if (folder / "tokenizer.json").is_file():
+            return str(folder), {}
+    return str(gguf_path().parent), {"gguf_file": GGUF_FILE}
+
+
 def prepare_default_model() -> Path:
     """Convert the GGUF into a HF folder once; later calls return the folder at once.
 

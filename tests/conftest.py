@@ -28,21 +28,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama (hidden 32) with the default model's tokenizer and chat template:
     real tokenisation and templates, ~1.6 M parameters, milliseconds per token.
 
-    Only the tokenizer is needed, so the 500 MB converted default model is not: the tokenizer
-    comes from $PERSONA_STUDIO_TOKENIZER (a saved tokenizer folder, a few MB: how a GPU machine
-    without the model package gets it), else from the converted model if it is there, else
-    from the packaged GGUF's metadata (~4 s, no conversion). All three are the same tokenizer."""
+    Only the tokenizer is needed, not the 500 MB converted default model
+    (`chatbot.default_model.tokenizer_source`: a GPU machine may have only a tokenizer folder)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from chatbot.default_model import GGUF_FILE, default_model_dir, gguf_path
+    from chatbot.default_model import tokenizer_source
 
-    if os.environ.get("PERSONA_STUDIO_TOKENIZER"):
-        tokenizer = AutoTokenizer.from_pretrained(os.environ["PERSONA_STUDIO_TOKENIZER"])
-    elif (default_model_dir() / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path().parent), gguf_file=GGUF_FILE)
+    source, extra = tokenizer_source()
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
