@@ -68,6 +68,13 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--backend", choices=("auto", "trl", "unsloth"), default="auto", help="the product's backend")
     p.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if it is not in the built-in list")
     p.add_argument("--timeout", type=int, default=3600, help="seconds one variant may take")
+    p.add_argument(
+        "--gradient-checkpointing",
+        choices=("recipe", "on", "off"),
+        default="recipe",
+        help="as the recipe says (default), or forced on/off for every variant: a measured choice, "
+        "since a 1B-8B QLoRA at 8 x 1024 may fit a big GPU without it",
+    )
     args = sizes.parse(argv)
     args.warmup = max(1, args.warmup)
     return args
@@ -97,7 +104,11 @@ def product_config(args, cuda: bool) -> dict:
         **values.get("sft", {}),
         "per_device_train_batch_size": args.batch,
         "gradient_accumulation_steps": 1,
-        "gradient_checkpointing": cuda,
+        **(
+            {}
+            if args.gradient_checkpointing == "recipe"
+            else {"gradient_checkpointing": args.gradient_checkpointing == "on"}
+        ),
         "save_steps": 10**6,  # no checkpoint inside the timed steps
     }
     return TrainConfig.model_validate(values).model_dump(mode="json")
