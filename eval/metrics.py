@@ -1,4 +1,4 @@
-"""Reference-based text metrics of generated replies: BLEU, ROUGE, BERTScore, distinct-n.
+"""Reference-based text metrics of generated replies: BLEU, ROUGE, unigram F1, BERTScore, distinct-n.
 
 Pure functions `(predictions, references) -> MetricResult`: lists of reply texts of equal
 length, one reference per prediction. Each metric comes from the library made for it
@@ -9,7 +9,10 @@ the numbers comparable across runs.
 from __future__ import annotations
 
 import functools
+import re
 import statistics
+import string
+from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -118,6 +121,35 @@ def bertscore(predictions: list[str], references: list[str], batch_size: int = 6
 
 _bertscore = bertscore  # all_metrics' `bertscore` flag shadows the function's name
 
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def f1_tokens(text: str) -> list[str]:
+    """ConvAI2's (ParlAI's `normalize_answer`) tokens: lower-cased, ASCII punctuation removed,
+    the articles a/an/the removed, split on whitespace."""
+    return _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split()
+
+
+def unigram_f1(predictions: list[str], references: list[str]) -> MetricResult:
+    """Unigram F1 per reply (the ConvAI2 / Persona-Chat metric): the harmonic mean of precision
+    and recall of the reply's tokens against the reference's, counting each token as often as
+    it appears in both (`f1_tokens`); 0.0 when either side has no token. `f1` is the mean."""
+    _check(predictions, references)
+    if not predictions:
+        return EMPTY
+    scores = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        said, wanted = f1_tokens(prediction), f1_tokens(reference)
+        common = sum((Counter(said) & Counter(wanted)).values())
+        if not common:
+            scores.append(0.0)
+            continue
+        precision, recall = common / len(said), common / len(wanted)
+        scores.append(2 * precision * recall / (precision + recall))
+    info = "unigram F1 as ConvAI2: lower-case, punctuation and articles (a, an, the) removed, token multisets"
+    return MetricResult({"f1": statistics.fmean(scores)}, {"f1": scores}, {"f1": info})
+
 
 def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
@@ -146,9 +178,10 @@ def distinct(predictions: list[str]) -> MetricResult:
 
 
 def all_metrics(predictions: list[str], references: list[str], bertscore: bool = True) -> MetricResult:
-    """BLEU, ROUGE, distinct-n and (unless `bertscore=False`) BERTScore in one result."""
+    """BLEU, ROUGE, unigram F1, distinct-n and (unless `bertscore=False`) BERTScore in one result."""
     _check(predictions, references)
-    result = bleu(predictions, references) | rouge(predictions, references) | distinct(predictions)
+    result = bleu(predictions, references) | rouge(predictions, references) | unigram_f1(predictions, references)
+    result = result | distinct(predictions)
     if bertscore:
         result = result | _bertscore(predictions, references)
     return result

@@ -20,6 +20,7 @@ TABLE_ROWS = {
     "rouge1": "ROUGE-1 F1",
     "rouge2": "ROUGE-2 F1",
     "rougeL": "ROUGE-L F1",
+    "f1": "unigram F1 (ConvAI2: lower-case, no punctuation or articles)",
     "bertscore_p": "BERTScore P (MiniLM-L6, layer 6, raw)",
     "bertscore_r": "BERTScore R",
     "bertscore_f1": "BERTScore F1",

@@ -16,6 +16,7 @@ METRICS = {
     "rouge1": "ROUGE-1",
     "rouge2": "ROUGE-2",
     "rougeL": "ROUGE-L",
+    "f1": "F1 (unigram)",
     "bertscore_f1": "BERTScore F1",
     "perplexity": "perplexity",
     "persona_consistency": "persona consistency",

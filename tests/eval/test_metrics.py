@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from eval.metrics import MetricResult, all_metrics, bertscore, bleu, distinct, rouge
+from eval.metrics import MetricResult, all_metrics, bertscore, bleu, distinct, f1_tokens, rouge, unigram_f1
 
 
 def test_identical_replies_score_perfectly():
@@ -91,9 +91,21 @@ def test_empty_input_gives_empty_result():
 
 def test_all_metrics_merges_per_item_lists_of_input_length():
     result = all_metrics(["hello there", "I build clocks"], ["hi there", "I make clocks"], bertscore=False)
-    assert set(result.per_item) == {"bleu_sentence", "rouge1", "rouge2", "rougeL", "length"}
+    assert set(result.per_item) == {"bleu_sentence", "rouge1", "rouge2", "rougeL", "f1", "length"}
     assert all(len(values) == 2 for values in result.per_item.values())
     assert {"bleu", "bleu_sentence", "rouge", "distinct"} <= set(result.info)
+
+
+def test_unigram_f1_by_hand():
+    # ConvAI2 normalisation: "The", "a" and punctuation go; "Clocks!" and "clocks" are one token.
+    assert f1_tokens("The Clocks! A bee, an owl's nest.") == ["clocks", "bee", "owls", "nest"]
+    # reply: i build clocks clocks (4 tokens); reference: i repair clock no clocks (5); in both:
+    # i, clocks (once: the multisets' overlap) = 2. Precision 2/4, recall 2/5, F1 = 4/9.
+    assert f1_tokens("I repair a clock... no: clocks") == ["i", "repair", "clock", "no", "clocks"]
+    result = unigram_f1(["I build the clocks, clocks."], ["I repair a clock... no: clocks"])
+    assert result.per_item["f1"] == pytest.approx([4 / 9])
+    assert unigram_f1(["the a an"], ["bees"]).per_item["f1"] == [0.0]  # nothing left to match
+    assert unigram_f1(["Bees, bees!"], ["bees bees"]).summary["f1"] == 1.0
 
 
 def test_bertscore_identical_related_unrelated():
