@@ -22,6 +22,7 @@ class EvalConfig(EngineConfig):
     perplexity: bool = Field(True, description="Perplexity of the reference reply under the version.")
     consistency: bool = Field(True, description="Persona grounding and the persona-swap probe.")
     swap_probe_items: int = Field(20, ge=0, description="Turns re-asked under another persona for the swap probe.")
+    hits_items: int = Field(50, ge=0, description="Turns ranked for Hits@1/20 (20 likelihood scorings each; 0 = off).")
     allow_overlap: bool = Field(False, description="Score turns the version was trained on (warns loudly).")
     register_labels: bool = Field(True, description="Put every generated reply in the label queue.")
     database_url: str | None = Field(None, description="Label store (default: DATABASE_URL or SQLite in data/).")

@@ -45,6 +45,27 @@ def automatic_metrics(cfg: EvalConfig, engine, examples, replies) -> tuple[dict,
     return summary, per_item, info
 
 
+def ranking_scores(cfg: EvalConfig, engine, examples, conversations) -> tuple[dict, dict, dict]:
+    """(summary, per-item, info) of Hits@1/20 on the first `cfg.hits_items` turns (NaN for the
+    rest), distractors drawn from the replies of the split's other conversations (seeded)."""
+    from eval.ranking import CANDIDATES, draw_distractors, hits_at_1, hits_summary
+
+    n = min(cfg.hits_items, len(examples))
+    if not n or not isinstance(engine, TransformersEngine):
+        return {}, {}, {}
+    pool = {cid: [turn.text for turn in c.turns] for cid, c in conversations.items()}
+    ranked = examples[:n]
+    distractors = draw_distractors([ex.conversation_id for ex in ranked], pool, cfg.seed)
+    log.info("Hits@1/%d: ranking %d candidates for each of %d turns", CANDIDATES, CANDIDATES, n)
+    hits = hits_at_1(engine, [ex.messages for ex in ranked], [ex.target for ex in ranked], distractors, cfg.batch_size)
+    info = (
+        f"Hits@1/{CANDIDATES} (own candidates): the reference vs {CANDIDATES - 1} replies of other conversations "
+        "of the split (seeded), ranked by mean NLL per token under the version; see eval/ranking.py"
+    )
+    per_item = {"hits_at_1": hits + [float("nan")] * (len(examples) - n)}
+    return hits_summary(hits), per_item, {"hits_at_1": info}
+
+
 def persona_scores(cfg: EvalConfig, engine, examples, replies, own, other) -> tuple[dict, dict]:
     """Grounding of each reply in its persona vs another persona, and the swap probe."""
     from eval.consistency import ENCODER_NAME, grounding, swap_retention
@@ -92,6 +113,8 @@ def evaluate(cfg: EvalConfig, name: str, engine, examples, conversations) -> tup
     summary) of `engine`'s replies to `examples`, scored as `cfg` says."""
     replies = generate(engine, examples, cfg)
     summary, per_item, info = automatic_metrics(cfg, engine, examples, replies)
+    hits_summary, hits_items, hits_info = ranking_scores(cfg, engine, examples, conversations)
+    summary, per_item, info = summary | hits_summary, per_item | hits_items, info | hits_info
     own = persona_facts(examples, conversations)
     if cfg.consistency:
         persona_summary, persona_items = persona_scores(cfg, engine, examples, replies, own, other_facts(own, cfg.seed))

@@ -21,6 +21,7 @@ TABLE_ROWS = {
     "rouge2": "ROUGE-2 F1",
     "rougeL": "ROUGE-L F1",
     "f1": "unigram F1 (ConvAI2: lower-case, no punctuation or articles)",
+    "hits_at_1": "Hits@1/20, own candidates (the reference ranked first by the version's likelihood)",
     "bertscore_p": "BERTScore P (MiniLM-L6, layer 6, raw)",
     "bertscore_r": "BERTScore R",
     "bertscore_f1": "BERTScore F1",

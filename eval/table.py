@@ -17,6 +17,7 @@ METRICS = {
     "rouge2": "ROUGE-2",
     "rougeL": "ROUGE-L",
     "f1": "F1 (unigram)",
+    "hits_at_1": "Hits@1/20 (own candidates)",
     "bertscore_f1": "BERTScore F1",
     "perplexity": "perplexity",
     "persona_consistency": "persona consistency",

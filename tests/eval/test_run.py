@@ -42,13 +42,15 @@ def test_turns_the_version_was_trained_on_are_refused(tmp_path, spc_csv, capsys)
 def test_end_to_end_on_the_default_model(tmp_path, store, spc_csv, capsys):
     out = tmp_path / "eval-out"
     flags = ["--model", "base", "--data", str(spc_csv), "--limit", "4", "--batch_size", "4",
-             "--generation.max_new_tokens", "24", "--swap_probe_items", "2", "--out", str(out)]  # fmt: skip
+             "--generation.max_new_tokens", "24", "--swap_probe_items", "2", "--hits_items", "2",
+             "--out", str(out)]  # fmt: skip
     assert run_main(args(tmp_path, *flags)) == 0
     summary = json.loads((out / "summary.json").read_text())
-    for key in ["bleu", "rouge1", "rougeL", "bertscore_f1", "perplexity", "distinct_2", "avg_length",
+    for key in ["bleu", "rouge1", "rougeL", "f1", "bertscore_f1", "perplexity", "distinct_2", "avg_length",
                 "persona_consistency", "swap_retention"]:  # fmt: skip
         assert isinstance(summary[key], float), key
     assert summary["items"] == 4 and summary["decoding"]["temperature"] == 0.0
+    assert summary["hits_at_1"] in (0.0, 0.5, 1.0) and summary["hits_items"] == 2
     assert 1 < summary["perplexity"] < 1000
     rows = pd.read_json(out / "rows.jsonl", lines=True)
     assert len(rows) == 4 and rows["reply"].str.len().gt(0).all()
