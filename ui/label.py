@@ -34,6 +34,14 @@ NO_RATER = "Type your name in the **Rater** box at the top, then press Enter to 
 KEYS_HINT = "Keys: G good · B bad · S skip · U undo"
 BUTTON_IDS = {"good": "label-good", "bad": "label-bad", "skip": "label-skip", "undo": "label-undo"}
 
+# Concurrency group of every label event (buttons, tab open, API), apart from the model's
+# "generation" group so a label never waits behind a generation. No limit: a label is one short
+# store transaction (~8 ms; SQLite queues writers itself), and Gradio's queue counts the events
+# *waiting* in every group against `max_size` (queueing.Queue.__len__), so label events must not
+# wait there, or a room of raters fills the queue and is turned away with HTTP 503.
+LABEL = "label"
+LABEL_QUEUE = dict(concurrency_id=LABEL, concurrency_limit=None)
+
 # Key -> the button it clicks (`event.key`, lower-cased).
 SHORTCUTS = {"g": "good", "1": "good", "b": "bad", "2": "bad", "s": "skip", "u": "undo"}
 
@@ -201,7 +209,7 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
     def on_undo(typed: str, request: gr.Request) -> tuple:
         return ui(undo_label(ctx, rater_name(typed, request)))
 
-    events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal")
+    events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal", **LABEL_QUEUE)
     rater.submit(on_show, rater, **events)
     view.buttons["good"].click(on_label("good"), [view.item_id, view.comment, rater], **events)
     view.buttons["bad"].click(on_label("bad"), [view.item_id, view.comment, rater], **events)
@@ -230,7 +238,7 @@ def _add_api(ctx: AppContext) -> None:
         """Delete the rater's latest label; its item is their next item again."""
         return undo_label(ctx, rater_name(rater, request))
 
-    gr.api(next_item, api_name="next_item")
-    gr.api(label, api_name="label")
-    gr.api(skip, api_name="skip")
-    gr.api(undo, api_name="undo_label")
+    gr.api(next_item, api_name="next_item", **LABEL_QUEUE)
+    gr.api(label, api_name="label", **LABEL_QUEUE)
+    gr.api(skip, api_name="skip", **LABEL_QUEUE)
+    gr.api(undo, api_name="undo_label", **LABEL_QUEUE)
