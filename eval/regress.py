@@ -15,6 +15,7 @@ The script format is in `eval/regress_checks.py`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -34,6 +35,7 @@ from chatbot.loading import EngineConfig
 from chatbot.persona import Persona, load_personas
 from chatbot.session import ChatSession
 from chatbot.versions import BASE, results_dir, results_files
+from eval.drift import drift, drift_lines, drift_plot
 from eval.regress_checks import ScriptFile, diff, diff_summary, junit_xml, load_scripts, run_checks, table
 from store import NewItem, Store
 
@@ -153,22 +155,28 @@ def run_script(chat, file: ScriptFile, personas: dict[str, Persona], scorer, thr
         context = chat.context()
         reply = chat.send(turn.user)
         checks = run_checks(turn.checks, reply, key, personas[key], scorer, threshold)
+        scores = scorer(reply)
         records.append({
             "script": script.name, "file": str(file.path), "turn": number, "line": line, "persona": key,
             "persona_name": personas[key].name, "user": turn.user, "reply": reply, "context": context,
             "checks": checks, "passed": all(c["passed"] for c in checks),
+            "persona_similarity": scores[key], "closest_persona": max(scores, key=scores.get) == key,
         })  # fmt: skip
     return records
 
 
 def make_scorer(personas: dict[str, Persona]):
-    """reply -> {persona key: similarity to its facts}; the encoder loads on the first call."""
+    """reply -> {persona key: similarity to its facts}; the encoder loads on the first call.
+    Cached: the `in_persona` check and the drift score of a reply share one encoding."""
     from eval.consistency import similarity
 
     keys = list(personas)
-    return lambda reply: dict(
-        zip(keys, similarity([reply] * len(keys), [personas[k].facts for k in keys]), strict=True)
-    )
+
+    @functools.lru_cache(maxsize=256)
+    def scores(reply: str) -> dict[str, float]:
+        return dict(zip(keys, similarity([reply] * len(keys), [personas[k].facts for k in keys]), strict=True))
+
+    return scores
 
 
 # -- files and the store ------------------------------------------------------------------
@@ -255,9 +263,11 @@ def run(cfg: RegressConfig) -> tuple[dict, Path]:
         "compare_to": str(previous_path) if previous_path else None,
         "compared_version": previous.get("model_version"),
         "diff": diff(records, previous) if previous_path else None,
+        "drift": drift(records),
         "turns": records,
     }  # fmt: skip
     write_outputs(out, cfg, results)  # before the store: a database problem loses no replies
+    drift_plot(results["drift"], out / "drift.png")
     results["summary"]["queued_labels"] = queue_labels(cfg, name, records, personas)
     write_outputs(out, cfg, results)  # again, with the label item ids
     return results, out
@@ -272,6 +282,7 @@ def report(results: dict, out: Path) -> str:
         lines.append(diff_summary(results["diff"], results["compare_to"], results["compared_version"]))
     else:
         lines.append("diff: no earlier run of another model version (pass --compare_to PATH)")
+    lines += drift_lines(results["drift"])
     lines.append(f"{s['queued_labels']} replies queued for labelling; written to {out}")
     return "\n".join(lines)
 

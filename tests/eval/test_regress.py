@@ -237,6 +237,21 @@ def test_shipped_script_parses(path):
     assert any(turn.checks.given() for turn in file.script.turns)
 
 
+def test_a_long_script_reports_persona_drift_per_window(run, tmp_path, capsys):
+    turns = "".join(f"  - user: Tell me one more thing, number {i}.\n" for i in range(1, 13))
+    script = write(tmp_path / "scripts", "long.yaml", f"name: long\npersona: ada\nturns:\n{turns}")
+    _, out = run(script)
+    data = results(out)
+    [found] = data["drift"]
+    assert found["script"] == "long" and found["persona"] == "ada"
+    assert [w["turns"] for w in found["windows"]] == ["1-5", "6-10", "11-12"]
+    sims = [t["persona_similarity"] for t in data["turns"]]
+    assert found["windows"][2]["similarity"] == pytest.approx((sims[10] + sims[11]) / 2)
+    assert all(isinstance(t["closest_persona"], bool) for t in data["turns"])
+    assert (out / "drift.png").is_file()
+    assert "persona drift, long" in capsys.readouterr().out
+
+
 def test_the_suite_covers_every_persona():
     assert len(SHIPPED) >= 15
     personas = load_personas(PERSONAS)
