@@ -2,8 +2,9 @@
 
 `ChatEngine` is what the chat, the app and eval talk to: messages in (the OpenAI-style
 `{"role", "content"}` list), text out, streamed or batched. `TransformersEngine` runs a local
-transformers model (optionally with a LoRA adapter); a remote OpenAI-compatible backend
-(vLLM, llama.cpp server) implements the same three methods. No Gradio here.
+transformers model (optionally with a LoRA adapter); `chatbot.remote.OpenAIEngine` asks any
+OpenAI-compatible server (`transformers serve`, vLLM, llama.cpp's server) through the same
+methods. No Gradio here.
 """
 
 from __future__ import annotations
@@ -254,9 +255,14 @@ def _explain(err: Exception, batch_size: int | None = None) -> Exception:
     return err
 
 
-def load_engine(cfg: EngineConfig) -> TransformersEngine:
+def load_engine(cfg: EngineConfig) -> ChatEngine:
     """The engine for `cfg`: a base model (`default`, a folder, a .gguf, a hub id), a trained
-    version by name, or a base plus `adapter`. The one way the product loads a model to chat with."""
+    version by name, or a base plus `adapter`; served by `cfg.engine_url` when it is set
+    (`chatbot.remote`). The one way the product loads a model to chat with."""
+    if cfg.engine_url:
+        from chatbot.remote import load_remote_engine  # imports openai: only when asked for
+
+        return load_remote_engine(cfg)
     model, adapter = resolve_version(cfg.model, cfg.adapter, cfg.runs_dir)
     hf_model, tokenizer = load_model_and_tokenizer(model, adapter, dtype=cfg.dtype, device=cfg.device)
     if model != cfg.model:  # a version: show its name rather than base + adapter path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -37,11 +38,26 @@ class EngineConfig(BaseModel):
     adapter: str | None = Field(None, description="LoRA adapter folder to put on top of the model.")
     dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    max_context_tokens: int | None = Field(None, ge=16, description="Cap the context window (default: the model's).")
+    max_context_tokens: int | None = Field(
+        None, ge=16, description="Cap the context window (default: the model's config, else its tokenizer's)."
+    )
     runs_dir: str = Field("runs", description="Folder of trained model versions; --model may name one.")
     prefix_cache_tokens: int = Field(
         PREFIX_CACHE_TOKENS, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
     )
+    # A model server instead of a model in this process (`chatbot.remote`); the settings above
+    # that place weights (dtype, device, prefix cache) are then the server's business.
+    engine_url: str | None = Field(
+        default_factory=lambda: os.environ.get("PERSONA_STUDIO_ENGINE_URL") or None,
+        description="OpenAI-compatible server to generate with (`transformers serve`, vLLM, llama.cpp), e.g. "
+        "http://localhost:8011; env PERSONA_STUDIO_ENGINE_URL.",
+    )
+    # Read from the environment by the engine, not here: `--help` and saved configs would show it.
+    engine_api_key: str | None = Field(
+        None, exclude=True, description="API key for --engine_url; env PERSONA_STUDIO_ENGINE_API_KEY."
+    )
+    engine_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the model server per request.")
+    engine_max_retries: int = Field(2, ge=0, description="Retries of a failed request to the model server.")
 
 
 def resolve_version(model: str, adapter: str | None, runs_dir: str) -> tuple[str, str | None]:
