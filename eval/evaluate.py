@@ -42,7 +42,18 @@ def automatic_metrics(cfg: EvalConfig, engine, examples, replies) -> tuple[dict,
         per_item["perplexity"] = ppl.pop("per_item")
         summary |= ppl
         info["perplexity"] = "exp(mean NLL) of the reference reply tokens only, teacher-forced after the prompt"
+    elif cfg.perplexity:  # a model server (--engine_url): no number rather than a wrong one
+        info["perplexity"] = not_on_a_server(engine, "reference perplexity")
     return summary, per_item, info
+
+
+def not_on_a_server(engine, metric: str) -> str:
+    """Why `metric` is left out for a model server (`chatbot.remote`): it scores given text
+    token by token, and chat completions only generate."""
+    return (
+        f"not computed: {engine.name} is a model server; {metric} scores given replies by the model's "
+        "log-probs, which chat completions do not give (run without --engine_url for it)"
+    )
 
 
 def ranking_scores(cfg: EvalConfig, engine, examples, conversations) -> tuple[dict, dict, dict]:
@@ -51,8 +62,10 @@ def ranking_scores(cfg: EvalConfig, engine, examples, conversations) -> tuple[di
     from eval.ranking import CANDIDATES, draw_distractors, hits_at_1, hits_summary
 
     n = min(cfg.hits_items, len(examples))
-    if not n or not isinstance(engine, TransformersEngine):
+    if not n:
         return {}, {}, {}
+    if not isinstance(engine, TransformersEngine):
+        return {}, {}, {"hits_at_1": not_on_a_server(engine, f"Hits@1/{CANDIDATES}")}
     pool = {cid: [turn.text for turn in c.turns] for cid, c in conversations.items()}
     ranked = examples[:n]
     distractors = draw_distractors([ex.conversation_id for ex in ranked], pool, cfg.seed)

@@ -1,6 +1,7 @@
 """OpenAIEngine: settings mapping and error paths (fast), then chats through a real
 `transformers serve` of the default model (slow: a server start is ~5 s)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -74,6 +76,18 @@ def test_engine_url_and_key_come_from_the_environment(monkeypatch):
     cfg = EngineConfig(engine_api_key="secret")
     assert cfg.engine_url == "http://gpu-box:8000"
     assert "engine_api_key" not in cfg.model_dump()  # never written beside results
+
+
+def test_eval_leaves_log_prob_metrics_out_for_a_server_and_says_why():
+    from eval.config import EvalConfig
+    from eval.evaluate import automatic_metrics, ranking_scores
+
+    server = SimpleNamespace(name="base via http://gpu-box:8000")  # any engine but a local transformers one
+    turn = SimpleNamespace(target="I build clocks.", messages=[{"role": "user", "content": "Hi"}], conversation_id="c")
+    summary, per_item, info = automatic_metrics(EvalConfig(bertscore=False), server, [turn], ["I make clocks."])
+    assert "perplexity" not in summary and "perplexity" not in per_item and "bleu" in summary
+    assert info["perplexity"].startswith("not computed: base via http://gpu-box:8000 is a model server")
+    assert ranking_scores(EvalConfig(), server, [turn], {})[2]["hits_at_1"].startswith("not computed")
 
 
 # -- slow: a real server -----------------------------------------------------------------------
@@ -185,3 +199,18 @@ def test_server_killed_mid_stream_is_a_generation_error_and_the_history_stays(de
         with pytest.raises(GenerationError, match=f"lost the model server at {url}/v1"):
             list(stream)
     assert session.history == before
+
+
+@pytest.mark.slow
+def test_eval_run_through_the_server_leaves_perplexity_out(server, tmp_path, spc_csv):
+    from eval.run import main as run_main
+
+    out = tmp_path / "eval-out"
+    flags = ["--engine_url", server, "--model", "base", "--data", str(spc_csv), "--limit", "2", "--batch_size", "2",
+             "--generation.max_new_tokens", "8", "--bertscore", "false", "--consistency", "false",
+             "--register_labels", "false", "--runs_dir", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
+    assert run_main(flags) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items"] == 2 and summary["model"] == f"base via {server}" and "bleu" in summary
+    assert "perplexity" not in summary and summary["info"]["perplexity"].startswith("not computed")
+    assert "hits_at_1" not in summary and summary["info"]["hits_at_1"].startswith("not computed")
