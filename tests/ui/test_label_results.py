@@ -1,11 +1,15 @@
 """Label and Results tabs through the app's API (gradio_client), on a SQLite store; no model loads."""
 
 import csv
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
 import pytest
 from gradio_client import Client
 
+from chatbot.engine import ChatEngine
 from eval.human import wilson_interval
 from eval.table import NO_LABELS, NOT_RUN, VersionResult, collect, results_table
 from store import NewItem, StoreError
@@ -79,6 +83,68 @@ def test_a_rater_labels_skips_and_undoes_and_results_follow(client, ctx):
     rows = by_version(client.predict(api_name="/results"))
     assert rows["base"]["BLEU"] == 12.346 and rows["base"]["ROUGE-L"] == 0.25 and rows["base"]["perplexity"] == 21.5
     assert rows["tuned"]["BLEU"] == NOT_RUN and "ROUGE-2" not in rows["base"]
+
+
+class HeldEngine(ChatEngine):
+    """Streams a first word, then holds the generation until released: a busy model."""
+
+    name = "held"
+    context_window = 4096
+
+    def __init__(self):
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def count_tokens(self, messages) -> int:
+        return sum(len(m["content"]) for m in messages) // 4 + 1
+
+    def stream(self, messages, settings):
+        self.started.set()
+        yield "Hello"
+        self.release.wait(60)
+        yield " there."
+
+    def generate(self, conversations, settings, **kw) -> list[str]:
+        return ["Hello there."] * len(conversations)
+
+
+def test_a_label_never_waits_behind_a_generation(store, tmp_path):
+    engine = HeldEngine()
+    ids = store.add_label_items([new_item(i, "base") for i in range(3)])
+    with serving(studio_context(tmp_path, store, {"base": engine})) as url:  # one generation at a time
+        chat = Client(url, verbose=False)
+        running = chat.submit("Hi", "ada", api_name="/chat")
+        waiting = chat.submit("Hi again", "ada", api_name="/chat")  # queued behind it: the group is full
+        try:
+            assert engine.started.wait(30)
+            rater = Client(url, verbose=False)
+            start = time.perf_counter()
+            item_id = rater.predict("rita", api_name="/next_item")[0]
+            after = rater.predict(item_id, "good", "", "rita", api_name="/label")
+            took = time.perf_counter() - start
+            assert item_id == ids[0] and after[4] == "1 of 3 labelled"
+            assert not running.done() and not waiting.done()  # answered while the model was held
+            assert took < 5, took
+        finally:
+            engine.release.set()
+        assert running.result()[1] == waiting.result()[1] == "Hello there."
+
+
+def test_raters_calls_run_side_by_side(store, tmp_path, monkeypatch):
+    """The label group has no limit: two raters' calls are served at once, not one after the other."""
+    ids = store.add_label_items([new_item(i, "base") for i in range(2)])
+    together = threading.Barrier(2, timeout=20)  # breaks unless both calls are inside at the same time
+    next_item = store.next_item
+
+    def meet_then_next(rater, overlap=1, source=None):
+        together.wait()
+        return next_item(rater, overlap, source)
+
+    monkeypatch.setattr(store, "next_item", meet_then_next)
+    with serving(studio_context(tmp_path, store, {})) as url:
+        clients = {name: Client(url, verbose=False) for name in ("ana", "ben")}
+        with ThreadPoolExecutor(2) as pool:
+            shown = list(pool.map(lambda name: clients[name].predict(name, api_name="/next_item"), clients))
+    assert sorted(item[0] for item in shown) == ids
 
 
 def test_empty_rater_is_refused_and_an_empty_queue_says_where_items_come_from(client):
