@@ -103,6 +103,10 @@ def main(cfg: AppConfig) -> int:
     # Prefill every persona's prompt in the background, so each chat's first reply only reads the message.
     threading.Thread(target=warm, args=(base, list(personas.values())), daemon=True).start()
     demo = build_demo(ctx)
+    # Gradio recomputes its monitoring summary (pandas over up to 10,000 past events) after every
+    # event by default: a fifth of the app's CPU under 100 raters (benchmarks/label_load). Read
+    # when the queue is made; once per 1,000 events is plenty for the /monitoring page.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
     demo.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS)
     return 0
