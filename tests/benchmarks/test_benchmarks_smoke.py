@@ -1,15 +1,15 @@
 """Each benchmark runs end to end with --quick (tiny model, a few steps or items) and writes its JSON.
 
 Not timings: the numbers of a quick run mean nothing. These keep the scripts from rotting as
-the code paths they call change. The two that start processes (training workers, the app)
-take ~30 s on 2 cores and are marked slow.
+the code paths they call change. Those that start processes (training workers, the app)
+take ~20-30 s on 2 cores and are marked slow.
 """
 
 import json
 
 import pytest
 
-from benchmarks import chat_latency, concurrent_chat, eval_throughput, train_throughput
+from benchmarks import chat_latency, concurrent_chat, eval_throughput, label_load, train_throughput
 
 ROW_KEYS = {"metric", "product", "alternative", "ratio", "target", "met", "note"}
 
@@ -73,6 +73,20 @@ def test_concurrent_chat_drives_the_real_app(tmp_path):
     by_n = data["results"]["by_limit"]["2"]
     assert set(by_n) == {"1", "2"} and all(s["errors"] == 0 and s["ttft_s"]["n"] == int(n) for n, s in by_n.items())
     assert data["results"]["suggested_limit"] == 2
+
+
+@pytest.mark.slow
+def test_label_load_counts_every_label_in_the_store(tmp_path):
+    data = run_quick(label_load, tmp_path)
+    scenarios = data["results"]["now"]
+    assert set(scenarios) == {"idle", "4 raters", "4 raters + 2 chatters"}
+    for key in ("4 raters", "4 raters + 2 chatters"):
+        s = scenarios[key]
+        assert s["labels_acked"] > 0 and s["refused"] == s["errors"] == 0, s
+        assert s["store"] == {"rows": s["labels_acked"], "acked": s["labels_acked"], "missing": 0, "extra": 0,
+                              "items_labelled_twice": 0}  # fmt: skip
+    assert scenarios["4 raters + 2 chatters"]["chat_replies"]["n"] > 0
+    assert scenarios["4 raters + 2 chatters"]["chat_errors"] == 0
 
 
 def test_gpu_rows_score_the_issue_targets_from_given_numbers():
