@@ -138,17 +138,17 @@ class OpenAIEngine(ChatEngine):
 
     def check_model(self) -> None:
         """Fail now, not at the first chat, when the server is down or does not serve the model.
-        `/v1/models` says what it serves where it answers; otherwise a one-token request tells."""
-        if self.offered is not None:
-            if self.model not in self.offered:
-                raise ModelLoadError(
-                    f"the model server at {self.url} does not serve model {self.model!r}; "
-                    f"it offers: {', '.join(self.offered)}",
-                    "pass --model with one of those (a version name, a folder or a hub id as the server names it)",
-                )
-            return
+        `/v1/models` says what it serves where it answers; a one-token request tells the rest,
+        and whether the server takes top_k and repetition_penalty (warned about here, not mid-chat)."""
+        if self.offered is not None and self.model not in self.offered:
+            raise ModelLoadError(
+                f"the model server at {self.url} does not serve model {self.model!r}; "
+                f"it offers: {', '.join(self.offered)}",
+                "pass --model with one of those (a version name, a folder or a hub id as the server names it)",
+            )
+        probe = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
         try:
-            self._create({"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+            self._create({**probe, "extra_body": {"top_k": 1, "repetition_penalty": 1.0}})
         except openai.APIError as err:
             raise explain(err, self, ModelLoadError) from err
 
