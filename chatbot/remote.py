@@ -31,6 +31,9 @@ from chatbot.loading import EngineConfig, resolve_model, resolve_version
 from chatbot.versions import BASE
 
 log = logging.getLogger(__name__)
+# The openai client's HTTP library logs every request at INFO, the level eval.run logs at.
+for _name in ("httpx", "httpx2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 API_KEY_ENV = "PERSONA_STUDIO_ENGINE_API_KEY"
 FALLBACK_WINDOW = 2048  # tokens, when neither the model config nor the tokenizer says

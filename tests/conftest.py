@@ -5,6 +5,8 @@ import os
 # Before transformers is imported anywhere: tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Models load in this process unless a test starts a server itself (tests/chatbot/test_remote.py).
+os.environ.pop("PERSONA_STUDIO_ENGINE_URL", None)
 
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
