@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,6 +66,33 @@ def test_server_down_at_start_names_the_url_and_the_fix():
         load_engine(EngineConfig(engine_url=url, engine_max_retries=0))
     assert f"cannot reach the model server at {url}/v1" in str(err.value)
     assert "transformers serve" in err.value.fix and "--engine_url" in err.value.fix
+
+
+class ModelList(BaseHTTPRequestHandler):
+    """A server's `GET /v1/models` (as vLLM answers it), and nothing else."""
+
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": "llama-3-8b", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_model_the_server_does_not_list_is_refused_with_what_it_offers(tiny_model_dir):
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), ModelList)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{stub.server_port}"
+    try:
+        with pytest.raises(ModelLoadError) as err:
+            load_engine(EngineConfig(engine_url=url, model=str(tiny_model_dir)))
+    finally:
+        stub.shutdown()
+    assert f"does not serve model '{tiny_model_dir}'; it offers: llama-3-8b" in str(err.value)
 
 
 def test_an_adapter_cannot_go_to_a_server():
