@@ -58,6 +58,11 @@ class AppConfig(EngineConfig):
     # against 1.87 s at 2, and 16 users 11.7 s against 13.8 s, with no errors.
     concurrency_limit: int = Field(4, ge=1, description="Generations at once (4 measured best on 2 CPU cores).")
     max_queue: int = Field(64, ge=1, description="Requests waiting before new ones are turned away.")
+    # An event waits in Gradio's queue (counted against max_queue) only while its group is at its
+    # limit or all of these are busy. Label events have no limit of their own (ui/label.py), so
+    # this keeps a slow moment under a room of raters from filling the queue: with Gradio's 40,
+    # 100 raters + 16 chatters on 2 cores got HTTP 503s (benchmarks/label_load).
+    max_threads: int = Field(256, ge=8, description="Events running at once, all groups (Gradio's max_threads).")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
 
@@ -108,7 +113,9 @@ def main(cfg: AppConfig) -> int:
     # when the queue is made; once per 1,000 events is plenty for the /monitoring page.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
-    demo.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS)
+    demo.launch(
+        server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS, max_threads=cfg.max_threads
+    )
     return 0
 
 

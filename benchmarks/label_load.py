@@ -275,9 +275,7 @@ def measure_app(app_dir: Path, model: str, args, folder: Path, tag: str) -> dict
     try:
         wait_ready(proc, url, log, args.startup_timeout)
         warm_up(url, args)
-        cpu0 = cpu_seconds(proc.pid)
-        time.sleep(IDLE_S)
-        by_scenario["idle"] = {"app_cores": (cpu_seconds(proc.pid) - cpu0) / IDLE_S}  # the queue's own polling
+        by_scenario["idle"] = {"app_cores": settle(proc.pid)}  # the queue's own polling
         for k, (n_raters, n_chatters) in enumerate(plan):
             result = scenario(url, proc.pid, f"s{k}", n_raters, n_chatters, args)
             result["store"] = stored_exactly_once(db, f"s{k}", result)
@@ -291,6 +289,18 @@ def measure_app(app_dir: Path, model: str, args, folder: Path, tag: str) -> dict
     finally:
         stop_app(proc)
     return by_scenario
+
+
+def settle(pid: int, quiet_cores: float = 0.25, timeout: float = 180) -> float:
+    """Waits until the app is quiet (at start it prefills every persona's prompt in the
+    background); returns its CPU use then, in cores."""
+    start = time.perf_counter()
+    while True:
+        cpu0 = cpu_seconds(pid)
+        time.sleep(IDLE_S)
+        cores = (cpu_seconds(pid) - cpu0) / IDLE_S
+        if cores < quiet_cores or time.perf_counter() - start > timeout:
+            return cores
 
 
 def warm_up(url: str, args) -> None:
