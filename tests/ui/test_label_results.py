@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
+import httpx
 import pytest
 from gradio_client import Client
 
@@ -145,6 +146,27 @@ def test_raters_calls_run_side_by_side(store, tmp_path, monkeypatch):
         with ThreadPoolExecutor(2) as pool:
             shown = list(pool.map(lambda name: clients[name].predict(name, api_name="/next_item"), clients))
     assert sorted(item[0] for item in shown) == ids
+
+
+def test_scripts_label_past_the_queue_even_where_its_rest_routes_are_closed(ctx):
+    """`POST /gradio_api/run/<name>` answers a label call in the response; with `api_open=False`
+    (as on Spaces) generations still have to queue."""
+    from app import build_demo
+
+    ids = ctx.store.add_label_items([new_item(0, "base")])
+    demo = build_demo(ctx).queue(api_open=False)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+
+        def post(name: str, *data) -> httpx.Response:
+            return httpx.post(f"{demo.local_url}gradio_api/run/{name}", json={"data": list(data)}, timeout=30)
+
+        assert post("next_item", "rita").json()["data"][0] == ids[0]
+        assert post("label", ids[0], "good", "", "rita").json()["data"][4] == f"{EMPTY_QUEUE} (1 of 1 labelled)"
+        assert post("chat", "Hi", "ada").status_code == 404
+    finally:
+        demo.close()
+    assert [(r.item_id, r.rater, r.verdict) for r in ctx.store.label_rows()] == [(ids[0], "rita", "good")]
 
 
 def test_empty_rater_is_refused_and_an_empty_queue_says_where_items_come_from(client):
