@@ -3,13 +3,16 @@
     python -m benchmarks.label_load                            # 30 and 100 raters, then 100 + 16 chatters
     python -m benchmarks.label_load --raters 100 --chatters 16 --duration 30
     python -m benchmarks.label_load --before 1a63e13           # the app of that commit too, same run
-    python -m benchmarks.label_load --quick                    # tiny model, 4 raters + 2 chatters, 4 s
+    python -m benchmarks.label_load --routes run --chatters 0  # raters only, the direct route only
+    python -m benchmarks.label_load --quick                    # tiny model, 4 raters (+ 2 chatters), 4 s
 
 The real `app.py` is started as a subprocess on a SQLite store in a temp folder, with enough
 label items registered beforehand. Each rater is a thread with ONE keep-alive HTTP connection
 (`http.client`, no gradio_client: 100 clients of that kind would eat the cores being measured)
-calling Gradio's HTTP API as a script would: `POST /gradio_api/call/<api_name>` (the queue, as
-gradio_client uses it), then `GET .../<event_id>` for the server-sent result. A rater loops
+calling Gradio's HTTP API as a script would, by one of two routes (`--routes`): `call`,
+`POST /gradio_api/call/<api_name>` (the queue, as gradio_client uses it) then
+`GET .../<event_id>` for the server-sent result; or `run`, `POST /gradio_api/run/<api_name>`,
+answered in the response, past the queue (ui/label.py opens it). A rater loops
 `/next_item` -> pause (`--pause`, jittered +-25 %) -> `/label`, for `--duration` seconds; the
 round trip is what a rater waits between two pauses: `/label` + the following `/next_item`.
 Chatters (typed `/chat`, `--max-new-tokens` each, a new conversation every 3 messages) keep
@@ -53,10 +56,15 @@ def parse_args(argv):
     sizes.add("--duration", 60.0, 4.0, "seconds each scenario runs", type=float)
     sizes.add("--pause", 2.0, 0.5, "seconds a rater reads before labelling (jittered +-25 %)", type=float)
     sizes.add("--max-new-tokens", 32, 4, "tokens per chat reply")
+    routes = "raters' routes, one scenario each: call = through the queue (as gradio_client); run = a direct POST"
+    sizes.add("--routes", "call,run", "call,run", routes, type=str)
     sizes.parser.add_argument("--before", help="also measure the app of this commit (git archive) as the alternative")
     sizes.parser.add_argument("--startup-timeout", type=int, default=300, help="seconds for the app to come up")
     args = sizes.parse(argv)
     args.raters = [int(n) for n in str(args.raters).split(",")]
+    args.routes = str(args.routes).split(",")
+    if set(args.routes) - {"call", "run"}:
+        sizes.parser.error(f"--routes: call and/or run, not {args.routes}")
     return args
 
 
@@ -70,8 +78,9 @@ class Refused(Exception):
 class Api:
     """Gradio's HTTP API over one keep-alive connection (one per thread)."""
 
-    def __init__(self, url: str, timeout: float = 120):
+    def __init__(self, url: str, timeout: float = 120, route: str = "call"):
         self.conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=timeout)
+        self.route = route
         # One session per client, as gradio_client keeps: without one, every call makes the app
         # build a new session state (a copy of every component's config, ~40 % of its CPU).
         self.session_hash = uuid.uuid4().hex
@@ -79,13 +88,15 @@ class Api:
     def call(self, api_name: str, *data) -> list:
         """POST /call/<api_name> then read the event stream; the final output's values."""
         body = json.dumps({"data": list(data), "session_hash": self.session_hash})
-        self.conn.request("POST", f"/gradio_api/call/{api_name}", body, {"Content-Type": "application/json"})
+        self.conn.request("POST", f"/gradio_api/{self.route}/{api_name}", body, {"Content-Type": "application/json"})
         response = self.conn.getresponse()
         text = response.read()
         if response.status == 503:
             raise Refused(text.decode()[:200])
         if response.status != 200:
             raise RuntimeError(f"{api_name}: HTTP {response.status}: {text.decode()[:200]}")
+        if self.route == "run":  # answered in the response itself, past the queue
+            return json.loads(text)["data"]
         event_id = json.loads(text)["event_id"]
         self.conn.request("GET", f"/gradio_api/call/{api_name}/{event_id}")
         response = self.conn.getresponse()
@@ -123,9 +134,9 @@ def rater_name(scenario_tag: str, index: int) -> str:
     return f"{scenario_tag}-rater-{index:03d}"
 
 
-def rater(url: str, name: str, args, stop_at: float, out: dict) -> None:
+def rater(url: str, name: str, route: str, args, stop_at: float, out: dict) -> None:
     rng = random.Random(name)
-    api = Api(url)
+    api = Api(url, route=route)
     out.update(round_trips=[], label_s=[], next_s=[], acked=[], refused=0, errors=[])
     try:
         time.sleep(rng.uniform(0, args.pause))  # raters arrive one by one, not in lock-step
@@ -180,11 +191,11 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def scenario(url: str, pid: int, tag: str, n_raters: int, n_chatters: int, args) -> dict:
+def scenario(url: str, pid: int, tag: str, n_raters: int, n_chatters: int, route: str, args) -> dict:
     stop_at = time.perf_counter() + args.duration
     raters = [{} for _ in range(n_raters)]
     chatters = [{} for _ in range(n_chatters)]
-    threads = [threading.Thread(target=rater, args=(url, rater_name(tag, i), args, stop_at, r))
+    threads = [threading.Thread(target=rater, args=(url, rater_name(tag, i), route, args, stop_at, r))
                for i, r in enumerate(raters)]  # fmt: skip
     threads += [threading.Thread(target=chatter, args=(url, i, args, stop_at, c)) for i, c in enumerate(chatters)]
     cpu0, own0, start = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
@@ -266,20 +277,21 @@ def start_app(app_dir: Path, model: str, db: Path, folder: Path) -> tuple[subpro
 
 def measure_app(app_dir: Path, model: str, args, folder: Path, tag: str) -> dict:
     """Every scenario, one after the other, on one start of the app (its own store)."""
-    plan = [(n, 0) for n in args.raters] + ([(max(args.raters), args.chatters)] if args.chatters else [])
+    with_chat = [(max(args.raters), args.chatters)] if args.chatters else []
+    plan = [(n, m, route) for route in args.routes for n, m in [(n, 0) for n in args.raters] + with_chat]
     per_rater = int(args.duration / (args.pause * 0.75)) + 5  # more than a rater can label
     db = folder / f"labels-{tag}.db"
-    register_items(db, sum(n for n, _ in plan) * per_rater)
+    register_items(db, sum(n for n, _, _ in plan) * per_rater)
     proc, url, log = start_app(app_dir, model, db, folder)
     by_scenario = {}
     try:
         wait_ready(proc, url, log, args.startup_timeout)
         warm_up(url, args)
         by_scenario["idle"] = {"app_cores": settle(proc.pid)}  # the queue's own polling
-        for k, (n_raters, n_chatters) in enumerate(plan):
-            result = scenario(url, proc.pid, f"s{k}", n_raters, n_chatters, args)
+        for k, (n_raters, n_chatters, route) in enumerate(plan):
+            result = scenario(url, proc.pid, f"s{k}", n_raters, n_chatters, route, args)
             result["store"] = stored_exactly_once(db, f"s{k}", result)
-            key = f"{n_raters} raters" + (f" + {n_chatters} chatters" if n_chatters else "")
+            key = f"{n_raters} raters" + (f" + {n_chatters} chatters" if n_chatters else "") + f", /{route}"
             by_scenario[key] = result
             rt = result["round_trip_s"]
             print(

@@ -79,14 +79,15 @@ def test_concurrent_chat_drives_the_real_app(tmp_path):
 def test_label_load_counts_every_label_in_the_store(tmp_path):
     data = run_quick(label_load, tmp_path)
     scenarios = data["results"]["now"]
-    assert set(scenarios) == {"idle", "4 raters", "4 raters + 2 chatters"}
-    for key in ("4 raters", "4 raters + 2 chatters"):
+    keys = [f"4 raters{chat}, /{route}" for route in ("call", "run") for chat in ("", " + 2 chatters")]
+    assert set(scenarios) == {"idle", *keys}
+    for key in keys:
         s = scenarios[key]
         assert s["labels_acked"] > 0 and s["refused"] == s["errors"] == 0, s
         assert s["store"] == {"rows": s["labels_acked"], "acked": s["labels_acked"], "missing": 0, "extra": 0,
                               "items_labelled_twice": 0}  # fmt: skip
-    assert scenarios["4 raters + 2 chatters"]["chat_replies"]["n"] > 0
-    assert scenarios["4 raters + 2 chatters"]["chat_errors"] == 0
+    for key in keys[1::2]:
+        assert scenarios[key]["chat_replies"]["n"] > 0 and scenarios[key]["chat_errors"] == 0
 
 
 def test_gpu_rows_score_the_issue_targets_from_given_numbers():
