@@ -278,7 +278,8 @@ def start_app(app_dir: Path, model: str, db: Path, folder: Path) -> tuple[subpro
 def measure_app(app_dir: Path, model: str, args, folder: Path, tag: str) -> dict:
     """Every scenario, one after the other, on one start of the app (its own store)."""
     with_chat = [(max(args.raters), args.chatters)] if args.chatters else []
-    plan = [(n, m, route) for route in args.routes for n, m in [(n, 0) for n in args.raters] + with_chat]
+    # Routes side by side per N: the store grows over the run (next_item and progress get slower).
+    plan = [(n, m, route) for n, m in [(n, 0) for n in args.raters] + with_chat for route in args.routes]
     per_rater = int(args.duration / (args.pause * 0.75)) + 5  # more than a rater can label
     db = folder / f"labels-{tag}.db"
     register_items(db, sum(n for n, _, _ in plan) * per_rater)
