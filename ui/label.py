@@ -41,10 +41,10 @@ BUTTON_IDS = {"good": "label-good", "bad": "label-bad", "skip": "label-skip", "u
 # wait there, or a room of raters fills the queue and is turned away with HTTP 503.
 LABEL = "label"
 LABEL_QUEUE = dict(concurrency_id=LABEL, concurrency_limit=None)
-# The API endpoints also answer a direct `POST /gradio_api/run/<name>` past the queue (one
-# request instead of a queued call and its event stream: p95 1.2 s -> 0.28 s for 100 raters on 2
-# cores). Gradio opens that route to queued events only where `api_open` (off on Spaces);
-# gradio_client and /gradio_api/call/ still go through the queue, in the group above.
+# The API endpoints also answer a direct `POST /gradio_api/run/<name>` past the queue: one
+# request instead of a queued call and its event stream (100 raters on 2 cores: round trip p50
+# 0.30 -> 0.16 s, benchmarks/label_load). Gradio opens that route to queued events only where
+# `api_open` (off on Spaces); gradio_client and /gradio_api/call/ still queue, in the group above.
 LABEL_API = dict(LABEL_QUEUE, queue=False)
 
 # Key -> the button it clicks (`event.key`, lower-cased).
