@@ -222,12 +222,9 @@ def _add_api(ctx: AppContext) -> None:
 
     def history(conversation_id: int) -> list[dict]:
         """The conversation as the user sees it: its active turns, raw text, with turn ids."""
-        turns = ctx.store.conversation(int(conversation_id))
-        return [
-            {"turn_id": t.id, "role": t.role, "content": t.content, "persona": t.persona_name}
-            for t in turns
-            if t.withdrawn is None
-        ]
+        shown = conversations.stored_messages(ctx.store.conversation(int(conversation_id)))
+        return [{"turn_id": m["id"], "role": m["role"], "content": m["content"], "persona": m["persona_name"]}
+                for m in shown]  # fmt: skip
 
     def label_reply(
         turn_id: int, verdict: Literal["good", "bad"], request: gr.Request, comment: str = "", rater: str = ""

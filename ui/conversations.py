@@ -105,10 +105,11 @@ def exchange(
     pending.add("user", message, persona, version)
     history = before + _unsaved(pending.turns[:-1])
     prompt = build_messages(persona, history, message)
-    trimmed = len(engine.fit_messages(prompt, settings)) < len(prompt)
+    fitted = engine.fit_messages(prompt, settings)  # stream fits again: already fitted, one count
+    trimmed = len(fitted) < len(prompt)
     shown = history + [{"role": "user", "content": message}]
     reply = ""
-    for piece in engine.stream(prompt, settings):
+    for piece in engine.stream(fitted, settings):
         reply += piece
         yield Step(shown + [{"role": "assistant", "content": reply}], conversation_id, reply, trimmed=trimmed)
     reply = reply.strip()
