@@ -25,6 +25,9 @@ ADAPTER_DIR = "adapter"
 DATA_FILE = "data.json"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+# Written by `training.train --method kto|dpo|sft --from_version P`: where the version came from
+# and which human labels trained it (eval and the scorecard keep those prompts out of scoring).
+LINEAGE_FILE = "lineage.json"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,20 @@ class ModelVersion:
         if data is None or not data.is_file():
             return set()
         return set(json.loads(data.read_text()).get("train_conversation_ids", []))
+
+    def lineage(self) -> dict:
+        """`lineage.json`, or {} for `base` and versions trained from a dataset alone. Keys:
+        `parent` (version name), `method` (sft | kto | dpo), `data_path`, `data_fingerprint`,
+        `counts` (rows per kind), `item_ids` (label items whose labels trained it),
+        `preference_ids` (A/B votes that trained it), `prompt_keys` (store.records.prompt_key
+        of every prompt it was trained on)."""
+        path = self.run_dir / LINEAGE_FILE if self.run_dir else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+    @property
+    def parent(self) -> str | None:
+        """The version this one continued from (None: trained from the base model)."""
+        return self.lineage().get("parent")
 
 
 def read_version(run_dir: Path) -> ModelVersion:

@@ -16,7 +16,7 @@ queue), `history` (turns), `sql` (shared query pieces), `db` (engine, SQLite set
 """
 
 from store.db import StoreError, database_url, mask_url
-from store.records import BlindItem, LabelRow, NewItem, Progress, Verdict
+from store.records import BlindItem, LabelRow, NewItem, Progress, Verdict, prompt_key
 from store.schema import EvalRun, Item, Turn
 from store.store import Store
 
@@ -33,4 +33,5 @@ __all__ = [
     "Verdict",
     "database_url",
     "mask_url",
+    "prompt_key",
 ]

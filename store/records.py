@@ -21,6 +21,13 @@ WITHDRAW_REASONS = ("undo", "retry")
 WithdrawReason = Literal["undo", "retry"]
 
 
+def prompt_key(persona: dict, context: list[dict]) -> str:
+    """The same question (persona and the messages before the answer) -> the same key, whatever
+    version answered it: what training exports record and scoring excludes."""
+    content = [persona, [{"role": m["role"], "content": m["content"]} for m in context]]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class NewItem:
     """An answer to put in front of raters: the persona, the messages so far, the answer."""
