@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_serializer
 
 from chatbot.errors import PersonaError
 
@@ -23,8 +23,10 @@ _FIELD_FIXES = {
     "description": "make `description:` one string",
     "knowledge": "make `knowledge:` a list of `- question: ...` / `answer: ...` pairs",
     "anonymous": "use `anonymous: true` or `anonymous: false`",
+    "scope": "give `scope:` a `topic`, a `deflection` and example questions it answers: `in_scope: [...]` "
+    "or `knowledge:` Q&A (see personas/lovelace_guide.yaml)",
 }
-_NESTED = {"knowledge": "QAPair"}  # list fields whose items are models of their own
+_NESTED = {"knowledge": "QAPair", "scope": "Scope"}  # fields whose values are models of their own
 
 
 class QAPair(BaseModel):
@@ -33,6 +35,19 @@ class QAPair(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
+
+
+class Scope(BaseModel):
+    """What the persona talks about. `chatbot.scope` trains a question classifier from the
+    persona's questions (in scope) and a shipped pool of generic ones (out of scope); a
+    question outside gets `deflection` as the reply, without calling the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topic: str = Field(min_length=1, description="What the persona covers, e.g. `Ada Lovelace and her work`.")
+    deflection: str = Field(min_length=1, description="The reply to an off-topic question, in persona.")
+    in_scope: list[str] = Field(default_factory=list, description="Questions it answers, beside `knowledge`.")
+    out_of_scope: list[str] = Field(default_factory=list, description="Questions it deflects, beside the pool.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Deflect when P(out of scope) is at least this.")
 
 
 class Persona(BaseModel):
@@ -49,6 +64,7 @@ class Persona(BaseModel):
     # Dataset personas (Synthetic-Persona-Chat) have no names: the prompt then does not
     # introduce the model by name, so it does not learn to call every speaker "User 1".
     anonymous: bool = Field(False, description="Do not introduce the persona by name.")
+    scope: Scope | None = Field(None, description="Topic guard: off-topic questions get `deflection`.")
 
     @field_validator("name", "style", "greeting", "description")
     @classmethod
@@ -67,6 +83,23 @@ class Persona(BaseModel):
         if any(not f for f in cleaned):
             raise ValueError("every fact must be a non-empty sentence")
         return cleaned
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_has_questions(cls, scope: Scope | None, info: ValidationInfo) -> Scope | None:
+        # The classifier learns "in scope" from these; without any it cannot learn it at all.
+        if scope is not None and not scope.in_scope and not info.data.get("knowledge"):
+            raise ValueError("a scope needs example questions the persona answers, and there are none")
+        return scope
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        # Without a scope the dump is what it was before scopes existed: stored personas, and
+        # the keys hashed from them (store.prompt_key), stay the same.
+        data = handler(self)
+        if data.get("scope", 0) is None:
+            del data["scope"]
+        return data
 
 
 def render_system_prompt(persona: Persona) -> str:
@@ -107,7 +140,9 @@ def _describe(error: ValidationError, path: Path) -> PersonaError:
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     top = str(first["loc"][0]) if first["loc"] else ""
     if first["type"] == "extra_forbidden":
-        model = QAPair if top in _NESTED and len(first["loc"]) > 1 else Persona
+        model = (
+            {"QAPair": QAPair, "Scope": Scope}[_NESTED[top]] if top in _NESTED and len(first["loc"]) > 1 else Persona
+        )
         allowed = ", ".join(model.model_fields)
         fix = f"remove or rename `{field}`; allowed fields: {allowed}"
     else:
