@@ -35,6 +35,17 @@ class QAPair(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
+    # Other wordings of `question`, for identity training (corpus/persona_data.py): a seeded
+    # share of them is held out of training and used only by `eval.identity`.
+    paraphrases: list[str] = Field(default_factory=list, description="Other wordings of the question.")
+
+    @field_validator("paraphrases")
+    @classmethod
+    def _paraphrases(cls, paraphrases: list[str]) -> list[str]:
+        cleaned = [p.strip() for p in paraphrases]
+        if any(not p for p in cleaned):
+            raise ValueError("every paraphrase must be a non-empty question")
+        return cleaned
 
 
 class Scope(BaseModel):
@@ -145,6 +156,8 @@ def _describe(error: ValidationError, path: Path) -> PersonaError:
         )
         allowed = ", ".join(model.model_fields)
         fix = f"remove or rename `{field}`; allowed fields: {allowed}"
+    elif "paraphrases" in first["loc"]:
+        fix = "make `paraphrases:` a list of questions, one `- Who are you?` per line, under its `question:`"
     else:
         fix = _FIELD_FIXES.get(top, "see personas/ada.yaml for a valid example")
         if first["type"] == "string_type" and isinstance(first.get("input"), bool | int | float):
