@@ -69,25 +69,31 @@ def select_turns(cfg: EvalConfig) -> tuple[list[Example], dict]:
     return examples, {c.id: c for c in split}
 
 
+def label_items(name: str, examples, facts, replies, run_id: int | None = None) -> list[NewItem]:
+    """Each reply as a label item: the turn's persona facts, the dialogue before it, the reply.
+    Shared with the app's Organise tab (eval/jobs.py), so both queue the same items."""
+    return [
+        NewItem(
+            source="eval",
+            persona_name="persona-chat speaker",
+            persona={"facts": own},
+            # The system message is the persona (shown apart); a file without one has none to drop.
+            context=ex.messages[1:] if ex.messages and ex.messages[0]["role"] == "system" else ex.messages,
+            answer=reply,
+            model_version=name,
+            eval_run_id=run_id,
+        )  # fmt: skip
+        for ex, own, reply in zip(examples, facts, replies, strict=True)
+    ]
+
+
 def register(cfg: EvalConfig, name: str, examples, facts, replies, out: Path, summary: dict) -> list[int | None]:
     """One eval run in the store, and every reply as a label item of it; the items' ids."""
     if not cfg.register_labels:
         return [None] * len(examples)
     with Store(cfg.database_url) as store:
         run_id = store.add_eval_run(name, str(out), cfg.model_dump(mode="json"), summary)
-        items = [
-            NewItem(
-                source="eval",
-                persona_name="persona-chat speaker",
-                persona={"facts": own},
-                context=ex.messages[1:],
-                answer=reply,
-                model_version=name,
-                eval_run_id=run_id,
-            )  # fmt: skip
-            for ex, own, reply in zip(examples, facts, replies, strict=True)
-        ]
-        return store.add_label_items(items)
+        return store.add_label_items(label_items(name, examples, facts, replies, run_id))
 
 
 @entry_point(EvalConfig, __doc__)
