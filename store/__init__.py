@@ -11,12 +11,23 @@ start) or `python -m store.migrate`, and refused by everything else.
 
 Modules: `schema` (the tables, each declared once, and the records built from them), `records`
 (the other values), `upgrade` (create or migrate on open), `store` (`Store`), `assign` (the
-queue), `history` (turns), `sql` (shared query pieces), `db` (engine, SQLite settings), `migrate`
-(the command).
+queue), `history` (turns), `votes` (A/B preferences), `sql` (shared query pieces), `db` (engine,
+SQLite settings), `migrate` (the command).
 """
 
 from store.db import StoreError, database_url, mask_url
-from store.records import BlindItem, LabelRow, NewItem, Progress, Verdict, prompt_key
+from store.records import (
+    VOTES,
+    BlindItem,
+    LabelRow,
+    NewItem,
+    NewPreference,
+    PreferenceRow,
+    Progress,
+    Verdict,
+    Vote,
+    prompt_key,
+)
 from store.schema import EvalRun, Item, Turn
 from store.store import Store
 
@@ -26,11 +37,15 @@ __all__ = [
     "Item",
     "LabelRow",
     "NewItem",
+    "NewPreference",
+    "PreferenceRow",
     "Progress",
     "Store",
     "StoreError",
     "Turn",
+    "VOTES",
     "Verdict",
+    "Vote",
     "database_url",
     "mask_url",
     "prompt_key",

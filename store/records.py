@@ -1,5 +1,6 @@
 """The allowed values, and what the store takes or hands back that is not one table row:
-`NewItem` (an answer to register), `BlindItem`, `LabelRow` (a join), `Progress`. The rows
+`NewItem` (an answer to register), `BlindItem`, `LabelRow` (a join), `Progress`,
+`NewPreference` (an A/B vote to record) and `PreferenceRow` (a join). The rows
 (`Turn`, `Item`, `EvalRun`) are declared once, in `store.schema`."""
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Literal, NamedTuple
 
 Verdict = Literal["good", "bad"]
 VERDICTS = ("good", "bad")
+# A blind A/B vote: A better, B better, both as good, both bad.
+Vote = Literal["a", "b", "tie", "both_bad"]
+VOTES = ("a", "b", "tie", "both_bad")
 CONVERSATION_SOURCES = ("chat", "compare", "eval")
 ITEM_SOURCES = ("chat", "eval")
 # `notice` is a system notice shown in the chat ("switched to model v2"), not a prompt.
@@ -76,3 +80,39 @@ class LabelRow:
 class Progress(NamedTuple):
     done: int  # items this rater labelled
     total: int  # done + items still available to them
+
+
+@dataclass(frozen=True)
+class NewPreference:
+    """A rater's vote between two versions' replies to the same persona and messages. A and B
+    are as the rater saw them (the blind order), so `vote` "a" means `reply_a` and `version_a`."""
+
+    persona_name: str
+    persona: dict  # Persona.model_dump()
+    context: list[dict]  # the messages before the replies, {"role", "content"}, the user message last
+    reply_a: str
+    reply_b: str
+    version_a: str
+    version_b: str
+    vote: Vote
+    rater: str
+    # The Compare tab's stored conversations the replies belong to (None: they came from a script).
+    conversation_a: int | None = None
+    conversation_b: int | None = None
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    """A stored vote, with its rater's name."""
+
+    id: int
+    rater: str
+    persona_name: str
+    persona: dict
+    context: list[dict]
+    reply_a: str
+    reply_b: str
+    version_a: str
+    version_b: str
+    vote: Vote
+    created_at: datetime

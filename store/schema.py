@@ -17,9 +17,9 @@ from typing import Annotated
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, MappedColumn, mapped_column
 
-from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, WITHDRAW_REASONS, BlindItem
+from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, VOTES, WITHDRAW_REASONS, BlindItem
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -199,6 +199,28 @@ class Skip(Base):
     created_at: Mapped[Created]
 
 
+class Preference(Base):
+    """A blind A/B vote (`NewPreference` records one). Like an item, it holds everything the
+    rater saw, so it outlives the Compare tab's conversations it came from."""
+
+    __tablename__ = "preferences"
+    __table_args__ = (_in("vote", VOTES),)
+
+    id: Mapped[Id]
+    rater_id: Mapped[int] = _fk("raters")
+    conversation_a_id: Mapped[int | None] = _fk("conversations", ondelete="SET NULL")
+    conversation_b_id: Mapped[int | None] = _fk("conversations", ondelete="SET NULL")
+    persona_name: Mapped[str]
+    persona: Mapped[dict]
+    context: Mapped[list[dict]]
+    reply_a: Mapped[str]
+    reply_b: Mapped[str]
+    version_a: Mapped[str]
+    version_b: Mapped[str]
+    vote: Mapped[str]
+    created_at: Mapped[Created]
+
+
 # The tables, for Core statements.
 schema_version = SchemaVersion.__table__
 raters = Rater.__table__
@@ -209,3 +231,4 @@ label_items = Item.__table__
 assignments = Assignment.__table__
 labels = Label.__table__
 skips = Skip.__table__
+preferences = Preference.__table__

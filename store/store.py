@@ -1,4 +1,4 @@
-"""`Store`: conversations, label items, the labelling queue, labels and eval runs.
+"""`Store`: conversations, label items, the labelling queue, labels, A/B preferences and eval runs.
 
 Every method is one transaction; a write is committed (on disk) when the method returns.
 Methods take and return plain values and records built from rows outside any ORM session
@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from store import assign, history, sql
+from store import assign, history, sql, votes
 from store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, create_engine, database_url, mask_url, reason
 from store.db import transaction as _transaction
 from store.records import (
@@ -26,6 +26,8 @@ from store.records import (
     WITHDRAW_REASONS,
     LabelRow,
     NewItem,
+    NewPreference,
+    PreferenceRow,
     Progress,
     Verdict,
     WithdrawReason,
@@ -287,6 +289,26 @@ class Store:
             .order_by(label_items.c.model_version)
         )
         return self._read(lambda c: list(c.execute(query).scalars()), "the labelled model versions")
+
+    # -- A/B preferences ----------------------------------------------------------------
+
+    def add_preference(self, p: NewPreference) -> int:
+        """Record a rater's blind A/B vote; on disk when this returns. Returns its id."""
+        rater, row = _rater_name(p.rater), votes.values(p)
+
+        def write(conn: sa.Connection) -> int:
+            for side in ("a", "b"):
+                if row[f"conversation_{side}_id"] is not None:
+                    sql.require(conn, conversations, row[f"conversation_{side}_id"], "conversation")
+            return votes.insert(conn, row | dict(rater_id=sql.rater_id(conn, rater, create=True)))
+
+        # No retry: if the first try committed unseen, a second would record the vote twice.
+        return self._write(write, f"the vote of {rater} was NOT saved")
+
+    def preferences(self, versions: tuple[str, str] | None = None) -> list[PreferenceRow]:
+        """Every A/B vote (between these two versions, in either order, if given), oldest first."""
+        query = votes.query(versions)
+        return self._read(lambda c: [PreferenceRow(**row._mapping) for row in c.execute(query)], "the A/B votes")
 
     # -- eval runs --------------------------------------------------------------------
 

@@ -19,8 +19,24 @@ log = logging.getLogger(__name__)
 # The statements that bring a database from version n - 1 to n, keyed by n. Plain SQL that
 # both SQLite and PostgreSQL run, frozen as written (a step must keep doing what it did when
 # the declarations in store.schema change later); each leaves the tables as `create_all` at
-# version n makes them, which tests/store/test_schema.py checks.
-UPGRADES: dict[int, tuple[str, ...]] = {
+# version n makes them, which tests/store/test_schema.py checks. A statement the two write
+# differently (CREATE TABLE: an id is SERIAL on PostgreSQL, a time TIMESTAMP) is a dict of
+# the two, keyed by dialect name.
+Statement = str | dict[str, str]
+_V4_PREFERENCES = """CREATE TABLE preferences (
+    id {serial} NOT NULL, rater_id INTEGER NOT NULL, conversation_a_id INTEGER, conversation_b_id INTEGER,
+    persona_name TEXT NOT NULL, persona JSON NOT NULL, context JSON NOT NULL, reply_a TEXT NOT NULL,
+    reply_b TEXT NOT NULL, version_a TEXT NOT NULL, version_b TEXT NOT NULL, vote TEXT NOT NULL,
+    created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_preferences PRIMARY KEY (id),
+    CONSTRAINT ck_preferences_vote_allowed CHECK (vote IN ('a', 'b', 'tie', 'both_bad')),
+    CONSTRAINT fk_preferences_rater_id_raters FOREIGN KEY(rater_id) REFERENCES raters (id),
+    CONSTRAINT fk_preferences_conversation_a_id_conversations FOREIGN KEY(conversation_a_id)
+        REFERENCES conversations (id) ON DELETE SET NULL,
+    CONSTRAINT fk_preferences_conversation_b_id_conversations FOREIGN KEY(conversation_b_id)
+        REFERENCES conversations (id) ON DELETE SET NULL
+)"""
+UPGRADES: dict[int, tuple[Statement, ...]] = {
     2: ("ALTER TABLE label_items ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",),
     3: (
         "ALTER TABLE turns ADD COLUMN withdrawn TEXT"
@@ -33,6 +49,16 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         " CONSTRAINT pk_schema_version PRIMARY KEY (id), CONSTRAINT ck_schema_version_one_row CHECK (id = 1))",
         "INSERT INTO schema_version (id, version) SELECT 1, MAX(version) FROM schema_version_2",
         "DROP TABLE schema_version_2",
+    ),
+    # Blind A/B votes from the Compare tab.
+    4: (
+        {
+            "sqlite": _V4_PREFERENCES.format(serial="INTEGER", timestamp="DATETIME"),
+            "postgresql": _V4_PREFERENCES.format(serial="SERIAL", timestamp="TIMESTAMP WITHOUT TIME ZONE"),
+        },
+        "CREATE INDEX ix_preferences_conversation_a_id ON preferences (conversation_a_id)",
+        "CREATE INDEX ix_preferences_conversation_b_id ON preferences (conversation_b_id)",
+        "CREATE INDEX ix_preferences_rater_id ON preferences (rater_id)",
     ),
 }
 
@@ -94,5 +120,5 @@ def upgrade(conn: sa.Connection, found: int) -> None:
     for version in range(found + 1, SCHEMA_VERSION + 1):
         log.info("upgrading the database schema from version %d to %d", version - 1, version)
         for statement in UPGRADES[version]:
-            conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(statement if isinstance(statement, str) else statement[conn.dialect.name])
     conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION))

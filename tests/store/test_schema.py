@@ -1,4 +1,4 @@
-"""Opening a database: created when empty, upgraded from versions 1 and 2 only when allowed
+"""Opening a database: created when empty, upgraded from versions 1, 2 and 3 only when allowed
 (`migrate=True`, `python -m store.migrate`), refused when newer; concurrent first starts."""
 
 import os
@@ -10,15 +10,16 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from store import Store, StoreError, database_url
+from store import NewPreference, Store, StoreError, database_url
 from store.migrate import main as migrate_main
 from store.schema import SCHEMA_VERSION, metadata
 from tests.conftest import REPO
 from tests.store.conftest import add_items, new_item
 
-# The tables as versions 1 and 2 of the code created them (their `create_all` output), frozen
+# The tables as versions 1, 2 and 3 of the code created them (their `create_all` output), frozen
 # here as raw SQL so later changes to store.schema cannot change what an old database is.
-# {serial} and {timestamp} are the only differences between SQLite and PostgreSQL.
+# {serial} and {timestamp} are the only differences between SQLite and PostgreSQL; {priority},
+# {turns_v3} and {schema_version} are what versions 2 and 3 changed.
 OLD_DDL = """
 CREATE TABLE conversations (
     id {serial} NOT NULL, source TEXT NOT NULL, persona_key TEXT NOT NULL, persona JSON NOT NULL,
@@ -36,7 +37,7 @@ CREATE TABLE raters (
     id {serial} NOT NULL, name TEXT NOT NULL, created_at {timestamp} NOT NULL,
     CONSTRAINT pk_raters PRIMARY KEY (id), CONSTRAINT uq_raters_name UNIQUE (name)
 );
-CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE schema_version ({schema_version});
 CREATE TABLE label_items (
     id {serial} NOT NULL, source TEXT NOT NULL, conversation_id INTEGER, eval_run_id INTEGER,
     persona_name TEXT NOT NULL, persona JSON NOT NULL, context JSON NOT NULL, answer TEXT NOT NULL,
@@ -56,6 +57,7 @@ CREATE INDEX ix_label_items_model_version ON label_items (model_version);
 CREATE TABLE turns (
     id {serial} NOT NULL, conversation_id INTEGER NOT NULL, "index" INTEGER NOT NULL, role TEXT NOT NULL,
     content TEXT NOT NULL, model_version TEXT, persona_name TEXT, created_at {timestamp} NOT NULL,
+    {turns_v3}
     CONSTRAINT pk_turns PRIMARY KEY (id),
     CONSTRAINT uq_turns_conversation_id_index UNIQUE (conversation_id, "index"),
     CONSTRAINT ck_turns_role_allowed CHECK (role IN ('user', 'assistant', 'system', 'notice')),
@@ -92,23 +94,30 @@ CREATE INDEX ix_skips_item_id ON skips (item_id);
 CREATE INDEX ix_skips_rater_id ON skips (rater_id)
 """
 V2_PRIORITY = "priority INTEGER DEFAULT 0 NOT NULL,"  # the one change from version 1 to 2
+V3_TURNS = "withdrawn TEXT, persona JSON, CONSTRAINT ck_turns_withdrawn_allowed CHECK (withdrawn IN ('undo', 'retry')),"
+V3_SCHEMA_VERSION = (
+    "id INTEGER NOT NULL, version INTEGER NOT NULL,"
+    " CONSTRAINT pk_schema_version PRIMARY KEY (id), CONSTRAINT ck_schema_version_one_row CHECK (id = 1)"
+)
 T = "2024-05-01 12:00:00.000000"  # naive UTC, as UTCDateTime stores it
 T_READ = datetime(2024, 5, 1, 12, tzinfo=UTC)  # T as the store reads it back
 PERSONA = '{"name": "Ada", "facts": ["I build engines."]}'
 
 
 def old_rows(version: int) -> list[str]:
-    """A few rows of every table, as version 1 or 2 stored them: kim labelled item 1, lee skipped item 2."""
+    """A few rows of every table, as version 1, 2 or 3 stored them: kim labelled item 1, lee skipped item 2."""
     items = []
     for i, eval_run_id, priority in [(1, "1", 0), (2, "NULL", 0), (3, "NULL", 2)]:
         item = new_item(i - 1)
         context = f'[{{"role": "user", "content": "question {i - 1}"}}]'
         values = f"{i}, 'eval', NULL, {eval_run_id}, 'Ada', '{PERSONA}', '{context}', '{item.answer}', 'base'"
-        items.append(f"({values}, '{item.key}', '{T}'" + (f", {priority})" if version == 2 else ")"))
+        items.append(f"({values}, '{item.key}', '{T}'" + (f", {priority})" if version >= 2 else ")"))
+    turn_v3 = ", NULL, NULL" if version == 3 else ""  # withdrawn, persona
     return [
         f"INSERT INTO conversations VALUES (1, 'chat', 'ada', '{PERSONA}', 'base', '{T}')",
-        f"""INSERT INTO turns VALUES (1, 1, 0, 'assistant', 'Hello!', 'base', 'Ada', '{T}'),
-            (2, 1, 1, 'user', 'Hi Ada', NULL, NULL, '{T}'), (3, 1, 2, 'assistant', 'Hi!', 'base', 'Ada', '{T}')""",
+        f"""INSERT INTO turns VALUES (1, 1, 0, 'assistant', 'Hello!', 'base', 'Ada', '{T}'{turn_v3}),
+            (2, 1, 1, 'user', 'Hi Ada', NULL, NULL, '{T}'{turn_v3}),
+            (3, 1, 2, 'assistant', 'Hi!', 'base', 'Ada', '{T}'{turn_v3})""",
         f"INSERT INTO eval_runs VALUES (1, 'base', 'runs/base/eval/1', '{{\"n\": 2}}', '{{\"bleu\": 1.5}}', '{T}')",
         f"INSERT INTO raters VALUES (1, 'kim', '{T}'), (2, 'lee', '{T}')",
         f"INSERT INTO label_items VALUES {', '.join(items)}",
@@ -116,18 +125,20 @@ def old_rows(version: int) -> list[str]:
         f"INSERT INTO labels (item_id, rater_id, verdict, comment, created_at, updated_at)"
         f" VALUES (1, 1, 'bad', 'rude', '{T}', '{T}')",
         f"INSERT INTO skips (item_id, rater_id, created_at) VALUES (2, 2, '{T}')",
-        f"INSERT INTO schema_version VALUES ({version})",
+        f"INSERT INTO schema_version VALUES ({'1, ' if version == 3 else ''}{version})",
     ]
 
 
 def create_old_database(url: str, version: int) -> None:
-    """A database as version 1 or 2 of the code left it: its tables and a few rows."""
+    """A database as version 1, 2 or 3 of the code left it: its tables and a few rows."""
     engine = sa.create_engine(database_url(url))
     postgres = engine.dialect.name == "postgresql"
     ddl = OLD_DDL.format(
         serial="SERIAL" if postgres else "INTEGER",
         timestamp="TIMESTAMP WITHOUT TIME ZONE" if postgres else "DATETIME",
-        priority=V2_PRIORITY if version == 2 else "",
+        priority=V2_PRIORITY if version >= 2 else "",
+        turns_v3=V3_TURNS if version >= 3 else "",
+        schema_version=V3_SCHEMA_VERSION if version >= 3 else "version INTEGER NOT NULL",
     )
     with engine.begin() as conn:
         for statement in ddl.split(";") + old_rows(version):
@@ -181,7 +192,7 @@ def test_an_empty_database_gets_every_table_at_the_current_version(db_url):
         assert store.found_version == SCHEMA_VERSION
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
     create_old_database(db_url, version)
     with Store(db_url, migrate=True) as store:
@@ -191,7 +202,7 @@ def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
         assert [(store.item(i).answer, store.item(i).priority) for i in (1, 2, 3)] == [
             ("answer 0", 0),
             ("answer 1", 0),
-            ("answer 2", 2 if version == 2 else 0),
+            ("answer 2", 2 if version >= 2 else 0),
         ]
         assert store.item(1).persona == {"name": "Ada", "facts": ["I build engines."]}
         turns = store.conversation(1)
@@ -214,12 +225,18 @@ def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
         ]
         assert store.next_item("lee").id == 3  # lee skipped item 2; kim holds item 1
         assert store.progress("kim") == (1, 2)
+        # Version 4's preferences: none yet; a vote by an old rater on an old conversation.
+        assert store.preferences() == []
+        vote = NewPreference("Ada", {"name": "Ada"}, [{"role": "user", "content": "Hi"}], "A", "B", "base", "v1",
+                             "tie", "kim", conversation_a=1)  # fmt: skip
+        assert store.add_preference(vote) == 1
+        assert [(p.rater, p.vote) for p in store.preferences(("v1", "base"))] == [("kim", "tie")]
     assert schema_version_rows(db_url) == [(1, SCHEMA_VERSION)]
     with Store(db_url) as store:  # upgraded: opening it again needs no migrate
         assert store.found_version == SCHEMA_VERSION and len(store.label_rows()) == 1
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_upgraded_database_has_the_schema_of_a_created_one(db_url, version):
     create_old_database(db_url, version)
     Store(db_url, migrate=True).close()

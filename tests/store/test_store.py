@@ -2,6 +2,7 @@
 runs, failures. Opening, creating and upgrading a database: test_schema.py."""
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from store import BlindItem, NewItem, Store, StoreError, database_url
+from store import BlindItem, NewItem, NewPreference, Store, StoreError, database_url
 from tests.conftest import REPO
 from tests.store.conftest import add_items, new_item
 
@@ -325,6 +326,79 @@ def test_eval_runs(store):
     assert len(store.eval_runs("v1")) == 1
 
 
+# -- A/B preferences ------------------------------------------------------------------------
+
+
+def vote(vote: str = "a", versions=("v1", "base"), rater: str = "kim", **kwargs) -> NewPreference:
+    context = [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "What do you build?"}]
+    fields = dict(persona_name="Ada", persona={"name": "Ada", "facts": ["I build engines."]}, context=context)
+    fields |= dict(reply_a="Engines.", reply_b="Bridges.", version_a=versions[0], version_b=versions[1])
+    return NewPreference(**fields | dict(vote=vote, rater=rater) | kwargs)
+
+
+def test_preferences_round_trip_and_filter_by_a_pair_in_either_order(store, ada):
+    conversations = [store.start_conversation("compare", "ada", ada, v) for v in ("v1", "base")]
+    first = store.add_preference(vote("a", conversation_a=conversations[0], conversation_b=conversations[1]))
+    store.add_preference(vote("tie", ("base", "v1"), rater="lee", persona=ada))  # a chatbot Persona is dumped
+    store.add_preference(vote("both_bad", ("v2", "v1")))
+    rows = store.preferences()
+    assert [(r.id, r.rater, r.version_a, r.version_b, r.vote) for r in rows] == [
+        (first, "kim", "v1", "base", "a"),
+        (first + 1, "lee", "base", "v1", "tie"),
+        (first + 2, "kim", "v2", "v1", "both_bad"),
+    ]
+    assert (rows[0].reply_a, rows[0].reply_b, rows[0].persona_name) == ("Engines.", "Bridges.", "Ada")
+    assert rows[0].context[-1] == {"role": "user", "content": "What do you build?"}
+    assert rows[1].persona == ada.model_dump() and rows[0].created_at.tzinfo is not None
+    assert [r.vote for r in store.preferences(("base", "v1"))] == ["a", "tie"]
+    assert [r.vote for r in store.preferences(("v1", "base"))] == ["a", "tie"]
+    assert [r.vote for r in store.preferences(("v1", "v2"))] == ["both_bad"]
+    assert store.preferences(("base", "v2")) == []
+
+
+def test_a_vote_outlives_its_conversations(store, ada):
+    conversation = store.start_conversation("compare", "ada", ada, "v1")
+    store.add_preference(vote(conversation_a=conversation))
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM conversations WHERE id = :id"), {"id": conversation})
+        assert conn.execute(sa.text("SELECT conversation_a_id FROM preferences")).scalar() is None
+    assert [r.reply_a for r in store.preferences()] == ["Engines."]
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem", "fix"),
+    [
+        (dict(vote="left"), "a vote must be one of a, b, tie, both_bad, not 'left'", "vote 'a' (A is better)"),
+        (dict(rater=" "), "the rater name is empty", "type your name"),
+        (dict(context=[]), "must end with the user message", "the user message last"),
+        (dict(context=[{"role": "user"}]), "context must be a list of messages", '"content"'),
+        (dict(version_b=""), "version_b is empty", "name the model version"),
+        (dict(reply_a=None), "reply_a must be text", "pass reply_a as a str"),
+        (dict(conversation_b=999), "there is no conversation 999", "an existing conversation"),
+    ],
+)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # checked before the database is asked
+def test_a_bad_vote_is_refused_with_the_fix_and_nothing_is_saved(store, bad, problem, fix):
+    with pytest.raises(StoreError, match=re.escape(problem)) as refused:
+        store.add_preference(vote(**bad))
+    assert fix in refused.value.fix
+    assert store.preferences() == []
+
+
+def test_the_vote_check_is_in_the_database_too(store):
+    store.add_preference(vote())
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE preferences SET vote = 'left'"))
+    assert [r.vote for r in store.preferences()] == ["a"]
+
+
+def test_votes_survive_reopening(db_url):
+    with Store(db_url) as store:
+        store.add_preference(vote("b"))
+    with Store(db_url) as store:
+        assert [(r.rater, r.vote, r.reply_b) for r in store.preferences()] == [("kim", "b", "Bridges.")]
+
+
 # -- opening and failures ---------------------------------------------------------------
 
 
@@ -392,19 +466,20 @@ def test_label_write_is_retried_once_then_reported_not_saved(store):
 
 KILLED_WRITER = """
 import sys, time
-from store import NewItem, Store
+from store import NewItem, NewPreference, Store
 
 store = Store(sys.argv[1])
 context = [{"role": "user", "content": "hi"}]
 items = [NewItem("eval", "Ada", {"name": "Ada"}, context, f"answer {i}", "v1") for i in range(int(sys.argv[2]))]
 for item_id in store.add_label_items(items):
     store.label(item_id, "kim", "good")
+store.add_preference(NewPreference("Ada", {"name": "Ada"}, context, "A", "B", "v1", "base", "b", "kim"))
 print("done", flush=True)
 time.sleep(600)
 """
 
 
-def test_labels_survive_kill_9(tmp_path):
+def test_labels_and_votes_survive_kill_9(tmp_path):
     url, n = f"sqlite:///{tmp_path / 'kill.db'}", 20
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -421,5 +496,6 @@ def test_labels_survive_kill_9(tmp_path):
             proc.wait()
     assert (tmp_path / "kill.db-wal").exists()  # no clean shutdown: the commits sit in the WAL
     with Store(url) as store:
-        rows = store.label_rows()
+        rows, votes = store.label_rows(), store.preferences()
+    assert [(v.rater, v.vote, v.version_a) for v in votes] == [("kim", "b", "v1")]
     assert len(rows) == n and {(r.rater, r.verdict, r.model_version) for r in rows} == {("kim", "good", "v1")}
