@@ -6,8 +6,8 @@ deflection instead of a reply from the model.
 A persona with a `scope:` (see personas/lovelace_guide.yaml) gets a logistic regression
 (scikit-learn, balanced class weights) over sentence embeddings (the packaged MiniLM), trained from
 - in scope: its knowledge questions, its `scope.in_scope` examples and the shipped small talk
-  (`chatbot/data/small_talk.txt`: greetings, thanks, "who are you?", which no persona deflects);
-- out of scope: the shipped pool of generic questions (`chatbot/data/generic_questions.txt`:
+  (`chatbot/scope_questions/small_talk.txt`: greetings, thanks, "who are you?", which no persona deflects);
+- out of scope: the shipped pool of generic questions (`chatbot/scope_questions/generic.txt`:
   weather, sport, code, recipes, politics, homework...) and its `scope.out_of_scope` examples.
 The command reports precision/recall/F1 per class on a seeded held-out split, then trains on
 everything and saves the model to the cache (`~/.cache/persona-studio/scope/`, named by the
@@ -37,8 +37,8 @@ from chatbot.persona import Persona, load_persona
 
 log = logging.getLogger("chatbot.scope")
 
-DATA = Path(__file__).parent / "data"
-GENERIC_QUESTIONS = DATA / "generic_questions.txt"
+DATA = Path(__file__).parent / "scope_questions"  # not data/: .gitignore keeps that for the store
+GENERIC_QUESTIONS = DATA / "generic.txt"
 SMALL_TALK = DATA / "small_talk.txt"
 CLASSES = ("in_scope", "out_of_scope")  # label 0, label 1
 # Bumped when the features or the model change, so cached models of the old kind retrain.
