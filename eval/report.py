@@ -2,10 +2,15 @@
 
     python -m eval.report                       # Markdown to stdout
     python -m eval.report --format csv --out results/   # also writes table.csv / table.json / report.md
+    python -m eval.report --versions v2,v1      # scorecard of v2 against v1 (`--versions v2`: its parent)
 
 Beside the table: rater agreement where items have 2+ raters, how well each automatic metric
 separates answers labelled good from bad, and the general-skill retention deltas that
 `python -m eval.retention` wrote. The app's Results tab shows the same table.
+
+With --versions: the scorecard of one version against another (`eval.scorecard`): every metric,
+human accuracy, A/B win rate, regression suite and retention as a delta with its 95 % interval,
+significant changes marked; --out writes scorecard.csv / scorecard.json / scorecard.md.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chatbot.config import entry_point
 from chatbot.versions import list_versions
@@ -31,6 +36,20 @@ class ReportConfig(BaseModel):
     database_url: str | None = Field(None, description="Label store (default: DATABASE_URL or SQLite in data/).")
     format: Literal["md", "csv", "json"] = Field("md", description="What to print.")
     out: str | None = Field(None, description="Also write table.csv, table.json and report.md here.")
+    versions: list[str] | None = Field(
+        None, description="CHILD,PARENT (or CHILD: its parent, else base): print their scorecard instead."
+    )
+    n_resamples: int = Field(9999, ge=100, description="Bootstrap resamples of the scorecard's intervals.")
+    seed: int = Field(0, description="Seed of the scorecard's bootstrap.")
+
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        """`--versions v2,v1` is short for `--versions [v2,v1]`; one or two names."""
+        names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if names is not None and not 1 <= len(names) <= 2:
+            raise ValueError(f"give the child and optionally its parent (CHILD or CHILD,PARENT), not {names}")
+        return names
 
 
 def metric_vs_human_rows(store: Store) -> list[dict]:
@@ -92,16 +111,28 @@ def build_report(cfg: ReportConfig) -> tuple[pd.DataFrame, str]:
     return table, "\n".join(parts) + "\n"
 
 
+def build_scorecard(cfg: ReportConfig) -> tuple[pd.DataFrame, str]:
+    """(one row per measurement, raw numbers; the Markdown scorecard)."""
+    from eval.scorecard import scorecard, scorecard_markdown
+
+    child, parent = (*cfg.versions, None)[:2]
+    with Store(cfg.database_url) as store:
+        card = scorecard(store, child, parent, cfg.runs_dir, cfg.n_resamples, cfg.seed)
+    rows = pd.DataFrame(card.rows).assign(child_version=card.child, parent_version=card.parent)
+    return rows, scorecard_markdown(card)
+
+
 @entry_point(ReportConfig, __doc__)
 def main(cfg: ReportConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    table, markdown = build_report(cfg)
+    table, markdown = build_scorecard(cfg) if cfg.versions else build_report(cfg)
+    name = "scorecard" if cfg.versions else "table"
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "table.csv", index=False)
-        table.to_json(out / "table.json", orient="records", indent=2, force_ascii=False)
-        (out / "report.md").write_text(markdown)
+        table.to_csv(out / f"{name}.csv", index=False)
+        table.to_json(out / f"{name}.json", orient="records", indent=2, force_ascii=False)
+        (out / ("scorecard.md" if cfg.versions else "report.md")).write_text(markdown)
     if cfg.format == "csv":
         print(table.to_csv(index=False), end="")
     elif cfg.format == "json":
