@@ -5,6 +5,7 @@ model learns from: one `Example` per reply of the target speaker, with that spea
 as the system message. Used by training and by eval, so both see the same prompts.
 
     python -m corpus.examples ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv
+    python -m corpus.examples personas/nova.yaml   # a persona file as a dataset (corpus/persona_data.py)
     (flags: --format, --speakers "User 2", --max-history-turns 6, --split-seed 1)
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chatbot.errors import PersonaStudioError
 from chatbot.persona import Persona
@@ -34,6 +35,7 @@ from corpus.formats import (
     Turn,
     read_conversations,
 )
+from corpus.persona_data import HELDOUT_SHARE, check_share, is_persona_file, persona_splits
 
 __all__ = [
     "SPLITS",
@@ -41,6 +43,7 @@ __all__ = [
     "DataConfig",
     "Example",
     "LoadReport",
+    "MixSource",
     "Turn",
     "fingerprint",
     "load_examples",
@@ -175,14 +178,52 @@ def fingerprint(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-class DataConfig(BaseModel):
-    """Which dataset file, which speakers, how much history, which split."""
+Format = Literal["auto", "spc", "qa_csv", "jsonl", "persona"]
+
+
+class MixSource(BaseModel):
+    """One source of a weighted mix (`data.mix`); the other `data.*` settings apply to all."""
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(SHARED_VALID_CSV, description="Dataset file: a .csv or a .jsonl.")
-    format: Literal["auto", "spc", "qa_csv", "jsonl"] = Field(
-        "auto", description="spc, qa_csv, jsonl, or auto (.jsonl suffix, else the CSV header)."
+    path: Path = Field(description="Dataset file (.csv, .jsonl) or persona file (.yaml).")
+    weight: float = Field(description="Relative share of the training examples (weights are normalised).")
+    format: Format = Field("auto", description="As data.format.")
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, weight: float) -> float:
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(
+                f"a mix weight must be a positive number, not {weight}: give each source a share such as "
+                "`weight: 0.3`, or remove the source from data.mix"
+            )
+        return weight
+
+
+class DataConfig(BaseModel):
+    """Which dataset file (or weighted mix of files), which speakers, how much history, which split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(SHARED_VALID_CSV, description="Dataset file: a .csv, a .jsonl, or a persona .yaml.")
+    format: Format = Field(
+        "auto",
+        description="spc, qa_csv, jsonl, persona, or auto (.yaml/.yml persona, .jsonl, else the CSV header).",
+    )
+    mix: list[MixSource] | None = Field(
+        None, description="Train on several sources by weight: [{path: ..., weight: 0.3}, ...] (instead of path)."
+    )
+    stopping_strategy: Literal["first_exhausted", "all_exhausted"] = Field(
+        "all_exhausted",
+        description="Mix: stop when the first source runs out, or repeat sources until all ran out "
+        "(datasets.interleave_datasets).",
+    )
+    persona_heldout_share: float = Field(
+        HELDOUT_SHARE, description="Persona files: share of each question's paraphrases held out for eval.identity."
+    )
+    persona_variations: bool = Field(
+        True, description="Persona files: add lower-case / 'Hi!' / 'Quick question:' / 'Thanks!' wordings."
     )
     speakers: Speakers = Field("both", description="Whose turns are targets in two-party dialogues.")
     max_history_turns: int | None = Field(None, ge=0, description="Keep only the last K turns of history.")
@@ -198,6 +239,31 @@ class DataConfig(BaseModel):
     def _fractions(cls, fractions: tuple[float, float, float]) -> tuple[float, float, float]:
         return check_fractions(fractions)
 
+    @field_validator("persona_heldout_share")
+    @classmethod
+    def _share(cls, share: float) -> float:
+        return check_share(share)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.mix is not None and not self.mix:
+            raise ValueError("data.mix is empty: list at least one {path, weight} source, or drop data.mix")
+        if self.mix and "path" in self.model_fields_set:
+            raise ValueError("give data.path or data.mix, not both: put the file into data.mix with a weight")
+        return self
+
+    def is_persona(self) -> bool:
+        return self.format == "persona" or (self.format == "auto" and is_persona_file(self.path))
+
+
+def read_splits(cfg: DataConfig) -> tuple[dict[str, list[Conversation]], LoadReport]:
+    """{"train", "validation", "test"} -> conversations of `cfg.path`: hashed by conversation for
+    dialogue files, by held-out wording for persona files (`corpus/persona_data.py`)."""
+    if cfg.is_persona():
+        return persona_splits(cfg.path, cfg.split_seed, cfg.persona_heldout_share, cfg.persona_variations)
+    conversations, report = read_conversations(cfg.path, cfg.format)
+    return split_conversations(conversations, cfg.split_seed, cfg.split_fractions), report
+
 
 def load_examples(
     cfg: DataConfig, split: str, default_persona: Persona | None = None
@@ -205,8 +271,8 @@ def load_examples(
     """Read -> split -> limit -> turn_examples. The list is empty when the split has no conversation."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    conversations, report = read_conversations(cfg.path, cfg.format)
-    chosen = split_conversations(conversations, cfg.split_seed, cfg.split_fractions)[split]
+    splits, report = read_splits(cfg)
+    chosen = splits[split]
     # The first `limit` in file order: the slice grows, never reshuffles, as `limit` grows.
     if cfg.limit is not None:
         chosen = chosen[: cfg.limit]
@@ -223,7 +289,7 @@ def _print_example(example: Example) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Load a dialogue dataset and show its splits.")
-    parser.add_argument("path", type=Path, help="dataset file (.csv or .jsonl)")
+    parser.add_argument("path", type=Path, help="dataset file (.csv or .jsonl) or persona file (.yaml)")
     parser.add_argument("--format", default="auto", choices=("auto", *FORMATS))
     parser.add_argument("--speakers", default="both", choices=("both", *SPC_SPEAKERS))
     parser.add_argument("--max-history-turns", type=int, default=None)
@@ -239,16 +305,15 @@ def main(argv: list[str] | None = None) -> int:
             max_history_turns=args.max_history_turns,
             split_seed=args.split_seed,
         )
-        conversations, _ = read_conversations(cfg.path, cfg.format)
+        splits, _ = read_splits(cfg)
     except (PersonaStudioError, ValidationError) as err:
         print(err, file=sys.stderr)
         return 1
     print(f"sha256 {fingerprint(cfg.path)}")
-    splits = split_conversations(conversations, cfg.split_seed, cfg.split_fractions)
     for name, chosen in splits.items():
         examples = turn_examples(chosen, cfg.speakers, cfg.max_history_turns)
         print(f"{name:<10} {len(chosen):>6} conversations {len(examples):>7} examples")
-    examples = turn_examples(conversations[:10], cfg.speakers, cfg.max_history_turns)
+    examples = turn_examples(splits["train"][:10], cfg.speakers, cfg.max_history_turns)
     if examples:
         _print_example(examples[min(2, len(examples) - 1)])  # a turn with some history, if any
     return 0

@@ -18,7 +18,8 @@ import yaml
 from chatbot.conversation import Messages, fit
 from chatbot.errors import DatasetError, TrainingError
 from chatbot.versions import ADAPTER_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, VERSION_FILE
-from corpus.examples import Example, fingerprint, load_examples
+from corpus.examples import Example
+from corpus.mix import load_training_data
 from training.backends import load_for_training, trainable_parameters
 from training.config import TrainConfig
 
@@ -82,30 +83,17 @@ def to_records(examples: list[Example], tokenizer, max_seq_length: int) -> list[
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[Example], list[Example], dict]:
-    """(train examples, validation examples, the data fingerprint for the run folder)."""
-    train, report = load_examples(cfg.data, "train")
+    """(train examples, validation examples, the data record for data.json): one source or a
+    weighted mix (`corpus/mix.py`)."""
+    train, validation, data_info = load_training_data(cfg.data, cfg.validation.max_examples)
     if not train:
         raise DatasetError(
-            f"the train split of {cfg.data.path} has no usable examples ({report.summary()})",
+            f"the train split of {cfg.data.path} has no usable examples ({data_info['rows']} rows read)",
             "check the file and --data.speakers, or give more conversations (--data.limit, --data.split_fractions)",
         )
-    validation, _ = load_examples(cfg.data.model_copy(update={"limit": None}), "validation")
-    validation = validation[: cfg.validation.max_examples]
-    data_info = {
-        "path": str(Path(cfg.data.path).resolve()),
-        "format": report.format,
-        "sha256": fingerprint(cfg.data.path),
-        "rows": report.rows,
-        "conversations": report.conversations,
-        "skipped_rows": report.skipped,
-        "split_seed": cfg.data.split_seed,
-        "split_fractions": list(cfg.data.split_fractions),
-        "train_examples": len(train),
-        "validation_examples": len(validation),
-        # eval refuses to score turns a version was trained on: it checks these ids.
-        "train_conversation_ids": sorted({ex.conversation_id for ex in train}),
-    }
-    log.info("%s; train %d examples, validation %d", report.summary(), len(train), len(validation))
+    # eval refuses to score turns a version was trained on: it checks these ids.
+    data_info["train_conversation_ids"] = sorted({ex.conversation_id for ex in train})
+    log.info("data: train %d examples, validation %d", len(train), len(validation))
     return train, validation, data_info
 
 
