@@ -35,7 +35,9 @@ class ReportConfig(BaseModel):
     runs_dir: str = Field("runs", description="Folder of trained versions (and their eval runs).")
     database_url: str | None = Field(None, description="Label store (default: DATABASE_URL or SQLite in data/).")
     format: Literal["md", "csv", "json"] = Field("md", description="What to print.")
-    out: str | None = Field(None, description="Also write table.csv, table.json and report.md here.")
+    out: str | None = Field(
+        None, description="Also write table.csv, table.json and report.md here (scorecard.* with --versions)."
+    )
     versions: list[str] | None = Field(
         None, description="CHILD,PARENT (or CHILD: its parent, else base): print their scorecard instead."
     )

@@ -1,8 +1,10 @@
-"""Results tab: one row per model version, human accuracy beside the automatic metrics.
+"""Results tab: one row per model version, human accuracy beside the automatic metrics, and
+the scorecard of one version against its parent.
 
 Human accuracy comes from the raters' labels (`eval.human`); the automatic metrics from the
 summary of the version's latest evaluation run in the store. `/results` (gradio_client)
-returns the table as a list of row dicts.
+returns the table as a list of row dicts; `/scorecard` (version, parent or "") the scorecard
+(`eval.scorecard`) as {child, parent, rows, flips, notes}.
 """
 
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
@@ -10,6 +12,7 @@ returns the table as a list of row dicts.
 
 import os
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -18,10 +21,15 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from chatbot.errors import PersonaStudioError
+from chatbot.versions import BASE
+from eval.scorecard import Scorecard, default_parent, known_versions, scorecard, scorecard_markdown
 from eval.table import METRICS, METRICS_NOTE, NO_LABELS, VersionResult, collect, format_table, metric_keys, metric_value
-from store import StoreError
-from ui.common import user_error
+from ui.common import shows_errors, user_error
 from ui.context import AppContext
+
+# Colours of a scorecard row: significant better / worse / higher-or-lower (no better way), else grey.
+CHANGE_COLOURS = {"better": "tab:green", "worse": "tab:red", "higher": "tab:blue", "lower": "tab:blue"}
 
 
 def results_figure(results: list[VersionResult]) -> Figure:
@@ -68,6 +76,33 @@ def _version_ticks(ax, names: list[str]) -> None:
     ax.set_xlim(-0.6, len(names) - 0.4)
 
 
+def scorecard_figure(card: Scorecard) -> Figure:
+    """A forest plot: each row's delta (child - parent) with its 95 % interval, one strip per
+    row with its own scale (BLEU, perplexity and shares differ in units), 0 marked."""
+    rows = card.rows
+    fig = Figure(figsize=(7, 1.1 + 0.42 * max(len(rows), 1)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    title = f"{card.child} - {card.parent}, 95 % intervals"
+    fig.suptitle(f"{title}\n(green: significantly better, red: worse, grey: no significant change)", fontsize=9)
+    if not rows:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "nothing to compare yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    for ax, row in zip(fig.subplots(len(rows), 1, squeeze=False)[:, 0], rows, strict=True):
+        low, high = row["ci_low"], row["ci_high"]
+        colour = CHANGE_COLOURS.get(row["change"], "tab:gray") if row["significant"] else "tab:gray"
+        xerr = [[row["delta"] - low], [high - row["delta"]]] if low is not None else None
+        ax.errorbar([row["delta"]], [0], xerr=xerr, fmt="o", color=colour, capsize=3)
+        ax.axvline(0, color="black", linewidth=0.6)
+        reach = max(abs(v) for v in (row["delta"], low or 0, high or 0)) or 1.0
+        ax.set_xlim(-1.15 * reach, 1.15 * reach)
+        ax.set_yticks([0], [row["metric"]], fontsize=8, parse_math=False)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.spines[["top", "right", "left"]].set_visible(False)
+    return fig
+
+
 def write_csv(table: pd.DataFrame) -> str:
     """The table as a CSV file in the temp folder (Gradio serves it from there)."""
     folder = Path(tempfile.gettempdir()) / "persona-studio"
@@ -77,6 +112,59 @@ def write_csv(table: pd.DataFrame) -> str:
     table.to_csv(partial, index=False)
     partial.replace(path)  # whole or not at all, even if two refreshes share the second
     return str(path)
+
+
+def build_scorecard_section(ctx: AppContext) -> tuple[gr.Dropdown, gr.Dropdown, Callable]:
+    """The scorecard under the table: a version, the version it is compared with (its parent,
+    overridable), the Markdown scorecard and its plot; `/scorecard` for scripts. Returns the
+    two dropdowns and `pickers(version, against)`, their updates when the tab is opened."""
+    gr.Markdown("### Scorecard: a version against its parent")
+    with gr.Row():
+        child = gr.Dropdown(label="Version", choices=[], value=None, allow_custom_value=True)
+        parent = gr.Dropdown(label="Compared with (its parent; pick another to override)", choices=[], value=None,
+                             allow_custom_value=True)  # fmt: skip
+        compare_button = gr.Button("Compare", scale=0)
+    card_text = gr.Markdown("Pick a version, or press Compare.")
+    card_plot = gr.Plot(label="Scorecard: deltas with 95 % intervals")
+    runs_dir = ctx.pool.cfg.runs_dir
+
+    def pickers(version: str | None, against: str | None) -> tuple[dict, dict]:
+        """Choices from the runs and the store; the newest trained version and its parent,
+        unless one is picked already."""
+        names = known_versions(ctx.store, runs_dir)
+        children = [n for n in names if n != BASE]
+        if version not in children:
+            version, against = (children[0] if children else None), None
+        against = against or (default_parent(runs_dir, version) if version else None)
+        return gr.update(choices=children, value=version), gr.update(choices=names, value=against)
+
+    @shows_errors
+    def show(version: str | None, against: str | None) -> tuple[str, Figure]:
+        if not version:
+            raise gr.Error("Pick a version to compare with its parent.")
+        card = scorecard(ctx.store, version, against or None, runs_dir)
+        return scorecard_markdown(card), scorecard_figure(card)
+
+    @shows_errors
+    def show_with_parent(version: str | None) -> tuple[str | None, str, Figure | None]:
+        """A version picked: compare it with its parent."""
+        against = default_parent(runs_dir, version) if version else None
+        return (against, *show(version, against)) if version else (None, "", None)
+
+    @shows_errors
+    def scorecard_api(version: str, parent: str = "") -> dict:
+        """The scorecard of `version` against `parent` (empty: its parent, else base): child,
+        parent, rows (one per measurement: delta, ci_low, ci_high, p_value, significant, ...),
+        flips (regression checks) and notes (what was matched or left out)."""
+        card = scorecard(ctx.store, version, parent or None, runs_dir)
+        return {"child": card.child, "parent": card.parent, "rows": card.rows, "flips": card.flips, "notes": card.notes}
+
+    private = dict(api_visibility="private")
+    child.input(show_with_parent, inputs=[child], outputs=[parent, card_text, card_plot], **private)
+    for event in (parent.input, compare_button.click):
+        event(show, inputs=[child, parent], outputs=[card_text, card_plot], **private)
+    gr.api(scorecard_api, api_name="scorecard")
+    return child, parent, pickers
 
 
 def build_results_tab(ctx: AppContext) -> dict:
@@ -89,24 +177,26 @@ def build_results_tab(ctx: AppContext) -> dict:
     with gr.Row():
         refresh_button = gr.Button("⟳ Refresh")
         download = gr.DownloadButton("Download CSV", value=None)
+    child, parent, pickers = build_scorecard_section(ctx)
 
     def current() -> list[VersionResult]:
         try:
             return collect(ctx.store, ctx.pool.versions())
-        except StoreError as err:
+        except PersonaStudioError as err:
             raise user_error(err) from None
 
-    def refresh() -> tuple[pd.DataFrame, Figure, str]:
+    @shows_errors
+    def refresh(version: str | None, against: str | None) -> tuple:
         results = current()
         frame = format_table(results)
-        return frame, results_figure(results), write_csv(frame)
+        return frame, results_figure(results), write_csv(frame), *pickers(version, against)
 
     def results() -> list[dict]:
         """One dict per model version: human accuracy (%), its 95 % Wilson interval, labels,
         items, raters and the automatic metrics of the latest eval run."""
         return format_table(current()).to_dict("records")
 
-    events = dict(outputs=[table, plot, download], api_visibility="private")
+    events = dict(inputs=[child, parent], outputs=[table, plot, download, child, parent], api_visibility="private")
     refresh_button.click(refresh, **events)
     gr.api(results, api_name="results")
-    return dict(fn=refresh, inputs=None, **events)
+    return dict(fn=refresh, **events)

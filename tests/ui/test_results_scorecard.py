@@ -1,0 +1,42 @@
+"""The Results tab's scorecard through the app's API (gradio_client), on runs and labels made
+here (tests/eval/scorecard_runs.py); no model loads."""
+
+import pytest
+from gradio_client import Client
+
+from eval.scorecard import scorecard
+from tests.conftest import serving, studio_context
+from tests.eval import scorecard_runs
+from ui.results import CHANGE_COLOURS, scorecard_figure
+
+
+@pytest.fixture
+def ctx(store, tmp_path):
+    scorecard_runs.build(tmp_path / "runs", store)
+    return studio_context(tmp_path, store, {})
+
+
+def test_scorecard_api_picks_the_parent_and_takes_an_override(ctx):
+    with serving(ctx) as url:
+        client = Client(url, verbose=False)
+        card = client.predict("v2", "", api_name="/scorecard")
+        against_base = client.predict("v2", "base", api_name="/scorecard")
+        with pytest.raises(Exception, match="no model version 'v9'.*pick one of: base, v2, v1"):
+            client.predict("v9", "", api_name="/scorecard")
+    assert (card["child"], card["parent"]) == ("v2", "v1")  # from v2's lineage
+    rouge = next(row for row in card["rows"] if row["metric"] == "ROUGE-1")
+    assert rouge["delta"] == pytest.approx(1 / 6) and rouge["significant"] and rouge["n"] == 3
+    assert card["flips"]["pass_to_fail"] == ["nova_identity turn 1 identity"]
+    assert any("trained on 1 prompts" in note for note in card["notes"])
+    assert against_base["parent"] == "base"
+    assert [row["section"] for row in against_base["rows"]] == ["A/B", "retention"]
+
+
+def test_scorecard_plot_has_a_strip_per_row_coloured_when_significant(ctx):
+    card = scorecard(ctx.store, "v2", runs_dir=ctx.pool.cfg.runs_dir, n_resamples=1000)
+    fig = scorecard_figure(card)
+    assert [ax.get_yticklabels()[0].get_text() for ax in fig.axes] == [row["metric"] for row in card.rows]
+    rouge = fig.axes[[row["metric"] for row in card.rows].index("ROUGE-1")]
+    assert rouge.lines[0].get_color() == CHANGE_COLOURS["better"]  # the point: a significant improvement
+    retention = fig.axes[-1]  # not significant: grey
+    assert retention.lines[0].get_color() == "tab:gray"
