@@ -1,4 +1,4 @@
-"""Persona Studio web app: Chat · Compare · Label · Results.
+"""Persona Studio web app: Chat · Compare · Label · Results · Organise.
 
     python app.py                                   # http://127.0.0.1:7860, embedded default model
     python app.py --model smollm2-persona-cpu --port 8000
@@ -30,6 +30,7 @@ from ui.chat import build_chat_tab
 from ui.compare import build_compare_tab
 from ui.context import AppContext
 from ui.label import LABEL_SHORTCUTS_JS, build_label_tab
+from ui.organise import build_organise_tab
 from ui.results import build_results_tab
 
 
@@ -89,8 +90,11 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             on_label = build_label_tab(ctx, rater)
         with gr.Tab("Results") as results_tab:
             refresh = build_results_tab(ctx)
+        with gr.Tab("Organise") as organise_tab:
+            on_organise = build_organise_tab(ctx)
         label_tab.select(**on_label, api_name=False)  # loads the queue (the logged-in rater has no box)
         results_tab.select(**refresh, api_name=False)
+        organise_tab.select(**on_organise, api_name=False)  # the job's status, polled while it runs
     return demo
 
 

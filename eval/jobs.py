@@ -1,0 +1,259 @@
+"""Queue a model version's replies for raters in the background: the app's Organise tab.
+
+    jobs = QueueJobs(ctx.pool, ctx.store, ctx.personas_dir)
+    jobs.start(QueueRequest(version="base", dataset="spc", n_turns=50))
+    jobs.status()   # JobStatus: done/total, replies per second, ETA; jobs.cancel() stops it
+
+The replies are those of `python -m eval.run` (the same turn sample, prompts and greedy
+decoding: `select_turns`, `generate`, `label_items`) or, for the regression suite, of
+`python -m eval.regress` (its scripted chats, checks and queue priority), without the
+metrics. They are queued batch by batch, so raters can start before the job ends; a
+cancelled or failed job keeps what it queued. One job at a time: a second is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbot.engine import GreedySettings
+from chatbot.errors import DatasetError, PersonaStudioError
+from chatbot.pool import EnginePool
+from corpus.examples import DataConfig
+from corpus.formats import SHARED_VALID_CSV
+from eval.config import EvalConfig
+from store import NewItem, Store
+
+log = logging.getLogger("eval.jobs")
+
+REGRESSION_DIR = Path(__file__).resolve().parent / "regression"
+DATASETS = ("spc", "upload", "regression")
+Dataset = Literal["spc", "upload", "regression"]
+Split = Literal["test", "validation", "train", "all"]
+State = Literal["idle", "running", "done", "cancelled", "failed"]
+
+
+class QueueRequest(BaseModel):
+    """What to generate: a version's replies to `n_turns` turns of a dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field("base", description="Model version that answers (`base` or a trained one).")
+    dataset: Dataset = Field("spc", description="spc (the shared file), upload (`path`) or regression (the suite).")
+    path: Path | None = Field(None, description="The uploaded CSV/JSONL (dataset=upload).")
+    n_turns: int = Field(20, ge=1, le=10_000, description="Replies to generate (a seeded sample of turns).")
+    split: Split = Field("test", description="Conversations of this split (as eval.run), or all of the file.")
+    seed: int = Field(0, description="Seed of the turn sample.")
+    batch_size: int = Field(8, ge=1, description="Prompts per generation batch; progress and cancel go by batch.")
+    generation: GreedySettings = Field(default_factory=GreedySettings, description="Decoding (eval.run's).")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: State = "idle"
+    version: str = ""
+    dataset: str = ""
+    done: int = 0  # replies generated (and queued)
+    total: int = 0
+    rate: float | None = None  # replies per second since generation began
+    eta_s: float | None = None  # seconds left at that rate
+    queued: int = 0  # label items this job registered (an answer queued before keeps its item)
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line for people: what runs, how far, how fast."""
+        if self.state == "idle":
+            return "No job has run since the app started."
+        head = f"{self.state}: {self.version} on {self.dataset}, {self.done}/{self.total} replies"
+        if self.rate:
+            head += f" · {self.rate:.2f} replies/s"
+        if self.state == "running" and self.eta_s is not None:
+            head += f" · about {self.eta_s:.0f} s left"
+        return f"{head} · {self.queued} queued" + (f" · {self.message}" if self.message else "")
+
+
+class JobError(PersonaStudioError):
+    """A job that cannot start now (one is running)."""
+
+
+class Cancelled(Exception):
+    pass
+
+
+def eval_config(req: QueueRequest, runs_dir: str) -> EvalConfig:
+    """The `eval.run` config of the request: its data, split, sample and decoding."""
+    path = req.path if req.dataset == "upload" else SHARED_VALID_CSV
+    if req.dataset == "upload" and path is None:
+        raise DatasetError("dataset 'upload' was chosen but no file was uploaded", "upload a .csv or .jsonl file")
+    # `all`: every conversation lands in the test split (the overlap check with the version's
+    # training data still applies).
+    fractions = (0.0, 0.0, 1.0) if req.split == "all" else DataConfig().split_fractions
+    data = DataConfig(path=path, split_fractions=fractions)
+    split = "test" if req.split == "all" else req.split
+    return EvalConfig(model=req.version, runs_dir=runs_dir, data=data, split=split, limit=req.n_turns,
+                      seed=req.seed, batch_size=req.batch_size, generation=req.generation)  # fmt: skip
+
+
+def select_turns(cfg: EvalConfig, split: str):
+    """`eval.run.select_turns`, its CLI advice replaced by the app's."""
+    from eval.run import select_turns as eval_turns
+
+    try:
+        return eval_turns(cfg)
+    except DatasetError as err:
+        if "has no turns" in err.problem and split != "all":
+            raise DatasetError(err.problem, "choose the split 'all' (every conversation of the file)") from None
+        if "training data" in err.problem:
+            raise DatasetError(err.problem, "choose the test split (held out from training) or another file") from None
+        raise
+
+
+def regression_files(personas_dir: str, n_turns: int) -> list:
+    """The suite's scripts, cut so that together they have `n_turns` user turns."""
+    from chatbot.persona import load_personas
+    from eval.regress_checks import load_scripts
+
+    personas = load_personas(personas_dir)
+    files, left = [], n_turns
+    for file in load_scripts([str(REGRESSION_DIR)], personas):
+        if left <= 0:
+            break
+        kept, users = [], 0
+        for turn in file.script.turns:  # switch_persona turns are kept in place, not counted
+            if turn.user is not None:
+                if users == left:
+                    break
+                users += 1
+            kept.append(turn)
+        script = file.script.model_copy(update={"turns": kept})
+        files.append(replace(file, script=script, turn_lines=file.turn_lines[: len(kept)]))
+        left -= users
+    return files
+
+
+class QueueJobs:
+    """The one background job of the app, its status, and its cancel switch."""
+
+    def __init__(self, pool: EnginePool, store: Store, personas_dir: str = "personas"):
+        self.pool, self.store, self.personas_dir = pool, store, personas_dir
+        self._lock = threading.Lock()  # one start at a time
+        self._status_lock = threading.Lock()
+        self._status = JobStatus()
+        self._cancel = threading.Event()
+
+    def status(self) -> JobStatus:
+        return self._status
+
+    def start(self, req: QueueRequest) -> JobStatus:
+        """Check the request (dataset, version) here, so a mistake is answered at once, then
+        generate in a daemon thread. Raises `JobError` while another job runs."""
+        with self._lock:
+            if self._status.state == "running":
+                s = self._status
+                raise JobError(
+                    f"a job is already running ({s.version} on {s.dataset}, {s.done}/{s.total} replies)",
+                    "wait for it to finish or cancel it, then queue again",
+                )
+            self._check_version(req.version)
+            if req.dataset == "regression":
+                work = regression_files(self.personas_dir, req.n_turns)
+                total = sum(1 for f in work for t in f.script.turns if t.user is not None)
+            else:
+                cfg = eval_config(req, self.pool.cfg.runs_dir)
+                work = (cfg, *select_turns(cfg, req.split))
+                total = len(work[1])
+            self._cancel.clear()
+            self._status = JobStatus("running", req.version, req.dataset, total=total, message="loading the version")
+        threading.Thread(target=self._run, args=(req, work), daemon=True, name="queue-job").start()
+        return self._status
+
+    def cancel(self) -> JobStatus:
+        """Stop after the current batch (regression: script); what was queued stays queued."""
+        if self._status.state == "running":
+            self._cancel.set()
+            self._update(message="cancelling after the current batch")
+        return self._status
+
+    def _check_version(self, version: str) -> None:
+        # A trained version that exists loads in the job (seconds); a missing one fails now.
+        if version not in self.pool.versions():
+            self.pool.get(version)  # an engine put in the pool (tests), else ModelLoadError naming the choices
+
+    def _update(self, **changes) -> None:
+        with self._status_lock:  # the job thread and a cancel both write it
+            self._status = replace(self._status, **changes)
+
+    def _progress(self, done: int, queued: set[int], started: float) -> None:
+        """Record a finished batch; stop here if a cancel came in (and work is left)."""
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 and done else None
+        eta = (self._status.total - done) / rate if rate else None
+        self._update(done=done, queued=len(queued), rate=rate, eta_s=eta)
+        if self._cancel.is_set() and done < self._status.total:
+            raise Cancelled
+
+    def _run(self, req: QueueRequest, work) -> None:
+        try:
+            engine = self.pool.get(req.version)
+            self._update(message="")
+            if req.dataset == "regression":
+                self._regression(engine, req, work)
+            else:
+                self._turns(engine, req.version, *work)
+            self._update(state="done", eta_s=0.0)
+        except Cancelled:
+            self._update(state="cancelled", eta_s=None, message="cancelled; the replies queued so far stay queued")
+        except PersonaStudioError as err:
+            self._update(state="failed", eta_s=None, message=f"{err.problem}. {err.fix}")
+        except Exception as err:  # a thread's exception would vanish: show it, log the trace
+            log.exception("queue job failed")
+            self._update(state="failed", eta_s=None, message=f"{type(err).__name__}: {err}. See the app's log")
+
+    def _turns(self, engine, version: str, cfg: EvalConfig, examples, conversations) -> None:
+        from eval.evaluate import generate, persona_facts
+        from eval.run import label_items
+
+        facts = persona_facts(examples, conversations)
+        started, done, queued = time.monotonic(), 0, set()
+        for start in range(0, len(examples), cfg.batch_size):
+            chunk = slice(start, start + cfg.batch_size)
+            replies = generate(engine, examples[chunk], cfg)
+            items = label_items(version, examples[chunk], facts[chunk], replies)
+            queued.update(self.store.add_label_items(items))
+            done += len(replies)
+            self._progress(done, queued, started)
+
+    def _regression(self, engine, req: QueueRequest, files) -> None:
+        from chatbot.persona import load_personas
+        from eval.regress import LocalChat, RegressConfig, flagged, make_scorer, run_script
+
+        personas = load_personas(self.personas_dir)
+        chat, scorer = LocalChat(engine, req.generation), make_scorer(personas)
+        threshold = RegressConfig.model_fields["consistency_threshold"].default
+        started, done, queued = time.monotonic(), 0, set()
+        for file in files:
+            records = run_script(chat, file, personas, scorer, threshold)
+            items = [
+                NewItem(
+                    source="eval",
+                    persona_name=r["persona_name"],
+                    persona=personas[r["persona"]].model_dump(),
+                    # The question answered ends the context (eval.regress's records hold the turns before it).
+                    context=[*r["context"], {"role": "user", "content": r["user"]}],
+                    answer=r["reply"],
+                    model_version=req.version,
+                    priority=1 if flagged(r) else 0,
+                )
+                for r in records
+            ]
+            queued.update(self.store.add_label_items(items))
+            done += len(records)
+            self._progress(done, queued, started)

@@ -1,0 +1,137 @@
+"""Organise tab through the app's API: answers queued in the background land in the label
+queue, raters label them, the session progress follows; bad requests get a message."""
+
+import csv
+import threading
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+
+from chatbot.engine import ChatEngine
+from eval.evaluate import generate
+from eval.jobs import QueueRequest, eval_config, select_turns
+from tests.conftest import serving, studio_context
+
+FACTS = ["I build clocks.", "I keep bees."], ["I sail cargo ships.", "I drink green tea."]
+DIALOGUES = [
+    "User 1: Hi! What do you do?\nUser 2: I build clocks. You?\nUser 1: I sail ships.\nUser 2: Any tea on board?",
+    "User 1: Good morning.\nUser 2: Morning! Bees are busy today.\nUser 1: Do they sting?\nUser 2: Rarely.",
+    "User 1: Where are you sailing?\nUser 2: To Lisbon.\nUser 1: Bring me honey.\nUser 2: Only if you fix my clock.",
+]
+
+
+def write_spc(path, dialogues=DIALOGUES):
+    """A Synthetic-Persona-Chat CSV: 4 turns per dialogue, 2 speakers -> 8 turns each."""
+    with path.open("w", newline="") as file:
+        out = csv.writer(file)
+        out.writerow(["user 1 personas", "user 2 personas", "Best Generated Conversation"])
+        for i, dialogue in enumerate(dialogues):  # each row its own personas, as in the real file
+            out.writerow(
+                ["\n".join([*FACTS[0], f"I am {30 + i}."]), "\n".join([*FACTS[1], f"I have {i} cats."]), dialogue]
+            )
+    return path
+
+
+def wait_for(client: Client, state: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while (status := client.predict(api_name="/queue_status"))["state"] != state:
+        assert status["state"] in ("running", state), status
+        assert time.monotonic() < deadline, f"still {status} after {timeout} s"
+        time.sleep(0.1)
+    return status
+
+
+class GatedEngine(ChatEngine):
+    """The tiny model, but each `generate` (one job batch) waits until released: a slow model."""
+
+    def __init__(self, engine):
+        self.engine, self.name, self.context_window = engine, "gated", engine.context_window
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def count_tokens(self, messages) -> int:
+        return self.engine.count_tokens(messages)
+
+    def stream(self, messages, settings):
+        return self.engine.stream(messages, settings)
+
+    def generate(self, conversations, settings, **kw) -> list[str]:
+        self.started.set()
+        assert self.release.wait(60), "never released"
+        return self.engine.generate(conversations, settings, **kw)
+
+
+def test_queued_answers_are_labelled_and_counted(tiny_engine, store, tmp_path):
+    data = write_spc(tmp_path / "chats.csv")
+    ctx = studio_context(tmp_path, store, {"base": tiny_engine})
+    with serving(ctx) as url:
+        client = Client(url, verbose=False)
+        upload = handle_file(str(data))
+        started = client.predict("base", "upload", 3, upload, "all", max_new_tokens=8, api_name="/queue_answers")
+        assert started["total"] == 3 and started["state"] in ("running", "done")
+        status = wait_for(client, "done")
+        assert (status["done"], status["total"], status["queued"]) == (3, 3, 3) and status["rate"] > 0
+
+        # The replies are eval.run's: its turn sample, prompts and greedy decoding, on the same model.
+        request = QueueRequest(dataset="upload", path=data, n_turns=3, split="all", generation={"max_new_tokens": 8})
+        cfg = eval_config(request, ctx.pool.cfg.runs_dir)
+        examples, _ = select_turns(cfg, "all")
+        expected = generate(tiny_engine, examples, cfg)
+        items = [store.item(i) for i in range(1, 4)]
+        assert sorted(item.answer for item in items) == sorted(expected)
+        assert {(item.source, item.model_version) for item in items} == {("eval", "base")}
+        assert all(item.persona["facts"][:2] in (FACTS[0], FACTS[1]) for item in items)
+        assert store.item(3).context == examples[2].messages[1:]  # the dialogue so far; the persona apart
+
+        verdicts = []
+        item_id = client.predict("rita", api_name="/next_item")[0]
+        for verdict in ("good", "bad"):
+            verdicts.append(item_id)
+            item_id = client.predict(item_id, verdict, "", "rita", api_name="/label")[0]
+        assert item_id is not None and item_id not in verdicts  # one left for rita
+
+        progress = client.predict(api_name="/session_progress")
+    assert progress["items"] == [
+        {"source": "eval", "model_version": "base", "items": 3, "labels": 2, "complete": 2, "left": 1}
+    ]
+    assert progress["raters"] == [{"rater": "rita", "labels": 2, "good": 1, "left": 1}]
+    assert progress["agreement"]["overlap_items"] == 0 and progress["agreement"]["percent_agreement"] is None
+
+
+def test_the_app_stays_usable_while_a_job_runs_and_a_job_can_be_cancelled(tiny_engine, store, tmp_path):
+    gated = GatedEngine(tiny_engine)
+    data = write_spc(tmp_path / "chats.csv")  # 12 turns: batches of 8 and 4
+    with serving(studio_context(tmp_path, store, {"base": tiny_engine, "slow": gated})) as url:
+        client = Client(url, verbose=False)
+        client.predict("slow", "upload", 20, handle_file(str(data)), "all", max_new_tokens=8, api_name="/queue_answers")
+        assert gated.started.wait(30)
+        with pytest.raises(Exception, match="a job is already running .* cancel it"):
+            client.predict("base", "spc", 3, api_name="/queue_answers")
+        # Chat and labelling answer while the job's model is busy.
+        reply = client.predict("Hello!", "ada", "base", api_name="/chat")
+        assert reply[2] is not None
+        assert client.predict("rita", api_name="/next_item")[0] is None  # nothing queued yet
+        assert client.predict(api_name="/cancel_queue")["state"] == "running"
+        gated.release.set()
+        status = wait_for(client, "cancelled")
+    assert (status["done"], status["total"], status["queued"]) == (8, 12, 8)  # the batch under way finished
+    assert "stay queued" in status["message"] and store.item(8).model_version == "slow"
+
+
+def test_bad_requests_name_the_problem_and_the_fix(tiny_engine, store, tmp_path):
+    bad = tmp_path / "notes.csv"
+    bad.write_text("title,body\nhello,world\n")
+    with serving(studio_context(tmp_path, store, {"base": tiny_engine})) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match="has columns 'title', 'body'.*expected .*'question', 'answer'"):
+            client.predict("base", "upload", 3, handle_file(str(bad)), "all", api_name="/queue_answers")
+        with pytest.raises(Exception, match="no file was uploaded.*upload a .csv or .jsonl"):
+            client.predict("base", "upload", 3, api_name="/queue_answers")
+        with pytest.raises(Exception, match="model version 'nope' is not in .*pick one of: base"):
+            client.predict("nope", "spc", 3, api_name="/queue_answers")
+        few = write_spc(tmp_path / "few.csv", DIALOGUES[:1])
+        with pytest.raises(Exception, match="test split .* has no turns.*choose the split 'all'"):
+            client.predict("base", "upload", 3, handle_file(str(few)), "test", api_name="/queue_answers")
+        with pytest.raises(Exception, match="n_turns.*greater than or equal to 1"):
+            client.predict("base", "spc", 0, api_name="/queue_answers")
+        assert client.predict(api_name="/queue_status")["state"] == "idle"  # nothing started

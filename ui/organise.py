@@ -1,0 +1,176 @@
+"""Organise tab: queue a version's answers for raters (in the background), and the session's progress.
+
+The replies are generated in a thread of the app (`eval.jobs`, the same turns and decoding as
+`python -m eval.run`, or the regression suite's chats), so chatting and labelling go on while
+a job runs; one job at a time. A timer polls the job while this tab is open. Typed API
+endpoints for scripts (`gradio_client`, by name):
+
+    /queue_answers(version="base", dataset="spc", n_turns=20, upload=None, split="test", seed=0, max_new_tokens=64)
+        -> the job's status   dataset: spc (the shared file) | upload (a CSV/JSONL) | regression
+    /queue_status()       -> {"state", "version", "dataset", "done", "total", "rate", "eta_s", "queued", "message"}
+    /cancel_queue()       -> the job's status (it stops after the current batch)
+    /session_progress()   -> {"overlap", "items": [...], "raters": [...], "agreement": {...}}
+"""
+
+# No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
+# annotations.
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from gradio import FileData
+from pydantic import ValidationError
+
+from chatbot.engine import GreedySettings
+from chatbot.errors import ConfigError
+from eval.jobs import Dataset, JobStatus, QueueJobs, QueueRequest, Split
+from eval.progress import session_progress
+from ui.common import shows_errors
+from ui.context import AppContext
+
+DATASET_CHOICES = [
+    ("Shared Synthetic-Persona-Chat (validation file)", "spc"),
+    ("Upload a CSV / JSONL", "upload"),
+    ("Regression suite (eval/regression)", "regression"),
+]
+MAX_NEW_TOKENS = GreedySettings().max_new_tokens  # eval.run's
+POLL_S = 1.0  # status refresh while a job runs; off otherwise (every open page would tick)
+# Status reads are short; outside the "generation" group so a busy model never delays them.
+QUICK = dict(concurrency_id="organise", concurrency_limit=None)
+
+
+def request(version, dataset, n_turns, path, split, max_new_tokens, seed=0) -> QueueRequest:
+    fields = dict(version=version or "base", dataset=dataset, n_turns=n_turns, path=path, split=split, seed=seed,
+                  generation={"max_new_tokens": max_new_tokens})  # fmt: skip
+    try:
+        return QueueRequest(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"`{where}` {first['msg'].lower()}", "fix it and queue again") from None
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def agreement_text(progress: dict) -> str:
+    a = progress["agreement"]
+    if not a["overlap_items"]:
+        more = (
+            " (the app gives each item to one rater: start it with --label_overlap 2)"
+            if progress["overlap"] < 2
+            else ""
+        )
+        return f"**Agreement:** no item has two raters yet{more}."
+    return (
+        f"**Agreement** over {a['overlap_items']} items labelled by 2+ raters: {percent(a['percent_agreement'])} "
+        f"of rater pairs agree · Cohen's κ {number(a['cohen_kappa'])} · Fleiss' κ {number(a['fleiss_kappa'])} "
+        f"(on {a['fleiss_items']} items) · κ near 0 is chance level, 1 full agreement"
+    )
+
+
+def progress_view(progress: dict) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    items = pd.DataFrame(progress["items"], columns=["source", "model_version", "items", "labels", "complete", "left"])
+    raters = pd.DataFrame(progress["raters"], columns=["rater", "labels", "good", "left"])
+    return items, raters, agreement_text(progress)
+
+
+def build_organise_tab(ctx: AppContext) -> dict:
+    """The tab's widgets and events; returns the event to run when the tab is opened."""
+    jobs = QueueJobs(ctx.pool, ctx.store, ctx.personas_dir)
+    gr.Markdown(
+        "Generate a model version's answers and put them in the **Label** queue. The job runs in the "
+        "background (chat and labelling go on); one job at a time. The answers are those of "
+        "`python -m eval.run` (same turns, prompts and greedy decoding), or of the regression suite's chats."
+    )
+    with gr.Row():
+        version = gr.Dropdown(ctx.pool.versions(), value="base", label="Model version", allow_custom_value=True)
+        dataset = gr.Radio(DATASET_CHOICES, value="spc", label="Dataset", scale=2)
+        n_turns = gr.Number(20, label="Turns", precision=0, minimum=1, elem_id="organise-turns")
+        split = gr.Dropdown(["test", "validation", "train", "all"], value="test", label="Split of the file")
+        max_new_tokens = gr.Number(MAX_NEW_TOKENS, label="Max new tokens (greedy)", precision=0, minimum=1)
+    upload = gr.File(label="Dataset file (.csv or .jsonl)", file_types=[".csv", ".jsonl"], type="filepath",
+                     visible=False, elem_id="organise-upload")  # fmt: skip
+    with gr.Row():
+        start = gr.Button("Queue answers", variant="primary", elem_id="organise-start")
+        stop = gr.Button("Cancel job", elem_id="organise-cancel")
+    status = gr.Markdown(jobs.status().line(), elem_id="organise-status")
+    timer = gr.Timer(POLL_S, active=False)
+    gr.Markdown("### Session progress")
+    refresh = gr.Button("Refresh", size="sm")
+    items = gr.Dataframe(label="Items per source and version (left: waiting for a label)", interactive=False)
+    raters = gr.Dataframe(label="Labels per rater (left: items still open to them)", interactive=False)
+    agreed = gr.Markdown()
+
+    def shown_progress():
+        return progress_view(session_progress(ctx.store, ctx.label_overlap))
+
+    def polling(s: JobStatus) -> gr.Timer:
+        return gr.Timer(active=s.state == "running")
+
+    @shows_errors
+    def queue(version, dataset, n_turns, split, max_new_tokens, upload):
+        s = jobs.start(request(version, dataset, n_turns, upload, split, max_new_tokens))
+        return s.line(), polling(s)
+
+    def tick():
+        s = jobs.status()
+        if s.state == "running":
+            return s.line(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return s.line(), polling(s), *shown_progress()  # the last poll: the new items show
+
+    def opened():
+        s = jobs.status()
+        return s.line(), polling(s), *shown_progress()
+
+    dataset.change(lambda d: gr.File(visible=d == "upload"), dataset, upload, api_name=False)
+    version.focus(lambda: gr.Dropdown(choices=ctx.pool.versions()), None, version, api_name=False)
+    picks = [version, dataset, n_turns, split, max_new_tokens, upload]
+    start.click(queue, picks, [status, timer], api_name=False, **QUICK)
+    stop.click(lambda: jobs.cancel().line(), None, status, api_name=False, **QUICK)
+    timer.tick(tick, None, [status, timer, items, raters, agreed], api_name=False, show_progress="hidden", **QUICK)
+    refresh.click(shown_progress, None, [items, raters, agreed], api_name=False, **QUICK)
+    _add_api(ctx, jobs)
+    return dict(fn=opened, inputs=None, outputs=[status, timer, items, raters, agreed], **QUICK)
+
+
+def _add_api(ctx: AppContext, jobs: QueueJobs) -> None:
+    def queue_answers(
+        version: str = "base",
+        dataset: Dataset = "spc",
+        n_turns: int = 20,
+        upload: FileData | None = None,
+        split: Split = "test",
+        seed: int = 0,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+    ) -> dict:
+        """Start generating `n_turns` replies of `version` in the background; they are queued for
+        raters batch by batch. dataset: spc (the shared Synthetic-Persona-Chat file), upload (a
+        CSV/JSONL in `upload`), regression (the regression suite's chats). Returns the job's
+        status; a job already running is refused. Decoding is eval.run's (greedy)."""
+        path = Path(upload["path"]) if upload else None
+        return jobs.start(request(version, dataset, n_turns, path, split, max_new_tokens, seed)).as_dict()
+
+    def queue_status() -> dict:
+        """The job's state (idle, running, done, cancelled, failed), done/total, replies per
+        second, seconds left, items queued, and a message (why it failed)."""
+        return jobs.status().as_dict()
+
+    def cancel_queue() -> dict:
+        """Stop the running job after its current batch; what it queued stays queued."""
+        return jobs.cancel().as_dict()
+
+    def progress() -> dict:
+        """Items per source/version (labels, complete, left), labels per rater, agreement so far."""
+        return session_progress(ctx.store, ctx.label_overlap)
+
+    gr.api(shows_errors(queue_answers), api_name="queue_answers", **QUICK)
+    gr.api(shows_errors(queue_status), api_name="queue_status", **QUICK)
+    gr.api(shows_errors(cancel_queue), api_name="cancel_queue", **QUICK)
+    gr.api(shows_errors(progress), api_name="session_progress", **QUICK)
