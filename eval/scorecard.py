@@ -185,6 +185,12 @@ def _automatic(card: Scorecard, store, runs_dir, excluded: set[str], n_resamples
         missing = " and ".join(v for v, rows in ((card.child, child), (card.parent, parent)) if rows is None)
         card.notes.append(f"automatic metrics: no eval run of {missing} (python -m eval.run --model VERSION)")
         return
+    lacking = [d for d, rows in ((child_dir, child), (parent_dir, parent)) if not {"persona", "context"} <= set(rows)]
+    if lacking:
+        card.notes.append(
+            f"automatic metrics: {' and '.join(lacking)} has no persona/context columns to match turns by"
+        )
+        return
     pairs, n = match_turns(child, parent, excluded)
     card.notes.append(
         f"automatic metrics on the {len(pairs)} turns both eval runs answered ({card.child}: {child_dir}, "

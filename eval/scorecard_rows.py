@@ -75,7 +75,8 @@ def metric_rows(pairs: pd.DataFrame, n_resamples: int = 9999, seed: int = 0) -> 
     for column, (name, better) in ITEM_METRICS.items():
         if f"{column}_c" not in pairs or f"{column}_p" not in pairs:
             continue
-        values = pairs[[f"{column}_c", f"{column}_p"]].apply(pd.to_numeric, errors="coerce").dropna()
+        values = pairs[[f"{column}_c", f"{column}_p"]].apply(pd.to_numeric, errors="coerce")
+        values = values[np.isfinite(values).all(axis=1)]  # NaN: not scored (Hits@1 past hits_items)
         if values.empty:
             continue
         c, p = values.iloc[:, 0].to_numpy(float), values.iloc[:, 1].to_numpy(float)
