@@ -85,7 +85,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         with gr.Tab("Chat"):
             build_chat_tab(ctx, rater)
         with gr.Tab("Compare"):
-            build_compare_tab(ctx)
+            build_compare_tab(ctx, rater)
         with gr.Tab("Label") as label_tab:
             on_label = build_label_tab(ctx, rater)
         with gr.Tab("Results") as results_tab:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+import json
 
 import gradio as gr
 
@@ -70,3 +71,29 @@ def for_chatbot(messages: Messages) -> list[dict]:
         else:
             shown.append({"role": m["role"], "content": escape_html(m["content"]), "metadata": metadata or None})
     return shown
+
+
+def shortcuts_js(name: str, buttons: dict[str, str]) -> str:
+    """A JS function that clicks the button with element id `buttons[key]` when `key` is pressed
+    (for `gr.HTML(js_on_load=f"({...})();")` or `launch(js=...)`). `name` guards against a
+    second install. Keys do nothing while typing in a field, with a modifier held, on a disabled
+    button, or when the button's tab is hidden (a button in a hidden tab has no offsetParent), so
+    two tabs may use the same keys."""
+    flag = json.dumps(f"personaStudioKeys_{name}")
+    return """
+() => {
+  if (window[FLAG]) return;
+  window[FLAG] = true;
+  const ids = IDS;
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    const target = event.target;
+    if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+    const id = ids[event.key.toLowerCase()];
+    const button = id && document.getElementById(id);
+    if (!button || button.disabled || button.offsetParent === null) return;
+    event.preventDefault();
+    button.click();
+  });
+}
+""".replace("FLAG", flag).replace("IDS", json.dumps(buttons))

@@ -1,90 +1,211 @@
-"""Compare tab: the same persona and user turns to two model versions, streamed side by side.
+"""Compare tab: two model versions answer the same message, shown blind as "A" and "B", and the
+rater votes A better / B better / tie / both bad. The names are shown once the vote is saved.
 
-Each pane is a stored conversation of its own (source "compare"), driven by the same
-`ui.conversations.exchange` as the Chat tab, so both sides keep their own history exactly as
-the store has it. API (`gradio_client`): `/compare(message, persona, version_a="base",
-version_b=None, conversation_a=None, conversation_b=None)` -> (conversation_a, reply_a,
-conversation_b, reply_b), streamed; version_b None is the newest trained version.
+A round: both versions answer the same persona and messages, each in a new stored conversation
+(source "compare") seeded with the shared history, so the two replies answer exactly the same
+context (a preference pair). Which version is A is drawn at random each round and kept in a
+`gr.State`, which stays on the server: no page element and no endpoint says it before the vote.
+The next message continues from the preferred reply (A's after a tie, "both bad" or no vote).
+A vote is stored like a label: one transaction, on disk when the button returns.
+
+API (`gradio_client`, by name):
+
+    /compare(message, persona, version_a="base", version_b=None, conversation_a=None,
+             conversation_b=None) -> (conversation_a, reply_a, conversation_b, reply_b), streamed;
+             by version (not blind): version_b None is the newest trained version
+    /vote(conversation_a, conversation_b, vote, rater="") -> "saved: a (A = base, B = v1) by rita"
+             the last replies of the two conversations, as the caller calls them A and B;
+             vote "a" | "b" | "tie" | "both_bad". A script that wants blind votes shuffles itself.
 """
 
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations.
 
+import random
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import gradio as gr
 
-from chatbot.conversation import opening
+from chatbot.conversation import dialogue, opening
+from chatbot.errors import MessageError
+from store import NewPreference, Turn
 from ui import conversations
 from ui.chat import GENERATION
-from ui.common import for_chatbot, shows_errors
+from ui.common import for_chatbot, rater_name, shortcuts_js, shows_errors
 from ui.context import AppContext
+from ui.label import LABEL_QUEUE
 
 CompareResult = tuple[int | None, str, int | None, str]  # conversation_a, reply_a, conversation_b, reply_b
 
+VOTE_TEXT = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
+VOTE_IDS = {vote: f"compare-vote-{vote}" for vote in VOTE_TEXT}
+# Key -> vote. The Label tab's keys (g, b, s, u) act only while its buttons are on screen.
+SHORTCUTS = {"a": "a", "1": "a", "b": "b", "2": "b", "t": "tie", "3": "tie", "n": "both_bad", "4": "both_bad"}
+KEYS_HINT = "Keys: A · B · T tie · N both bad (or 1 2 3 4)"
+ASK = "Send a message: both versions answer it, shown as **A** and **B** in random order."
+
 
 def compare_steps(
-    ctx: AppContext, message: str, key: str, versions: tuple[str, str], conversation_ids: tuple
+    ctx: AppContext, message: str, key: str, versions: tuple[str, str], conversation_ids: tuple, seed=None
 ) -> Iterator[tuple[int, conversations.Step]]:
-    """(side, step) of both exchanges as they stream."""
+    """(side, step) of both exchanges as they stream; `seed` starts new conversations from it."""
     persona = ctx.persona(key)
     streams = [
-        conversations.exchange(ctx, message, key, persona, version, ctx.settings, conv, source="compare")
+        conversations.exchange(ctx, message, key, persona, version, ctx.settings, conv, seed=seed, source="compare")
         for version, conv in zip(versions, conversation_ids, strict=True)
     ]
     yield from conversations.merge(streams)
 
 
-def build_compare_tab(ctx: AppContext) -> None:
+def last_reply(ctx: AppContext, conversation_id: int) -> tuple[Turn, list[dict]]:
+    """The conversation's last reply and the messages before it ({"role", "content"})."""
+    turns = [t for t in ctx.store.conversation(int(conversation_id)) if t.withdrawn is None]
+    if not turns or turns[-1].role != "assistant" or turns[-1].model_version is None:
+        raise MessageError(
+            f"conversation {conversation_id} does not end with a model's reply",
+            "vote once both versions have answered (/compare returns both conversation ids)",
+        )
+    return turns[-1], dialogue([{"role": t.role, "content": t.content} for t in turns[:-1]])
+
+
+def record_vote(ctx: AppContext, conversation_a: int, conversation_b: int, vote: str, rater: str) -> NewPreference:
+    """Store the rater's vote on the last replies of the two conversations (A and B as given);
+    both must answer the same messages under the same persona."""
+    if int(conversation_a) == int(conversation_b):
+        raise MessageError("A and B are the same conversation", "pass the two conversation ids /compare returned")
+    (a, context), (b, context_b) = last_reply(ctx, conversation_a), last_reply(ctx, conversation_b)
+    if context != context_b or a.persona != b.persona:
+        raise MessageError(
+            f"the last replies of conversations {conversation_a} and {conversation_b} answer different messages",
+            "vote on two replies to the same messages: the first /compare call of two new conversations",
+        )
+    preference = NewPreference(
+        persona_name=a.persona_name, persona=a.persona or {"name": a.persona_name}, context=context,
+        reply_a=a.content, reply_b=b.content, version_a=a.model_version, version_b=b.model_version, vote=vote,
+        rater=rater, conversation_a=int(conversation_a), conversation_b=int(conversation_b),
+    )  # fmt: skip
+    ctx.store.add_preference(preference)
+    return preference
+
+
+@dataclass
+class Round:
+    """A pair on screen: the stored conversations as A and B, and the vote once saved."""
+
+    conversations: tuple[int, int]
+    vote: str | None = None
+
+    def history(self, ctx: AppContext) -> list[dict]:
+        """What the next round starts from: the preferred side's conversation (A's by default)."""
+        preferred = self.conversations[1 if self.vote == "b" else 0]
+        return dialogue(conversations.stored_messages(ctx.store.conversation(preferred)))
+
+
+def blind(messages: list[dict]) -> list[dict]:
+    """Messages for a blind pane: no stored turn ids (nothing on the page to look a reply up by)."""
+    return for_chatbot([{k: v for k, v in m.items() if k != "id"} for m in messages])
+
+
+def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     personas, _ = ctx.personas()
     first = next(iter(personas), None)
     versions = ctx.pool.versions()
     with gr.Row():
         persona = gr.Dropdown(ctx.persona_choices(), value=first, label="Persona", scale=2, allow_custom_value=True)
-        version_a = gr.Dropdown(versions, value="base", label="Left: model version", scale=1, allow_custom_value=True)
-        version_b = gr.Dropdown(versions, value=ctx.pool.newest(), label="Right: model version", scale=1,
+        version_1 = gr.Dropdown(versions, value="base", label="Version 1", scale=1, allow_custom_value=True)
+        version_2 = gr.Dropdown(versions, value=ctx.pool.newest(), label="Version 2", scale=1,
                                 allow_custom_value=True)  # fmt: skip
-    for picker in (version_a, version_b):  # versions trained while the app runs appear on open
+    for picker in (version_1, version_2):  # versions trained while the app runs appear on open
         picker.focus(lambda: gr.update(choices=ctx.pool.versions()), None, picker, api_name=False)
     if len(versions) == 1:
         gr.Markdown("Only `base` exists so far: train a version (`python -m training.train`) to compare against it.")
-    start = for_chatbot(opening(personas[first])) if first else []
+    status = gr.Markdown(ASK, elem_id="compare-status")
+    start = blind(opening(personas[first])) if first else []
+    # No "share" button: it would post a pair outside the blind vote.
+    panes_args = dict(height=420, buttons=["copy"])
     with gr.Row():
-        chat_a = gr.Chatbot(start, label="base", height=420)
-        chat_b = gr.Chatbot(start, label=ctx.pool.newest(), height=420)
+        chat_a = gr.Chatbot(start, label="A", elem_id="compare-a", **panes_args)
+        chat_b = gr.Chatbot(start, label="B", elem_id="compare-b", **panes_args)
+    with gr.Row():
+        buttons = {
+            vote: gr.Button(
+                text,
+                elem_id=VOTE_IDS[vote],
+                interactive=False,
+                variant="primary" if vote in ("a", "b") else "secondary",
+            )
+            for vote, text in VOTE_TEXT.items()
+        }
+    gr.HTML(KEYS_HINT, js_on_load=f"({shortcuts_js('compare', {k: VOTE_IDS[v] for k, v in SHORTCUTS.items()})})();")
     with gr.Row():
         message = gr.Textbox(placeholder="The same message goes to both; press Enter", show_label=False, scale=6)
-        send = gr.Button("Send to both", variant="primary", scale=1)
-    clear = gr.Button("Clear both")
-    conv_a, conv_b = gr.State(None), gr.State(None)
+        send = gr.Button("Send to both", scale=1)
+    clear = gr.Button("New conversation")
+    pair = gr.State(None)  # the Round on screen; server-side only, so A/B stays blind
+
+    def panes(a: list[dict], b: list[dict]) -> tuple:  # blind: labelled A and B only
+        return gr.update(value=a, label="A"), gr.update(value=b, label="B")
+
+    def voting(enabled: bool) -> list:
+        return [gr.update(interactive=enabled) for _ in buttons]
 
     @shows_errors
-    def compare(text, key, a, b, id_a, id_b):
+    def compare(text, key, v1, v2, shown: Round | None):
         if not (text or "").strip():
             gr.Warning("Type a message first: nothing was sent.")
-            yield gr.skip(), gr.skip(), "", id_a, id_b
+            yield gr.skip(), gr.skip(), "", shown, gr.skip(), *[gr.skip()] * len(buttons)
             return
-        panes, ids = [gr.skip(), gr.skip()], [id_a, id_b]
-        for side, step in compare_steps(ctx, text, key, (a, b), (id_a, id_b)):
-            panes[side], ids[side] = for_chatbot(step.messages), step.conversation_id
-            yield *panes, "", *ids
+        order = (v1, v2) if random.random() < 0.5 else (v2, v1)  # which version is A, this round
+        seed = shown.history(ctx) if shown else None
+        before = blind(seed if seed is not None else opening(ctx.persona(key)))
+        messages, ids = [before, before], [None, None]
+        # The round on screen stays until both replies are saved: if one fails, the next
+        # message still continues from it.
+        for side, step in compare_steps(ctx, text, key, order, (None, None), seed):
+            messages[side], ids[side] = blind(step.messages), step.conversation_id
+            yield *panes(*messages), "", shown, "Both versions are answering…", *voting(False)
+        ask = "Which reply is better? Vote below; the versions' names are shown after your vote."
+        yield *panes(*messages), "", Round(tuple(ids)), ask, *voting(True)
 
-    inputs = [message, persona, version_a, version_b, conv_a, conv_b]
-    outputs = [chat_a, chat_b, message, conv_a, conv_b]
-    message.submit(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
-    send.click(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
-    # Each pane is titled with the version it shows.
-    version_a.change(lambda v: gr.update(label=v), version_a, chat_a, api_name=False)
-    version_b.change(lambda v: gr.update(label=v), version_b, chat_b, api_name=False)
+    def on_vote(vote: str):
+        def handler(shown: Round | None, typed: str, request: gr.Request):
+            if shown is None or shown.vote is not None:
+                raise gr.Error("There is no new pair of replies to vote on: send a message first.")
+            saved = record_vote(ctx, *shown.conversations, vote, _rater(typed, request))
+            shown.vote = vote
+            names = (saved.version_a, saved.version_b)
+            done = f"Saved: **{VOTE_TEXT[vote]}**. A was `{names[0]}`, B was `{names[1]}`. Send the next message."
+            current = [gr.update(label=f"{side} — {name}") for side, name in zip("AB", names, strict=True)]
+            return *current, shown, done, *voting(False)
+
+        return shows_errors(handler)
 
     @shows_errors
     def reset(key):
-        start = for_chatbot(opening(ctx.persona(key)))
-        return start, start, None, None
+        start = blind(opening(ctx.persona(key)))
+        return *panes(start, start), "", None, ASK, *voting(False)
 
-    clear.click(reset, persona, [chat_a, chat_b, conv_a, conv_b], api_name=False)
-    persona.change(reset, persona, [chat_a, chat_b, conv_a, conv_b], api_name=False)
+    outputs = [chat_a, chat_b, message, pair, status, *buttons.values()]
+    inputs = [message, persona, version_1, version_2, pair]
+    message.submit(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
+    send.click(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
+    vote_outputs = [chat_a, chat_b, pair, status, *buttons.values()]
+    for vote, button in buttons.items():
+        button.click(on_vote(vote), [pair, rater], vote_outputs, api_visibility="private", **LABEL_QUEUE)
+    reset_outputs = [chat_a, chat_b, message, pair, status, *buttons.values()]
+    clear.click(reset, persona, reset_outputs, api_name=False)
+    persona.change(reset, persona, reset_outputs, api_name=False)
+    _add_api(ctx)
 
+
+def _rater(typed: str | None, request: gr.Request | None) -> str:
+    """Who votes: the one place the Compare tab and /vote take the rater from."""
+    return rater_name(typed, request)
+
+
+def _add_api(ctx: AppContext) -> None:
     def compare_api(
         message: str,
         persona: str,
@@ -101,4 +222,17 @@ def build_compare_tab(ctx: AppContext) -> None:
             result[2 * side : 2 * side + 2] = [step.conversation_id, step.reply]
             yield tuple(result)
 
+    def vote(
+        conversation_a: int,
+        conversation_b: int,
+        vote: Literal["a", "b", "tie", "both_bad"],
+        request: gr.Request,
+        rater: str = "",
+    ) -> str:
+        """Vote on the last replies of two conversations (from one /compare call) as A and B:
+        "a" (A is better), "b", "tie" or "both_bad". On disk when this returns."""
+        saved = record_vote(ctx, conversation_a, conversation_b, vote, _rater(rater, request))
+        return f"saved: {saved.vote} (A = {saved.version_a}, B = {saved.version_b}) by {saved.rater}"
+
     gr.api(shows_errors(compare_api), api_name="compare", concurrency_id=GENERATION)
+    gr.api(shows_errors(vote), api_name="vote", **LABEL_QUEUE)

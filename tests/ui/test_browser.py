@@ -154,3 +154,66 @@ def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, t
     liked = store.item(labels[-1].item_id)
     assert liked.answer == chat_turns[4].content and liked.context[-1]["content"] == "And how are the bees?"
     assert [t.role for t in store.conversation(conv_ids["compare"])] == ["assistant", "user", "assistant"]
+
+
+def test_a_rater_votes_blind_between_two_versions_and_then_sees_their_names(browser, tiny_engine, store, tmp_path):
+    from chatbot.engine import GenerationSettings
+    from tests.conftest import serving, studio_context
+
+    ctx = studio_context(tmp_path, store, {"base": tiny_engine, "tuned": tiny_engine},
+                         GenerationSettings(temperature=0, max_new_tokens=16))  # fmt: skip
+    with serving(ctx) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15_000)
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("#rater-name").get_by_role("textbox").fill("rita")
+        compare = open_tab(page, "Compare")
+        version_2 = compare.get_by_role("combobox", name="Version 2")
+        version_2.fill("tuned")
+        version_2.press("Enter")
+        expect(version_2).to_have_value("tuned")
+        votes = {vote: page.locator(f"#compare-vote-{vote}") for vote in ("a", "b", "tie", "both_bad")}
+        for button in votes.values():
+            expect(button).to_be_disabled()  # nothing to vote on yet
+
+        send(compare.get_by_role("textbox"), "What do you build?", compare, users_after=2)
+        panes = [page.locator("#compare-a"), page.locator("#compare-b")]
+        for pane, side in zip(panes, "AB", strict=True):
+            expect(pane.locator('[data-testid="block-label"]')).to_have_text(side)  # no name before the vote
+            expect(pane).not_to_contain_text("tuned")
+            expect(user(pane)).to_have_text(["What do you build?"])
+            expect(bot(pane).last).not_to_have_text("")
+        expect(page.locator("#compare-status")).to_contain_text("Which reply is better?")
+        shoot(page, tmp_path, "6-compare-blind")
+
+        page.locator("#compare-status").click()  # out of the message box: keys are shortcuts again
+        page.keyboard.press("a")
+        status = page.locator("#compare-status")
+        expect(status).to_contain_text("Saved: A is better.")
+        revealed = re.search(r"A was (\w+), B was (\w+)", status.inner_text())
+        assert revealed and set(revealed.groups()) == {"base", "tuned"}
+        version_a, version_b = revealed.groups()
+        expect(panes[0].locator('[data-testid="block-label"]')).to_have_text(f"A — {version_a}")
+        expect(panes[1].locator('[data-testid="block-label"]')).to_have_text(f"B — {version_b}")
+        for button in votes.values():
+            expect(button).to_be_disabled()  # one vote per pair
+        shoot(page, tmp_path, "7-compare-revealed")
+
+        # The next message continues from the preferred reply, blind again (a new draw of A).
+        send(compare.get_by_role("textbox"), "And the bees?", compare, users_after=4)
+        for pane, side in zip(panes, "AB", strict=True):
+            expect(pane.locator('[data-testid="block-label"]')).to_have_text(side)
+            expect(user(pane)).to_have_text(["What do you build?", "And the bees?"])
+        status.click()
+        page.keyboard.press("n")
+        expect(status).to_contain_text("Saved: Both are bad.")
+        page.close()
+
+    first, second = store.preferences()
+    assert (first.rater, first.vote, first.version_a, first.version_b) == ("rita", "a", version_a, version_b)
+    assert first.context[-1] == {"role": "user", "content": "What do you build?"} and first.reply_a
+    assert (second.rater, second.vote, {second.version_a, second.version_b}) == ("rita", "both_bad", {"base", "tuned"})
+    assert second.context == first.context + [
+        {"role": "assistant", "content": first.reply_a},  # A was preferred
+        {"role": "user", "content": "And the bees?"},
+    ]
