@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chatbot.errors import MessageError
+from chatbot.errors import MessageError, PersonaError
 from chatbot.persona import Persona, render_system_prompt
 
 Messages = list[dict]
@@ -119,3 +119,29 @@ def fit(messages: Messages, count_tokens: Callable[[Messages], int], budget: int
         else:
             lo = mid + 1
     return system + rest[starts[lo] :]
+
+
+def too_long(
+    fitted: Messages, count_tokens: Callable[[Messages], int], budget: int, window: int
+) -> MessageError | PersonaError:
+    """The error for a prompt still over `budget` after `fit` (its shortest form, `fitted`):
+    the persona's when its system prompt alone overflows (no message is short enough), else
+    the message's, saying how much of the budget the persona takes."""
+    reply = window - budget
+    persona = fitted[0] if fitted and fitted[0]["role"] == "system" else None
+    persona_tokens = count_tokens([persona]) if persona else 0
+    if persona_tokens > budget:
+        first_line = persona["content"].splitlines()[0]
+        who = first_line if len(first_line) <= 70 else first_line[:67] + "..."
+        return PersonaError(
+            f'the persona is too long for this model: its system prompt ("{who}") alone takes '
+            f"{persona_tokens} tokens, but only {budget} fit (context window {window} minus {reply} for the reply)",
+            f"shorten the persona's facts and knowledge by at least {persona_tokens - budget} tokens, "
+            "lower max_new_tokens, or use a model with a longer context window",
+        )
+    share = f", {persona_tokens} of them the persona's system prompt" if persona else ""
+    return MessageError(
+        f"the message is too long: the prompt needs {count_tokens(fitted)} tokens{share}, but only {budget} fit "
+        f"(context window {window} minus {reply} for the reply)",
+        "shorten the message, or lower max_new_tokens",
+    )

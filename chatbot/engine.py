@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
-from chatbot.conversation import Messages, fit
-from chatbot.errors import GenerationError, MessageError, ModelLoadError
+from chatbot.conversation import Messages, fit, too_long
+from chatbot.errors import GenerationError, ModelLoadError
 from chatbot.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
 from chatbot.loading import EngineConfig, load_model_and_tokenizer, resolve_version
 
@@ -82,15 +82,12 @@ class ChatEngine(ABC):
     def fit_messages(self, messages: Messages, settings: GenerationSettings) -> Messages:
         """`messages` trimmed (`chatbot.conversation.fit`) so prompt + max_new_tokens fit the
         context window; at most half the window is held back for the reply, so a huge
-        max_new_tokens cannot starve the prompt. A message too long on its own is refused."""
+        max_new_tokens cannot starve the prompt. A message too long on its own is refused, and
+        a persona whose system prompt alone overflows gets an error of its own (`too_long`)."""
         budget = self.context_window - min(settings.max_new_tokens, self.context_window // 2)
         fitted = fit(messages, self.count_tokens, budget)
-        if (used := self.count_tokens(fitted)) > budget:
-            raise MessageError(
-                f"the message is too long: the prompt needs {used} tokens but only {budget} fit "
-                f"(context window {self.context_window} minus {self.context_window - budget} for the reply)",
-                "shorten the message, or lower max_new_tokens",
-            )
+        if self.count_tokens(fitted) > budget:
+            raise too_long(fitted, self.count_tokens, budget, self.context_window)
         if len(fitted) < len(messages):
             log.info("trimmed %d old messages to fit the context", len(messages) - len(fitted))
         return fitted

@@ -6,7 +6,7 @@ import pytest
 
 from chatbot.conversation import MAX_MESSAGE_CHARS, build_messages
 from chatbot.engine import GenerationSettings
-from chatbot.errors import MessageError
+from chatbot.errors import MessageError, PersonaError
 from chatbot.persona import Persona, load_persona, render_system_prompt
 from chatbot.session import ChatSession
 from tests.conftest import REPO
@@ -61,11 +61,31 @@ def test_message_too_long_for_context_names_tokens(tiny_model_dir, ada):
     from chatbot.engine import load_engine
     from chatbot.loading import EngineConfig
 
-    engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=256))
+    engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=512))
     session = ChatSession(engine, ada, GREEDY)
-    with pytest.raises(MessageError, match="tokens"):
+    persona_tokens = engine.count_tokens(build_messages(ada, [])[:1])
+    with pytest.raises(
+        MessageError, match=rf"message is too long.*tokens, {persona_tokens} of them the persona"
+    ) as info:
         session.reply("word " * 1000)
+    assert "shorten the message" in info.value.fix
     assert len(session.history) == 1  # only the greeting
+
+
+def test_persona_too_long_for_the_context_window_says_it_is_the_persona(tiny_model_dir, ada):
+    """Ada's system prompt alone overflows a 256-token window: no message could be short enough."""
+    from chatbot.engine import load_engine
+    from chatbot.loading import EngineConfig
+
+    engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=256))
+    persona_tokens = engine.count_tokens(build_messages(ada, [])[:1])
+    assert persona_tokens > 256 - GREEDY.max_new_tokens
+    with pytest.raises(PersonaError) as info:
+        ChatSession(engine, ada, GREEDY).reply("Hi")
+    problem = info.value.problem
+    assert "persona is too long" in problem and "You are Ada" in problem and "message" not in problem
+    assert f"{persona_tokens} tokens, but only {256 - GREEDY.max_new_tokens} fit (context window 256" in problem
+    assert f"by at least {persona_tokens - 248} tokens" in info.value.fix and "longer context window" in info.value.fix
 
 
 def test_undo_retry_reset(session):
