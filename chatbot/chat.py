@@ -26,15 +26,19 @@ HELP = "/persona FILE  switch persona | /undo | /retry | /reset | /help | /quit"
 class ChatConfig(EngineConfig):
     persona: str = Field("personas/ada.yaml", description="Persona YAML file to speak as.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    scope_guard: bool = Field(True, description="Off-topic questions get the persona's deflection (if it has a scope).")
 
 
-def _print_stream(pieces, out=sys.stdout) -> None:
+def _print_stream(pieces, session: ChatSession, out=sys.stdout) -> None:
     out.write("bot> ")
     for piece in pieces:
         out.write(piece)
         out.flush()
     out.write("\n")
     out.flush()
+    if session.deflected:  # on stderr: a piped transcript keeps only the conversation
+        print(f"[off-topic for {session.persona.name}: the scope's deflection, the model was not asked; "
+              "--scope_guard false turns the guard off]", file=sys.stderr)  # fmt: skip
 
 
 def _command(session: ChatSession, line: str) -> bool:
@@ -48,7 +52,7 @@ def _command(session: ChatSession, line: str) -> bool:
     elif cmd == "/undo":
         print("[removed the last exchange]" if session.undo() else "[nothing to undo]")
     elif cmd == "/retry":
-        _print_stream(session.retry())
+        _print_stream(session.retry(), session)
     elif cmd == "/reset":
         session.reset()
         print("[conversation cleared]")
@@ -74,7 +78,7 @@ def run(session: ChatSession, lines) -> None:
                 if not _command(session, line):
                     return
             elif line.strip() or interactive:
-                _print_stream(session.send(line))
+                _print_stream(session.send(line), session)
         except PersonaStudioError as err:
             print(f"error: {err}", file=sys.stderr)
 
@@ -85,7 +89,7 @@ def main(cfg: ChatConfig) -> int:
     persona = load_persona(cfg.persona)
     engine = load_engine(cfg)
     print(f"[{persona.name} on {engine.name}; {HELP}]", file=sys.stderr)
-    run(ChatSession(engine, persona, cfg.generation), sys.stdin)
+    run(ChatSession(engine, persona, cfg.generation, cfg.scope_guard), sys.stdin)
     return 0
 
 

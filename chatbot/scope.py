@@ -81,6 +81,20 @@ def embed(texts: list[str]):
     return load_encoder().encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
 
 
+_vectors: dict[str, object] = {}  # question -> embedding: the pools are embedded once per process
+
+
+def embed_examples(texts: list[str]):
+    """`embed`, remembering each training question: every persona shares the shipped pools, so
+    a second persona's classifier (or a retrain) embeds only its own questions."""
+    import numpy as np
+
+    new = [t for t in dict.fromkeys(texts) if t not in _vectors]
+    if new:
+        _vectors.update(zip(new, embed(new), strict=True))
+    return np.stack([_vectors[t] for t in texts])
+
+
 def build_classifier():
     """Logistic regression over the embeddings, with balanced class weights (the generic pool
     outnumbers a persona's own questions several times). Embeddings rather than TF-IDF: a
@@ -101,7 +115,7 @@ def evaluate(persona: Persona, test_size: float = 0.25, seed: int = 0, vectors=N
 
     texts, labels = examples(persona)
     train_i, test_i = train_test_split(np.arange(len(texts)), test_size=test_size, random_state=seed, stratify=labels)
-    vectors, y = embed(texts) if vectors is None else vectors, np.array(labels)
+    vectors, y = embed_examples(texts) if vectors is None else vectors, np.array(labels)
     predicted = build_classifier().fit(vectors[train_i], y[train_i]).predict(vectors[test_i])
     report = classification_report(y[test_i], predicted, target_names=CLASSES, output_dict=True, zero_division=0)
     report["sizes"] = {"train": len(train_i), "test": len(test_i), "in_scope": labels.count(0),
@@ -129,7 +143,7 @@ def train(persona: Persona, path: Path | None = None, vectors=None) -> tuple[obj
 
     path = path or model_path(persona)
     texts, labels = examples(persona)
-    classifier = build_classifier().fit(embed(texts) if vectors is None else vectors, labels)
+    classifier = build_classifier().fit(embed_examples(texts) if vectors is None else vectors, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     joblib.dump(classifier, partial)
@@ -208,7 +222,7 @@ def main(cfg: ScopeConfig) -> int:
     if persona.scope is None:
         raise PersonaError(f"persona file {cfg.persona} has no `scope:`", "add one (see personas/lovelace_guide.yaml)")
     texts, _ = examples(persona)
-    vectors = embed(texts)  # once, for the report and the final model
+    vectors = embed_examples(texts)  # once, for the report and the final model
     print("\n".join(report_lines(evaluate(persona, cfg.test_size, cfg.seed, vectors))))
     _, path = train(persona, vectors=vectors)
     print(f"trained on all {len(texts)} questions; saved to {path}")

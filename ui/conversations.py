@@ -19,6 +19,7 @@ from chatbot.conversation import Messages, build_messages, check_message, dialog
 from chatbot.engine import GenerationSettings
 from chatbot.errors import MessageError
 from chatbot.persona import Persona
+from chatbot.scope import deflection, is_deflection
 from store import LabelRow, NewItem, Turn
 from ui.context import AppContext
 
@@ -32,6 +33,7 @@ class Step:
     reply: str
     turn_id: int | None = None  # the reply's stored turn, once saved (the last step)
     trimmed: bool = False  # the oldest turns were left out to fit the context window
+    deflected: bool = False  # off the persona's scope: its deflection, the model not called
 
 
 @dataclass
@@ -49,12 +51,20 @@ class _Pending:
 
 
 def stored_messages(turns: list[Turn]) -> Messages:
-    """The active (not withdrawn) turns as conversation messages, with their ids."""
+    """The active (not withdrawn) turns as conversation messages, with their ids; a scope
+    deflection is marked `"deflected": True`."""
     return [
         {"id": t.id, "role": t.role, "content": t.content, "persona_name": t.persona_name}
+        | ({"deflected": True} if deflected_turn(t) else {})
         for t in turns
         if t.withdrawn is None
     ]
+
+
+def deflected_turn(turn: Turn) -> bool:
+    """A reply no model wrote that is the persona's scope deflection. (The store has no flag
+    for it: its text, from the persona stored with the turn, is the mark.)"""
+    return turn.role == "assistant" and turn.model_version is None and is_deflection(turn.persona, turn.content)
 
 
 def transcript(ctx: AppContext, conversation_id: int | None, persona: Persona) -> Messages:
@@ -81,6 +91,7 @@ def exchange(
     seed: Messages | None = None,
     replacing: list[int] | None = None,
     source: str = "chat",
+    scope_guard: bool = True,
 ) -> Iterator[Step]:
     """Stream the reply of `persona` on `version` to `message`, then store the exchange.
 
@@ -88,9 +99,12 @@ def exchange(
     `seed` (user/assistant messages an API client starts from). In a stored conversation a
     persona other than the one in effect is marked with a notice and speaks from this turn.
     `replacing`: turn ids of the exchange a retry replaces, withdrawn once the new one is saved.
+    `scope_guard`: an off-topic message to a persona with a scope is answered with its
+    deflection, stored like a greeting (no model version: nothing to label), the model not
+    loaded nor called.
     """
     message = check_message(message)
-    engine = ctx.pool.get(version)
+    canned = deflection(persona, message) if scope_guard else None
     pending = _Pending()
     if conversation_id is None:
         for m in seed if seed is not None else opening(persona):
@@ -104,22 +118,29 @@ def exchange(
             pending.add("notice", notice(persona)["content"], persona)
     pending.add("user", message, persona, version)
     history = before + _unsaved(pending.turns[:-1])
-    prompt = build_messages(persona, history, message)
-    fitted = engine.fit_messages(prompt, settings)  # stream fits again: already fitted, one count
-    trimmed = len(fitted) < len(prompt)
-    shown = history + [{"role": "user", "content": message}]
-    reply = ""
-    for piece in engine.stream(fitted, settings):
-        reply += piece
-        yield Step(shown + [{"role": "assistant", "content": reply}], conversation_id, reply, trimmed=trimmed)
-    reply = reply.strip()
-    pending.add("assistant", reply, persona, version)
+    trimmed = False
+    if canned is not None:
+        reply = canned
+        pending.add("assistant", reply, persona)  # no model wrote it: no version, nothing to label
+    else:
+        engine = ctx.pool.get(version)
+        prompt = build_messages(persona, history, message)
+        fitted = engine.fit_messages(prompt, settings)  # stream fits again: already fitted, one count
+        trimmed = len(fitted) < len(prompt)
+        shown = history + [{"role": "user", "content": message}]
+        reply = ""
+        for piece in engine.stream(fitted, settings):
+            reply += piece
+            yield Step(shown + [{"role": "assistant", "content": reply}], conversation_id, reply, trimmed=trimmed)
+        reply = reply.strip()
+        pending.add("assistant", reply, persona, version)
     if conversation_id is None:
         conversation_id = ctx.store.start_conversation(source, persona_key, persona.model_dump(), version)
     ids = ctx.store.add_turns(int(conversation_id), pending.turns)
     if replacing:  # after the new exchange is saved: a failure in between loses nothing
         ctx.store.withdraw_turns(int(conversation_id), replacing, "retry")
-    yield Step(transcript(ctx, conversation_id, persona), int(conversation_id), reply, ids[-1], trimmed)
+    stored = transcript(ctx, conversation_id, persona)
+    yield Step(stored, int(conversation_id), reply, ids[-1], trimmed, deflected=canned is not None)
 
 
 def _unsaved(turns: list[dict]) -> Messages:
@@ -144,13 +165,20 @@ def undo(ctx: AppContext, conversation_id: int | None) -> str | None:
 
 
 def retry(
-    ctx: AppContext, conversation_id: int | None, persona_key: str, persona: Persona, version: str, settings
+    ctx: AppContext,
+    conversation_id: int | None,
+    persona_key: str,
+    persona: Persona,
+    version: str,
+    settings,
+    scope_guard: bool = True,
 ) -> Iterator[Step]:
     """A new reply to the last user message; the old exchange is withdrawn once it is saved."""
     ids, user = last_exchange_ids(ctx, conversation_id)
     if not ids:
         raise MessageError("there is no reply to retry yet", "send a message first")
-    yield from exchange(ctx, user, persona_key, persona, version, settings, conversation_id, replacing=ids)
+    yield from exchange(ctx, user, persona_key, persona, version, settings, conversation_id, replacing=ids,
+                        scope_guard=scope_guard)  # fmt: skip
 
 
 def label_reply(ctx: AppContext, turn_id: int, verdict: str, rater: str, comment: str = "") -> LabelRow:
@@ -159,7 +187,7 @@ def label_reply(ctx: AppContext, turn_id: int, verdict: str, rater: str, comment
     turn = ctx.store.turn(int(turn_id))
     if turn.role != "assistant" or turn.model_version is None:
         raise MessageError(
-            "only the model's replies can be labelled (greetings come from the persona file)",
+            "only the model's replies can be labelled (greetings and scope deflections come from the persona file)",
             "use the thumbs under a reply the model wrote",
         )
     turns = ctx.store.conversation(turn.conversation_id)
