@@ -181,3 +181,20 @@ def test_report_versions_refuses_unknown_names_and_three_versions(built, capsys)
     (bare / "v3" / "version.json").write_text(json.dumps({"base_model": "default"}))
     empty = scorecard_markdown(scorecard(store, "v3", runs_dir=bare))
     assert "## Scorecard: v3 vs base\n\nnothing to compare yet" in empty and "no eval run of v3 and base" in empty
+
+
+def test_eval_run_rows_key_like_the_items_it_registers(tmp_path, tiny_model_dir, spc_csv, store, db_file_url):
+    """The contract the matching rests on: a rows.jsonl row of a real eval.run gives the same
+    prompt key as the label item registered for it (what training exports record)."""
+    from eval.run import main as run_main
+    from eval.scorecard_rows import row_key
+    from store import prompt_key
+
+    out = tmp_path / "eval-out"
+    flags = ["--model", str(tiny_model_dir), "--data", str(spc_csv), "--limit", "3", "--bertscore", "false",
+             "--consistency", "false", "--hits_items", "0", "--generation.max_new_tokens", "4",
+             "--runs_dir", str(tmp_path / "runs"), "--database_url", db_file_url, "--out", str(out)]  # fmt: skip
+    assert run_main(flags) == 0
+    rows = pd.read_json(out / "rows.jsonl", lines=True, dtype=False)
+    items = [store.item(int(i)) for i in rows["item_id"]]
+    assert [row_key(r) for r in rows.to_dict("records")] == [prompt_key(i.persona, i.context) for i in items]
