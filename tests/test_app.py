@@ -5,6 +5,7 @@ from gradio_client import Client
 
 from app import AppConfig, build_demo, parse_auth
 from chatbot.errors import ConfigError
+from chatbot.persona import load_persona
 from store import Store
 from tests.conftest import REPO, serving, studio_context
 
@@ -135,6 +136,27 @@ def test_a_typed_in_persona_and_a_seeded_history(app):
     assert store.turn(turn_id).persona_name == "Captain Mira"
     with pytest.raises(Exception, match="facts"):
         chat(client, "Hi", persona="", custom_persona={"name": "No facts"})
+
+
+def test_scope_guard_deflects_off_topic_questions_without_the_model(app, tiny_engine, monkeypatch):
+    """Grace (lovelace_guide) has a scope: the weather gets her deflection, stored and marked,
+    the model not asked; with scope_guard=False the same question reaches the model."""
+    client, store = app
+    grace = load_persona(REPO / "personas" / "lovelace_guide.yaml")
+    calls = []
+    stream = tiny_engine.stream
+    monkeypatch.setattr(tiny_engine, "stream", lambda *a: calls.append(a) or stream(*a))
+    question = "Will it rain in Manchester tomorrow?"
+    conv_id, reply, turn_id = chat(client, question, persona="lovelace_guide")
+    assert reply == grace.scope.deflection and not calls
+    assert store.turn(turn_id).model_version is None  # not the model's words: nothing to label
+    history = client.predict(conversation_id=conv_id, api_name="/history")
+    assert [m["deflected"] for m in history] == [False, False, True]  # greeting, question, deflection
+    with pytest.raises(Exception, match="deflections"):
+        client.predict(turn_id=turn_id, verdict="good", rater="rita", api_name="/label_reply")
+    _, reply, turn_id = chat(client, question, persona="lovelace_guide", conversation_id=conv_id, scope_guard=False)
+    assert reply != grace.scope.deflection and len(calls) == 1
+    assert store.turn(turn_id).model_version == "base"
 
 
 def test_compare_streams_two_versions(app):

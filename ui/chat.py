@@ -5,16 +5,18 @@ turns, each with its stored id in the message metadata, and only the conversatio
 with the page. Typed API endpoints for scripts (`gradio_client`, by name):
 
     /chat(message, persona, version="base", conversation_id=None, temperature=None, top_p=None,
-          top_k=None, max_new_tokens=None, custom_persona=None, history=None)
+          top_k=None, max_new_tokens=None, custom_persona=None, history=None, scope_guard=True)
         -> (conversation_id, reply, turn_id)   streamed; turn_id is set once the reply is saved
     /retry(conversation_id, persona, version="base", ...)   -> (conversation_id, reply, turn_id)
     /undo(conversation_id)                   -> the user message taken back ("" if none)
-    /history(conversation_id)                -> [{"turn_id", "role", "content", "persona"}]
+    /history(conversation_id)                -> [{"turn_id", "role", "content", "persona", "deflected"}]
     /label_reply(turn_id, verdict, comment="", rater="")   -> "saved: good (by rita)"
 
 Texts are raw in and out; HTML is escaped only for display in the chat box. Settings left
 None take the app's defaults; another persona in a running conversation switches persona
-from that turn (marked in the transcript).
+from that turn (marked in the transcript). With `scope_guard` (default on) an off-topic
+question to a persona with a `scope:` gets its deflection, without the model (turn_id is set,
+but it cannot be labelled; `/history` marks it `deflected`).
 """
 
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
@@ -60,6 +62,16 @@ def custom_persona(ctx: AppContext, fields: dict) -> Persona:
         ) from None
 
 
+def displayed(messages) -> list[dict]:
+    """`for_chatbot`, with each scope deflection titled as one: the transcript shows which
+    replies are the persona file's deflection, not the model's words."""
+    shown = for_chatbot(messages)
+    for message, item in zip(messages, shown, strict=True):
+        if message.get("deflected"):
+            item["metadata"] = {**(item["metadata"] or {}), "title": "Off-topic: the persona's deflection"}
+    return shown
+
+
 def settings_for(ctx: AppContext, temperature=None, top_p=None, top_k=None, max_new_tokens=None) -> GenerationSettings:
     """The app's generation settings with the given ones (None: the app's) in their place."""
     given = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)
@@ -86,6 +98,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         top_p = gr.Slider(0.05, 1, value=s.top_p, step=0.05, label="Top-p")
         top_k = gr.Slider(0, 200, value=s.top_k, step=1, label="Top-k")
         max_new_tokens = gr.Slider(8, 1024, value=s.max_new_tokens, step=8, label="Max new tokens")
+        scope_guard = gr.Checkbox(True, label="Scope guard: off-topic questions get the persona's deflection")
     start = for_chatbot(opening(personas[first])) if first in personas else []
     chat = gr.Chatbot(start, label="Chat", height=460, feedback_options=("Like", "Dislike"),
                       group_consecutive_messages=False)  # fmt: skip
@@ -99,35 +112,39 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     conv_id = gr.State(None)  # the stored conversation on screen; None until the first message
     gr.Markdown("The thumbs under a reply save it as a good/bad label, under the Rater name at the top.")
 
-    picks = [persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, custom_name, custom_facts]
+    picks = [persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, custom_name, custom_facts,
+             scope_guard]  # fmt: skip
 
     def shown(steps: Iterator[conversations.Step]):
         """Chat box, cleared message box and conversation id for each step of an exchange."""
         for step in steps:
             if step.trimmed and step.turn_id is not None:
                 gr.Info("The oldest turns were left out to fit the model's context window.")
-            yield for_chatbot(step.messages), "", step.conversation_id
+            if step.deflected:
+                gr.Info("Off-topic for this persona: its deflection, the model was not asked "
+                        "(Generation settings: Scope guard).")  # fmt: skip
+            yield displayed(step.messages), "", step.conversation_id
 
     @shows_errors
-    def respond(text, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts):
+    def respond(text, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard):
         if not (text or "").strip():
             gr.Warning("Type a message first: nothing was sent.")
             yield gr.skip(), "", conv
             return
         persona = resolve_persona(ctx, key, name, facts)
         settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-        yield from shown(conversations.exchange(ctx, text, key, persona, version, settings, conv))
+        yield from shown(conversations.exchange(ctx, text, key, persona, version, settings, conv, scope_guard=guard))
 
     @shows_errors
-    def regenerate(key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts):
+    def regenerate(key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard):
         persona = resolve_persona(ctx, key, name, facts)
         settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-        yield from shown(conversations.retry(ctx, conv, key, persona, version, settings))
+        yield from shown(conversations.retry(ctx, conv, key, persona, version, settings, guard))
 
     @shows_errors
     def take_back(conv, key, name, facts):
         conversations.undo(ctx, conv)
-        return for_chatbot(conversations.transcript(ctx, conv, resolve_persona(ctx, key, name, facts)))
+        return displayed(conversations.transcript(ctx, conv, resolve_persona(ctx, key, name, facts)))
 
     @shows_errors
     def switch(key, conv, name, facts):
@@ -188,17 +205,20 @@ def _add_api(ctx: AppContext) -> None:
         max_new_tokens: int | None = None,
         custom_persona: dict | None = None,
         history: list[dict] | None = None,
+        scope_guard: bool = True,
     ) -> Iterator[ChatResult]:
         """Send a message as the user and stream the reply: (conversation_id, reply so far,
         turn_id once saved). `persona`: a persona file's key (or `custom_persona`, a mapping
         like a persona file); pass the returned conversation_id to continue; another persona
         switches from this turn; `history` (new conversations only) is the user/assistant
-        messages to start from."""
+        messages to start from; `scope_guard` False lets off-topic questions reach the model."""
         speaker = api_persona(persona, custom_persona)
         settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
         seed = [{"role": m["role"], "content": m["content"]} for m in history] if history else None
         key = persona if not custom_persona else CUSTOM
-        steps = conversations.exchange(ctx, message, key, speaker, version, settings, conversation_id, seed=seed)
+        steps = conversations.exchange(
+            ctx, message, key, speaker, version, settings, conversation_id, seed=seed, scope_guard=scope_guard
+        )
         yield from streamed(steps)
 
     def retry(
@@ -210,11 +230,13 @@ def _add_api(ctx: AppContext) -> None:
         top_k: int | None = None,
         max_new_tokens: int | None = None,
         custom_persona: dict | None = None,
+        scope_guard: bool = True,
     ) -> Iterator[ChatResult]:
         """A new reply to the conversation's last user message; the old one is withdrawn."""
         speaker = api_persona(persona, custom_persona)
         settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-        yield from streamed(conversations.retry(ctx, conversation_id, persona, speaker, version, settings))
+        steps = conversations.retry(ctx, conversation_id, persona, speaker, version, settings, scope_guard)
+        yield from streamed(steps)
 
     def undo(conversation_id: int) -> str:
         """Withdraw the last exchange; returns the user message it began with ("" if none)."""
@@ -223,8 +245,8 @@ def _add_api(ctx: AppContext) -> None:
     def history(conversation_id: int) -> list[dict]:
         """The conversation as the user sees it: its active turns, raw text, with turn ids."""
         shown = conversations.stored_messages(ctx.store.conversation(int(conversation_id)))
-        return [{"turn_id": m["id"], "role": m["role"], "content": m["content"], "persona": m["persona_name"]}
-                for m in shown]  # fmt: skip
+        return [{"turn_id": m["id"], "role": m["role"], "content": m["content"], "persona": m["persona_name"],
+                 "deflected": bool(m.get("deflected"))} for m in shown]  # fmt: skip
 
     def label_reply(
         turn_id: int, verdict: Literal["good", "bad"], request: gr.Request, comment: str = "", rater: str = ""
