@@ -21,6 +21,7 @@ METRICS = {
     "bertscore_f1": "BERTScore F1",
     "perplexity": "perplexity",
     "persona_consistency": "persona consistency",
+    "identity_accuracy": "identity accuracy",
     "swap_retention": "swap retention",
     "distinct_2": "distinct-2",
     "avg_length": "avg words",
@@ -30,7 +31,8 @@ NOT_RUN = "not run yet"
 MISSING = "—"  # the run did not compute this metric
 METRICS_NOTE = (
     "Human accuracy: share of answers labelled good, with the 95 % Wilson interval. Perplexity is of the "
-    "reference reply under each version (lower is better); BERTScore F1 uses all-MiniLM-L6-v2, raw (not rescaled)."
+    "reference reply under each version (lower is better); BERTScore F1 uses all-MiniLM-L6-v2, raw (not rescaled). "
+    "Identity accuracy: share of a persona's held-out questions answered with its identity facts (eval.identity)."
 )
 
 
@@ -44,7 +46,15 @@ class VersionResult:
 def collect(store: Store, versions: list[str]) -> list[VersionResult]:
     """`versions` (e.g. the pool's) plus every version with labels or eval runs, `base` first."""
     human = {row["model_version"]: row for row in human_accuracy(store.label_rows())}
-    latest = {run.model_version: run.summary for run in store.eval_runs()}  # oldest first: the last one wins
+    latest, identity = {}, {}
+    for run in store.eval_runs():  # oldest first: the last one wins
+        # An eval.identity run adds its one number; it must not hide the eval.run metrics.
+        if "identity_accuracy" in run.summary:
+            identity[run.model_version] = {"identity_accuracy": run.summary["identity_accuracy"]}
+        else:
+            latest[run.model_version] = run.summary
+    for name, value in identity.items():
+        latest[name] = latest.get(name, {}) | value
     names = list(dict.fromkeys([*versions, *sorted(set(human) | set(latest))]))  # first place wins
     names.sort(key=lambda name: name != BASE)  # stable: the rest keep their order
     return [VersionResult(name, human.get(name), latest.get(name)) for name in names]
