@@ -102,8 +102,9 @@ def build_organise_tab(ctx: AppContext) -> dict:
         stop = gr.Button("Cancel job", elem_id="organise-cancel")
     status = gr.Markdown(jobs.status().line(), elem_id="organise-status")
     timer = gr.Timer(POLL_S, active=False)
-    gr.Markdown("### Session progress")
-    refresh = gr.Button("Refresh", size="sm")
+    with gr.Row(equal_height=True):
+        gr.Markdown("### Session progress")
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=120)
     items = gr.Dataframe(label="Items per source and version (left: waiting for a label)", interactive=False)
     raters = gr.Dataframe(label="Labels per rater (left: items still open to them)", interactive=False)
     agreed = gr.Markdown()

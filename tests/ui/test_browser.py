@@ -217,3 +217,39 @@ def test_a_rater_votes_blind_between_two_versions_and_then_sees_their_names(brow
         {"role": "assistant", "content": first.reply_a},  # A was preferred
         {"role": "user", "content": "And the bees?"},
     ]
+
+
+def test_an_organiser_queues_answers_and_watches_the_job_and_the_session(browser, tiny_engine, store, tmp_path):
+    from tests.conftest import serving, studio_context
+    from tests.ui.test_organise import GatedEngine, write_spc
+
+    data, slow = write_spc(tmp_path / "chats.csv"), GatedEngine(tiny_engine)  # slow: each batch waits for us
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(15_000)
+    with serving(studio_context(tmp_path, store, {"base": tiny_engine, "slow": slow})) as url:
+        page.goto(url, wait_until="domcontentloaded")
+        organise = open_tab(page, "Organise")
+        status = page.locator("#organise-status")
+        expect(status).to_contain_text("No job has run")
+        version = organise.get_by_role("combobox", name="Model version")
+        version.fill("slow")
+        version.press("Enter")
+        organise.get_by_label("Upload a CSV / JSONL").check()
+        page.locator("#organise-upload input[type=file]").set_input_files(str(data))
+        expect(organise.get_by_text("chats.csv")).to_be_visible()
+        organise.get_by_role("combobox", name="Split of the file").click()
+        page.get_by_role("option", name="all", exact=True).click()
+        organise.get_by_label("Turns").fill("3")
+        organise.get_by_label("Max new tokens (greedy)").fill("8")
+        organise.get_by_role("button", name="Queue answers").click()
+        expect(status).to_contain_text("running: slow on upload, 0/3 replies")
+        assert slow.started.wait(15)
+        shoot(page, tmp_path, "6-organise-running")
+        slow.release.set()
+        # The timer polls the job until it ends, then shows the session's new items.
+        expect(status).to_contain_text("done: slow on upload, 3/3 replies", timeout=30_000)
+        expect(status).to_contain_text("3 queued")
+        expect(organise.get_by_role("row").filter(has_text="eval")).to_contain_text("slow")
+        shoot(page, tmp_path, "7-organise-done")
+    page.close()
+    assert store.progress("rita").total == 3 and {store.item(i).model_version for i in (1, 2, 3)} == {"slow"}

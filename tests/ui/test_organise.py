@@ -11,7 +11,7 @@ from gradio_client import Client, handle_file
 from chatbot.engine import ChatEngine
 from eval.evaluate import generate
 from eval.jobs import QueueRequest, eval_config, select_turns
-from tests.conftest import serving, studio_context
+from tests.conftest import REPO, serving, studio_context
 
 FACTS = ["I build clocks.", "I keep bees."], ["I sail cargo ships.", "I drink green tea."]
 DIALOGUES = [
@@ -135,3 +135,34 @@ def test_bad_requests_name_the_problem_and_the_fix(tiny_engine, store, tmp_path)
         with pytest.raises(Exception, match="n_turns.*greater than or equal to 1"):
             client.predict("base", "spc", 0, api_name="/queue_answers")
         assert client.predict(api_name="/queue_status")["state"] == "idle"  # nothing started
+
+
+def test_the_regression_suite_is_cut_at_n_user_turns():
+    from eval.jobs import regression_files
+
+    files = regression_files(str(REPO / "personas"), 3)
+    assert [f.script.name for f in files] == ["ada_identity", "ada_knowledge"]  # 2 + 1 of 2 user turns
+    assert [[t.user for t in f.script.turns] for f in files] == [
+        ["Who are you?", "Sorry, what was your name again?"],
+        ["How many beehives do you keep?"],
+    ]
+    assert files[1].turn_lines == [5]  # the kept turn keeps its line in the file
+
+
+@pytest.mark.slow  # loads the sentence encoder of the regression checks
+def test_regression_replies_are_queued_with_the_question_and_failed_ones_first(tiny_engine, store, tmp_path):
+    with serving(studio_context(tmp_path, store, {"base": tiny_engine})) as url:
+        client = Client(url, verbose=False)
+        client.predict("base", "regression", 3, max_new_tokens=8, api_name="/queue_answers")
+        status = wait_for(client, "done", timeout=120)
+    assert (status["done"], status["queued"]) == (3, 3)
+    items = [store.item(i) for i in (1, 2, 3)]
+    assert [item.context[-1] for item in items] == [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "user", "content": "Sorry, what was your name again?"},
+        {"role": "user", "content": "How many beehives do you keep?"},
+    ]
+    first_exchange = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": items[0].answer}]
+    assert items[1].context[-3:-1] == first_exchange and items[0].persona_name == "Ada"
+    # The tiny model's noise never names Ada: every identity check fails, so all come first.
+    assert [item.priority for item in items] == [1, 1, 1]
