@@ -22,6 +22,7 @@ API (`gradio_client`, by name):
 # annotations.
 
 import random
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -144,6 +145,7 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         send = gr.Button("Send to both", scale=1)
     clear = gr.Button("New conversation")
     pair = gr.State(None)  # the Round on screen; server-side only, so A/B stays blind
+    claiming = threading.Lock()
 
     def panes(a: list[dict], b: list[dict]) -> tuple:  # blind: labelled A and B only
         return gr.update(value=a, label="A"), gr.update(value=b, label="B")
@@ -171,10 +173,17 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
 
     def on_vote(vote: str):
         def handler(shown: Round | None, typed: str, request: gr.Request):
-            if shown is None or shown.vote is not None:
-                raise gr.Error("There is no new pair of replies to vote on: send a message first.")
-            saved = record_vote(ctx, *shown.conversations, vote, _rater(typed, request))
-            shown.vote = vote
+            # Two vote keys pressed together run at once on the same Round (a State value is
+            # the session's object, not a copy): the first claims the pair, the second is refused.
+            with claiming:
+                if shown is None or shown.vote is not None:
+                    raise gr.Error("There is no new pair of replies to vote on: send a message first.")
+                shown.vote = vote
+            try:
+                saved = record_vote(ctx, *shown.conversations, vote, _rater(typed, request))
+            except BaseException:
+                shown.vote = None  # not saved: the rater may vote again
+                raise
             names = (saved.version_a, saved.version_b)
             done = f"Saved: **{VOTE_TEXT[vote]}**. A was `{names[0]}`, B was `{names[1]}`. Send the next message."
             current = [gr.update(label=f"{side} — {name}") for side, name in zip("AB", names, strict=True)]
