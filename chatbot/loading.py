@@ -11,6 +11,7 @@ says what to do.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -19,7 +20,14 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.default_model import DEFAULT_MODEL, drop_gguf_marker, prepare_default_model
+from chatbot.default_model import (
+    DEFAULT_MODEL,
+    GGUF_PACKAGE,
+    HUB_ID,
+    drop_gguf_marker,
+    on_space,
+    prepare_default_model,
+)
 from chatbot.errors import ModelLoadError
 from chatbot.kv_cache import PREFIX_CACHE_TOKENS
 from chatbot.versions import BASE, find_version
@@ -72,12 +80,16 @@ def resolve_version(model: str, adapter: str | None, runs_dir: str) -> tuple[str
             f"--model {model} is a trained version (it has its own adapter) and --adapter was given too",
             "pass either a version name or --model BASE --adapter DIR",
         )
-    return version.base_model, str(version.adapter_dir)
+    return version.base_model, version.adapter
 
 
 def resolve_model(model: str) -> tuple[str, dict]:
     """(`from_pretrained` argument, extra kwargs) for a model spec."""
     if model in (DEFAULT_MODEL, ""):
+        if on_space() and importlib.util.find_spec(GGUF_PACKAGE) is None:
+            # A Space installs requirements.txt only: the same model from the hub (versions
+            # trained on `default` load on it; its weights are the GGUF's before quantisation).
+            return HUB_ID, {}
         return str(prepare_default_model()), {}
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
@@ -155,11 +167,29 @@ def load_model_and_tokenizer(model: str, adapter: str | None = None, dtype: str 
     return hf_model.to(pick_device(device)), tokenizer
 
 
+def adapter_folder(adapter: str) -> Path:
+    """The local folder of an adapter given as a folder or as a hub repo id ("user/repo", a
+    version listed in PERSONA_STUDIO_HUB_VERSIONS), downloaded once into the hub cache."""
+    path = Path(adapter).expanduser()
+    if path.exists() or adapter.startswith((".", "/", "~")) or adapter.count("/") != 1:
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(adapter))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        raise ModelLoadError(
+            f"could not download adapter {adapter!r} from the hub: {str(err).splitlines()[0]}",
+            "check the repo id (a private repo needs HF_TOKEN with read access) and the network",
+        ) from None
+
+
 def attach_adapter(hf_model, adapter: str, model_name: str):
     """Put a PEFT LoRA adapter on `hf_model`; merge it unless the base is quantized."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter).expanduser()
+    adapter_dir = adapter_folder(adapter)
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise ModelLoadError(

@@ -6,17 +6,23 @@ complete), `adapter/` (the LoRA weights), `config.yaml`, `data.json` (the data f
 the training conversation ids), `metrics.json` and the loss plot; evaluation and regression
 runs add `eval/<timestamp>/` and `regress/<timestamp>/` (also for `base`). Unfinished runs live
 in `runs/.partial-<version>/` and are never listed.
+
+Versions can also live on the Hugging Face Hub (how a Space gets them: its disk holds no
+runs): `PERSONA_STUDIO_HUB_VERSIONS="persona-v2=user/persona-v2-lora,user/other-lora"` lists
+adapter repos (`name=repo`, or the repo alone, named after it), each a LoRA adapter on the
+app's base model (`chatbot.default_model.base_model`), downloaded by PEFT on first use.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from chatbot.default_model import DEFAULT_MODEL
+from chatbot.default_model import DEFAULT_MODEL, base_model
 from chatbot.errors import ModelLoadError
 
 BASE = "base"
@@ -38,6 +44,12 @@ class ModelVersion:
     run_dir: Path | None = None
     created: str = ""
     info: dict = field(default_factory=dict)  # the rest of version.json (metrics, backend, ...)
+    hub_repo: str | None = None  # a version on the hub: its adapter repo (no run folder here)
+
+    @property
+    def adapter(self) -> str | None:
+        """What PEFT loads: the hub repo id, or the adapter folder (None for `base`)."""
+        return self.hub_repo or (str(self.adapter_dir) if self.adapter_dir else None)
 
     def train_conversation_ids(self) -> set[str]:
         """Ids of the conversations it was trained on (eval refuses to score those turns)."""
@@ -78,7 +90,26 @@ def list_versions(runs_dir: str | Path = "runs", base_model: str = DEFAULT_MODEL
     runs = Path(runs_dir)
     found = [read_version(p.parent) for p in runs.glob(f"*/{VERSION_FILE}") if not p.parent.name.startswith(".")]
     found.sort(key=lambda v: v.created, reverse=True)
-    return [ModelVersion(name=BASE, base_model=base_model), *found]
+    on_disk = {v.name for v in found}
+    hub = [v for v in hub_versions() if v.name not in on_disk]  # a run folder of the same name wins
+    return [ModelVersion(name=BASE, base_model=base_model), *found, *hub]
+
+
+def hub_versions(spec: str | None = None) -> list[ModelVersion]:
+    """The adapter repos in `spec` (default $PERSONA_STUDIO_HUB_VERSIONS), in its order."""
+    spec = os.environ.get("PERSONA_STUDIO_HUB_VERSIONS", "") if spec is None else spec
+    versions = []
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        name, _, repo = entry.rpartition("=")
+        repo = repo.strip()
+        name = name.strip() or repo.rstrip("/").rsplit("/", 1)[-1]
+        if not repo or name == BASE:
+            raise ModelLoadError(
+                f"PERSONA_STUDIO_HUB_VERSIONS has a bad entry {entry!r}",
+                "list `name=user/adapter-repo` entries separated by commas (a name other than `base`)",
+            )
+        versions.append(ModelVersion(name=name, base_model=base_model(), hub_repo=repo))
+    return versions
 
 
 def find_version(name: str, runs_dir: str | Path = "runs") -> ModelVersion | None:
@@ -91,7 +122,7 @@ def find_version(name: str, runs_dir: str | Path = "runs") -> ModelVersion | Non
             f"model version {name} did not finish training (only runs/.partial-{name} exists)",
             f"resume it: python -m training.train --output.version {name} --output.resume true",
         )
-    return None
+    return next((v for v in hub_versions() if v.name == name), None)
 
 
 def partial_dir(runs_dir: str | Path, name: str) -> Path:

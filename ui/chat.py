@@ -33,8 +33,9 @@ from chatbot.engine import GenerationSettings
 from chatbot.errors import PersonaError
 from chatbot.persona import Persona
 from ui import conversations
-from ui.common import for_chatbot, rater_name, shows_errors
+from ui.common import for_chatbot, shows_errors
 from ui.context import AppContext
+from ui.raters import rater_for
 
 CUSTOM = "__custom__"  # persona key of the persona typed in on the spot
 GENERATION = "generation"  # concurrency group of all events that run the model
@@ -160,13 +161,14 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         return for_chatbot(opening(resolve_persona(ctx, key, name, facts))), None
 
     @shows_errors
-    def like(data: gr.LikeData, history, typed, request: gr.Request):
+    def like(data: gr.LikeData, history, typed, request: gr.Request, profile: gr.OAuthProfile | None):
         index = data.index if isinstance(data.index, int) else data.index[0]
         turn_id = (history[index].get("metadata") or {}).get("id")
         if turn_id is None:
             gr.Info("Only the model's replies can be labelled (greetings come from the persona file).")
             return
-        row = conversations.label_reply(ctx, turn_id, "good" if data.liked else "bad", rater_name(typed, request))
+        rater = rater_for(ctx, typed, profile, request)
+        row = conversations.label_reply(ctx, turn_id, "good" if data.liked else "bad", rater)
         gr.Info(f"Saved: {row.verdict} (by {row.rater}).")
 
     # One concurrency group for every event that generates (here, in Compare and the API): the
@@ -249,10 +251,15 @@ def _add_api(ctx: AppContext) -> None:
                  "deflected": bool(m.get("deflected"))} for m in shown]  # fmt: skip
 
     def label_reply(
-        turn_id: int, verdict: Literal["good", "bad"], request: gr.Request, comment: str = "", rater: str = ""
+        turn_id: int,
+        verdict: Literal["good", "bad"],
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+        comment: str = "",
+        rater: str = "",
     ) -> str:
-        """Label a stored reply good or bad (as the logged-in user when auth is on)."""
-        row = conversations.label_reply(ctx, turn_id, verdict, rater_name(rater, request), comment)
+        """Label a stored reply good or bad (as the signed-in user when sign-in is on)."""
+        row = conversations.label_reply(ctx, turn_id, verdict, rater_for(ctx, rater, profile, request), comment)
         return f"saved: {row.verdict} (by {row.rater})"
 
     gr.api(shows_errors(chat), api_name="chat", concurrency_id=GENERATION)

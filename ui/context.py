@@ -18,7 +18,16 @@ class AppContext:
     personas_dir: str = "personas"
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     label_overlap: int = 1  # raters per label item, so agreement can be measured
-    auth: bool = False  # raters are the logged-in users
+    auth: bool = False  # raters are the logged-in users (basic auth, PERSONA_STUDIO_AUTH)
+    oauth: bool = False  # raters sign in with Hugging Face (a Space with hf_oauth: true)
+    # Shown on every tab when labels will not survive a restart (a Space without /data or
+    # DATABASE_URL): what happens and how to fix it. None: the store is durable.
+    storage_warning: str | None = None
+
+    @property
+    def signed_in(self) -> bool:
+        """Raters are who they logged in as, not a typed name (ui/raters.py)."""
+        return self.auth or self.oauth
 
     def personas(self) -> tuple[dict[str, Persona], dict[str, PersonaError]]:
         """Re-read on each call: a persona file edited or added while the app runs shows up."""

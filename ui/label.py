@@ -3,9 +3,10 @@
 A label is on disk when its button returns (the store commits one transaction per label);
 when the database fails the rater sees that the label was NOT saved.
 
-API for gradio_client scripts (stateless: every call names its item and rater; with auth on,
-the logged-in user is the rater whatever `rater` says). Each returns the rater's next item as
-(item_id, persona, context, answer, progress), item_id None when nothing is left:
+API for gradio_client scripts (stateless: every call names its item and rater; with sign-in
+on, the signed-in or logged-in user is the rater whatever `rater` says: ui/raters.py). Each
+returns the rater's next item as (item_id, persona, context, answer, progress), item_id None
+when nothing is left:
 
     /next_item(rater)
     /label(item_id, verdict, comment, rater)     verdict: "good" | "bad"
@@ -24,8 +25,9 @@ import gradio as gr
 
 from chatbot.conversation import dialogue
 from store import BlindItem, StoreError
-from ui.common import for_chatbot, rater_name
+from ui.common import for_chatbot
 from ui.context import AppContext
+from ui.raters import SIGN_IN_HINT, rater_for
 
 Shown = tuple[int | None, str, list[dict], str, str]  # item_id, persona, context, answer, progress
 
@@ -158,7 +160,7 @@ class LabelView:
 
 def _layout(ctx: AppContext) -> LabelView:
     gr.Markdown("Would this persona say this, and is it a good answer? Judge the highlighted answer.")
-    progress = gr.Markdown("Loading your next item…" if ctx.auth else NO_RATER)
+    progress = gr.Markdown("Loading your next item…" if ctx.signed_in else NO_RATER)
     item_id = gr.State(None)
     with gr.Row(equal_height=False):
         persona = gr.Textbox(label="Persona", interactive=False, lines=10, max_lines=24, scale=1)
@@ -195,24 +197,26 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
         shown_id, persona, context, answer, progress = shown
         return shown_id, persona, for_chatbot(context), answer, progress, ""
 
-    def on_show(typed: str, request: gr.Request) -> tuple:
+    def on_show(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
         try:
-            name = rater_name(typed, request)
-        except gr.Error:  # no name yet: a hint, not an error toast, when the tab opens
-            return None, "", [], "", NO_RATER, gr.skip()
+            name = rater_for(ctx, typed, profile, request)
+        except gr.Error:  # not signed in / no name yet: a hint, not an error toast, when the tab opens
+            return None, "", [], "", SIGN_IN_HINT if ctx.oauth else NO_RATER, gr.skip()
         return ui(show_next(ctx, name))
 
     def on_label(verdict: str):
-        def handler(shown_id: int | None, note: str, typed: str, request: gr.Request) -> tuple:
-            return ui(save_label(ctx, shown_id, verdict, note, rater_name(typed, request)))
+        def handler(
+            shown_id: int | None, note: str, typed: str, request: gr.Request, profile: gr.OAuthProfile | None
+        ) -> tuple:
+            return ui(save_label(ctx, shown_id, verdict, note, rater_for(ctx, typed, profile, request)))
 
         return handler
 
-    def on_skip(shown_id: int | None, typed: str, request: gr.Request) -> tuple:
-        return ui(save_skip(ctx, shown_id, rater_name(typed, request)))
+    def on_skip(shown_id: int | None, typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+        return ui(save_skip(ctx, shown_id, rater_for(ctx, typed, profile, request)))
 
-    def on_undo(typed: str, request: gr.Request) -> tuple:
-        return ui(undo_label(ctx, rater_name(typed, request)))
+    def on_undo(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+        return ui(undo_label(ctx, rater_for(ctx, typed, profile, request)))
 
     events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal", **LABEL_QUEUE)
     rater.submit(on_show, rater, **events)
@@ -227,21 +231,28 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
 def _add_api(ctx: AppContext) -> None:
     """Typed endpoints for scripts; the buttons above call the same functions."""
 
-    def next_item(rater: str, request: gr.Request) -> Shown:
+    def next_item(rater: str, request: gr.Request, profile: gr.OAuthProfile | None) -> Shown:
         """The rater's next item: (item_id, persona, context, answer, progress)."""
-        return show_next(ctx, rater_name(rater, request))
+        return show_next(ctx, rater_for(ctx, rater, profile, request))
 
-    def label(item_id: int, verdict: Literal["good", "bad"], comment: str, rater: str, request: gr.Request) -> Shown:
+    def label(
+        item_id: int,
+        verdict: Literal["good", "bad"],
+        comment: str,
+        rater: str,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ) -> Shown:
         """Save the rater's verdict on the item (on disk when this returns), then their next item."""
-        return save_label(ctx, item_id, verdict, comment, rater_name(rater, request))
+        return save_label(ctx, item_id, verdict, comment, rater_for(ctx, rater, profile, request))
 
-    def skip(item_id: int, rater: str, request: gr.Request) -> Shown:
+    def skip(item_id: int, rater: str, request: gr.Request, profile: gr.OAuthProfile | None) -> Shown:
         """Skip the item (never shown to this rater again), then their next item."""
-        return save_skip(ctx, item_id, rater_name(rater, request))
+        return save_skip(ctx, item_id, rater_for(ctx, rater, profile, request))
 
-    def undo(rater: str, request: gr.Request) -> Shown:
+    def undo(rater: str, request: gr.Request, profile: gr.OAuthProfile | None) -> Shown:
         """Delete the rater's latest label; its item is their next item again."""
-        return undo_label(ctx, rater_name(rater, request))
+        return undo_label(ctx, rater_for(ctx, rater, profile, request))
 
     gr.api(next_item, api_name="next_item", **LABEL_API)
     gr.api(label, api_name="label", **LABEL_API)
