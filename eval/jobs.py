@@ -33,7 +33,6 @@ from store import NewItem, Store
 log = logging.getLogger("eval.jobs")
 
 REGRESSION_DIR = Path(__file__).resolve().parent / "regression"
-DATASETS = ("spc", "upload", "regression")
 Dataset = Literal["spc", "upload", "regression"]
 Split = Literal["test", "validation", "train", "all"]
 State = Literal["idle", "running", "done", "cancelled", "failed"]

@@ -120,25 +120,30 @@ def build_organise_tab(ctx: AppContext) -> dict:
         s = jobs.start(request(version, dataset, n_turns, upload, split, max_new_tokens))
         return s.line(), polling(s)
 
-    def tick():
+    seen = gr.State(-1)  # replies done at this page's last look: tables are re-read when it moves
+
+    def tick(last: int):
         s = jobs.status()
-        if s.state == "running":
-            return s.line(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return s.line(), polling(s), *shown_progress()  # the last poll: the new items show
+        tables = shown_progress() if s.done != last or s.state != "running" else (gr.skip(),) * 3
+        return s.line(), polling(s), *tables, s.done
 
     def opened():
         s = jobs.status()
-        return s.line(), polling(s), *shown_progress()
+        return s.line(), polling(s), *shown_progress(), s.done
 
-    dataset.change(lambda d: gr.File(visible=d == "upload"), dataset, upload, api_name=False)
+    def pick(dataset: str):
+        return gr.File(visible=dataset == "upload"), gr.Dropdown(visible=dataset != "regression")
+
+    dataset.change(pick, dataset, [upload, split], api_name=False)
     version.focus(lambda: gr.Dropdown(choices=ctx.pool.versions()), None, version, api_name=False)
     picks = [version, dataset, n_turns, split, max_new_tokens, upload]
     start.click(queue, picks, [status, timer], api_name=False, **QUICK)
     stop.click(lambda: jobs.cancel().line(), None, status, api_name=False, **QUICK)
-    timer.tick(tick, None, [status, timer, items, raters, agreed], api_name=False, show_progress="hidden", **QUICK)
+    shown = [status, timer, items, raters, agreed, seen]
+    timer.tick(tick, seen, shown, api_name=False, show_progress="hidden", **QUICK)
     refresh.click(shown_progress, None, [items, raters, agreed], api_name=False, **QUICK)
     _add_api(ctx, jobs)
-    return dict(fn=opened, inputs=None, outputs=[status, timer, items, raters, agreed], **QUICK)
+    return dict(fn=opened, inputs=None, outputs=shown, **QUICK)
 
 
 def _add_api(ctx: AppContext, jobs: QueueJobs) -> None:
