@@ -33,6 +33,7 @@ from chatbot.engine import GenerationSettings, GreedySettings, load_engine
 from chatbot.errors import ConfigError, GenerationError
 from chatbot.loading import EngineConfig
 from chatbot.persona import Persona, load_personas
+from chatbot.scope import is_deflection
 from chatbot.session import ChatSession
 from chatbot.versions import BASE, results_dir, results_files
 from eval.drift import drift, drift_lines, drift_plot
@@ -50,6 +51,9 @@ class RegressConfig(EngineConfig):
     app_url: str | None = Field(None, description="Chat through this app's /chat API (URL or Space id).")
     generation: GreedySettings = Field(default_factory=GreedySettings)
     consistency_threshold: float = Field(0.35, ge=-1, le=1, description="Least similarity for `in_persona`.")
+    scope_guard: bool = Field(
+        True, description="Off-topic questions get the persona's deflection (false: all reach the model)."
+    )
     compare_to: str | None = Field(
         None, description="results.json (or its folder) to diff against; default: newest run of another version."
     )
@@ -85,8 +89,8 @@ class LocalChat:
     def __init__(self, engine, settings: GenerationSettings):
         self.engine, self.settings = engine, settings
 
-    def start(self, key: str, persona: Persona) -> None:
-        self.session = ChatSession(self.engine, persona, self.settings)
+    def start(self, key: str, persona: Persona, scope_guard: bool = True) -> None:
+        self.session = ChatSession(self.engine, persona, self.settings, scope_guard)
 
     def switch(self, key: str, persona: Persona) -> None:
         self.session.switch_persona(persona)
@@ -117,8 +121,8 @@ class AppChat:
             ) from None
         self.version, self.settings = version, settings
 
-    def start(self, key: str, persona: Persona) -> None:
-        self.key, self.persona, self.conversation_id = key, persona, None
+    def start(self, key: str, persona: Persona, scope_guard: bool = True) -> None:
+        self.key, self.persona, self.conversation_id, self.scope_guard = key, persona, None, scope_guard
         self.history = opening(persona)
 
     def switch(self, key: str, persona: Persona) -> None:
@@ -130,11 +134,13 @@ class AppChat:
 
     def send(self, text: str) -> str:
         s = self.settings
+        # Sent only to turn the guard off: an app from before the guard knows no such parameter.
+        guard = {} if self.scope_guard else {"scope_guard": False}
         try:
             self.conversation_id, reply, _ = self.client.predict(
                 message=text, persona=self.key, version=self.version, conversation_id=self.conversation_id,
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
-                api_name="/chat",
+                api_name="/chat", **guard,
             )  # fmt: skip
         except Exception as err:  # the app's gr.Error arrives as gradio_client's AppError
             raise GenerationError(f"the app's /chat failed: {err}", "check the app's log and --model") from None
@@ -142,10 +148,13 @@ class AppChat:
         return reply
 
 
-def run_script(chat, file: ScriptFile, personas: dict[str, Persona], scorer, threshold: float) -> list[dict]:
-    """Play one script as one conversation; one record per user turn."""
+def run_script(
+    chat, file: ScriptFile, personas: dict[str, Persona], scorer, threshold: float, scope_guard: bool = True
+) -> list[dict]:
+    """Play one script as one conversation; one record per user turn. The scope guard is on
+    when the run and the script both leave it on."""
     script, key = file.script, file.script.persona
-    chat.start(key, personas[key])
+    chat.start(key, personas[key], scope_guard and script.scope_guard)
     records = []
     for number, (turn, line) in enumerate(zip(script.turns, file.turn_lines, strict=True), start=1):
         if turn.switch_persona:
@@ -160,6 +169,7 @@ def run_script(chat, file: ScriptFile, personas: dict[str, Persona], scorer, thr
             "script": script.name, "file": str(file.path), "turn": number, "line": line, "persona": key,
             "persona_name": personas[key].name, "user": turn.user, "reply": reply, "context": context,
             "checks": checks, "passed": all(c["passed"] for c in checks),
+            "deflected": is_deflection(personas[key], reply),
             "persona_similarity": scores[key], "closest_persona": max(scores, key=scores.get) == key,
         })  # fmt: skip
     return records
@@ -252,7 +262,9 @@ def run(cfg: RegressConfig) -> tuple[dict, Path]:
     chat = AppChat(cfg.app_url, name, cfg.generation) if cfg.app_url else LocalChat(load_engine(cfg), cfg.generation)
     scorer = make_scorer(personas)
     created = datetime.now().isoformat(timespec="seconds")
-    records = [r for f in files for r in run_script(chat, f, personas, scorer, cfg.consistency_threshold)]
+    records = [
+        r for f in files for r in run_script(chat, f, personas, scorer, cfg.consistency_threshold, cfg.scope_guard)
+    ]
     previous_path = previous_results(cfg, name, out)
     previous = json.loads(previous_path.read_text()) if previous_path else {}
     results = {

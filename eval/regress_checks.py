@@ -20,6 +20,11 @@ reply that fits any persona equally well ("Hello! How can I help?") is not in pe
 (At 0.35, 28 of the 32 reference answers in the personas' `knowledge` pass; generic
 small talk like "The weather is nice today." does not.)
 
+`deflects: true` passes when the reply is the persona's scope deflection (`chatbot.scope`: the
+guard answered, not the model), `deflects: false` when it is not; the persona must have a
+`scope:` (see eval/regression/lovelace_guide_scope.yaml). A script's `scope_guard: false` (or
+`--scope_guard false` for the whole run) lets its questions reach the model.
+
 A run's records (one dict per user turn: script, turn, persona, user, reply, checks) are
 reported here too: the pass/fail table, JUnit XML, and the diff against an earlier run.
 """
@@ -37,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chatbot.errors import ConfigError, PersonaError
 from chatbot.persona import Persona
+from chatbot.scope import is_deflection
 
 
 class Checks(BaseModel):
@@ -51,6 +57,7 @@ class Checks(BaseModel):
     min_chars: int | None = Field(None, ge=0, description="The reply has at least this many characters.")
     in_persona: bool = Field(False, description="Closest to the current persona, and at least the threshold.")
     identity: bool = Field(False, description="The reply names the current persona.")
+    deflects: bool | None = Field(None, description="The reply is (true) or is not (false) the scope deflection.")
 
     @field_validator("regex")
     @classmethod
@@ -64,9 +71,10 @@ class Checks(BaseModel):
 
     def given(self) -> list[str]:
         """Names of the checks this turn asks for, in declaration order."""
-        # `in_persona: false` asks for nothing; `min_chars: 0` is a check (that always passes).
+        # `in_persona: false` asks for nothing; `min_chars: 0` is a check (that always passes);
+        # `deflects: false` is a check too (the guard must let the question through).
         asked = [n for n in type(self).model_fields if n in self.model_fields_set]
-        return [n for n in asked if getattr(self, n) is not None and getattr(self, n) is not False]
+        return [n for n in asked if getattr(self, n) is not None and (getattr(self, n) is not False or n == "deflects")]
 
 
 class Turn(BaseModel):
@@ -91,6 +99,7 @@ class Script(BaseModel):
     name: str = Field(min_length=1, description="Unique across the suite; results are keyed by it.")
     persona: str = Field(min_length=1, description="Persona key (file stem in personas/) the chat starts with.")
     description: str | None = Field(None, description="What the script guards against.")
+    scope_guard: bool = Field(True, description="false: off-topic questions reach the model (no deflection).")
     turns: list[Turn] = Field(min_length=1)
 
 
@@ -152,6 +161,15 @@ def load_script(path: Path, personas: dict[str, Persona]) -> ScriptFile:
     ]:
         if key not in personas:
             raise PersonaError(f"{path}:{line}: there is no persona {key!r}", f"use one of: {', '.join(personas)}")
+    key = script.persona
+    for number, turn in enumerate(script.turns):
+        key = turn.switch_persona or key
+        if turn.checks.deflects is not None and personas[key].scope is None:
+            line = _line_of(root, ("turns", number, "checks", "deflects"))
+            raise ConfigError(
+                f"{path}:{line}: a `deflects` check, but persona {key!r} has no `scope:` to deflect with",
+                "add a scope to the persona file (see personas/lovelace_guide.yaml) or drop the check",
+            )
     return ScriptFile(path, script, lines)
 
 
@@ -256,6 +274,11 @@ def _in_persona(_, reply, persona_key, persona, scorer, threshold) -> tuple[bool
     return passed, detail if closest == persona_key else f"{detail}; closer to {closest} ({scores[closest]:.2f})"
 
 
+def _deflects(expected, reply, persona_key, persona, *_) -> tuple[bool, str]:
+    deflected = is_deflection(persona, reply)
+    return deflected == expected, "the persona's deflection" if deflected else "a reply, not the deflection"
+
+
 _CHECKS = {
     "contains": _contains,
     "any_of": _any_of,
@@ -265,6 +288,7 @@ _CHECKS = {
     "min_chars": _min_chars,
     "in_persona": _in_persona,
     "identity": _identity,
+    "deflects": _deflects,
 }
 
 

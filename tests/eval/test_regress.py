@@ -111,6 +111,7 @@ def test_unknown_check_names_the_check_file_and_line(run, tmp_path, capsys):
         (PASSING.replace("- user: Hello!", "- switch_persona: nova"), ConfigError, r":4: .*has no reply to check"),
         (PASSING.replace("max_chars: 100000", 'regex: "("'), ConfigError, r":6: .*not a valid regular expression"),
         ("- just a list\n", ConfigError, r"a script is a mapping"),
+        (PASSING.replace("max_chars: 100000", "deflects: true"), ConfigError, r":6: .*'ada' has no `scope:`"),
     ],
 )
 def test_script_errors_point_at_the_line(tmp_path, text, error, match):
@@ -124,6 +125,34 @@ def test_usage_errors_exit_2(run, tmp_path, capsys):
     script = write(tmp_path / "scripts", "pass.yaml", PASSING)
     assert run(script, extra=("--model", str(tmp_path / "no-model")))[0] == 2
     assert "error:" in capsys.readouterr().err
+
+
+SCOPED = """\
+name: scoped
+persona: lovelace_guide
+turns:
+  - user: Can you recommend a good laptop for gaming?
+    checks:
+      deflects: true
+  - user: How did Ada Lovelace meet Charles Babbage?
+    checks:
+      deflects: false
+"""
+
+
+def test_deflects_checks_the_scope_guard_which_the_run_or_the_script_turns_off(run, tmp_path):
+    scoped = write(tmp_path / "scripts", "scoped.yaml", SCOPED)
+    unguarded = SCOPED.replace("name: scoped", "name: unguarded").replace("turns:", "scope_guard: false\nturns:")
+    code, out = run(scoped, write(tmp_path / "scripts", "unguarded.yaml", unguarded))
+    assert code == 1
+    off_topic, on_topic, *unguarded_turns = results(out)["turns"]
+    assert off_topic["deflected"] and off_topic["reply"] == load_personas(PERSONAS)["lovelace_guide"].scope.deflection
+    assert off_topic["passed"] and on_topic["passed"] and not on_topic["deflected"]
+    assert [t["passed"] for t in unguarded_turns] == [False, True]  # the script's own switch: the model answered
+    assert "a reply, not the deflection" in unguarded_turns[0]["checks"][0]["detail"]
+
+    code, out = run(scoped, out="off", extra=("--scope_guard", "false"))  # the run's switch
+    assert code == 1 and [t["passed"] for t in results(out)["turns"]] == [False, True]
 
 
 def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
