@@ -278,16 +278,20 @@ def test_on_zerogpu_every_generation_runs_in_a_gpu_call_sized_to_it(
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path("/tmp/persona-shots")
+# Preinstalled on every Gradio Space, not in requirements.txt: Gradio itself needs it there
+# (with SYSTEM=spaces its server runs `spaces`' reload watcher, and fails without the package).
+SPACE_IMAGE = ["spaces==0.51.3"]
 
 
 def space_venv() -> Path:
-    """A venv with exactly requirements.txt (pip, as a Space installs it), plus the CPU torch pin
-    so no CUDA wheels come down. Kept per content of those files and Python: a fresh one when
-    they change (~5 min on 2 cores, mostly downloads), reused afterwards."""
+    """A venv with exactly requirements.txt (pip, as a Space installs it) and what a Space's image
+    has, plus the CPU torch pin so no CUDA wheels come down. Kept per content of those files and
+    Python: a fresh one when they change (~4.5 min on 2 cores, mostly downloads), reused after."""
     from chatbot.default_model import cache_dir
 
     files = [REPO / "requirements.txt", REPO / "constraints-cpu.txt"]
-    key = hashlib.sha256(b"".join(f.read_bytes() for f in files) + sys.version.encode()).hexdigest()[:12]
+    content = b"".join(f.read_bytes() for f in files) + " ".join([*SPACE_IMAGE, sys.version]).encode()
+    key = hashlib.sha256(content).hexdigest()[:12]
     venv = cache_dir() / "space-venv" / key
     if (venv / ".installed").is_file():
         return venv
@@ -295,6 +299,7 @@ def space_venv() -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "pip"), "install", "--quiet", "--no-compile", "--disable-pip-version-check"]
     subprocess.run([*pip, "-r", str(files[0]), "-c", str(files[1])], check=True, timeout=1800)
+    subprocess.run([*pip, *SPACE_IMAGE, "-c", str(files[1])], check=True, timeout=600)
     (venv / ".installed").touch()
     return venv
 
@@ -307,6 +312,20 @@ def checkout(to: Path) -> Path:
             (to / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, to / name)
     return to
+
+
+def proc_port(url: str) -> int:
+    return int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+def listening_on(port: int) -> str:
+    """The IPv4 address a socket listens on at `port` (Linux /proc/net/tcp: hex, state 0A)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            return ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0))
+    return ""
 
 
 def session_cookie(username: str) -> str:
@@ -326,7 +345,7 @@ def boot(tmp_path, tiny_model_dir):
     Space's environment; the hub model id is the tiny model's folder."""
     venv, app_dir, procs = space_venv(), checkout(tmp_path / "space"), []
 
-    def run(volume: Path) -> tuple[str, Path]:
+    def run(volume: Path) -> tuple[str, subprocess.Popen]:
         port = free_port()
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port), **SPACE, **OAUTH,
@@ -338,7 +357,7 @@ def boot(tmp_path, tiny_model_dir):
             )
         url = f"http://127.0.0.1:{port}/"
         wait_until_up(procs[-1], url, log)
-        return url, log
+        return url, procs[-1]
 
     yield run
     for proc in procs:
@@ -350,8 +369,8 @@ def boot(tmp_path, tiny_model_dir):
 def test_app_boots_as_a_space_chats_signs_raters_in_and_warns_without_a_volume(boot, tmp_path):
     from gradio_client import Client
 
-    url, log = boot(tmp_path / "no-volume")
-    assert f"0.0.0.0:{url.rsplit(':', 1)[1].strip('/')}" in log.read_text()  # listening on every interface
+    url, proc = boot(tmp_path / "no-volume")
+    assert listening_on(proc_port(url)) == "0.0.0.0"  # every interface, as a Space needs
     conv_id, reply, turn_id = Client(url, verbose=False).predict(message="Hello!", persona="ada", api_name="/chat")
     assert conv_id and reply.strip() and turn_id
 
@@ -379,6 +398,8 @@ def test_app_boots_as_a_space_chats_signs_raters_in_and_warns_without_a_volume(b
             page.screenshot(path=SHOTS / "space-no-volume.png", full_page=True)
             browser.close()
 
+    proc.kill()  # one Space at a time (`spaces`' reload watcher has a fixed port)
+    proc.wait()
     volume = tmp_path / "volume"
     volume.mkdir()
     url, _ = boot(volume)
