@@ -143,3 +143,44 @@ def results_dir(runs_dir: str | Path, name: str, kind: Literal["eval", "regress"
 def results_files(runs_dir: str | Path, kind: Literal["eval", "regress"], file: str) -> list[Path]:
     """`file` of every evaluation or regression run of every version under `runs_dir`."""
     return sorted(Path(runs_dir).glob(f"*/{kind}/*/{file}"))
+
+
+def write_lineage(
+    run_dir: Path,
+    *,
+    parent: str | None,
+    method: str,
+    data_path: str,
+    data_fingerprint: str,
+    counts: dict,
+    item_ids: list[int],
+    preference_ids: list[int],
+    prompt_keys: list[str],
+) -> Path:
+    """Write `lineage.json` into a (partial) run folder with exactly the keys `lineage()` reads."""
+    lineage = {
+        "parent": parent,
+        "method": method,
+        "data_path": data_path,
+        "data_fingerprint": data_fingerprint,
+        "counts": counts,
+        "item_ids": sorted(item_ids),
+        "preference_ids": sorted(preference_ids),
+        "prompt_keys": sorted(prompt_keys),
+    }
+    path = Path(run_dir) / LINEAGE_FILE
+    path.write_text(json.dumps(lineage, indent=2))
+    return path
+
+
+def ancestors(version: ModelVersion, runs_dir: str | Path) -> list[ModelVersion]:
+    """The version, its parent, the parent's parent, ... (what a child has been trained on
+    includes all of theirs). A missing parent folder ends the chain."""
+    chain, seen = [version], {version.name}
+    while (parent := chain[-1].parent) and parent not in seen:
+        found = find_version(parent, runs_dir)
+        if found is None:
+            break
+        chain.append(found)
+        seen.add(parent)
+    return chain

@@ -21,10 +21,11 @@ from chatbot.config import entry_point
 from chatbot.default_model import DEFAULT_MODEL
 from chatbot.engine import load_engine
 from chatbot.errors import ConfigError, DatasetError
-from chatbot.versions import BASE, find_version, list_versions, results_dir
+from chatbot.versions import BASE, ancestors, find_version, list_versions, results_dir
 from corpus.examples import Example, read_conversations, split_conversations, turn_examples
 from eval.config import EvalConfig
 from store import NewItem, Store
+from store.records import prompt_key
 
 log = logging.getLogger("eval")
 
@@ -42,6 +43,12 @@ def version_name(cfg: EvalConfig) -> str:
 
 
 def select_turns(cfg: EvalConfig) -> tuple[list[Example], dict]:
+    """`sample_turns` without the turns whose prompts trained the version (`drop_trained_prompts`)."""
+    examples, conversations = sample_turns(cfg)
+    return drop_trained_prompts(cfg, examples, conversations)[0], conversations
+
+
+def sample_turns(cfg: EvalConfig) -> tuple[list[Example], dict]:
     """A seeded sample of `limit` turns of the split, and the conversations by id. Turns of
     conversations the version was trained on are refused (or, with allow_overlap, counted)."""
     conversations, report = read_conversations(cfg.data.path, cfg.data.format)
@@ -87,6 +94,36 @@ def label_items(name: str, examples, facts, replies, run_id: int | None = None) 
     ]
 
 
+def drop_trained_prompts(cfg: EvalConfig, examples: list[Example], conversations: dict) -> tuple[list[Example], int]:
+    """(the turns left, how many were skipped): a turn whose prompt (persona + messages) trained
+    the version or one of its ancestors through raters' labels (`lineage.json` prompt_keys) is
+    skipped, as its labels would score the version on its own training data. Skipped after the
+    seeded sample, so the turns left are a subset of what its parent is scored on."""
+    version = find_version(cfg.model, cfg.runs_dir)
+    chain = ancestors(version, cfg.runs_dir) if version else []
+    trained = {key for v in chain for key in v.lineage().get("prompt_keys", [])}
+    if not trained:
+        return examples, 0
+    from eval.evaluate import persona_facts
+
+    # Keyed as the label items of these turns are (label_items), which is what the export recorded.
+    items = label_items(cfg.model, examples, persona_facts(examples, conversations), [""] * len(examples))
+    kept = [
+        ex for ex, item in zip(examples, items, strict=True) if prompt_key(item.persona, item.context) not in trained
+    ]
+    skipped = len(examples) - len(kept)
+    if skipped:
+        log.warning("skipped %d of %d turns: their prompts trained %s (lineage.json prompt_keys)",
+                    skipped, len(examples), cfg.model)  # fmt: skip
+    if not kept:
+        raise DatasetError(
+            f"all {len(examples)} sampled turns have prompts that {cfg.model} was trained on (raters' labels)",
+            "evaluate on another split or file (e.g. --split test when the labels came from validation), "
+            "or another --seed / a larger --limit",
+        )
+    return kept, skipped
+
+
 def register(cfg: EvalConfig, name: str, examples, facts, replies, out: Path, summary: dict) -> list[int | None]:
     """One eval run in the store, and every reply as a label item of it; the items' ids."""
     if not cfg.register_labels:
@@ -100,13 +137,15 @@ def register(cfg: EvalConfig, name: str, examples, facts, replies, out: Path, su
 def main(cfg: EvalConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     name = version_name(cfg)
-    examples, conversations = select_turns(cfg)
+    examples, conversations = sample_turns(cfg)
+    examples, skipped = drop_trained_prompts(cfg, examples, conversations)
     engine = load_engine(cfg)
     from eval.evaluate import evaluate, persona_facts  # transformers and friends: not needed for --help
     from eval.outputs import write_outputs
 
     out = Path(cfg.out) if cfg.out else results_dir(cfg.runs_dir, name, "eval")
     rows, summary = evaluate(cfg, name, engine, examples, conversations)
+    summary["skipped_trained_prompts"] = skipped  # label-trained prompts left out (lineage.json)
     rows.insert(0, "item_id", None)
     write_outputs(out, rows, summary, cfg)  # before the store: a database problem loses no replies
     facts = persona_facts(examples, conversations)

@@ -154,3 +154,30 @@ def test_an_existing_output_folder_is_refused(store, db_file_url, tmp_path, caps
     (tmp_path / "out").mkdir()
     assert export(db_file_url, tmp_path / "out", "--format", "kto") == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_eval_skips_the_prompts_a_version_was_trained_on(tmp_path, spc_csv, capsys):
+    """The child's lineage (here: its parent's too) lists prompt keys; eval.run leaves those turns
+    out of the sample it scores, and refuses when nothing is left."""
+    from eval.config import EvalConfig
+    from eval.evaluate import persona_facts
+    from eval.run import drop_trained_prompts, label_items, sample_turns
+    from eval.run import main as run_main
+
+    runs = tmp_path / "runs"
+    cfg = EvalConfig(model="child", runs_dir=str(runs), data={"path": spc_csv}, limit=6)
+    for name in ("parent", "child"):
+        (runs / name / "adapter").mkdir(parents=True)
+        (runs / name / "version.json").write_text(json.dumps({"base_model": "default", "created": "2026-01-01"}))
+    examples, conversations = sample_turns(cfg)
+    items = label_items("child", examples, persona_facts(examples, conversations), [""] * len(examples))
+    keys = [prompt_key(item.persona, item.context) for item in items]
+    (runs / "parent" / "lineage.json").write_text(json.dumps({"parent": None, "prompt_keys": keys[:1]}))
+    (runs / "child" / "lineage.json").write_text(json.dumps({"parent": "parent", "prompt_keys": keys[4:]}))
+    kept, skipped = drop_trained_prompts(cfg, examples, conversations)
+    assert skipped == 3 and kept == examples[1:4]
+    (runs / "child" / "lineage.json").write_text(json.dumps({"parent": "parent", "prompt_keys": keys}))
+    flags = ["--model", "child", "--runs_dir", str(runs), "--data", str(spc_csv), "--limit", "6"]
+    assert run_main([*flags, "--database_url", f"sqlite:///{tmp_path / 'db.sqlite'}"]) == 2
+    err = capsys.readouterr().err
+    assert "all 6 sampled turns have prompts that child was trained on" in err and "--split test" in err
