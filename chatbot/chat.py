@@ -29,7 +29,8 @@ class ChatConfig(EngineConfig):
     scope_guard: bool = Field(True, description="Off-topic questions get the persona's deflection (if it has a scope).")
 
 
-def _print_stream(pieces, session: ChatSession, out=sys.stdout) -> None:
+def _print_stream(pieces, session: ChatSession, out=None) -> None:
+    out = out or sys.stdout  # looked up at call time: the stdout of now, not of import time
     out.write("bot> ")
     for piece in pieces:
         out.write(piece)
