@@ -327,6 +327,12 @@ def read_conversations(path: str | Path, format: str = "auto") -> Loaded:
     if format not in ("auto", *FORMATS):
         raise DatasetError(f"unknown dataset format {format!r}", f"use one of: auto, {', '.join(FORMATS)}")
     path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):  # corpus/persona_data.py reads those, by split
+        raise DatasetError(
+            f"{path} is a persona file, not a file of conversations",
+            "train on it with --data.path (or data.mix); ask its held-out questions with "
+            f"python -m eval.identity --persona {path}",
+        )
     text = _read_text(path)
     if format == "jsonl" or (format == "auto" and _sniff(path, text) == "jsonl"):
         return _collect(path, "jsonl", _jsonl_records(text), _parse_jsonl)

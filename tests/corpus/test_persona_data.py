@@ -3,9 +3,9 @@
 import pytest
 import yaml
 
-from chatbot.errors import PersonaError
+from chatbot.errors import DatasetError, PersonaError
 from chatbot.persona import load_persona
-from corpus.examples import DataConfig, load_examples, main
+from corpus.examples import DataConfig, load_examples, main, read_conversations
 from corpus.persona_data import FACT_QUESTIONS, VARIATIONS, heldout_paraphrases, normalize
 from tests.conftest import REPO
 
@@ -87,3 +87,9 @@ def test_cli_shows_the_splits_of_a_persona_file(capsys):
     assert main([str(NOVA)]) == 0
     out = capsys.readouterr().out
     assert "test" in out and "[system] You are Nova" in out
+
+
+def test_a_persona_file_read_as_conversations_says_where_it_belongs():
+    with pytest.raises(DatasetError) as err:
+        read_conversations(NOVA)
+    assert "is a persona file" in str(err.value) and "eval.identity --persona" in str(err.value)
