@@ -34,9 +34,10 @@ from chatbot.errors import MessageError
 from store import NewPreference, Turn
 from ui import conversations
 from ui.chat import GENERATION
-from ui.common import for_chatbot, rater_name, shortcuts_js, shows_errors
+from ui.common import for_chatbot, shortcuts_js, shows_errors
 from ui.context import AppContext
 from ui.label import LABEL_QUEUE
+from ui.raters import rater_for
 
 CompareResult = tuple[int | None, str, int | None, str]  # conversation_a, reply_a, conversation_b, reply_b
 
@@ -172,7 +173,7 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         yield *panes(*messages), "", Round(tuple(ids)), ask, *voting(True)
 
     def on_vote(vote: str):
-        def handler(shown: Round | None, typed: str, request: gr.Request):
+        def handler(shown: Round | None, typed: str, request: gr.Request, profile: gr.OAuthProfile | None):
             # Two vote keys pressed together run at once on the same Round (a State value is
             # the session's object, not a copy): the first claims the pair, the second is refused.
             with claiming:
@@ -180,7 +181,7 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
                     raise gr.Error("There is no new pair of replies to vote on: send a message first.")
                 shown.vote = vote
             try:
-                saved = record_vote(ctx, *shown.conversations, vote, _rater(typed, request))
+                saved = record_vote(ctx, *shown.conversations, vote, rater_for(ctx, typed, profile, request))
             except BaseException:
                 shown.vote = None  # not saved: the rater may vote again
                 raise
@@ -209,11 +210,6 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     _add_api(ctx)
 
 
-def _rater(typed: str | None, request: gr.Request | None) -> str:
-    """Who votes: the one place the Compare tab and /vote take the rater from."""
-    return rater_name(typed, request)
-
-
 def _add_api(ctx: AppContext) -> None:
     def compare_api(
         message: str,
@@ -236,11 +232,12 @@ def _add_api(ctx: AppContext) -> None:
         conversation_b: int,
         vote: Literal["a", "b", "tie", "both_bad"],
         request: gr.Request,
+        profile: gr.OAuthProfile | None,
         rater: str = "",
     ) -> str:
         """Vote on the last replies of two conversations (from one /compare call) as A and B:
         "a" (A is better), "b", "tie" or "both_bad". On disk when this returns."""
-        saved = record_vote(ctx, conversation_a, conversation_b, vote, _rater(rater, request))
+        saved = record_vote(ctx, conversation_a, conversation_b, vote, rater_for(ctx, rater, profile, request))
         return f"saved: {saved.vote} (A = {saved.version_a}, B = {saved.version_b}) by {saved.rater}"
 
     gr.api(shows_errors(compare_api), api_name="compare", concurrency_id=GENERATION)
