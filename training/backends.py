@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -71,14 +72,20 @@ def load_trl(cfg: TrainConfig):
     return model, tokenizer, lora_config(cfg)
 
 
-def load_for_training(cfg: TrainConfig, backend: str):
-    """(model, tokenizer, peft_config or None when the model already has its adapter)."""
+def load_for_training(cfg: TrainConfig, backend: str, adapter_dir: Path | None = None):
+    """(model, tokenizer, peft_config or None when the model already has its adapter).
+    With `adapter_dir` (`--from_version`) the model carries that adapter, trainable."""
     if backend == "unsloth":
         from training.unsloth_backend import load_unsloth
 
-        model, tokenizer = load_unsloth(cfg)
+        model, tokenizer = load_unsloth(cfg, adapter_dir)
         return model, tokenizer, None
-    return load_trl(cfg)
+    model, tokenizer, peft_config = load_trl(cfg)
+    if adapter_dir is None:
+        return model, tokenizer, peft_config
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer, None
 
 
 def trainable_parameters(model) -> tuple[int, int]:

@@ -7,7 +7,10 @@ reaches that API with no other edit:
 - `lora.*`  -> `peft.LoraConfig(**lora, task_type="CAUSAL_LM")` (and Unsloth's `get_peft_model`)
 - `sft.*`, `max_steps`, `seed` -> `trl.SFTConfig(**sft, ...)` (TRL's fields + transformers
   `TrainingArguments`), beside the fields the product derives itself (`training/trainer.py`)
-- `data.*`  -> `corpus.examples.DataConfig`
+- `data.*`  -> `corpus.examples.DataConfig` (for `--method kto|dpo`, or an export folder from
+  `eval.export_labels`: the folder)
+- `kto.*` / `dpo.*`, `max_steps`, `seed` -> `trl.KTOConfig(**kto, ...)` / `trl.DPOConfig(**dpo, ...)`
+  for `--method kto|dpo`, which continue `--from_version`'s adapter (`training/preference.py`)
 
 No torch/transformers import here: the Unsloth backend must be imported before transformers.
 """
@@ -92,6 +95,48 @@ class SftPart(_Part):
         return self
 
 
+class PreferencePart(_Part):
+    """What `trl.KTOConfig` and `trl.DPOConfig` share (TRL's and transformers `TrainingArguments`
+    fields), under their upstream names. The learning rate is LoRA's (TRL's 1e-6 default is for
+    full fine-tuning: a LoRA adapter barely moves at it)."""
+
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (higher: less).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_scheduler_type: str = Field("linear", description="transformers scheduler name (cosine, linear, constant).")
+    optim: str = Field("adamw_torch", description="transformers optimizer name (adamw_torch, adamw_8bit, ...).")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Examples per step per device.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
+    num_train_epochs: float = Field(1.0, gt=0, description="Epochs (ignored when max_steps > 0).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Reference log-probs once before training (one pass; the steps then skip it)."
+    )
+    logging_steps: int = Field(1, ge=1, description="Log loss and rewards every N steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for resume).")
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept on disk (None = all).")
+    report_to: str | list[str] = Field("none", description="none, tensorboard, wandb, or a list of them.")
+
+
+class KtoPart(PreferencePart):
+    """`trl.KTOConfig` fields, passed whole: `KTOConfig(**kto, <derived by training/preference.py>)`."""
+
+    # KTO's KL estimate pairs each prompt with another example's completion in the same batch.
+    per_device_train_batch_size: int = Field(4, ge=2, description="Examples per step (KTO's KL term needs >= 2).")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field("kto", description="kto, or apo_zero_unpaired.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of good answers' losses (balance the counts).")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of bad answers' losses.")
+
+
+class DpoPart(PreferencePart):
+    """`trl.DPOConfig` fields, passed whole: `DPOConfig(**dpo, <derived by training/preference.py>)`."""
+
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], description="DPO loss(es): sigmoid, ipo, ...")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust/conservative DPO label noise.")
+
+
 class ValidationPart(_Part):
     """The validation split during training (what `SFTConfig` has no field for)."""
 
@@ -111,6 +156,12 @@ class OutputPart(_Part):
 
 
 class TrainConfig(_Part):
+    method: Literal["sft", "kto", "dpo"] = Field(
+        "sft", description="sft (a dataset), or kto / dpo on raters' labels (eval.export_labels), from_version on."
+    )
+    from_version: str | None = Field(
+        None, description="Continue this version's adapter (its base model and LoRA shape); needed by kto / dpo."
+    )
     backend: Literal["auto", "unsloth", "trl"] = Field("auto", description="auto = unsloth on CUDA, trl elsewhere.")
     max_steps: int = Field(-1, description="Optimizer steps (SFTConfig.max_steps); -1 = run num_train_epochs.")
     seed: int = Field(42, description="Seed for LoRA init, shuffling and dropout (SFTConfig.seed).")
@@ -119,6 +170,8 @@ class TrainConfig(_Part):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraPart = Field(default_factory=LoraPart)
     sft: SftPart = Field(default_factory=SftPart)
+    kto: KtoPart = Field(default_factory=KtoPart)
+    dpo: DpoPart = Field(default_factory=DpoPart)
     validation: ValidationPart = Field(default_factory=ValidationPart)
     output: OutputPart = Field(default_factory=OutputPart)
 

@@ -4,8 +4,13 @@
     python -m training.train --config training/recipes/llama3-8b-qlora-unsloth.yaml \\
         --data.path /data/Synthetic-Persona-Chat_train.csv --lora.r 32 --max_steps 2000
     accelerate launch --num_processes 2 -m training.train --config ...   # several GPUs (or CPU/gloo)
+    python -m training.train --config training/recipes/smollm2-135m-kto-cpu.yaml \\
+        --from_version my-sft --data.path exports/kto-1      # raters' labels (eval.export_labels)
 
-The loss is on the persona's reply only (TRL prompt-completion data). The run writes
+The loss is on the persona's reply only (TRL prompt-completion data). `--method kto|dpo`
+continues `--from_version`'s adapter on an `eval.export_labels` folder (KTOTrainer /
+DPOTrainer, the parent as the reference) and records the parent and the labels used in
+`runs/<version>/lineage.json`. The run writes
 `runs/.partial-<version>/` and renames it to `runs/<version>/` only when everything is saved,
 so an interrupted run never looks like a finished version (resume it with
 `--output.version NAME --output.resume true`).
@@ -29,6 +34,9 @@ log = logging.getLogger("training")
 
 
 def default_version_name(cfg: TrainConfig) -> str:
+    """<model>-<timestamp>, or <parent>-<method>-<timestamp> for a continued version."""
+    if cfg.from_version:
+        return f"{cfg.from_version}-{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}"
     stem = Path(cfg.model.name.rstrip("/")).name.lower().replace("_", "-") or "model"
     return f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -87,8 +95,11 @@ def main(cfg: TrainConfig) -> int:
 
             fast_language_model()  # imports unsloth, which patches transformers/TRL: must come before them
 
+        from training.preference import parent_version, with_parent
         from training.trainer import train
 
+        if (parent := parent_version(cfg)) is not None:
+            cfg = with_parent(cfg, parent)
         version = agreed_version_name(cfg)
         partial, final = prepare_folders(cfg, version)
         train(cfg, backend, version, partial, final)

@@ -140,13 +140,16 @@ def check_disk(path: Path, trainable: int) -> None:
         )
 
 
-def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
-    from datasets import Dataset
-    from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
+def sft_records(cfg: TrainConfig, tokenizer, parent, loaded: tuple | None) -> tuple[list[dict], list[dict], dict]:
+    """(train records, validation records, data_info) for SFT: from the dataset file `loaded`
+    (`load_data`), or, when that is None, the good answers of the `eval.export_labels --format
+    sft` folder at `data.path` (no validation split)."""
+    from training.preference import export_data
 
-    train, validation, data_info = load_data(cfg)
-    model, tokenizer, peft_config = load_for_training(cfg, backend)
+    if loaded is None:
+        rows, data_info, _ = export_data(cfg, tokenizer, parent)
+        return rows, [], data_info
+    train, validation, data_info = loaded
     train_records = to_records(train, tokenizer, cfg.model.max_seq_length)
     if not train_records:
         raise DatasetError(
@@ -159,6 +162,28 @@ def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
         "train": len(train) - len(train_records),
         "validation": len(validation) - len(eval_records),
     }
+    if parent is not None:  # a continued version has seen its parent's conversations too
+        seen = set(data_info["train_conversation_ids"]) | parent.train_conversation_ids()
+        data_info["train_conversation_ids"] = sorted(seen)
+    return train_records, eval_records, data_info
+
+
+def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
+    """(the TRL trainer for `cfg.method`, data_info for data.json)."""
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    from training.preference import build_preference_trainer, is_export, parent_version
+
+    parent = parent_version(cfg)
+    # A dataset file is read before the model loads, so a bad file fails fast.
+    loaded = load_data(cfg) if cfg.method == "sft" and not is_export(cfg.data.path) else None
+    model, tokenizer, peft_config = load_for_training(cfg, backend, parent.adapter_dir if parent else None)
+    if cfg.method != "sft":
+        trainer, data_info, _ = build_preference_trainer(cfg, model, tokenizer, parent, partial)
+        return trainer, data_info
+    train_records, eval_records, data_info = sft_records(cfg, tokenizer, parent, loaded)
     callbacks = []
     if eval_records and cfg.validation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.validation.early_stopping_patience))
@@ -193,7 +218,9 @@ def summarize(log_history: list[dict]) -> dict:
 def finish(trainer, cfg: TrainConfig, backend: str, data_info: dict, partial: Path, final: Path) -> None:
     """Write everything into the partial folder, then rename: version.json comes last."""
     from training.plots import save_loss_plot, save_training_log
+    from training.preference import drop_reference_adapter, lineage_for
 
+    drop_reference_adapter(trainer.model)
     trainer.save_model(str(partial / ADAPTER_DIR))
     trainer.processing_class.save_pretrained(str(partial / ADAPTER_DIR))
     history = trainer.state.log_history
@@ -202,9 +229,11 @@ def finish(trainer, cfg: TrainConfig, backend: str, data_info: dict, partial: Pa
     save_loss_plot(history, partial / "loss.png", title=f"{final.name} ({cfg.model.name})")
     (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     (partial / DATA_FILE).write_text(json.dumps(data_info, indent=2))
+    lineage_for(partial, cfg)
     trainable, total = trainable_parameters(trainer.model)
     version = {
         "base_model": cfg.model.name,
+        "method": cfg.method,
         "backend": backend,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "trainable_parameters": trainable,

@@ -10,6 +10,8 @@ imports transformers, trl or peft, e.g. first thing in the training entry point 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from chatbot.errors import ConfigError
 from chatbot.loading import resolve_model
 from training.config import TrainConfig
@@ -47,9 +49,19 @@ def _base_source(spec: str) -> str:
     return source
 
 
-def load_unsloth(cfg: TrainConfig):
-    """(PEFT model with fresh LoRA adapters, tokenizer) as configured by `cfg`."""
+def load_unsloth(cfg: TrainConfig, adapter_dir: Path | None = None):
+    """(PEFT model with fresh LoRA adapters, tokenizer) as configured by `cfg`; with
+    `adapter_dir` (`--from_version`), the base with that trained adapter instead (Unsloth
+    reads the base model from the adapter's config), ready to train on."""
     FastLanguageModel = fast_language_model()
+    if adapter_dir is not None:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(adapter_dir),
+            max_seq_length=cfg.model.max_seq_length,
+            load_in_4bit=cfg.model.load_in_4bit,
+            dtype=unsloth_dtype(cfg.model.dtype),
+        )
+        return FastLanguageModel.for_training(model), tokenizer
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=_base_source(cfg.model.name),
         max_seq_length=cfg.model.max_seq_length,
