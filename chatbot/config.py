@@ -32,7 +32,7 @@ def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object,
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += _fields(annotation, f"{prefix}{name}.")
         else:
-            default = field.get_default(call_default_factory=True)
+            default = "required" if field.is_required() else field.get_default(call_default_factory=True)
             rows.append((f"{prefix}{name}", default, field.description or ""))
     return rows
 
