@@ -212,6 +212,12 @@ def test_signed_in_handlers_label_under_the_profile_and_ignore_the_typed_name(si
         fns["label_reply"](turn_id, "good", None, None, rater="mallory")
     assert sorted(r.rater for r in ctx.store.label_rows()) == ["rita", "sam"]
 
+    conv_a, _, conv_b, _ = list(fns["compare"]("Hello", "ada", "base", "base"))[-1]
+    said = fns["vote"](conv_a, conv_b, "a", None, profile("kim"), rater="mallory")
+    assert said.endswith("by kim") and [p.rater for p in ctx.store.preferences()] == ["kim"]
+    with pytest.raises(gr.Error, match="Sign in"):
+        fns["vote"](conv_a, conv_b, "b", None, None, rater="mallory")
+
 
 # -- ZeroGPU ---------------------------------------------------------------------------------
 
