@@ -151,8 +151,15 @@ def test_deflects_checks_the_scope_guard_which_the_run_or_the_script_turns_off(r
     assert [t["passed"] for t in unguarded_turns] == [False, True]  # the script's own switch: the model answered
     assert "a reply, not the deflection" in unguarded_turns[0]["checks"][0]["detail"]
 
-    code, out = run(scoped, out="off", extra=("--scope_guard", "false"))  # the run's switch
-    assert code == 1 and [t["passed"] for t in results(out)["turns"]] == [False, True]
+
+def test_scope_guard_false_for_the_run_lets_off_topic_questions_reach_the_model(tiny_engine, tmp_path):
+    personas = load_personas(PERSONAS)
+    cfg = regress.RegressConfig(scope_guard=False)  # --scope_guard false
+    chat = regress.LocalChat(tiny_engine, cfg.generation.model_copy(update={"max_new_tokens": 8}))
+    file = load_script(write(tmp_path, "scoped.yaml", SCOPED), personas)
+    scores = {key: 0.0 for key in personas}  # not what this test is about: no encoder needed
+    records = regress.run_script(chat, file, personas, lambda reply: scores, 0.35, cfg.scope_guard)
+    assert [r["passed"] for r in records] == [False, True] and not records[0]["deflected"]
 
 
 def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
