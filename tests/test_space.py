@@ -274,10 +274,10 @@ def test_on_zerogpu_every_generation_runs_in_a_gpu_call_sized_to_it(
     steps = list(conversations.exchange(ctx, "Hello", "ada", ctx.persona("ada"), "base", settings))
     assert len(steps) > 2  # streamed piece by piece through the GPU call
     assert calls == [("stream_reply", zerogpu.MARGIN_S + 40 // zerogpu.TOKENS_PER_SECOND)]
-    hi = [{"role": "user", "content": "Hi"}]
-    assert "".join(engine.stream(hi, settings)) == "".join(engine.engine.stream(hi, settings))  # same reply
-    replies = engine.generate([[{"role": "user", "content": "Hi"}]] * 3, settings, batch_size=2)
-    assert len(replies) == 3 and calls[-1] == ("generate_batch", zerogpu.MARGIN_S + 2 * 40 // zerogpu.TOKENS_PER_SECOND)
+    hi, short = [{"role": "user", "content": "Hi"}], settings.model_copy(update={"max_new_tokens": 20})
+    assert "".join(engine.stream(hi, short)) == "".join(engine.engine.stream(hi, short))  # the same reply
+    replies = engine.generate([hi, hi], short, batch_size=1)
+    assert len(replies) == 2 and calls[-1] == ("generate_batch", zerogpu.MARGIN_S + 2 * 20 // zerogpu.TOKENS_PER_SECOND)
 
 
 # -- `python app.py` as a Space boots it ----------------------------------------------------
