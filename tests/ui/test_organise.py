@@ -2,6 +2,8 @@
 queue, raters label them, the session progress follows; bad requests get a message."""
 
 import csv
+import os
+import sys
 import threading
 import time
 
@@ -10,7 +12,7 @@ from gradio_client import Client, handle_file
 
 from chatbot.engine import ChatEngine
 from eval.evaluate import generate
-from eval.jobs import QueueRequest, eval_config, select_turns
+from eval.jobs import JOB_NICE, QueueRequest, eval_config, select_turns
 from tests.conftest import REPO, serving, studio_context
 
 FACTS = ["I build clocks.", "I keep bees."], ["I sail cargo ships.", "I drink green tea."]
@@ -105,6 +107,9 @@ def test_the_app_stays_usable_while_a_job_runs_and_a_job_can_be_cancelled(tiny_e
         client = Client(url, verbose=False)
         client.predict("slow", "upload", 20, handle_file(str(data)), "all", max_new_tokens=8, api_name="/queue_answers")
         assert gated.started.wait(30)
+        if sys.platform == "linux":  # the job yields the CPU to chats
+            [job] = [t for t in threading.enumerate() if t.name == "queue-job"]
+            assert os.getpriority(os.PRIO_PROCESS, job.native_id) == JOB_NICE
         with pytest.raises(Exception, match="a job is already running .* cancel it"):
             client.predict("base", "spc", 3, api_name="/queue_answers")
         # Chat and labelling answer while the job's model is busy.
