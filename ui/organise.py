@@ -2,8 +2,8 @@
 
 The replies are generated in a thread of the app (`eval.jobs`, the same turns and decoding as
 `python -m eval.run`, or the regression suite's chats), so chatting and labelling go on while
-a job runs; one job at a time. A timer polls the job while this tab is open. Typed API
-endpoints for scripts (`gradio_client`, by name):
+a job runs; one job at a time. A page polls the job (a timer) only while it runs, from when the
+tab is opened or the job queued. Typed API endpoints for scripts (`gradio_client`, by name):
 
     /queue_answers(version="base", dataset="spc", n_turns=20, upload=None, split="test", seed=0, max_new_tokens=64)
         -> the job's status   dataset: spc (the shared file) | upload (a CSV/JSONL) | regression
