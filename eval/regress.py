@@ -220,9 +220,12 @@ def flagged(record: dict) -> bool:
 
 def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: dict[str, Persona]) -> int:
     """Register failed/changed replies with priority 1, so the queue hands them out before
-    anything already waiting there, then (labels=all) the rest with the normal priority 0."""
-    chosen = [r for r in records if flagged(r)]
-    chosen += [r for r in records if not flagged(r)] if cfg.labels == "all" else []
+    anything already waiting there, then (labels=all) the rest with the normal priority 0;
+    scope deflections are left out."""
+    # A deflection is the persona file's text, not the version's answer: never rated as one.
+    answered = [r for r in records if not r.get("deflected")]
+    chosen = [r for r in answered if flagged(r)]
+    chosen += [r for r in answered if not flagged(r)] if cfg.labels == "all" else []
     if cfg.labels == "none" or not chosen:
         return 0
     items = [

@@ -146,7 +146,7 @@ turns:
     (True, False, [False, True]),  # the script's `scope_guard: false`
 ])  # fmt: skip
 def test_deflects_checks_the_scope_guard_which_the_run_or_the_script_turns_off(
-    tiny_engine, tmp_path, run_guard, script_guard, passed
+    tiny_engine, tmp_path, db_file_url, run_guard, script_guard, passed
 ):
     personas = load_personas(PERSONAS)
     cfg = regress.RegressConfig.model_validate({"scope_guard": run_guard})
@@ -161,6 +161,9 @@ def test_deflects_checks_the_scope_guard_which_the_run_or_the_script_turns_off(
     assert (off_topic["reply"] == personas["lovelace_guide"].scope.deflection) == passed[0]
     if not passed[0]:
         assert off_topic["checks"][0]["detail"] == "a reply, not the deflection"
+    cfg = cfg.model_copy(update={"labels": "all", "database_url": db_file_url})
+    regress.queue_labels(cfg, "base", records, personas)  # a deflection is not the version's answer
+    assert ["label_item" in r for r in records] == [not r["deflected"] for r in records]
 
 
 def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
