@@ -269,6 +269,7 @@ class QueueJobs:
                     priority=1 if flagged(r) else 0,
                 )
                 for r in records
+                if not r.get("deflected")  # the persona file's scope text, not an answer (as eval.regress)
             ]
             queued.update(self.store.add_label_items(items))
             done += len(records)
