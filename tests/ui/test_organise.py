@@ -11,6 +11,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from chatbot.engine import ChatEngine
+from chatbot.errors import GenerationError
 from eval.evaluate import generate
 from eval.jobs import JOB_NICE, QueueRequest, eval_config, select_turns
 from tests.conftest import REPO, serving, studio_context
@@ -61,6 +62,13 @@ class GatedEngine(ChatEngine):
         self.started.set()
         assert self.release.wait(60), "never released"
         return self.engine.generate(conversations, settings, **kw)
+
+
+class FailingEngine(GatedEngine):
+    """The tiny model, whose batch generation fails (as one out of memory does)."""
+
+    def generate(self, conversations, settings, **kw) -> list[str]:
+        raise GenerationError("out of memory in a batch of 8", "lower the batch size")
 
 
 def test_queued_answers_are_labelled_and_counted(tiny_engine, store, tmp_path):
@@ -126,7 +134,8 @@ def test_the_app_stays_usable_while_a_job_runs_and_a_job_can_be_cancelled(tiny_e
 def test_bad_requests_name_the_problem_and_the_fix(tiny_engine, store, tmp_path):
     bad = tmp_path / "notes.csv"
     bad.write_text("title,body\nhello,world\n")
-    with serving(studio_context(tmp_path, store, {"base": tiny_engine})) as url:
+    engines = {"base": tiny_engine, "failing": FailingEngine(tiny_engine)}
+    with serving(studio_context(tmp_path, store, engines)) as url:
         client = Client(url, verbose=False)
         with pytest.raises(Exception, match="has columns 'title', 'body'.*expected .*'question', 'answer'"):
             client.predict("base", "upload", 3, handle_file(str(bad)), "all", api_name="/queue_answers")
@@ -140,6 +149,14 @@ def test_bad_requests_name_the_problem_and_the_fix(tiny_engine, store, tmp_path)
         with pytest.raises(Exception, match="n_turns.*greater than or equal to 1"):
             client.predict("base", "spc", 0, api_name="/queue_answers")
         assert client.predict(api_name="/queue_status")["state"] == "idle"  # nothing started
+
+        # A failure inside the job shows on its status; the next job may start.
+        client.predict("failing", "upload", 3, handle_file(str(few)), "all", api_name="/queue_answers")
+        status = wait_for(client, "failed")
+        assert status["message"] == "out of memory in a batch of 8. lower the batch size" and status["queued"] == 0
+        assert client.predict("base", "upload", 1, handle_file(str(few)), "all", max_new_tokens=4,
+                              api_name="/queue_answers")["state"] in ("running", "done")  # fmt: skip
+        wait_for(client, "done")
 
 
 def test_the_regression_suite_is_cut_at_n_user_turns():
