@@ -282,7 +282,19 @@ def main(cfg: ExportConfig) -> int:
         load_from_disk(str(cfg.out / DATASET_DIR)).push_to_hub(cfg.push_to_hub)
     summary = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     print(f"{cfg.format}: {summary}\nwritten to {cfg.out} (fingerprint {manifest['fingerprint'][:12]})")
+    if cfg.format == "kto" and (hint := balance_hint(counts["good"], counts["bad"])):
+        print(hint)
     return 0
+
+
+def balance_hint(good: int, bad: int) -> str:
+    """KTO wants desirable_weight * good / (undesirable_weight * bad) in [1, 4/3] (KTO paper,
+    eq. 8; TRL warns outside it): the flag that balances this export, or "" when it is."""
+    if not good or not bad or 1 <= good / bad <= 4 / 3:
+        return ""
+    if good < bad:
+        return f"{good} good vs {bad} bad: train with --kto.desirable_weight {bad / good:.2f} to balance them"
+    return f"{good} good vs {bad} bad: train with --kto.undesirable_weight {good / bad:.2f} to balance them"
 
 
 if __name__ == "__main__":

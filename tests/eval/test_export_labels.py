@@ -5,6 +5,7 @@ import json
 import pytest
 from datasets import load_from_disk
 
+from chatbot.errors import DatasetError
 from chatbot.persona import render_system_prompt
 from corpus.formats import read_conversations
 from eval.export_labels import main
@@ -73,6 +74,14 @@ def test_kto_rows_are_the_chat_prompt_the_answer_and_the_verdict(store, db_file_
     store.label(ids["vague"], "r0", "good")
     assert export(db_file_url, tmp_path / "changed", "--format", "kto", "--version", "v1") == 0
     assert manifest(tmp_path / "changed")["fingerprint"] != m["fingerprint"]
+
+
+def test_an_unbalanced_kto_export_says_which_weight_balances_it():
+    from eval.export_labels import balance_hint
+
+    assert balance_hint(3, 29) == "3 good vs 29 bad: train with --kto.desirable_weight 9.67 to balance them"
+    assert "--kto.undesirable_weight 4.00" in balance_hint(8, 2)
+    assert balance_hint(5, 4) == balance_hint(0, 3) == ""
 
 
 def test_majority_and_min_raters(store, db_file_url, tmp_path):
@@ -156,16 +165,26 @@ def test_an_existing_output_folder_is_refused(store, db_file_url, tmp_path, caps
     assert "already exists" in capsys.readouterr().err
 
 
-def test_eval_skips_the_prompts_a_version_was_trained_on(tmp_path, spc_csv, capsys):
+def test_eval_skips_the_prompts_a_version_was_trained_on(tmp_path):
     """The child's lineage (here: its parent's too) lists prompt keys; eval.run leaves those turns
     out of the sample it scores, and refuses when nothing is left."""
     from eval.config import EvalConfig
     from eval.evaluate import persona_facts
     from eval.run import drop_trained_prompts, label_items, sample_turns
-    from eval.run import main as run_main
 
-    runs = tmp_path / "runs"
-    cfg = EvalConfig(model="child", runs_dir=str(runs), data={"path": spc_csv}, limit=6)
+    runs, data = tmp_path / "runs", tmp_path / "chats.jsonl"
+    chats = [
+        {
+            "persona": PERSONA,
+            "messages": [
+                {"role": "user", "content": f"Question {n}?"},
+                {"role": "assistant", "content": f"Answer {n}."},
+            ],
+        }
+        for n in range(8)
+    ]
+    data.write_text("".join(json.dumps(chat) + "\n" for chat in chats))
+    cfg = EvalConfig(model="child", runs_dir=str(runs), data={"path": data, "split_fractions": [0, 0, 1]}, limit=6)
     for name in ("parent", "child"):
         (runs / name / "adapter").mkdir(parents=True)
         (runs / name / "version.json").write_text(json.dumps({"base_model": "default", "created": "2026-01-01"}))
@@ -177,7 +196,6 @@ def test_eval_skips_the_prompts_a_version_was_trained_on(tmp_path, spc_csv, caps
     kept, skipped = drop_trained_prompts(cfg, examples, conversations)
     assert skipped == 3 and kept == examples[1:4]
     (runs / "child" / "lineage.json").write_text(json.dumps({"parent": "parent", "prompt_keys": keys}))
-    flags = ["--model", "child", "--runs_dir", str(runs), "--data", str(spc_csv), "--limit", "6"]
-    assert run_main([*flags, "--database_url", f"sqlite:///{tmp_path / 'db.sqlite'}"]) == 2
-    err = capsys.readouterr().err
-    assert "all 6 sampled turns have prompts that child was trained on" in err and "--split test" in err
+    with pytest.raises(DatasetError, match="all 6 sampled turns have prompts that child was trained on") as err:
+        drop_trained_prompts(cfg, examples, conversations)
+    assert "--split test" in err.value.fix
