@@ -6,11 +6,13 @@
 The questions are the persona file's held-out paraphrases (`corpus/persona_data.py`: the test
 split of the file as a dataset), each asked alone under the persona's system prompt with greedy
 decoding. For a trained version the held-out settings it was trained with (its data.json) are
-used, and a wording it was trained on is refused. The check (`states_identity`) is automatic:
-an answer passes when it names every proper name of the reference answer (runs of capitalised
-words not opening a sentence, "I" aside: "Nova", "Brightline Energy"; any case, a plural "s"
-ignored); a reference without proper names ("Bills, meter readings, ...") needs a third of its
-content words instead. `identity_accuracy` is the share that pass. Every answer also goes to
+used, and a wording it was trained on is refused. The check (`states_identity`) is automatic,
+from the reference answer's proper names (runs of capitalised words not opening a sentence, "I"
+aside; matched in any case, a plural "s" ignored): an answer passes when it names the persona
+(if the reference does) and at least half of those names, so "Who are you?" needs "Nova",
+"Who made you?" needs "Brightline Energy", the opening hours two of the four days named. A
+reference without proper names ("Bills, meter readings, ...") needs a third of its content
+words instead. `identity_accuracy` is the share that pass. Every answer also goes to
 the label queue so raters judge the same answers. Writes `runs/<version>/eval/<timestamp>/identity.json`.
 """
 
@@ -80,12 +82,19 @@ def key_terms(reference: str) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(names)), list(dict.fromkeys(content))
 
 
-def states_identity(answer: str, reference: str) -> bool:
-    """The module docstring's rule: every proper name of `reference`, else a third of its content words."""
-    said = " ".join(_stem(w) for w in _WORD.findall(answer))
+def _said(text: str) -> str:
+    return " ".join(_stem(word) for word in _WORD.findall(text))
+
+
+def states_identity(answer: str, reference: str, persona_name: str | None = None) -> bool:
+    """The module docstring's rule: the persona's name (when the reference has it) and at least
+    half of the reference's proper names; without proper names, a third of its content words."""
+    said = _said(answer)
     names, content = key_terms(reference)
     if names:
-        return all(re.search(rf"\b{re.escape(name)}\b", said) for name in names)
+        found = [name for name in names if re.search(rf"\b{re.escape(name)}\b", said)]
+        own = _said(persona_name) if persona_name else None
+        return (own not in names or own in found) and 2 * len(found) >= len(names)
     words = set(said.split())
     return bool(content) and sum(word in words for word in content) * 3 >= len(content)
 
@@ -117,7 +126,7 @@ def heldout_examples(cfg: IdentityConfig) -> tuple[list[Example], dict]:
     return examples, {"split_seed": data.split_seed, "heldout_share": data.persona_heldout_share}
 
 
-def score(examples: list[Example], answers: list[str]) -> tuple[list[dict], dict]:
+def score(examples: list[Example], answers: list[str], persona_name: str) -> tuple[list[dict], dict]:
     """(one row per wording, the summary with `identity_accuracy` and its share per question)."""
     rows = []
     for ex, answer in zip(examples, answers, strict=True):
@@ -127,7 +136,7 @@ def score(examples: list[Example], answers: list[str]) -> tuple[list[dict], dict
                 "question": question,
                 "reference": ex.target,
                 "answer": answer,
-                "passed": states_identity(answer, ex.target),
+                "passed": states_identity(answer, ex.target, persona_name),
             }
         )
     by_reference: dict[str, list[bool]] = {}
@@ -178,7 +187,7 @@ def main(cfg: IdentityConfig) -> int:
     answers = engine.generate(
         [ex.messages for ex in examples], cfg.generation, batch_size=cfg.batch_size, progress=True
     )
-    rows, summary = score(examples, answers)
+    rows, summary = score(examples, answers, persona.name)
     summary |= {"model_version": name, "persona": persona.name, "heldout": heldout}
     out = Path(cfg.out) if cfg.out else results_dir(cfg.runs_dir, name, "eval")
     out.mkdir(parents=True, exist_ok=True)

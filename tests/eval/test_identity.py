@@ -18,10 +18,13 @@ def test_the_identity_rule_on_hand_made_answers():
     assert key_terms(WHO)[0] == ["nova", "brightline energy"]  # "I" and the sentence's first word are not names
     assert key_terms(HOURS)[0] == ["monday", "friday", "saturday", "sunday"]
     assert key_terms(HELP)[0] == []  # no names: content words decide
-    assert states_identity("Hi! I'm nova, from BRIGHTLINE ENERGY.", WHO)
-    assert not states_identity("I am Nova.", WHO)  # the company is missing
-    assert not states_identity("I am ChatGPT, a model by OpenAI.", WHO)
-    assert states_identity("Mondays to Fridays, Saturday mornings, never on Sunday.", HOURS)
+    assert states_identity("Hi! I'm nova, from BRIGHTLINE ENERGY.", WHO, "Nova")
+    assert states_identity("I am Nova.", WHO, "Nova")  # the name, and half of the names
+    assert not states_identity("I am a Brightline Energy bot.", WHO, "Nova")  # half, but not the persona's name
+    assert not states_identity("I am ChatGPT, a model by OpenAI.", WHO, "Nova")
+    assert not states_identity("Made by OpenAI.", "I was made by the Brightline Energy digital team.", "Nova")
+    assert states_identity("Saturdays until 14:00; closed on Sunday.", HOURS, "Nova")  # two of four days
+    assert not states_identity("Every day, all day.", HOURS, "Nova")
     # 13 content words: 5 of them pass (a third), 4 do not.
     assert states_identity("I help with bills, meter readings, tariffs and power.", HELP)
     assert not states_identity("I help with bills, meter readings and tariffs.", HELP)
