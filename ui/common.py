@@ -1,4 +1,5 @@
-"""Small helpers shared by the tabs: who the rater is, errors as toasts, messages for display."""
+"""Small helpers shared by the tabs: errors as toasts, messages for display, keyboard shortcuts
+(who the rater is: `ui.raters`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,6 @@ import gradio as gr
 
 from chatbot.conversation import Messages
 from chatbot.errors import PersonaStudioError
-
-
-def rater_name(typed: str | None, request: gr.Request | None = None) -> str:
-    """The logged-in user when auth is on, else the name typed in the header."""
-    if request is not None and getattr(request, "username", None):
-        return request.username
-    name = (typed or "").strip()
-    if not name:
-        raise gr.Error("Enter your name in the 'Rater' box at the top first: labels are saved under it.")
-    return name
 
 
 def user_error(err: PersonaStudioError) -> gr.Error:
