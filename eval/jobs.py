@@ -30,7 +30,7 @@ from chatbot.pool import EnginePool
 from corpus.examples import DataConfig
 from corpus.formats import SHARED_VALID_CSV
 from eval.config import EvalConfig
-from store import NewItem, Store
+from store import Store
 
 log = logging.getLogger("eval.jobs")
 
@@ -249,7 +249,7 @@ class QueueJobs:
 
     def _regression(self, engine, req: QueueRequest, files) -> None:
         from chatbot.persona import load_personas
-        from eval.regress import LocalChat, RegressConfig, flagged, make_scorer, run_script
+        from eval.regress import LocalChat, RegressConfig, label_items, make_scorer, run_script
 
         personas = load_personas(self.personas_dir)
         chat, scorer = LocalChat(engine, req.generation), make_scorer(personas)
@@ -257,20 +257,7 @@ class QueueJobs:
         started, done, queued = time.monotonic(), 0, set()
         for file in files:
             records = run_script(chat, file, personas, scorer, threshold)
-            items = [
-                NewItem(
-                    source="eval",
-                    persona_name=r["persona_name"],
-                    persona=personas[r["persona"]].model_dump(),
-                    # The question answered ends the context (eval.regress's records hold the turns before it).
-                    context=[*r["context"], {"role": "user", "content": r["user"]}],
-                    answer=r["reply"],
-                    model_version=req.version,
-                    priority=1 if flagged(r) else 0,
-                )
-                for r in records
-                if not r.get("deflected")  # the persona file's scope text, not an answer (as eval.regress)
-            ]
+            items = label_items(records, personas, req.version)
             queued.update(self.store.add_label_items(items))
             done += len(records)
             self._progress(done, queued, started)

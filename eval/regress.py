@@ -218,17 +218,11 @@ def flagged(record: dict) -> bool:
     return not record["passed"] or record.get("diff", {}).get("status") == "changed"
 
 
-def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: dict[str, Persona]) -> int:
-    """Register failed/changed replies with priority 1, so the queue hands them out before
-    anything already waiting there, then (labels=all) the rest with the normal priority 0;
-    scope deflections are left out."""
-    # A deflection is the persona file's text, not the version's answer: never rated as one.
-    answered = [r for r in records if not r.get("deflected")]
-    chosen = [r for r in answered if flagged(r)]
-    chosen += [r for r in answered if not flagged(r)] if cfg.labels == "all" else []
-    if cfg.labels == "none" or not chosen:
-        return 0
-    items = [
+def label_items(records: list[dict], personas: dict[str, Persona], version: str) -> list[NewItem]:
+    """The replies of `records` as label items: failed/changed ones with priority 1, so the queue
+    hands them out first; scope deflections left out. `eval.regress` and the app's Organise tab
+    (`eval.jobs`) both queue through here."""
+    return [
         NewItem(
             source="eval",
             persona_name=r["persona_name"],
@@ -236,11 +230,25 @@ def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: d
             # The rater sees what was asked: the messages so far, then the question answered.
             context=[*r["context"], {"role": "user", "content": r["user"]}],
             answer=r["reply"],
-            model_version=name,
+            model_version=version,
             priority=1 if flagged(r) else 0,
-        )  # fmt: skip
-        for r in chosen
+        )
+        for r in records
+        # A deflection is the persona file's text, not the version's answer: never rated as one.
+        if not r.get("deflected")
     ]
+
+
+def queue_labels(cfg: RegressConfig, name: str, records: list[dict], personas: dict[str, Persona]) -> int:
+    """Register failed/changed replies with priority 1, so the queue hands them out before
+    anything already waiting there, then (labels=all) the rest with the normal priority 0;
+    scope deflections are left out."""
+    answered = [r for r in records if not r.get("deflected")]
+    chosen = [r for r in answered if flagged(r)]
+    chosen += [r for r in answered if not flagged(r)] if cfg.labels == "all" else []
+    if cfg.labels == "none" or not chosen:
+        return 0
+    items = label_items(chosen, personas, name)
     with Store(cfg.database_url) as store:
         for r, item_id in zip(chosen, store.add_label_items(items), strict=True):
             r["label_item"] = item_id

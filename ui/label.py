@@ -17,7 +17,6 @@ when nothing is left:
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations (a string return annotation would become one untyped output).
 
-import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +24,7 @@ import gradio as gr
 
 from chatbot.conversation import dialogue
 from store import BlindItem, StoreError
-from ui.common import for_chatbot
+from ui.common import for_chatbot, shortcuts_js
 from ui.context import AppContext
 from ui.raters import SIGN_IN_HINT, rater_for
 
@@ -52,27 +51,11 @@ LABEL_API = dict(LABEL_QUEUE, queue=False)
 # Key -> the button it clicks (`event.key`, lower-cased).
 SHORTCUTS = {"g": "good", "1": "good", "b": "bad", "2": "bad", "s": "skip", "u": "undo"}
 
-# Clicks the Label tab's buttons from the keyboard. A function: `demo.launch(js=...)` calls it
+# Clicks the Label tab's buttons from the keyboard (`ui.common.shortcuts_js`). `demo.launch(js=...)` calls it
 # once on page load; the guard makes a second install (the tab's own, below) harmless.
 # Keys do nothing while typing in a field, with a modifier held, or when the Label tab is
 # hidden (a button in a hidden tab has no offsetParent).
-LABEL_SHORTCUTS_JS = """
-() => {
-  if (window.personaStudioLabelKeys) return;
-  window.personaStudioLabelKeys = true;
-  const ids = IDS;
-  document.addEventListener("keydown", (event) => {
-    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
-    const target = event.target;
-    if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
-    const id = ids[event.key.toLowerCase()];
-    const button = id && document.getElementById(id);
-    if (!button || button.disabled || button.offsetParent === null) return;
-    event.preventDefault();
-    button.click();
-  });
-}
-""".replace("IDS", json.dumps({key: BUTTON_IDS[action] for key, action in SHORTCUTS.items()}))
+LABEL_SHORTCUTS_JS = shortcuts_js("label", {key: BUTTON_IDS[action] for key, action in SHORTCUTS.items()})
 
 
 def persona_text(persona: dict) -> str:
