@@ -170,8 +170,9 @@ def chatter(url: str, index: int, args, stop_at: float, out: dict) -> None:
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             message = f"Tell me about your day, part {turn + 1} (visitor {index})."
+            # Every parameter of the typed /chat, in order (a raw POST names none of them).
             reply = patient(api, stop_at, out, "chat", message, "ada", "base", conv_id, 0, None, None,
-                            args.max_new_tokens, None, None)  # fmt: skip
+                            args.max_new_tokens, None, None, True)  # fmt: skip
             if reply is None:
                 break
             out["replies"].append(time.perf_counter() - t0)
@@ -320,7 +321,7 @@ def warm_up(url: str, args) -> None:
     """One chat reply and one item shown (the first calls pay one-off costs) before the clock starts."""
     api = Api(url, timeout=600)
     if args.chatters:
-        api.call("chat", "Hello!", "ada", "base", None, 0, None, None, args.max_new_tokens, None, None)
+        api.call("chat", "Hello!", "ada", "base", None, 0, None, None, args.max_new_tokens, None, None, True)
     api.call("next_item", "warm-up")
     api.close()
 
