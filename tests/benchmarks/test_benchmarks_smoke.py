@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from benchmarks import chat_latency, concurrent_chat, eval_throughput, label_load, train_throughput
+from benchmarks import chat_latency, concurrent_chat, continuous_batching, eval_throughput, label_load, train_throughput
 
 ROW_KEYS = {"metric", "product", "alternative", "ratio", "target", "met", "note"}
 
@@ -65,6 +65,12 @@ def test_eval_throughput_times_generation_and_each_metric(tmp_path):
     ppl = results["perplexity"]
     assert ppl["product_perplexity"] == pytest.approx(ppl["bare_perplexity"], rel=1e-3)
     assert all(row["product"] is not None for row in data["rows"])
+
+
+def test_continuous_batching_answers_every_user(tmp_path):
+    data = run_quick(continuous_batching, tmp_path)
+    [run] = data["results"]["runs"]
+    assert run["users"] == run["answered"] == 2 and run["aggregate_tok_s"] > 0
 
 
 @pytest.mark.slow
