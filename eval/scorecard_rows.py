@@ -48,6 +48,18 @@ def delta_row(section, metric, child, parent, delta, low, high, p_value, n, test
                 change=change, note=note)  # fmt: skip
 
 
+def paired_pass_row(section: str, metric: str, child, parent, note: str, n_resamples: int, seed: int) -> dict:
+    """The row of a pass/fail (1/0) score on pairs (human majority per prompt, regression turns,
+    identity wordings): the share's delta with a paired bootstrap interval, McNemar's exact test
+    on the discordant pairs. `note` is formatted with `fixed` (child only) and `broke` (parent only)."""
+    c, p = np.asarray(child, dtype=float), np.asarray(parent, dtype=float)
+    delta, low, high = paired_bootstrap(c, p, n_resamples=n_resamples, seed=seed)
+    fixed, broke = int(((c == 1) & (p == 0)).sum()), int(((c == 0) & (p == 1)).sum())
+    return delta_row(section, metric, float(c.mean()), float(p.mean()), delta, low, high, mcnemar(fixed, broke),
+                     len(c), "McNemar exact; interval: paired bootstrap", "higher",
+                     note.format(fixed=fixed, broke=broke))  # fmt: skip
+
+
 # -- rows from data (pure) -----------------------------------------------------------------
 
 
@@ -99,27 +111,9 @@ def human_rows(child: dict[str, list[str]], parent: dict[str, list[str]], n_resa
     rows = []
     shared = sorted(child.keys() & parent.keys())
     if shared:
-        c = np.array([majority(child[k]) for k in shared])
-        p = np.array([majority(parent[k]) for k in shared])
-        delta, low, high = paired_bootstrap(c, p, n_resamples=n_resamples, seed=seed)
-        fixed, broke = int(((c == 1) & (p == 0)).sum()), int(((c == 0) & (p == 1)).sum())
-        note = f"{fixed} prompts good only for the child, {broke} only for the parent (majority of labels)"
-        rows.append(
-            delta_row(
-                "human",
-                "human accuracy, same prompts",
-                float(c.mean()),
-                float(p.mean()),
-                delta,
-                low,
-                high,
-                mcnemar(fixed, broke),
-                len(shared),
-                "McNemar exact; interval: paired bootstrap",
-                "higher",
-                note,
-            )
-        )
+        c, p = [majority(child[k]) for k in shared], [majority(parent[k]) for k in shared]
+        note = "{fixed} prompts good only for the child, {broke} only for the parent (majority of labels)"
+        rows.append(paired_pass_row("human", "human accuracy, same prompts", c, p, note, n_resamples, seed))
     labels_c = [v for verdicts in child.values() for v in verdicts]
     labels_p = [v for verdicts in parent.values() for v in verdicts]
     if labels_c and labels_p:
@@ -192,24 +186,9 @@ def regression_rows(child: dict, parent: dict, n_resamples=9999, seed=0) -> tupl
     pairs = [(t["passed"], before[k]) for t, k in zip(child["turns"], keys, strict=True) if k in before]
     if not pairs:
         return [], flips
-    c, p = (np.array(side, dtype=float) for side in zip(*pairs, strict=True))
-    delta, low, high = paired_bootstrap(c, p, n_resamples=n_resamples, seed=seed)
-    fixed, broke = int(((c == 1) & (p == 0)).sum()), int(((c == 0) & (p == 1)).sum())
-    note = f"{fixed} turns now pass, {broke} now fail"
-    row = delta_row(
-        "regression",
-        "regression turns passed",
-        float(c.mean()),
-        float(p.mean()),
-        delta,
-        low,
-        high,
-        mcnemar(fixed, broke),
-        len(pairs),
-        "McNemar exact; interval: paired bootstrap",
-        "higher",
-        note,
-    )
+    c, p = zip(*pairs, strict=True)
+    note = "{fixed} turns now pass, {broke} now fail"
+    row = paired_pass_row("regression", "regression turns passed", c, p, note, n_resamples, seed)
     return [row], flips
 
 
@@ -239,13 +218,9 @@ def identity_rows(child: dict | None, parent: dict | None, n_resamples=9999, see
     before = {r["question"]: r["passed"] for r in parent.get("rows", [])}
     pairs = [(r["passed"], before[r["question"]]) for r in child.get("rows", []) if r["question"] in before]
     if pairs:
-        c, p = (np.array(side, dtype=float) for side in zip(*pairs, strict=True))
-        delta, low, high = paired_bootstrap(c, p, n_resamples=n_resamples, seed=seed)
-        fixed, broke = int(((c == 1) & (p == 0)).sum()), int(((c == 0) & (p == 1)).sum())
-        note = f"{fixed} wordings now answered as the persona, {broke} no longer"
-        return [delta_row("identity", "identity accuracy", float(c.mean()), float(p.mean()), delta, low, high,
-                          mcnemar(fixed, broke), len(pairs), "McNemar exact; interval: paired bootstrap", "higher",
-                          note)]  # fmt: skip
+        c, p = zip(*pairs, strict=True)
+        note = "{fixed} wordings now answered as the persona, {broke} no longer"
+        return [paired_pass_row("identity", "identity accuracy", c, p, note, n_resamples, seed)]
     (ac, nc), (ap, np_) = ((r["summary"]["identity_accuracy"], r["summary"]["items"]) for r in (child, parent))
     delta, low, high, pvalue = two_proportions(round(ac * nc), nc, round(ap * np_), np_)
     return [delta_row("identity", "identity accuracy", ac, ap, delta, low, high, pvalue, nc + np_,
