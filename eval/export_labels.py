@@ -110,13 +110,13 @@ def rated_items(store: Store, cfg: ExportConfig, counts: Counter) -> list[Rated]
     for row in store.label_rows(cfg.version):
         verdicts[row.item_id].append(row.verdict)
     counts["items_labelled"] = len(verdicts)
-    rated = []
+    rated, items = [], store.items(verdicts)
     for item_id in sorted(verdicts):
         verdict, dropped = consensus(verdicts[item_id], cfg.min_raters, cfg.disagreement)
         if verdict is None:
             counts[f"items_dropped_{dropped}"] += 1
             continue
-        item = store.item(item_id)
+        item = items[item_id]
         rated.append(Rated(item_id, item.persona, item.context, item.answer, item.model_version, verdict == "good"))
     return rated
 

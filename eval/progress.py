@@ -13,33 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-import sqlalchemy as sa
-
 from eval.agreement import agreement
 from store import Store
-from store.schema import label_items, labels
-
-
-def item_counts(store: Store, overlap: int) -> list[dict]:
-    """Per (source, model version): items, labels, complete items and items left."""
-    # A read of the store's tables for one summary (the store has no bulk query for it).
-    per_item = sa.select(labels.c.item_id, sa.func.count().label("n")).group_by(labels.c.item_id).subquery()
-    n = sa.func.coalesce(per_item.c.n, 0)
-    query = (
-        sa.select(
-            label_items.c.source,
-            label_items.c.model_version,
-            sa.func.count().label("items"),
-            sa.func.coalesce(sa.func.sum(n), 0).label("labels"),
-            sa.func.coalesce(sa.func.sum(sa.case((n >= overlap, 1), else_=0)), 0).label("complete"),
-        )
-        .select_from(label_items.outerjoin(per_item, per_item.c.item_id == label_items.c.id))
-        .group_by(label_items.c.source, label_items.c.model_version)
-        .order_by(label_items.c.source, label_items.c.model_version)
-    )
-    with store.engine.connect() as conn:
-        rows = [dict(row._mapping) for row in conn.execute(query)]
-    return [row | {"left": row["items"] - row["complete"]} for row in rows]
 
 
 def rater_counts(store: Store, rows, overlap: int) -> list[dict]:
@@ -62,7 +37,7 @@ def session_progress(store: Store, overlap: int = 1) -> dict:
     stats = agreement(rows)
     return {
         "overlap": overlap,
-        "items": item_counts(store, overlap),
+        "items": store.item_counts(overlap),
         "raters": rater_counts(store, rows, overlap),
         "agreement": agreement_summary(stats)
         | {"by_version": {v: agreement_summary(s) for v, s in stats["by_version"].items()}},

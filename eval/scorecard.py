@@ -98,13 +98,11 @@ def latest_eval_rows(store, runs_dir: str | Path, version: str) -> tuple[pd.Data
 
 def labels_by_prompt(store, version: str, excluded: set[str]) -> tuple[dict[str, list[str]], int]:
     """(prompt key -> verdicts of the version's labelled answers to it, labels left out)."""
-    keys: dict[int, str] = {}
+    rows = store.label_rows(version)
+    keys = {i: prompt_key(item.persona, item.context) for i, item in store.items(r.item_id for r in rows).items()}
     by_prompt: dict[str, list[str]] = {}
     left_out = 0
-    for row in store.label_rows(version):
-        if row.item_id not in keys:
-            item = store.item(row.item_id)
-            keys[row.item_id] = prompt_key(item.persona, item.context)
+    for row in rows:
         if keys[row.item_id] in excluded:
             left_out += 1
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
@@ -184,6 +184,40 @@ class Store:
 
     def item(self, item_id: int) -> Item:
         return self._read(lambda c: sql.record(c, Item, item_id, "label item"), f"label item {item_id}")
+
+    def items(self, item_ids: Iterable[int]) -> dict[int, Item]:
+        """The items with these ids, by id, in one read (exports and the scorecard look up every
+        labelled item); an id without an item is left out."""
+        ids = sorted(set(item_ids))
+
+        def read(conn: sa.Connection) -> dict[int, Item]:
+            found = {}
+            for start in range(0, len(ids), 10_000):  # under SQLite's limit of bound parameters
+                query = sa.select(label_items).where(label_items.c.id.in_(ids[start : start + 10_000]))
+                found.update({row.id: Item(**row._mapping) for row in conn.execute(query)})
+            return found
+
+        return self._read(read, "the label items")
+
+    def item_counts(self, overlap: int = 1) -> list[dict]:
+        """Per (source, model version), in that order: items, labels, items labelled by
+        `overlap` raters (complete) and items left (the organiser's session progress)."""
+        per_item = sa.select(labels.c.item_id, sa.func.count().label("n")).group_by(labels.c.item_id).subquery()
+        n = sa.func.coalesce(per_item.c.n, 0)
+        query = (
+            sa.select(
+                label_items.c.source,
+                label_items.c.model_version,
+                sa.func.count().label("items"),
+                sa.func.coalesce(sa.func.sum(n), 0).label("labels"),
+                sa.func.coalesce(sa.func.sum(sa.case((n >= overlap, 1), else_=0)), 0).label("complete"),
+            )
+            .select_from(label_items.outerjoin(per_item, per_item.c.item_id == label_items.c.id))
+            .group_by(label_items.c.source, label_items.c.model_version)
+            .order_by(label_items.c.source, label_items.c.model_version)
+        )
+        rows = self._read(lambda c: [dict(row._mapping) for row in c.execute(query)], "the label item counts")
+        return [row | {"left": row["items"] - row["complete"]} for row in rows]
 
     def next_item(self, rater: str, overlap: int = 1, source: str | None = None) -> Item | None:
         """The rater's next item: one they hold but have not finished, else, of the items fewer

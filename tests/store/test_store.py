@@ -499,3 +499,11 @@ def test_labels_and_votes_survive_kill_9(tmp_path):
         rows, votes = store.label_rows(), store.preferences()
     assert [(v.rater, v.vote, v.version_a) for v in votes] == [("kim", "b", "v1")]
     assert len(rows) == n and {(r.rater, r.verdict, r.model_version) for r in rows} == {("kim", "good", "v1")}
+
+
+def test_items_reads_many_by_id_in_one_call(store):
+    ids = add_items(store, 3)
+    found = store.items([ids[2], ids[0], ids[0], 999])  # repeats and unknown ids are fine
+    assert sorted(found) == [ids[0], ids[2]]
+    assert found[ids[2]] == store.item(ids[2]) and found[ids[2]].answer == "answer 2"
+    assert store.items([]) == {}
