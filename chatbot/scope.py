@@ -164,22 +164,26 @@ _lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=32)
-def _classifier(path: Path, persona_json: str):
+def _classifier(persona_json: str):
+    # Keyed by the persona itself: the cache file's name (a hash over the persona's questions
+    # and the shipped pools, read from disk) is worked out once per persona, not per message.
     import joblib
 
+    persona = Persona.model_validate_json(persona_json)
+    path = model_path(persona)
     if path.is_file():
         try:
             return joblib.load(path)
         except Exception as err:  # a file from another sklearn, or damaged: train again
             log.warning("retraining the scope classifier: cannot read %s (%s)", path, err)
     log.info("training the scope classifier for %s", path.stem)
-    return train(Persona.model_validate_json(persona_json), path)[0]
+    return train(persona, path)[0]
 
 
 def classifier(persona: Persona):
     """The persona's classifier: from this process, else the cache, else trained now."""
     with _lock:  # two first chats at once train it once
-        return _classifier(model_path(persona), persona.model_dump_json())
+        return _classifier(persona.model_dump_json())
 
 
 def out_of_scope_probability(persona: Persona, message: str) -> float:
