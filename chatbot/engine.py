@@ -267,4 +267,7 @@ def load_engine(cfg: EngineConfig) -> ChatEngine:
     else:
         name = f"default ({Path(hf_model.config.name_or_path).name})" if model == "default" else model
         name = name if adapter is None else f"{name} + {adapter}"
-    return TransformersEngine(hf_model, tokenizer, name, cfg.max_context_tokens, cfg.prefix_cache_tokens)
+    engine_class = TransformersEngine
+    if cfg.batching == "auto":
+        from chatbot.batched import BatchedEngine as engine_class  # imports this module: here, not at the top
+    return engine_class(hf_model, tokenizer, name, cfg.max_context_tokens, cfg.prefix_cache_tokens)

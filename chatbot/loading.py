@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +53,12 @@ class EngineConfig(BaseModel):
     runs_dir: str = Field("runs", description="Folder of trained model versions; --model may name one.")
     prefix_cache_tokens: int = Field(
         PREFIX_CACHE_TOKENS, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
+    )
+    # Chats that overlap decode together (`chatbot.batched`); a chat alone keeps the direct path.
+    batching: Literal["off", "auto"] = Field(
+        "off",
+        description="auto: chats that overlap share decoding steps (continuous batching), a chat alone keeps the "
+        "prefix-cached direct path; off: each chat generates on its own. In-process models only.",
     )
     # A model server instead of a model in this process (`chatbot.remote`); the settings above
     # that place weights (dtype, device, prefix cache) are then the server's business.
