@@ -12,10 +12,11 @@ memory-bound, so one decoding step for 16 chats costs little more than for one
 (`benchmarks.continuous_batching`: 16 users, first token p50 1.47 s against 11.7 s side by side).
 Batched eval (`generate`) stays on the direct path: it batches already.
 
-What the batch cannot honour per request (transformers 5.23): `repetition_penalty` (its processor
-sees one token per request, not the request's history, so the manager drops it) and `seed` (one
-sampler RNG serves the whole batch). Greedy (`temperature` 0) is exact: the manager samples, and a
-greedy request asks for `top_k` 1, which leaves one candidate token.
+Per request: temperature, top_p, top_k, max_new_tokens, and repetition_penalty (transformers 5.23
+drops its processor in a batch; `_RepetitionPenalty` here applies it over each request's prompt and
+reply tokens, as `generate` does). Not honoured in a batch: `seed` (one sampler RNG serves the whole
+batch). Greedy (`temperature` 0) is exact: the manager samples, and a greedy request asks for
+`top_k` 1, which leaves one candidate token.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ import itertools
 import logging
 import queue
 import threading
+import warnings
 from collections.abc import Iterator
 
 import torch
+from transformers.generation.continuous_batching.cb_logits_processors import (
+    CLASSIC_TO_CB_PROCESSORS_MAP,
+    ContinuousBatchingLogitsProcessor,
+)
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from chatbot.conversation import Messages
 from chatbot.engine import GenerationSettings, TokenStreamer, TransformersEngine
@@ -53,10 +60,43 @@ class _Finished:
 
 def sampling_kwargs(settings: GenerationSettings, vocab_size: int) -> dict:
     """Per-request logits-processor arguments (the manager samples for every request)."""
+    penalty = {"repetition_penalty": float(settings.repetition_penalty)}
     if settings.temperature == 0:
-        return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}  # one candidate: argmax, exactly
+        return {**penalty, "temperature": 1.0, "top_k": 1, "top_p": 1.0}  # one candidate: argmax, exactly
     top_k = settings.top_k or vocab_size  # 0 = off in GenerationSettings; here: keep every token
-    return {"temperature": float(settings.temperature), "top_k": int(top_k), "top_p": float(settings.top_p)}
+    return {**penalty, "temperature": float(settings.temperature), "top_k": int(top_k), "top_p": float(settings.top_p)}
+
+
+class _RepetitionPenalty(ContinuousBatchingLogitsProcessor):
+    """`RepetitionPenaltyLogitsProcessor` per request: each request's own penalty over the tokens of
+    its prompt and reply so far (the batch's `input_ids` hold one token per request, not its history)."""
+
+    supported_kwargs = {"repetition_penalty": float}
+    ignored_kwargs = ()
+
+    def __init__(self, processor: RepetitionPenaltyLogitsProcessor):
+        self.penalty = processor.penalty
+        self.histories: list[list[int]] = []  # of the requests in the step being decoded, in row order
+
+    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
+        int32_tensor.copy_(torch.full_like(int32_tensor, self.penalty, dtype=torch.float32).view(torch.int32))
+
+    def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
+        # Runs before the step's forward, in the manager's thread; __call__ follows in the same step.
+        self.histories = [r.state.initial_tokens + r.state.generated_tokens for r in requests_with_new_token]
+        penalties = [
+            r.state.logit_processor_kwargs.get("repetition_penalty", self.penalty) for r in requests_with_new_token
+        ]
+        return torch.tensor(penalties, dtype=torch.float32).view(torch.int32)
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        penalties = tensor_arg[: scores.size(0)].view(torch.float32).tolist()  # (B,)
+        for row, (tokens, penalty) in enumerate(zip(self.histories, penalties, strict=False)):
+            if penalty != 1.0 and tokens:
+                ids = torch.tensor(sorted({t for t in tokens if t < scores.size(-1)}), device=scores.device)
+                picked = scores[row, ids]
+                scores[row, ids] = torch.where(picked < 0, picked * penalty, picked / penalty)
+        return scores
 
 
 class BatchedEngine(TransformersEngine):
@@ -70,7 +110,6 @@ class BatchedEngine(TransformersEngine):
         self._lock = threading.Lock()
         self._queues: dict[str, queue.Queue] = {}  # request id -> its outputs, filled by the router
         self._ids = itertools.count()
-        self._warned_penalty = False
         # One forward at a time on the shared model. transformers' forward wrapper sets
         # `model.config.is_causal` for the duration of a call (False for the batch's paged attention)
         # and restores it after: a direct-path forward running meanwhile on another thread reads the
@@ -94,9 +133,6 @@ class BatchedEngine(TransformersEngine):
         text = self.render(self.fit_messages(messages, settings))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         room = self.context_window - len(ids)  # prompt + reply stay inside the window, as on the direct path
-        if settings.repetition_penalty != 1.0 and not self._warned_penalty:
-            self._warned_penalty = True
-            log.warning("batched replies are made without repetition_penalty=%s", settings.repetition_penalty)
         manager = self._manager()
         rid = f"chat-{next(self._ids)}"
         outputs: queue.Queue = queue.Queue()
@@ -148,6 +184,7 @@ class BatchedEngine(TransformersEngine):
                 temperature=0.7,
                 top_k=50,
                 top_p=0.9,
+                repetition_penalty=1.1,
                 eos_token_id=self.tokenizer.eos_token_id if eos is None else eos,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
@@ -158,9 +195,15 @@ class BatchedEngine(TransformersEngine):
                 per_request_processors=True,
                 # Flash attention would be switched on the shared model, under the direct path too.
                 auto_switch_to_flash=False,
+                # Async batching updates a request's tokens one step late: the penalty must see them all.
+                use_async_batching=False,
             )
+            # transformers maps a generate processor to its per-request batch version through this table.
+            CLASSIC_TO_CB_PROCESSORS_MAP[RepetitionPenaltyLogitsProcessor] = _RepetitionPenalty
             attention = model.config._attn_implementation
-            manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+            with warnings.catch_warnings():  # "penalty only on new tokens": _RepetitionPenalty covers the prompt
+                warnings.filterwarnings("ignore", message="Passing `repetition_penalty`")
+                manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
             if model.config._attn_implementation != attention:
                 log.warning(
                     "continuous batching switched attention %s -> %s", attention, model.config._attn_implementation

@@ -9,9 +9,8 @@ from chatbot.batched import BatchedEngine, _explain, sampling_kwargs
 from chatbot.engine import GenerationSettings
 from chatbot.errors import GenerationError
 
-# No repetition penalty: continuous batching cannot apply it (chatbot/batched.py), so greedy
-# replies are compared without it.
-GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
+# The app's repetition penalty (1.1): transformers' batch drops it, chatbot/batched.py applies it.
+GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 
 
 def chat(i: int) -> list[dict]:
@@ -73,6 +72,8 @@ def test_concurrent_greedy_replies_equal_the_engine_alone(engine, tiny_engine):
     assert engine.manager is not None and engine.manager.is_running()  # they were batched
     assert replies == expected
     assert engine.in_flight == 0
+    # The penalty changed some of these replies: the batch applied it, it did not merely agree by chance.
+    assert expected != tiny_engine.generate(conversations, GREEDY.model_copy(update={"repetition_penalty": 1.0}))
 
 
 def test_each_request_keeps_its_own_max_new_tokens(engine, tiny_engine):
@@ -133,9 +134,9 @@ def test_sampled_chats_are_batched_too(engine):
 
 
 def test_sampling_kwargs_make_greedy_exact_and_keep_top_k_off():
-    assert sampling_kwargs(GREEDY, 100) == {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
-    sampled = GenerationSettings(temperature=0.5, top_p=0.8, top_k=0)
-    assert sampling_kwargs(sampled, 100) == {"temperature": 0.5, "top_k": 100, "top_p": 0.8}
+    assert sampling_kwargs(GREEDY, 100) == {"repetition_penalty": 1.1, "temperature": 1.0, "top_k": 1, "top_p": 1.0}
+    sampled = GenerationSettings(temperature=0.5, top_p=0.8, top_k=0, repetition_penalty=1.0)
+    assert sampling_kwargs(sampled, 100) == {"repetition_penalty": 1.0, "temperature": 0.5, "top_k": 100, "top_p": 0.8}
 
 
 def test_a_failed_request_is_a_clear_generation_error():
