@@ -2,7 +2,8 @@
 
 An item is *open* to a rater when they have not labelled or skipped it and either hold it
 already or fewer than `overlap` raters hold it. Holders are raters with an assignment:
-`next_item` assigns, a label keeps the assignment, a skip gives it back. Open items go
+`next_item` assigns, a label keeps the assignment, a skip gives it back; every change goes
+through `hold` / `release`, which keep the item's `holders` column equal to its assignments. Open items go
 out by `priority` (highest first), then by age (lowest id first).
 """
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from store.db import StoreError
 from store.schema import assignments, label_items, labels, skips
+from store.sql import dialect_insert
 
 _CLAIM_TRIES = 100  # items other raters took while we looked, before we give up
 
@@ -22,10 +24,6 @@ def _finished(rater_id: int | None) -> sa.CompoundSelect:
         sa.select(labels.c.item_id).where(labels.c.rater_id == rater_id),
         sa.select(skips.c.item_id).where(skips.c.rater_id == rater_id),
     )
-
-
-def _holders(item_id) -> sa.ScalarSelect:
-    return sa.select(sa.func.count()).where(assignments.c.item_id == item_id).scalar_subquery()
 
 
 def _held_by(rater_id: int | None) -> sa.Exists:
@@ -55,7 +53,7 @@ def claim(conn: sa.Connection, rater_id: int, overlap: int, source: str | None) 
     the rater, or None if there is none."""
     query = (
         sa.select(label_items)
-        .where(*_unfinished(rater_id, source), ~_held_by(rater_id), _holders(label_items.c.id) < overlap)
+        .where(label_items.c.holders < overlap, *_unfinished(rater_id, source), ~_held_by(rater_id))
         .order_by(label_items.c.priority.desc(), label_items.c.id)
         .limit(1)
     )
@@ -63,23 +61,52 @@ def claim(conn: sa.Connection, rater_id: int, overlap: int, source: str | None) 
         row = conn.execute(query).first()
         if row is None:
             return None
-        # PostgreSQL: wait for anyone claiming this item right now, then count again (a new
-        # statement sees their commit). SQLite needs no lock: BEGIN IMMEDIATE serialises writers.
-        # key_share=True renders FOR NO KEY UPDATE, which does not block inserts that only
-        # reference the item (labels, assignments) but does block another claimer.
-        conn.execute(sa.select(label_items.c.id).where(label_items.c.id == row.id).with_for_update(key_share=True))
-        holders = sa.select(sa.func.count()).where(assignments.c.item_id == row.id)
-        if conn.execute(holders).scalar_one() < overlap:
-            conn.execute(sa.insert(assignments).values(item_id=row.id, rater_id=rater_id))
+        # Take the place only if it is still free: on PostgreSQL a concurrent claimer's UPDATE
+        # makes this one wait, then the condition is checked again on their committed row
+        # (0 rows: someone else took the last place; look again). SQLite's BEGIN IMMEDIATE
+        # already serialises writers.
+        took = sa.update(label_items).where(label_items.c.id == row.id, label_items.c.holders < overlap)
+        if conn.execute(took.values(holders=label_items.c.holders + 1)).rowcount:
+            hold(conn, row.id, rater_id, counted=True)
             return row
     raise StoreError("the label queue is too busy right now", "ask for the next item again")
 
 
+def hold(conn: sa.Connection, item_id: int, rater_id: int, counted: bool = False) -> None:
+    """Assign the item to the rater (nothing if they hold it) and keep `holders` right;
+    `counted`: the caller has already added the rater to `holders`."""
+    pair = dict(item_id=item_id, rater_id=rater_id)
+    # RETURNING, not rowcount: on PostgreSQL (SQLAlchemy adds its own RETURNING there) the
+    # rowcount of this INSERT did not say whether a row went in.
+    insert = dialect_insert(conn, assignments).values(pair).on_conflict_do_nothing().returning(assignments.c.id)
+    added = conn.execute(insert).first() is not None
+    if added != counted:  # added but not counted yet (+1), or counted but held already (-1)
+        _add_holders(conn, item_id, 1 if added else -1)
+
+
+def release(conn: sa.Connection, item_id: int, rater_id: int) -> None:
+    """The rater no longer holds the item (a skip, or the moment before an undo re-assigns it)."""
+    removed = conn.execute(sa.delete(assignments).filter_by(item_id=item_id, rater_id=rater_id)).rowcount
+    if removed:
+        _add_holders(conn, item_id, -removed)
+
+
+def _add_holders(conn: sa.Connection, item_id: int, n: int) -> None:
+    conn.execute(sa.update(label_items).where(label_items.c.id == item_id).values(holders=label_items.c.holders + n))
+
+
 def count_open(conn: sa.Connection, rater_id: int | None, overlap: int, source: str | None) -> int:
-    """How many items `next_item` could still give the rater."""
-    open_ = sa.or_(_held_by(rater_id), _holders(label_items.c.id) < overlap)
-    query = sa.select(sa.func.count()).select_from(label_items).where(*_unfinished(rater_id, source), open_)
-    return conn.execute(query).scalar_one()
+    """How many items `next_item` could still give the rater: unfinished ones with a free
+    place, plus full ones the rater holds (two counts: an OR would look up every item's holders)."""
+    free = sa.select(sa.func.count()).select_from(label_items)
+    free = free.where(label_items.c.holders < overlap, *_unfinished(rater_id, source))
+    held = sa.select(sa.func.count()).select_from(
+        label_items.join(assignments, assignments.c.item_id == label_items.c.id)
+    )
+    held = held.where(
+        assignments.c.rater_id == rater_id, label_items.c.holders >= overlap, *_unfinished(rater_id, source)
+    )
+    return conn.execute(free).scalar_one() + conn.execute(held).scalar_one()
 
 
 def count_labelled(conn: sa.Connection, rater_id: int | None, source: str | None) -> int:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, MappedCol
 
 from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, VOTES, WITHDRAW_REASONS, BlindItem
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -158,9 +158,18 @@ class Item(Base):
     created_at: Mapped[Created]
     # The queue hands out higher priorities first (then the oldest); NewItem.priority.
     priority: Mapped[int] = mapped_column(insert_default=0, server_default=sa.text("0"))
+    # Raters holding the item now (its rows in `assignments`), kept by the store in the same
+    # transaction as each assignment change, so the queue reads a column instead of counting
+    # every item's holders (at 10k items that count made `next_item` ~20 ms and `progress` ~11 ms).
+    holders: Mapped[int] = mapped_column(insert_default=0, server_default=sa.text("0"))
 
     def blind(self) -> BlindItem:
         return BlindItem(id=self.id, persona=self.persona, context=self.context, answer=self.answer)
+
+
+# The order the queue hands items out in, holders included: `next_item` walks this index to
+# the first item with a free place and stops there (no per-item lookups, no sort).
+sa.Index("ix_label_items_queue", Item.__table__.c.priority.desc(), Item.__table__.c.id, Item.__table__.c.holders)
 
 
 class Assignment(Base):

@@ -36,7 +36,6 @@ from store.schema import (
     EvalRun,
     Item,
     Turn,
-    assignments,
     conversations,
     eval_runs,
     label_items,
@@ -226,12 +225,20 @@ class Store:
         rater = _rater_name(rater)
         _check_overlap(overlap)
 
-        def write(conn: sa.Connection) -> Item | None:
-            rater_id = sql.rater_id(conn, rater, create=True)
-            row = assign.pending(conn, rater_id, source) or assign.claim(conn, rater_id, overlap, source)
-            return Item(**row._mapping) if row else None
+        def read(conn: sa.Connection) -> sa.Row | None:
+            rater_id = sql.rater_id(conn, rater, create=False)
+            return assign.pending(conn, rater_id, source) if rater_id is not None else None
 
-        return self._write(write, f"no item could be assigned to {rater}", retry=True)
+        def write(conn: sa.Connection) -> sa.Row | None:
+            rater_id = sql.rater_id(conn, rater, create=True)
+            return assign.pending(conn, rater_id, source) or assign.claim(conn, rater_id, overlap, source)
+
+        # The item the rater holds comes from a read, which does not queue behind other raters'
+        # writes (after each label the app shows the next item, and the client then asks again).
+        row = self._read(read, f"the items held by {rater}") or self._write(
+            write, f"no item could be assigned to {rater}", retry=True
+        )
+        return Item(**row._mapping) if row else None
 
     def progress(self, rater: str, overlap: int = 1, source: str | None = None) -> Progress:
         """(labelled by the rater, labelled + still open to them)."""
@@ -257,7 +264,7 @@ class Store:
             sql.require(conn, label_items, item_id, "label item")
             rater_id = sql.rater_id(conn, rater, create=True)
             pair = dict(item_id=item_id, rater_id=rater_id)
-            conn.execute(sql.dialect_insert(conn, assignments).values(pair).on_conflict_do_nothing())
+            assign.hold(conn, item_id, rater_id)
             t = now()
             stmt = sql.dialect_insert(conn, labels).values(
                 pair | dict(verdict=verdict, comment=comment, created_at=t, updated_at=t)
@@ -279,7 +286,7 @@ class Store:
             rater_id = sql.rater_id(conn, rater, create=True)
             pair = dict(item_id=item_id, rater_id=rater_id)
             conn.execute(sql.dialect_insert(conn, skips).values(pair).on_conflict_do_nothing())
-            conn.execute(sa.delete(assignments).filter_by(**pair))
+            assign.release(conn, item_id, rater_id)
 
         self._write(write, f"the skip of item {item_id} by {rater} was NOT saved", retry=True)
 
@@ -300,9 +307,8 @@ class Store:
                 return None
             conn.execute(sa.delete(labels).where(labels.c.id == last.id))
             # A fresh assignment id puts the item ahead of what the rater holds (assign.pending).
-            pair = dict(item_id=last.item_id, rater_id=rater_id)
-            conn.execute(sa.delete(assignments).filter_by(**pair))
-            conn.execute(sa.insert(assignments).values(pair))
+            assign.release(conn, last.item_id, rater_id)
+            assign.hold(conn, last.item_id, rater_id)
             return last.item_id
 
         # No retry: if the first try committed unseen, a second would undo one label more.

@@ -60,6 +60,13 @@ UPGRADES: dict[int, tuple[Statement, ...]] = {
         "CREATE INDEX ix_preferences_conversation_b_id ON preferences (conversation_b_id)",
         "CREATE INDEX ix_preferences_rater_id ON preferences (rater_id)",
     ),
+    # The queue's holder count as a column (store.schema.Item.holders), filled from assignments.
+    5: (
+        "ALTER TABLE label_items ADD COLUMN holders INTEGER NOT NULL DEFAULT 0",
+        "UPDATE label_items SET holders ="
+        " (SELECT COUNT(*) FROM assignments WHERE assignments.item_id = label_items.id)",
+        "CREATE INDEX ix_label_items_queue ON label_items (priority DESC, id, holders)",
+    ),
 }
 
 # Any fixed 64-bit number ("persona1" in ASCII): the PostgreSQL advisory lock that `ensure` takes.

@@ -2,18 +2,21 @@
 runs, failures. Opening, creating and upgrading a database: test_schema.py."""
 
 import os
+import random
 import re
 import select
 import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
 from store import BlindItem, NewItem, NewPreference, Store, StoreError, database_url
+from store.schema import assignments, label_items
 from tests.conftest import REPO
 from tests.store.conftest import add_items, new_item
 
@@ -250,6 +253,43 @@ def test_concurrent_next_item_never_double_assigns(store):
     assert len(got) == len(raters)
     taken = [item_id for item_id in got.values() if item_id is not None]
     assert sorted(taken) == sorted(ids)  # every item once, nobody got one twice
+
+
+def _holders_match_assignments(store) -> None:
+    """Every item's `holders` column equals its rows in assignments (what the queue relies on)."""
+    counted = sa.select(assignments.c.item_id, sa.func.count()).group_by(assignments.c.item_id)
+    with store.engine.connect() as conn:
+        counts = dict(conn.execute(counted).all())
+        columns = dict(conn.execute(sa.select(label_items.c.id, label_items.c.holders)).all())
+    assert columns == {item_id: counts.get(item_id, 0) for item_id in columns}
+
+
+def test_holders_follow_every_assignment_change_under_concurrent_raters(store):
+    add_items(store, 12)
+    rng = random.Random(0)
+    plans = {f"rater{i}": [rng.choice(["next", "label", "skip", "undo"]) for _ in range(25)] for i in range(4)}
+
+    def work(rater: str, steps: list[str]) -> None:
+        for step in steps:
+            item = store.next_item(rater, overlap=2)
+            if item is None:
+                return
+            if step in ("label", "undo"):
+                store.label(item.id, rater, "good")
+                store.label(item.id, rater, "bad")  # a relabel: the rater holds it already, no new holder
+            if step == "undo":
+                store.undo_last_label(rater)  # held again, first in the rater's queue
+            elif step == "skip":
+                store.skip(item.id, rater)
+
+    threads = [threading.Thread(target=work, args=plan) for plan in plans.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    _holders_match_assignments(store)
+    per_item = Counter(row.item_id for row in store.label_rows())
+    assert per_item and max(per_item.values()) <= 2  # overlap 2
 
 
 # -- labels -----------------------------------------------------------------------------
