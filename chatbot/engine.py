@@ -24,6 +24,7 @@ from chatbot.conversation import Messages, fit, too_long
 from chatbot.errors import GenerationError, ModelLoadError
 from chatbot.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
 from chatbot.loading import EngineConfig, load_model_and_tokenizer, resolve_version
+from chatbot.priority import CHAT_NICE, lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ class TransformersEngine(ChatEngine):
             set_seed(settings.seed)
 
         def run() -> None:
+            lower_priority(CHAT_NICE)  # a label or a page load never waits behind this reply
             try:
                 with torch.inference_mode():
                     out = self.model.generate(**kwargs, return_dict_in_generate=True)

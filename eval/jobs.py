@@ -14,8 +14,6 @@ cancelled or failed job keeps what it queued. One job at a time: a second is ref
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chatbot.engine import GreedySettings
 from chatbot.errors import DatasetError, PersonaStudioError
 from chatbot.pool import EnginePool
+from chatbot.priority import JOB_NICE, lower_priority
 from corpus.examples import DataConfig
 from corpus.formats import SHARED_VALID_CSV
 from eval.config import EvalConfig
@@ -38,10 +37,6 @@ REGRESSION_DIR = Path(__file__).resolve().parent / "regression"
 Dataset = Literal["spc", "upload", "regression"]
 Split = Literal["test", "validation", "train", "all"]
 State = Literal["idle", "running", "done", "cancelled", "failed"]
-# The job's thread (and the torch worker threads it starts) yield the CPU to chats. Default
-# model, 2 shared cores, one user chatting through a 16-reply job: a 32-token chat reply took
-# 1.16-1.43x its idle time at the same priority and 0.64x (noise) at nice 10, the job ~1.7x longer.
-JOB_NICE = 10
 
 
 class QueueRequest(BaseModel):
@@ -144,16 +139,6 @@ def regression_files(personas_dir: str, n_turns: int) -> list:
     return files
 
 
-def lower_priority() -> None:
-    """Nice the calling thread by JOB_NICE (Linux: a thread has its own nice value, and the
-    threads it starts inherit it); elsewhere nothing changes."""
-    if sys.platform == "linux":
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICE)
-        except OSError as err:  # a container may forbid it: the job still runs
-            log.warning("could not lower the job's priority: %s", err)
-
-
 class QueueJobs:
     """The one background job of the app, its status, and its cancel switch."""
 
@@ -216,7 +201,7 @@ class QueueJobs:
             raise Cancelled
 
     def _run(self, req: QueueRequest, work) -> None:
-        lower_priority()
+        lower_priority(JOB_NICE)  # the job's thread yields the CPU to chats and raters
         try:
             engine = self.pool.get(req.version)
             self._update(message="")

@@ -1,7 +1,10 @@
 """Engine mechanics on a tiny Llama (real tokenizer and chat template, random weights)."""
 
 import json
+import os
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch
 from chatbot.engine import GenerationSettings, TransformersEngine, load_engine
 from chatbot.errors import MessageError, ModelLoadError
 from chatbot.loading import EngineConfig, resolve_model
+from chatbot.priority import CHAT_NICE
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
 
@@ -174,3 +178,20 @@ def test_token_streamer_hands_out_each_token_and_holds_back_split_characters(tin
     assert len(emitted) < len(ids)  # the bee emoji's bytes span tokens: held back, never shown as U+FFFD
     assert not any("\ufffd" in p for p in emitted)
     assert "".join(emitted) == text
+
+
+def _nice_values() -> list[int]:
+    """The nice value of each thread of this process (Linux: field 19 of /proc/<tid>/stat)."""
+    tasks = Path("/proc/self/task")
+    return [int((tasks / tid / "stat").read_text().rsplit(")", 1)[1].split()[16]) for tid in os.listdir(tasks)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_a_streamed_reply_is_generated_at_the_chat_priority(tiny_engine):
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # 0, or what `nice` ran pytest at
+    stream = tiny_engine.stream(chat("Hi"), GREEDY.model_copy(update={"max_new_tokens": 400}))
+    next(stream)  # the generate thread is running now
+    during = _nice_values()
+    stream.close()
+    assert min(ours + CHAT_NICE, 19) in during  # the generate thread (and its torch workers) yield to requests
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # the caller's thread is untouched
