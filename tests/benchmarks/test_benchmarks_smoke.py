@@ -75,10 +75,33 @@ def test_continuous_batching_answers_every_user(tmp_path):
 
 @pytest.mark.slow
 def test_concurrent_chat_drives_the_real_app(tmp_path):
-    data = run_quick(concurrent_chat, tmp_path)
+    data = run_quick(concurrent_chat, tmp_path)  # the in-process engine and the batched one
     by_n = data["results"]["by_limit"]["2"]
     assert set(by_n) == {"1", "2"} and all(s["errors"] == 0 and s["ttft_s"]["n"] == int(n) for n, s in by_n.items())
     assert data["results"]["suggested_limit"] == 2
+    batched = data["results"]["by_engine"]["batched, limit=2"]
+    assert all(s["errors"] == 0 and s["tokens_per_s"] > 0 for s in batched.values())
+    greedy = [row for row in data["rows"] if row["metric"].startswith("greedy replies")]
+    assert len(greedy) == 2 and all(row["met"] for row in greedy)  # batched replies = in-process ones, user by user
+
+
+def test_concurrent_chat_rows_compare_engines_with_today():
+    """Rows from made-up results: targets at 16 users, greedy agreement, a skipped engine."""
+
+    def at(ttft, tokens, replies):
+        return {"ttft_s": {"p50": ttft, "p95": ttft}, "tokens_per_s": tokens, "errors": 0, "error_examples": [],
+                "replies_per_s": 1.0, "replies": replies}  # fmt: skip
+
+    today = {1: at(0.18, 18.0, ["a"]), 16: at(11.7, 17.0, ["a", "b"])}
+    batched = {1: at(0.18, 18.0, ["a"]), 16: at(1.4, 52.0, ["a", "c"])}
+    setups = {"inprocess, limit=4": today, "batched, limit=16": batched}
+    rows, decision = concurrent_chat.build_rows(setups, {4: today}, 4, {"llamacpp": "no server"})
+    rows = rows_by_metric({"rows": [row.as_dict() for row in rows]})
+    assert decision["today"] == "inprocess, limit=4" and decision["suggested_limit"] == 4
+    assert rows["first token p50 s, N=16, batched, limit=16 (vs N=1)"]["met"] is True
+    assert rows["aggregate tokens/s, N=16, batched, limit=16 (vs in-process)"]["met"] is True  # 52 / 17 >= 3
+    assert rows["greedy replies = in-process's, N=16, batched, limit=16"]["product"] == 1
+    assert rows["all N, llamacpp"]["note"] == "skipped: no server"
 
 
 @pytest.mark.slow
