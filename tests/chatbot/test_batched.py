@@ -8,6 +8,7 @@ import pytest
 from chatbot.batched import BatchedEngine, _explain, sampling_kwargs
 from chatbot.engine import GenerationSettings
 from chatbot.errors import GenerationError
+from chatbot.persona import render_system_prompt
 
 # The app's repetition penalty (1.1): transformers' batch drops it, chatbot/batched.py applies it.
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
@@ -143,3 +144,24 @@ def test_a_failed_request_is_a_clear_generation_error():
     err = _explain("CPU out of memory: tried to allocate 2 GiB")
     assert isinstance(err, GenerationError) and "ran out of memory" in str(err) and "max_new_tokens" in err.fix
     assert "batched generation failed: boom" in str(_explain("boom\ntraceback"))
+
+
+@pytest.mark.slow
+def test_default_model_batched_greedy_replies_equal_the_engine_alone(default_engine, ada):
+    """The real model, persona and settings of the app (repetition penalty 1.1): 4 chats at once."""
+    batched = BatchedEngine(default_engine.model, default_engine.tokenizer, "default")
+    settings = GenerationSettings(temperature=0, max_new_tokens=32)
+    conversations = [
+        [{"role": "system", "content": render_system_prompt(ada)}, {"role": "user", "content": question}]
+        for question in ("What do you do all day?", "Tell me about your garden.", "Any advice for me?", "Hi!")
+    ]
+    expected = default_engine.generate(conversations, settings, batch_size=1)
+    try:
+        blocker = held(batched, settings)
+        try:
+            replies = stream_in_threads(batched, conversations, settings)
+        finally:
+            blocker.close()
+    finally:
+        batched.close()
+    assert replies == expected
