@@ -39,6 +39,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 from chatbot.conversation import Messages
 from chatbot.engine import GenerationSettings, TokenStreamer, TransformersEngine
 from chatbot.errors import GenerationError
+from chatbot.priority import CHAT_NICE, lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,8 @@ class BatchedEngine(TransformersEngine):
                     "continuous batching switched attention %s -> %s", attention, model.config._attn_implementation
                 )
             # The manager's thread is not a daemon and would keep the process alive at exit; a thread
-            # inherits daemon-ness from the thread that starts it.
-            starter = threading.Thread(target=manager.start, daemon=True)
+            # inherits daemon-ness (and, on Linux, its nice value) from the thread that starts it.
+            starter = threading.Thread(target=_start_niced, args=(manager,), daemon=True)
             starter.start()
             starter.join()
             threading.Thread(target=self._route, args=(manager,), daemon=True, name="batched-router").start()
@@ -233,6 +234,11 @@ class BatchedEngine(TransformersEngine):
             manager, self.manager = self.manager, None
         if manager is not None:
             manager.stop(block=True, timeout=30)
+
+
+def _start_niced(manager) -> None:
+    lower_priority(CHAT_NICE)  # the batch decodes at the direct path's priority: labels stay quick
+    manager.start()
 
 
 def _locked(forward):
