@@ -30,12 +30,14 @@ import http.client
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 from benchmarks.common import REPO, Row, Sizes, add_model_args, at_most, describe, report
@@ -234,6 +236,8 @@ def scenario(url: str, pid: int, tag: str, n_raters: int, n_chatters: int, route
 
 
 def register_items(db: Path, count: int) -> None:
+    """The label items of a run, registered by the code of the app that will serve them (run in
+    its folder by `measure_app`: an older app refuses a store of a newer schema)."""
     from store import NewItem, Store
 
     context = [{"role": "user", "content": "What do you do on Sundays?"}]
@@ -243,13 +247,15 @@ def register_items(db: Path, count: int) -> None:
 
 def stored_exactly_once(db: Path, tag: str, result: dict) -> dict:
     """The scenario's label rows vs the labels acknowledged: missing, extra, items held twice."""
-    from store import Store
-
-    rows = [r for r in Store(f"sqlite:///{db}").label_rows() if r.rater.startswith(f"{tag}-")]
-    stored = {(r.rater, r.item_id) for r in rows}
-    acked = set(result.pop("_acked"))
+    # Plain SQL on the two tables every schema version has alike, so the store of an older app
+    # (`--before`) is read without opening it with this code's Store (which would refuse it).
+    with closing(sqlite3.connect(db)) as conn:
+        query = "SELECT r.name, l.item_id FROM labels l JOIN raters r ON r.id = l.rater_id WHERE r.name LIKE ?"
+        rows = conn.execute(query, (f"{tag}-%",)).fetchall()
+    stored = set(rows)
+    acked = {tuple(pair) for pair in result.pop("_acked")}
     return {"rows": len(rows), "acked": len(acked), "missing": len(acked - stored), "extra": len(stored - acked),
-            "items_labelled_twice": len(rows) - len({r.item_id for r in rows})}  # fmt: skip
+            "items_labelled_twice": len(rows) - len({item_id for _, item_id in rows})}  # fmt: skip
 
 
 # ---------------------------------------------------------------- one app, all scenarios
@@ -283,7 +289,9 @@ def measure_app(app_dir: Path, model: str, args, folder: Path, tag: str) -> dict
     plan = [(n, m, route) for n, m in [(n, 0) for n in args.raters] + with_chat for route in args.routes]
     per_rater = int(args.duration / (args.pause * 0.75)) + 5  # more than a rater can label
     db = folder / f"labels-{tag}.db"
-    register_items(db, sum(n for n, _, _ in plan) * per_rater)
+    count = sum(n for n, _, _ in plan) * per_rater
+    code = f"from benchmarks.label_load import register_items; register_items({str(db)!r}, {count})"
+    subprocess.run([sys.executable, "-c", code], cwd=app_dir, check=True)
     proc, url, log = start_app(app_dir, model, db, folder)
     by_scenario = {}
     try:
