@@ -26,10 +26,10 @@ def test_identity_recipe_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch
 
     data = json.loads((runs / "tiny-nova" / "data.json").read_text())
     persona, spc = data["mix"]
-    assert (persona["format"], spc["format"]) == ("persona", "spc") and persona["weight"] == 0.3
-    # first_exhausted: every trained wording of the persona once, SPC turns at about 7 for 3.
+    assert (persona["format"], spc["format"]) == ("persona", "spc") and persona["weight"] == 0.5
+    # first_exhausted: every trained wording of the persona once, about as many SPC turns (1:1).
     assert persona["mixed_train_examples"] == persona["train_examples"] == 40
-    assert spc["mixed_train_examples"] == pytest.approx(persona["train_examples"] * 7 / 3, rel=0.35)
+    assert spc["mixed_train_examples"] == pytest.approx(persona["train_examples"], rel=0.35)
     heldout, _ = load_examples(DataConfig(path=NOVA), "test")
     assert persona["heldout_phrasings"] == [ex.messages[-1]["content"] for ex in heldout]
     assert not {ex.conversation_id for ex in heldout} & set(data["train_conversation_ids"])
