@@ -29,9 +29,15 @@ def _plain(value):
     return value.isoformat() if isinstance(value, datetime | date) else value
 
 
+# Columns the store derives from other tables (`label_items.holders` counts `assignments`): left
+# out, so labelling does not rewrite (and re-push) the largest file, the items.
+DERIVED = {"label_items": {"holders"}}
+
+
 def table_lines(conn: sa.Connection, table: sa.Table) -> str:
     """The table as JSON Lines, in primary-key order (the same rows give the same text)."""
-    rows = conn.execute(sa.select(table).order_by(*table.primary_key.columns)).mappings()
+    columns = [c for c in table.columns if c.name not in DERIVED.get(table.name, set())]
+    rows = conn.execute(sa.select(*columns).order_by(*table.primary_key.columns)).mappings()
     return "".join(json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False) + "\n" for row in rows)
 
 
