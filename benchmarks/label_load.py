@@ -235,7 +235,7 @@ def scenario(url: str, pid: int, tag: str, n_raters: int, n_chatters: int, route
 # ---------------------------------------------------------------- the store
 
 
-def register_items(db: Path, count: int) -> None:
+def register_items(db: str | Path, count: int) -> None:
     """The label items of a run, registered by the code of the app that will serve them (run in
     its folder by `measure_app`: an older app refuses a store of a newer schema)."""
     from store import NewItem, Store

@@ -3,8 +3,8 @@
 An item is *open* to a rater when they have not labelled or skipped it and either hold it
 already or fewer than `overlap` raters hold it. Holders are raters with an assignment:
 `next_item` assigns, a label keeps the assignment, a skip gives it back; every change goes
-through `hold` / `release`, which keep the item's `holders` column equal to its assignments. Open items go
-out by `priority` (highest first), then by age (lowest id first).
+through `hold` / `release`, which keep the item's `holders` column equal to its assignments.
+Open items go out by `priority` (highest first), then by age (lowest id first).
 """
 
 from __future__ import annotations

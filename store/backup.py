@@ -29,14 +29,11 @@ def _plain(value):
     return value.isoformat() if isinstance(value, datetime | date) else value
 
 
-# Columns the store derives from other tables (`label_items.holders` counts `assignments`): left
-# out, so labelling does not rewrite (and re-push) the largest file, the items.
-DERIVED = {"label_items": {"holders"}}
-
-
 def table_lines(conn: sa.Connection, table: sa.Table) -> str:
-    """The table as JSON Lines, in primary-key order (the same rows give the same text)."""
-    columns = [c for c in table.columns if c.name not in DERIVED.get(table.name, set())]
+    """The table as JSON Lines, in primary-key order (the same rows give the same text). Columns
+    the schema marks derived (`label_items.holders` counts `assignments`) are left out, so labelling
+    does not rewrite (and re-push) the largest file, the items."""
+    columns = [c for c in table.columns if not c.info.get("derived")]
     rows = conn.execute(sa.select(*columns).order_by(*table.primary_key.columns)).mappings()
     return "".join(json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False) + "\n" for row in rows)
 
