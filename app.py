@@ -46,6 +46,10 @@ def _env(name: str, default=None):
     return lambda: os.environ.get(name, default)
 
 
+UNBATCHED_LIMIT = 4  # one generate per chat: more at once only share 2 cores worse
+BATCHED_LIMIT = 32  # chats decoded together: each one let in joins the batch
+
+
 class AppConfig(EngineConfig):
     model: str = Field(
         default_factory=base_model, description="Base model (`base`); env PERSONA_STUDIO_MODEL (a Space: the hub id)."
@@ -82,9 +86,14 @@ class AppConfig(EngineConfig):
         default_factory=lambda: int(os.environ.get("PERSONA_STUDIO_LABEL_OVERLAP", 1)), ge=1,
         description="Raters per label item (2+ lets agreement be measured).",
     )  # fmt: skip
-    # benchmarks/concurrent_chat on 2 CPU cores: 4 at once gave 4 users a first token in 0.49 s (p50)
-    # against 1.87 s at 2, and 16 users 11.7 s against 13.8 s, with no errors.
-    concurrency_limit: int = Field(4, ge=1, description="Generations at once (4 measured best on 2 CPU cores).")
+    # benchmarks/concurrent_chat on 2 CPU cores: one generate per chat did best at 4 at once (16 users:
+    # 11.7 s to a first token against 13.8 s at 2); batched chats decode together, so every chat
+    # should reach the batch (16 users: 2.6 s at 32). README, "Many users at once".
+    concurrency_limit: int | None = Field(
+        None, ge=1,
+        description="Generations at once; default 32 where chats are decoded together (batched engine, a model "
+        "server), else 4.",
+    )  # fmt: skip
     max_queue: int = Field(64, ge=1, description="Requests waiting before new ones are turned away.")
     # An event waits in Gradio's queue (counted against max_queue) only while its group is at its
     # limit or all of these are busy. Label events have no limit of their own (ui/label.py), so
@@ -171,7 +180,8 @@ def main(cfg: AppConfig) -> int:
     # event by default: a fifth of the app's CPU under 100 raters (benchmarks/label_load). Read
     # when the queue is made; once per 1,000 events is plenty for the /monitoring page.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
-    demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
+    limit = cfg.concurrency_limit or (BATCHED_LIMIT if base.batches else UNBATCHED_LIMIT)
+    demo.queue(default_concurrency_limit=limit, max_size=cfg.max_queue)
     demo.launch(
         server_name=cfg.host, server_port=cfg.port, auth=auth, js=LABEL_SHORTCUTS_JS, max_threads=cfg.max_threads
     )

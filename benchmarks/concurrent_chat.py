@@ -4,8 +4,9 @@
     python -m benchmarks.concurrent_chat --engines inprocess --clients 1,4,16 --limits 2
     python -m benchmarks.concurrent_chat --quick                  # tiny model, N = 1, 2; inprocess + batched
 
-Engines (`--engines`): `inprocess`, today's engine (one `generate` per chat), once per app
-`--concurrency_limit` in `--limits`; `batched`, the app with `--batching auto` (chatbot/batched.py);
+Engines (`--engines`): `inprocess`, the engine before batching (`--batching off`: one `generate`
+per chat), once per app `--concurrency_limit` in `--limits`; `batched`, the app's default
+`--batching auto` (chatbot/batched.py);
 `serve`, the app over `transformers serve --continuous-batching` (`--engine_url`); `llamacpp`, the
 app over llama.cpp's server (`llama-server` or llama-cpp-python, default model's GGUF; skipped
 with the reason when there is none). All but `inprocess` run with the limit at the largest N: they
@@ -275,7 +276,8 @@ def engine_rows(label: str, by_n: dict, today: dict | None) -> list[Row]:
             else ""
         )
         metric = f"greedy replies = in-process's, N={n}, {label}"
-        rows.append(Row(metric, same, len(pairs), "all", same == len(pairs), note=why if same < len(pairs) else ""))
+        met = bool(pairs) and same == len(pairs)  # none compared (errors) is not a match
+        rows.append(Row(metric, same, len(pairs), "all", met, note=why if same < len(pairs) else ""))
     errors = sum(by_n[n]["errors"] for n in ns)
     examples = sorted({e for n in ns for e in by_n[n]["error_examples"]})
     rows.append(Row(f"errors, all N, {label}", errors, None, "0", at_most(errors, 0), note="; ".join(examples)))
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, engine, limit in setups(args):
             server, app = None, None
             try:
-                extra = {"--batching": "auto"} if engine == "batched" else {}
+                extra = {"--batching": "auto" if engine == "batched" else "off"}  # off: one generate per chat
                 if engine in ("serve", "llamacpp"):
                     server, url = start_server(engine, args, model, Path(folder))
                     if server is None:

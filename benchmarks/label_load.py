@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import random
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def parse_args(argv):
     sizes.add("--routes", "call,run", "call,run", routes, type=str)
     sizes.parser.add_argument("--before", help="also measure the app of this commit (git archive) as the alternative")
     sizes.parser.add_argument("--startup-timeout", type=int, default=300, help="seconds for the app to come up")
+    sizes.parser.add_argument("--app-args", default="", help="more flags for app.py (this commit's app only), e.g. "
+                              "'--batching auto' or '--engine_url http://127.0.0.1:8011/v1'")  # fmt: skip
     args = sizes.parse(argv)
     args.raters = [int(n) for n in str(args.raters).split(",")]
     args.routes = str(args.routes).split(",")
@@ -270,12 +273,13 @@ def checkout(commit: str, folder: Path) -> Path:
     return out
 
 
-def start_app(app_dir: Path, model: str, db: Path, folder: Path) -> tuple[subprocess.Popen, str, Path]:
-    """`python app.py` of `app_dir` on a free port and the given store, its default queue settings."""
+def start_app(app_dir: Path, model: str, db: Path, folder: Path, extra: str = "") -> tuple[subprocess.Popen, str, Path]:
+    """`python app.py` of `app_dir` on a free port and the given store, its default queue settings
+    (plus `extra` flags)."""
     port = free_port()
     log = folder / f"app-{app_dir.name}.log"
     flags = {"--model": model, "--port": port, "--runs_dir": folder / "runs", "--database_url": f"sqlite:///{db}"}
-    cmd = [sys.executable, "app.py", *(str(part) for pair in flags.items() for part in pair)]
+    cmd = [sys.executable, "app.py", *(str(part) for pair in flags.items() for part in pair), *shlex.split(extra)]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=app_dir, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -292,7 +296,7 @@ def measure_app(app_dir: Path, model: str, args, folder: Path, tag: str) -> dict
     count = sum(n for n, _, _ in plan) * per_rater
     code = f"from benchmarks.label_load import register_items; register_items({str(db)!r}, {count})"
     subprocess.run([sys.executable, "-c", code], cwd=app_dir, check=True)
-    proc, url, log = start_app(app_dir, model, db, folder)
+    proc, url, log = start_app(app_dir, model, db, folder, args.app_args if app_dir == REPO else "")
     by_scenario = {}
     try:
         wait_ready(proc, url, log, args.startup_timeout)

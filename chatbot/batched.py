@@ -1,268 +1,424 @@
-"""Many users in one process: concurrent chats decoded together, one model in memory.
+"""Many users in one process: the decoding steps of concurrent chats run as one batch.
 
     python app.py --batching auto
-    python -m chatbot.chat --batching auto     # one user: same as off (the direct path)
+    python -m chatbot.chat --batching auto
 
-`BatchedEngine` is a `TransformersEngine` with a second way to stream. The rule: a chat that starts
-while no other chat of this engine is in flight goes by the direct path (`TransformersEngine.stream`:
-`generate` with the prefix KV cache, the single-user speed of ~0.18 s to a first token); one that
-starts while any other is in flight joins transformers' `ContinuousBatchingManager` (paged KV cache;
-new requests join the running batch between decoding steps). Decoding a small model on CPU is
-memory-bound, so one decoding step for 16 chats costs little more than for one
-(`benchmarks.continuous_batching`: 16 users, first token p50 1.47 s against 11.7 s side by side).
-Batched eval (`generate`) stays on the direct path: it batches already.
+Decoding a small model on CPU is memory-bound: one forward for 16 chats' next tokens costs little
+more than for one (the weights are read once either way). `BatchedEngine` is a `TransformersEngine`
+whose chats all go through one scheduler thread that
 
-Per request: temperature, top_p, top_k, max_new_tokens, and repetition_penalty (transformers 5.23
-drops its processor in a batch; `_RepetitionPenalty` here applies it over each request's prompt and
-reply tokens, as `generate` does). Not honoured in a batch: `seed` (one sampler RNG serves the whole
-batch). Greedy (`temperature` 0) is exact: the manager samples, and a greedy request asks for
-`top_k` 1, which leaves one candidate token.
+1. **admits** new chats: each starts from its prefix-cache entry (`chatbot.kv_cache`; mid-chat that
+   is the persona and the whole history, so only the new message is prefilled); newcomers are
+   prefilled together, as one left-padded forward, and sample their first token;
+2. **merges** them into the running batch: one KV cache of all chats, left-padded to a common length
+   (an attention mask hides the padding; each chat keeps its own positions);
+3. **decodes** one token for every chat per forward, samples each with its own settings, streams it,
+   and drops a chat that finished (or whose reader went away: the Stop button) from the batch; its
+   KV cache goes back to the prefix cache for the chat's next turn.
+
+Why not transformers' own `ContinuousBatchingManager` (paged attention, which this module used
+before): it has no prefix cache, so every mid-chat message prefills its persona and history again
+(~500 tokens, ~1.4 s each on 2 cores), which for 16 users at once took first tokens to 4.9 s (p50)
+and aggregate throughput below one-chat-at-a-time (`benchmarks.concurrent_chat`, README). The
+model's own forward, its `DynamicCache` and transformers' logits processors do the work here; this
+module only decides which rows go into which forward.
+
+Per request, as `generate` does them: temperature, top_p, top_k, repetition_penalty (over prompt
+and reply), max_new_tokens, and `seed` (each request samples from its own `torch.Generator`).
+Greedy replies equal the direct path's up to floating-point ties (a padded batch sums in another
+order). Batched eval (`generate`) keeps the direct path: it batches already.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
 import queue
 import threading
-import warnings
 from collections.abc import Iterator
 
 import torch
-from transformers.generation.continuous_batching.cb_logits_processors import (
-    CLASSIC_TO_CB_PROCESSORS_MAP,
-    ContinuousBatchingLogitsProcessor,
+from transformers import LogitsProcessorList
+from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
-from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from chatbot.conversation import Messages
 from chatbot.engine import GenerationSettings, TokenStreamer, TransformersEngine
 from chatbot.errors import GenerationError
+from chatbot.kv_cache import reusable
 from chatbot.priority import CHAT_NICE, lower_priority
 
 log = logging.getLogger(__name__)
 
-# Paged KV cache: 256 pages of 64 tokens = 16,384 tokens (~0.75 GB for SmolLM2-135M in fp32),
-# room for 32 chats of ~500 tokens or one chat of the full 8k window. Left to transformers, the
-# size comes from free memory and took ~20 s to set up on CPU for the tiny test model.
-PAGE_SIZE = 64
-NUM_PAGES = 256
-MAX_BATCH_TOKENS = 512  # tokens per forward: long prompts are prefilled in chunks between decode steps
-POLL_S = 0.1  # how often the router checks that the manager still runs
+SPARE_TOKENS = 64  # room the batch cache keeps for coming tokens, so a step writes in place
+PREFILL_TOKENS = 2048  # most tokens (rows x padded length) in one prefill forward
+TRIM_TOKENS = 32  # padding all rows share at the left is cut once it is this wide
 
 
-class _Finished:
-    """Put on a request's queue when the manager stopped before the request finished."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
+class _Done:
+    """Put on a request's queue after its last token."""
 
 
-def sampling_kwargs(settings: GenerationSettings, vocab_size: int) -> dict:
-    """Per-request logits-processor arguments (the manager samples for every request)."""
-    penalty = {"repetition_penalty": float(settings.repetition_penalty)}
-    if settings.temperature == 0:
-        return {**penalty, "temperature": 1.0, "top_k": 1, "top_p": 1.0}  # one candidate: argmax, exactly
-    top_k = settings.top_k or vocab_size  # 0 = off in GenerationSettings; here: keep every token
-    return {**penalty, "temperature": float(settings.temperature), "top_k": int(top_k), "top_p": float(settings.top_p)}
+class _Request:
+    """One chat reply being generated: its tokens so far, its sampling, its output queue."""
+
+    def __init__(self, ids: list[int], settings: GenerationSettings, max_new_tokens: int, eos: set[int]):
+        self.ids = list(ids)  # prompt, then each sampled token
+        self.prompt_tokens = len(ids)
+        self.max_new_tokens = max_new_tokens
+        self.eos = eos
+        self.greedy = settings.temperature == 0
+        processors = [RepetitionPenaltyLogitsProcessor(settings.repetition_penalty)]
+        if not self.greedy:  # generate's order: temperature, top-k, top-p
+            processors.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k:
+                processors.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                processors.append(TopPLogitsWarper(settings.top_p))
+        self.processors = LogitsProcessorList(processors)
+        self.generator = None
+        if settings.seed is not None:
+            self.generator = torch.Generator().manual_seed(settings.seed)
+        self.out: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()  # the reader went away
+        self.cache = None  # prefix-cache copy until admitted
+        self.reused = 0
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """This request's next token from its row of logits (V,)."""
+        scores = self.processors(torch.tensor([self.ids]), logits[None].float())
+        if self.greedy:
+            return int(scores.argmax(-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def done(self, token: int) -> bool:
+        return token in self.eos or len(self.ids) - self.prompt_tokens >= self.max_new_tokens or self.cancelled.is_set()
 
 
-class _RepetitionPenalty(ContinuousBatchingLogitsProcessor):
-    """`RepetitionPenaltyLogitsProcessor` per request: each request's own penalty over the tokens of
-    its prompt and reply so far (the batch's `input_ids` hold one token per request, not its history)."""
+class _GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` over a buffer with spare room: a decoding step writes its token in place
+    instead of `torch.cat` copying the whole batch's keys and values (16 chats x 600 tokens: ~440 MB
+    per step for SmolLM2-135M, as much memory traffic as the forward itself)."""
 
-    supported_kwargs = {"repetition_penalty": float}
-    ignored_kwargs = ()
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self._fill(keys, values)
 
-    def __init__(self, processor: RepetitionPenaltyLogitsProcessor):
-        self.penalty = processor.penalty
-        self.histories: list[list[int]] = []  # of the requests in the step being decoded, in row order
+    def _fill(self, keys: torch.Tensor, values: torch.Tensor, coming: int = 0) -> None:
+        b, h, t, d = keys.shape
+        room = t + max(SPARE_TOKENS, t // 4, coming)
+        self.kbuf = keys.new_empty(b, h, room, d)
+        self.vbuf = values.new_empty(b, values.shape[1], room, values.shape[-1])
+        self.kbuf[:, :, :t], self.vbuf[:, :, :t] = keys, values
+        self.n = t
+        self.keys, self.values = self.kbuf[:, :, :t], self.vbuf[:, :, :t]
 
-    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-        int32_tensor.copy_(torch.full_like(int32_tensor, self.penalty, dtype=torch.float32).view(torch.int32))
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        t = key_states.shape[-2]
+        if self.n + t > self.kbuf.shape[-2]:
+            self._fill(self.keys, self.values, t)
+        self.kbuf[:, :, self.n : self.n + t] = key_states
+        self.vbuf[:, :, self.n : self.n + t] = value_states
+        self.n += t
+        self.keys, self.values = self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n]
+        return self.keys, self.values
 
-    def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
-        # Runs before the step's forward, in the manager's thread; __call__ follows in the same step.
-        self.histories = [r.state.initial_tokens + r.state.generated_tokens for r in requests_with_new_token]
-        penalties = [
-            r.state.logit_processor_kwargs.get("repetition_penalty", self.penalty) for r in requests_with_new_token
+
+def batchable(model) -> bool:
+    """Whether this module can batch `model`: every layer keeps plain full-attention keys and values
+    (a sliding window or linear attention keeps other state, which rows cannot be padded into)."""
+    try:
+        return reusable(DynamicCache(config=model.config))
+    except Exception:  # a config transformers cannot build a cache from: not one to batch
+        return False
+
+
+def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layers = [_GrowingLayer(k, v) for k, v in layers]
+    return cache
+
+
+def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros before the sequence dimension (-2) of a (B, H, T, D) tensor."""
+    if width == 0:
+        return t
+    return torch.cat([t.new_zeros(*t.shape[:-2], width, t.shape[-1]), t], dim=-2)
+
+
+class _Batch:
+    """The running rows: their requests, one left-padded KV cache, and its attention mask."""
+
+    def __init__(self):
+        self.rows: list[_Request] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # (B, T) long: 1 where a row has a real token
+
+    def add(self, rows: list[_Request], cache, mask: torch.Tensor) -> None:
+        """Append rows whose own cache and mask (same layout) came from a prefill."""
+        if not rows:
+            return
+        if not self.rows:
+            self.rows, self.cache, self.mask = list(rows), _cache(_kv(cache)), mask
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        a, b = width - self.mask.shape[1], width - mask.shape[1]
+        layers = [
+            (torch.cat([_left_pad(k1, a), _left_pad(k2, b)]), torch.cat([_left_pad(v1, a), _left_pad(v2, b)]))
+            for (k1, v1), (k2, v2) in zip(_kv(self.cache), _kv(cache), strict=True)
         ]
-        return torch.tensor(penalties, dtype=torch.float32).view(torch.int32)
+        self.mask = torch.cat([torch.nn.functional.pad(self.mask, (a, 0)), torch.nn.functional.pad(mask, (b, 0))])
+        self.rows += rows
+        self.cache = _cache(layers)
 
-    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        penalties = tensor_arg[: scores.size(0)].view(torch.float32).tolist()  # (B,)
-        for row, (tokens, penalty) in enumerate(zip(self.histories, penalties, strict=False)):
-            if penalty != 1.0 and tokens:
-                ids = torch.tensor(sorted({t for t in tokens if t < scores.size(-1)}), device=scores.device)
-                picked = scores[row, ids]
-                scores[row, ids] = torch.where(picked < 0, picked * penalty, picked / penalty)
-        return scores
+    def remove(self, gone: list[int]) -> list[tuple[_Request, DynamicCache]]:
+        """Drop rows `gone`; returns each with a batch-1 cache of its real tokens (for the prefix cache)."""
+        if not gone:
+            return []
+        leaving = []
+        for i in gone:
+            start = int(self.mask.shape[1] - self.mask[i].sum())  # rows are right-aligned: padding first
+            own = [(k[i : i + 1, :, start:].clone(), v[i : i + 1, :, start:].clone()) for k, v in _kv(self.cache)]
+            leaving.append((self.rows[i], DynamicCache(ddp_cache_data=own)))
+        keep = [i for i in range(len(self.rows)) if i not in set(gone)]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = None
+            return leaving
+        index = torch.tensor(keep)
+        mask = self.mask[index]
+        lead = int((mask.cumsum(1) == 0).sum(1).min())  # padding every row has
+        lead = lead if lead >= TRIM_TOKENS else 0
+        self.mask = mask[:, lead:]
+        self.cache = _cache([(k[index, :, lead:], v[index, :, lead:]) for k, v in _kv(self.cache)])
+        return leaving
 
 
 class BatchedEngine(TransformersEngine):
-    """A `TransformersEngine` (its `generate`, prefix cache and direct `stream` for a chat alone)
-    whose overlapping chats are decoded together by continuous batching."""
+    """A `TransformersEngine` whose chats (`stream`) are decoded together by one scheduler thread."""
+
+    batches = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.in_flight = 0  # chats of this engine now streaming, by either path
-        self.manager = None  # started at the first chat that needs it, then kept running
-        self._lock = threading.Lock()
-        self._queues: dict[str, queue.Queue] = {}  # request id -> its outputs, filled by the router
-        self._ids = itertools.count()
-        # One forward at a time on the shared model. transformers' forward wrapper sets
-        # `model.config.is_causal` for the duration of a call (False for the batch's paged attention)
-        # and restores it after: a direct-path forward running meanwhile on another thread reads the
-        # wrong value and can leave it set, which changed later greedy replies in our tests. On 2
-        # cores two forwards at once would only share the cores anyway.
-        if not hasattr(self.model.forward, "forward_lock"):  # a second engine on this model shares the lock
-            self.model.forward = _locked(self.model.forward)
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        self.eos = set(eos) if isinstance(eos, list) else {eos}
+        self.batch = _Batch()
+        self._pending: list[_Request] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Chats waiting or streaming."""
+        with self._wake:
+            return len(self._pending) + len(self.batch.rows)
 
     def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
-        with self._lock:
-            alone = self.in_flight == 0
-            self.in_flight += 1
-        try:
-            yield from (super().stream(messages, settings) if alone else self._stream_batched(messages, settings))
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-    def _stream_batched(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
-        tokenizer = self.tokenizer
-        text = self.render(self.fit_messages(messages, settings))
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self.render(self.fit_messages(messages, settings)), add_special_tokens=False)["input_ids"]
         room = self.context_window - len(ids)  # prompt + reply stay inside the window, as on the direct path
-        manager = self._manager()
-        rid = f"chat-{next(self._ids)}"
-        outputs: queue.Queue = queue.Queue()
-        self._queues[rid] = outputs  # before add_request: the first token may come at once
-        kwargs = sampling_kwargs(settings, len(tokenizer))
-        finished = False
+        request = _Request(ids, settings, max(1, min(settings.max_new_tokens, room)), self.eos)
+        self._submit(request)
+        streamer = TokenStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
         try:
-            added = manager.add_request(
-                ids, request_id=rid, max_new_tokens=max(1, min(settings.max_new_tokens, room)), streaming=True, **kwargs
-            )
-            if added is None:  # the manager refuses new requests (stopping or failed): it logged why
-                raise GenerationError("the batched engine is not accepting requests", _FIX)
-            streamer = TokenStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
-            seen = 0
-            while not finished:
-                out = outputs.get()
-                if isinstance(out, _Finished):
-                    finished = True  # nothing left to cancel
-                    raise GenerationError(f"batched generation stopped: {out.reason}", _FIX)
-                if out.error:
-                    finished = True
-                    raise _explain(out.error)
-                new = out.generated_tokens[seen:]  # outputs carry every token so far
-                seen = len(out.generated_tokens)
-                finished = out.is_finished()
-                if new:
-                    streamer.put(torch.tensor(new))
-                if finished:
+            while True:
+                item = request.out.get()
+                if isinstance(item, Exception):
+                    raise item
+                if item is _Done:
                     streamer.end()
+                    yield from _drain(streamer)
+                    return
+                streamer.put(torch.tensor([item]))
                 yield from _drain(streamer)
         finally:
-            self._queues.pop(rid, None)
-            if not finished:  # the consumer stopped reading (Stop button, closed tab): free its batch slot
-                manager.cancel_request(rid)
+            request.cancelled.set()  # the Stop button or a closed tab: the scheduler drops its row
 
-    def _manager(self):
-        """The running manager, started on first use with its own output router."""
-        with self._lock:
-            if self.manager is not None and self.manager.is_running():
-                return self.manager
-            from transformers import GenerationConfig
-            from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    def _submit(self, request: _Request) -> None:
+        with self._wake:
+            if self._closed:
+                raise GenerationError("the batched engine was closed", "start the app again")
+            self._pending.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="batched-decoding")
+                self._thread.start()
+            self._wake.notify()
 
-            model = self.model
-            eos = model.generation_config.eos_token_id
-            gen = GenerationConfig(
-                do_sample=True,  # per request: greedy is top_k 1 (sampling_kwargs)
-                # Values other than 1.0 so transformers builds each processor; requests bring their own.
-                temperature=0.7,
-                top_k=50,
-                top_p=0.9,
-                repetition_penalty=1.1,
-                eos_token_id=self.tokenizer.eos_token_id if eos is None else eos,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            cb = ContinuousBatchingConfig(
-                page_size=PAGE_SIZE,
-                num_blocks=NUM_PAGES,
-                max_batch_tokens=MAX_BATCH_TOKENS,
-                per_request_processors=True,
-                # Flash attention would be switched on the shared model, under the direct path too.
-                auto_switch_to_flash=False,
-                # Async batching updates a request's tokens one step late: the penalty must see them all.
-                use_async_batching=False,
-            )
-            # transformers maps a generate processor to its per-request batch version through this table.
-            CLASSIC_TO_CB_PROCESSORS_MAP[RepetitionPenaltyLogitsProcessor] = _RepetitionPenalty
-            attention = model.config._attn_implementation
-            with warnings.catch_warnings():  # "penalty only on new tokens": _RepetitionPenalty covers the prompt
-                warnings.filterwarnings("ignore", message="Passing `repetition_penalty`")
-                manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
-            if model.config._attn_implementation != attention:
-                log.warning(
-                    "continuous batching switched attention %s -> %s", attention, model.config._attn_implementation
-                )
-            # The manager's thread is not a daemon and would keep the process alive at exit; a thread
-            # inherits daemon-ness (and, on Linux, its nice value) from the thread that starts it.
-            starter = threading.Thread(target=_start_niced, args=(manager,), daemon=True)
-            starter.start()
-            starter.join()
-            threading.Thread(target=self._route, args=(manager,), daemon=True, name="batched-router").start()
-            self.manager = manager
-            return manager
+    def _run(self) -> None:
+        lower_priority(CHAT_NICE)  # the batch decodes at the direct path's priority: labels stay quick
+        while True:
+            with self._wake:
+                while not self._pending and not self.batch.rows and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                pending, self._pending = self._pending, []
+            try:
+                with torch.inference_mode():
+                    for group in _groups(self._prepare(pending)):
+                        self._prefill(group)
+                    if self.batch.rows:
+                        self._decode()
+            except Exception as err:  # every chat in flight gets the error; the next ones start afresh
+                log.exception("batched generation failed")
+                with self._wake:
+                    rows, self.batch = self.batch.rows + pending, _Batch()
+                for request in rows:
+                    request.out.put(_explain(err))
+        with self._wake:
+            rows, self._pending = self.batch.rows + self._pending, []
+        for request in rows:
+            request.out.put(GenerationError("the batched engine was closed", "start the app again"))
 
-    def _route(self, manager) -> None:
-        """Hand each output to its request's queue (one reader for all: the manager's own per-request
-        iterator re-queues other requests' outputs, which 32 readers would turn into busy polling)."""
-        while manager.is_running():
-            out = manager.get_result(timeout=POLL_S)
-            if out is not None and (outputs := self._queues.get(out.request_id)) is not None:
-                outputs.put(out)  # outputs of a cancelled request have no queue any more: dropped
-        for outputs in list(self._queues.values()):
-            outputs.put(_Finished("the continuous batching manager stopped (see the log for its error)"))
+    def _prepare(self, pending: list[_Request]) -> list[_Request]:
+        """Attach each newcomer's prefix-cache entry; drop those whose reader already left."""
+        ready = []
+        for request in pending:
+            if request.cancelled.is_set():
+                continue
+            request.cache, request.reused = self.prefix_cache.take(torch.tensor(request.ids))
+            ready.append(request)
+        return ready
+
+    def _prefill(self, rows: list[_Request]) -> None:
+        """One forward for newcomers: each row's tokens its prefix cache lacks, left-padded to the
+        longest; a row with fewer new tokens recomputes some cached ones, so no row has padding
+        between its cache and its input. Then first tokens, and the rows join the batch."""
+        width = max(len(r.ids) - r.reused for r in rows)
+        keep = [max(0, r.reused - (width - (len(r.ids) - r.reused))) for r in rows]  # cached tokens kept
+        cached = max(keep)
+        inputs = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), cached + width, dtype=torch.long)
+        positions = torch.ones(len(rows), width, dtype=torch.long)
+        layers: list[tuple[list, list]] | None = None  # per layer: each row's keys, values (None: no cache)
+        for i, (r, k) in enumerate(zip(rows, keep, strict=True)):
+            fresh = r.ids[k:]
+            inputs[i, width - len(fresh) :] = torch.tensor(fresh)
+            mask[i, cached - k : cached] = 1
+            mask[i, cached + width - len(fresh) :] = 1
+            positions[i, width - len(fresh) :] = torch.arange(k, k + len(fresh))
+            if k:
+                own = _kv(r.cache)
+                if layers is None:
+                    layers = [([None] * i, [None] * i) for _ in own]
+                for (ks, vs), (key, value) in zip(layers, own, strict=True):
+                    ks.append(_left_pad(key[..., :k, :], cached - k))
+                    vs.append(_left_pad(value[..., :k, :], cached - k))
+            elif layers is not None:
+                for ks, vs in layers:
+                    ks.append(None)
+                    vs.append(None)
+            r.cache = None
+        past = DynamicCache(config=self.model.config)
+        if layers is not None:
+            past = _cache([(_stack(ks), _stack(vs)) for ks, vs in layers])
+        offset = len(self.batch.rows)
+        out = self.model(
+            input_ids=inputs.to(self.model.device),
+            attention_mask=mask.to(self.model.device),
+            position_ids=positions.to(self.model.device),
+            past_key_values=past,
+            cache_position=torch.arange(cached, cached + width, device=self.model.device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        with self._wake:
+            self.batch.add(rows, out.past_key_values, mask)
+        self._emit(out.logits[:, -1], offset)
+
+    def _decode(self) -> None:
+        """One token for every row of the batch."""
+        batch = self.batch
+        positions = batch.mask.sum(1, keepdim=True)  # each row's next position: its real tokens so far
+        step = batch.mask.shape[1]
+        batch.mask = torch.cat([batch.mask, torch.ones(len(batch.rows), 1, dtype=torch.long)], dim=1)
+        out = self.model(
+            input_ids=torch.tensor([[r.ids[-1]] for r in batch.rows], device=self.model.device),
+            attention_mask=batch.mask.to(self.model.device),
+            position_ids=positions.to(self.model.device),
+            past_key_values=batch.cache,
+            cache_position=torch.tensor([step], device=self.model.device),
+            use_cache=True,
+        )
+        self._emit(out.logits[:, -1], 0)
+
+    def _emit(self, logits: torch.Tensor, offset: int) -> None:
+        """Sample the next token of the batch's rows offset, offset + 1, ... (one per row of `logits`),
+        stream it, and retire the rows that finished."""
+        finished = []
+        for i, request in enumerate(self.batch.rows[offset : offset + len(logits)], start=offset):
+            if request.cancelled.is_set():
+                finished.append(i)
+                continue
+            token = request.pick(logits[i - offset])
+            request.ids.append(token)
+            if token not in request.eos:
+                request.out.put(token)
+            if request.done(token):
+                finished.append(i)
+        with self._wake:
+            leaving = self.batch.remove(finished)
+        for request, cache in leaving:
+            if reusable(cache):  # the next turn of this chat starts from here (kept before the reply ends)
+                self.prefix_cache.put(torch.tensor(request.ids), cache)
+            request.out.put(_Done)
 
     def close(self) -> None:
-        """Stop the manager (requests in flight end with an error); a later chat starts a new one."""
-        with self._lock:
-            manager, self.manager = self.manager, None
-        if manager is not None:
-            manager.stop(block=True, timeout=30)
+        """Stop the scheduler; chats in flight end with an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
-def _start_niced(manager) -> None:
-    lower_priority(CHAT_NICE)  # the batch decodes at the direct path's priority: labels stay quick
-    manager.start()
+def _stack(tensors: list) -> torch.Tensor:
+    """A layer's keys (or values) of each row, (1, H, T, D) each; a row without a cache is all padding."""
+    like = next(t for t in tensors if t is not None)
+    return torch.cat([t if t is not None else torch.zeros_like(like) for t in tensors])
 
 
-def _locked(forward):
-    lock = threading.RLock()
-
-    @functools.wraps(forward)  # generate inspects forward's signature: keep it visible
-    def locked_forward(*args, **kwargs):
-        with lock:
-            return forward(*args, **kwargs)
-
-    locked_forward.forward_lock = lock
-    return locked_forward
+def _groups(rows: list[_Request]) -> Iterator[list[_Request]]:
+    """Newcomers in prefill groups: by number of new tokens, so padding stays small (a group pads
+    at most about twice its real tokens) and one forward stays under PREFILL_TOKENS."""
+    rows = sorted(rows, key=lambda r: len(r.ids) - r.reused)
+    group, real = [], 0
+    for r in rows:
+        new = len(r.ids) - r.reused
+        if group and ((len(group) + 1) * new > max(2 * (real + new), 64) or (len(group) + 1) * new > PREFILL_TOKENS):
+            yield group
+            group, real = [], 0
+        group.append(r)
+        real += new
+    if group:
+        yield group
 
 
 _FIX = "send the message again; if it keeps failing, start without --batching auto and report the error"
 
 
-def _explain(error: str) -> GenerationError:
-    if "out of memory" in error.lower():
+def _explain(err: Exception) -> GenerationError:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
         return GenerationError(
-            f"batched generation ran out of memory: {error.splitlines()[0]}",
+            f"batched generation ran out of memory: {text}",
             "lower max_new_tokens, shorten the history, or serve fewer chats at once (--concurrency_limit)",
         )
-    return GenerationError(f"batched generation failed: {error.splitlines()[0] if error else 'no reason given'}", _FIX)
+    if isinstance(err, GenerationError):
+        return err
+    return GenerationError(f"batched generation failed: {text}", _FIX)
 
 
 def _drain(streamer: TokenStreamer) -> Iterator[str]:

@@ -62,6 +62,7 @@ class ChatEngine(ABC):
 
     name: str
     context_window: int  # tokens of prompt + reply the backend accepts
+    batches = False  # concurrent chats are decoded together (the app then lets more in at once)
 
     @abstractmethod
     def count_tokens(self, messages: Messages) -> int:
@@ -271,5 +272,10 @@ def load_engine(cfg: EngineConfig) -> ChatEngine:
         name = name if adapter is None else f"{name} + {adapter}"
     engine_class = TransformersEngine
     if cfg.batching == "auto":
-        from chatbot.batched import BatchedEngine as engine_class  # imports this module: here, not at the top
+        from chatbot.batched import BatchedEngine, batchable  # imports this module: here, not at the top
+
+        if batchable(hf_model):
+            engine_class = BatchedEngine
+        else:
+            log.info("%s has sliding-window or linear-attention layers: chats are not batched", name)
     return engine_class(hf_model, tokenizer, name, cfg.max_context_tokens, cfg.prefix_cache_tokens)

@@ -68,6 +68,8 @@ def api_base(url: str) -> str:
 class OpenAIEngine(ChatEngine):
     """Chat completions from a server; token counts from the local tokenizer of its base model."""
 
+    batches = True  # vLLM, llama.cpp's server and `transformers serve --continuous-batching` batch requests
+
     def __init__(
         self, client: openai.OpenAI, model: str, tokenizer, name: str, context_window: int, offered: list[str] | None
     ):

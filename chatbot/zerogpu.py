@@ -102,4 +102,10 @@ def loader(on_zero_gpu: bool = ON_ZERO_GPU) -> Callable[[EngineConfig], ChatEngi
     """The EnginePool loader: engines wrapped in `GPUEngine` on ZeroGPU, plain elsewhere."""
     if not on_zero_gpu:
         return load_engine
-    return lambda cfg: GPUEngine(load_engine(cfg), cfg.model_dump_json())
+
+    def load(cfg: EngineConfig) -> ChatEngine:
+        # One GPU call per reply: a batch thread outside `@spaces.GPU` would have no GPU to run on.
+        cfg = cfg.model_copy(update={"batching": "off"})
+        return GPUEngine(load_engine(cfg), cfg.model_dump_json())
+
+    return load

@@ -25,7 +25,7 @@ import gradio as gr
 import pytest
 
 from chatbot.default_model import HUB_ID
-from chatbot.engine import GenerationSettings
+from chatbot.engine import GenerationSettings, TransformersEngine
 from chatbot.errors import ModelLoadError
 from chatbot.loading import EngineConfig
 from chatbot.pool import EnginePool
@@ -268,6 +268,7 @@ def test_on_zerogpu_every_generation_runs_in_a_gpu_call_sized_to_it(
     pool = EnginePool(cfg, loader=zerogpu.loader())
     engine = pool.get("base")
     assert isinstance(engine, zerogpu.GPUEngine)
+    assert type(engine.engine) is TransformersEngine  # not batched: each reply is its own GPU call
     ctx = studio_context(tmp_path, store, {})
     ctx.pool = pool
     settings = GenerationSettings(temperature=0, max_new_tokens=40)

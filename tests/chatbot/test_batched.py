@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from chatbot.batched import BatchedEngine, _explain, sampling_kwargs
+from chatbot.batched import BatchedEngine, _explain
 from chatbot.engine import GenerationSettings
 from chatbot.errors import GenerationError
 from chatbot.persona import render_system_prompt
 
-# The app's repetition penalty (1.1): transformers' batch drops it, chatbot/batched.py applies it.
+# The app's repetition penalty (1.1), applied per request over prompt and reply.
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 
 
@@ -29,14 +29,6 @@ def engine(tiny_engine):
     batched.close()
 
 
-def held(engine, settings=GREEDY):
-    """A chat streaming by the direct path and held open: chats started meanwhile are batched."""
-    blocker = engine.stream(chat(99), settings.model_copy(update={"max_new_tokens": 64}))
-    next(blocker)
-    assert engine.in_flight == 1
-    return blocker
-
-
 def stream_in_threads(engine, conversations, settings) -> list[str]:
     replies = [None] * len(conversations)
 
@@ -51,48 +43,73 @@ def stream_in_threads(engine, conversations, settings) -> list[str]:
     return replies
 
 
-def test_one_chat_alone_goes_by_the_direct_path(tiny_engine, tiny_model_dir):
+def wait_idle(engine, seconds=10):
+    deadline = time.monotonic() + seconds
+    while engine.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return engine.in_flight
+
+
+def test_load_engine_builds_it_and_one_chat_equals_the_direct_path(tiny_engine, tiny_model_dir):
     from chatbot.engine import load_engine
     from chatbot.loading import EngineConfig
 
     alone = load_engine(EngineConfig(model=str(tiny_model_dir), batching="auto"))
     assert isinstance(alone, BatchedEngine)
-    reply = "".join(alone.stream(chat(0), GREEDY)).strip()
-    assert alone.manager is None and alone.in_flight == 0  # no batch manager was started
-    assert reply == tiny_engine.generate([chat(0)], GREEDY)[0]
+    try:
+        reply = "".join(alone.stream(chat(0), GREEDY)).strip()
+        assert reply == tiny_engine.generate([chat(0)], GREEDY)[0]
+        assert wait_idle(alone) == 0
+    finally:
+        alone.close()
 
 
 def test_concurrent_greedy_replies_equal_the_engine_alone(engine, tiny_engine):
     conversations = [chat(i) for i in range(6)]
     expected = tiny_engine.generate(conversations, GREEDY)
-    blocker = held(engine)
+    rows = []
+    real_decode = engine._decode
+    engine._decode = lambda: (rows.append(len(engine.batch.rows)), real_decode())[1]
     try:
         replies = stream_in_threads(engine, conversations, GREEDY)
     finally:
-        blocker.close()
-    assert engine.manager is not None and engine.manager.is_running()  # they were batched
+        del engine._decode
+    assert max(rows) > 1  # they were decoded together
     assert replies == expected
-    assert engine.in_flight == 0
+    assert wait_idle(engine) == 0
     # The penalty changed some of these replies: the batch applied it, it did not merely agree by chance.
     assert expected != tiny_engine.generate(conversations, GREEDY.model_copy(update={"repetition_penalty": 1.0}))
 
 
+def test_next_turns_start_from_the_prefix_cache_beside_a_new_chat(engine, tiny_engine):
+    """Second turns (prefilled from their cached first turn) and a new chat, in one batch."""
+    first = [chat(i) for i in range(3)]
+    replies = stream_in_threads(engine, first, GREEDY)
+    second = [c + [{"role": "assistant", "content": r}, {"role": "user", "content": "And then?"}]
+              for c, r in zip(first, replies, strict=True)] + [chat(7)]  # fmt: skip
+    reused = []
+    real_take = engine.prefix_cache.take
+    engine.prefix_cache.take = lambda ids: (lambda out: (reused.append(out[1]), out)[1])(real_take(ids))
+    try:
+        again = stream_in_threads(engine, second, GREEDY)
+    finally:
+        del engine.prefix_cache.take
+    assert sorted(reused)[-3:] and min(sorted(reused)[-3:]) > 16  # three chats reused their first turn
+    assert again == tiny_engine.generate(second, GREEDY, batch_size=1)
+
+
 def test_each_request_keeps_its_own_max_new_tokens(engine, tiny_engine):
     short, long = GREEDY.model_copy(update={"max_new_tokens": 3}), GREEDY.model_copy(update={"max_new_tokens": 20})
-    blocker = held(engine)
     replies = [None, None]
 
     def run(i, settings):
         replies[i] = "".join(engine.stream(chat(i), settings)).strip()
 
     threads = [threading.Thread(target=run, args=(0, short)), threading.Thread(target=run, args=(1, long))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-    finally:
-        blocker.close()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
     assert replies[0] == tiny_engine.generate([chat(0)], short)[0]
     assert replies[1] == tiny_engine.generate([chat(1)], long)[0]
     assert (
@@ -102,48 +119,42 @@ def test_each_request_keeps_its_own_max_new_tokens(engine, tiny_engine):
     )
 
 
-def test_a_stream_closed_early_cancels_its_request(engine):
-    blocker = held(engine)
-    cancelled = []
-    manager = engine._manager()
-    real_cancel = manager.cancel_request
-    manager.cancel_request = lambda rid: (cancelled.append(rid), real_cancel(rid))
-    try:
-        stream = engine.stream(chat(1), GREEDY.model_copy(update={"max_new_tokens": 400}))
-        assert next(stream)  # batched (the blocker is in flight), and streaming
-        stream.close()  # the Stop button: the consumer stops reading
-    finally:
-        blocker.close()
-        del manager.cancel_request
-    assert len(cancelled) == 1 and cancelled[0].startswith("chat-")
-    scheduler = manager.batch_processor.scheduler
-    deadline = time.monotonic() + 10
-    while scheduler.has_pending_requests() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not scheduler.has_pending_requests()  # nothing left in flight in the manager
-    assert engine.in_flight == 0 and not engine._queues
+def test_a_stream_closed_early_leaves_the_batch(engine):
+    endless = GREEDY.model_copy(update={"max_new_tokens": 400, "repetition_penalty": 1.0})
+    other = engine.stream(chat(2), endless)
+    stream = engine.stream(chat(1), endless)
+    assert next(stream) and next(other)  # both streaming
+    stream.close()  # the Stop button: the consumer stops reading
+    other.close()
+    assert wait_idle(engine) == 0  # both rows left the batch long before 400 tokens
+    assert not engine.batch.rows and engine.batch.cache is None
 
 
-def test_sampled_chats_are_batched_too(engine):
+def test_sampled_chats_are_batched_and_a_seed_repeats_the_reply(engine):
     sampled = GenerationSettings(temperature=0.8, top_p=0.9, top_k=0, max_new_tokens=8, repetition_penalty=1.0)
-    blocker = held(engine, sampled)
-    try:
-        replies = stream_in_threads(engine, [chat(i) for i in range(3)], sampled)
-    finally:
-        blocker.close()
+    replies = stream_in_threads(engine, [chat(i) for i in range(3)], sampled)
     assert all(isinstance(r, str) for r in replies)
-
-
-def test_sampling_kwargs_make_greedy_exact_and_keep_top_k_off():
-    assert sampling_kwargs(GREEDY, 100) == {"repetition_penalty": 1.1, "temperature": 1.0, "top_k": 1, "top_p": 1.0}
-    sampled = GenerationSettings(temperature=0.5, top_p=0.8, top_k=0, repetition_penalty=1.0)
-    assert sampling_kwargs(sampled, 100) == {"repetition_penalty": 1.0, "temperature": 0.5, "top_k": 100, "top_p": 0.8}
+    seeded = sampled.model_copy(update={"seed": 7, "max_new_tokens": 16})
+    twice = stream_in_threads(engine, [chat(4), chat(4)], seeded)
+    assert twice[0] == twice[1]
 
 
 def test_a_failed_request_is_a_clear_generation_error():
-    err = _explain("CPU out of memory: tried to allocate 2 GiB")
+    err = _explain(RuntimeError("CPU out of memory: tried to allocate 2 GiB"))
     assert isinstance(err, GenerationError) and "ran out of memory" in str(err) and "max_new_tokens" in err.fix
-    assert "batched generation failed: boom" in str(_explain("boom\ntraceback"))
+    assert "batched generation failed: boom" in str(_explain(RuntimeError("boom\ntraceback")))
+
+
+def test_a_failing_forward_fails_its_chats_and_the_next_chat_works(engine, tiny_engine):
+    real = engine._decode
+    engine._decode = lambda: (_ for _ in ()).throw(RuntimeError("simulated failure"))
+    try:
+        with pytest.raises(GenerationError, match="simulated failure"):
+            "".join(engine.stream(chat(3), GREEDY))
+    finally:
+        del engine._decode
+    assert real  # the scheduler survived: a new chat streams
+    assert "".join(engine.stream(chat(3), GREEDY)).strip() == tiny_engine.generate([chat(3)], GREEDY)[0]
 
 
 @pytest.mark.slow
@@ -157,11 +168,47 @@ def test_default_model_batched_greedy_replies_equal_the_engine_alone(default_eng
     ]
     expected = default_engine.generate(conversations, settings, batch_size=1)
     try:
-        blocker = held(batched, settings)
-        try:
-            replies = stream_in_threads(batched, conversations, settings)
-        finally:
-            blocker.close()
+        replies = stream_in_threads(batched, conversations, settings)
     finally:
         batched.close()
     assert replies == expected
+
+
+def test_the_batch_cache_grows_past_its_spare_room(engine, tiny_engine):
+    """A prefill longer than the spare room of the batch's cache (a long new message beside a chat
+    already decoding) is written after the cache grows."""
+    from chatbot.batched import SPARE_TOKENS
+
+    "".join(engine.stream(chat(6), GREEDY))  # the prefix cache now holds the persona: the prefill extends it
+    endless = GREEDY.model_copy(update={"max_new_tokens": 200, "repetition_penalty": 1.0})
+    running = engine.stream(chat(5), endless)
+    next(running)
+    long_chat = [chat(6)[0], {"role": "user", "content": "Tell me everything. " * SPARE_TOKENS}]
+    try:
+        reply = "".join(engine.stream(long_chat, GREEDY)).strip()
+    finally:
+        running.close()
+    assert reply == tiny_engine.generate([long_chat], GREEDY)[0]
+
+
+def test_auto_batches_full_attention_models_only(tiny_model_dir):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from chatbot.batched import batchable
+    from chatbot.engine import TransformersEngine, load_engine
+    from chatbot.loading import EngineConfig
+
+    assert EngineConfig().batching == "auto"
+    off = load_engine(EngineConfig(model=str(tiny_model_dir), batching="off"))
+    assert type(off) is TransformersEngine
+    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, sliding_window=16)  # fmt: skip
+    sliding = MistralForCausalLM(config)
+    assert batchable(off.model) and not batchable(sliding)
+
+
+def test_batching_off_from_the_command_line_is_off():
+    from chatbot.config import parse_config
+    from chatbot.loading import EngineConfig
+
+    assert parse_config(EngineConfig, ["--batching", "off"]).batching == "off"
