@@ -23,7 +23,8 @@ in-process engine's, user by user. Clients and servers share the machine's cores
 
 The queue "starts to hurt" at the smallest N whose p50 first token is over twice that of
 N = 1. The suggested limit (in-process engine) is the one with the lowest p95 first token at the
-largest N without errors (ties: more replies/s); compare it with `AppConfig.concurrency_limit`.
+largest N without errors (ties: more replies/s); compare it with the app's limit
+without batching (`app.UNBATCHED_LIMIT`).
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def build_rows(by_setup: dict[str, dict], by_limit: dict, current: int, skips: d
         best = suggest(by_limit)
         top = max(n for by_n in by_limit.values() for n in by_n)
         hurt = "; ".join(f"limit {k}: from N={v}" if v else f"limit {k}: not up to N={top}" for k, v in knees.items())
-        rows.append(Row("suggested concurrency_limit, in-process (vs AppConfig default)", best, current, "",
+        rows.append(Row("suggested concurrency_limit, in-process (vs the app's unbatched default)", best, current, "",
                         note=f"the queue hurts (p50 first token > {HURT:g}x that of N=1) {hurt}"))  # fmt: skip
         decision |= {"knee": knees, "suggested_limit": best, "current_default": current}
     return rows, decision
@@ -334,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log_quietly()
     args = parse_args(argv)
-    from app import AppConfig
+    from app import UNBATCHED_LIMIT
 
-    current = AppConfig.model_fields["concurrency_limit"].default
+    current = UNBATCHED_LIMIT  # the app's limit for one generate per chat (batched: BATCHED_LIMIT)
     model = model_source(args.model)
     count_tokens = token_counter(model)
     by_setup: dict[str, dict[int, dict]] = {}

@@ -58,6 +58,9 @@ class ServeConfig(BaseModel):
     parallel: int = Field(
         8, ge=1, description="llama.cpp: chats decoded together (--parallel slots, 2048 tokens each)."
     )
+    # Beside the app on one machine, a server at full priority slows the app's label calls (100 raters
+    # + 16 chatting, p95: 0.096 s with llama.cpp's server at nice 10; benchmarks/label_load, README).
+    nice: int = Field(10, ge=0, le=19, description="CPU niceness of the servers (0: as this shell; higher yields).")
     dry_run: bool = Field(False, description="Print the commands and start nothing.")
 
 
@@ -210,10 +213,16 @@ def build_commands(cfg: ServeConfig, engine: str) -> tuple[list[list[str]], list
     return [transformers_command(cfg.host, cfg.port)], notes
 
 
+def niced(cmd: list[str], nice: int) -> list[str]:
+    """`cmd` run at niceness `nice` (coreutils' `nice`, so the printed command is the one that runs)."""
+    return ["nice", "-n", str(nice), *cmd] if nice else cmd
+
+
 @entry_point(ServeConfig, __doc__)
 def main(cfg: ServeConfig) -> int:
     engine = pick_engine(cfg.engine)
     commands, notes = build_commands(cfg, engine)
+    commands = [niced(cmd, cfg.nice) for cmd in commands]
     for cmd in commands:
         print(shlex.join(cmd))
     for note in notes:

@@ -69,13 +69,20 @@ def test_dry_run_prints_the_command_and_starts_nothing(runs, capsys, monkeypatch
     monkeypatch.setattr(serve.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
     assert serve.main(["--engine", "transformers", "--runs_dir", str(runs), "--port", "8123", "--dry_run", "true"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "transformers serve --host 127.0.0.1 --port 8123 --continuous-batching"
+    assert out[0] == "nice -n 10 transformers serve --host 127.0.0.1 --port 8123 --continuous-batching"
     assert "# python app.py --model default --engine_url http://127.0.0.1:8123/v1" in out
     assert any("cannot load a LoRA adapter folder" in line and "v1" in line for line in out)
 
     assert serve.main(["--engine", "vllm", "--runs_dir", str(runs), "--versions", "v1", "--dry_run", "true"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("vllm serve ") and f"v1={runs / 'v1' / 'adapter'}" in first and "v2=" not in first
+    assert (
+        first.startswith("nice -n 10 vllm serve ") and f"v1={runs / 'v1' / 'adapter'}" in first and "v2=" not in first
+    )
+
+
+def test_nice_0_runs_the_server_as_this_shell(runs, capsys):
+    assert serve.main(["--engine", "transformers", "--runs_dir", str(runs), "--nice", "0", "--dry_run", "true"]) == 0
+    assert capsys.readouterr().out.startswith("transformers serve ")
 
 
 def test_unknown_version_and_missing_llama_server_are_clear_errors(runs, capsys, monkeypatch):
