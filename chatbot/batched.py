@@ -31,6 +31,7 @@ order). Batched eval (`generate`) keeps the direct path: it batches already.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 SPARE_TOKENS = 64  # room the batch cache keeps for coming tokens, so a step writes in place
 PREFILL_TOKENS = 2048  # most tokens (rows x padded length) in one prefill forward
 TRIM_TOKENS = 32  # padding all rows share at the left is cut once it is this wide
+# Token slots of the batch's KV cache (rows x the longest row, padding included): 32 mid-chat rows of
+# ~600 tokens use 19k. 65,536 is ~3 GB of fp32 KV for SmolLM2-135M (~8 GB bf16 for Llama-3-8B);
+# one 8k-token chat beside 31 short ones would otherwise pad all 32 to 8k (~12 GB).
+BATCH_TOKENS = 65_536
 
 
 class _Done:
@@ -254,6 +259,9 @@ class BatchedEngine(TransformersEngine):
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="batched-decoding")
                 self._thread.start()
+                # Ended before the interpreter's teardown: a thread left inside torch at exit sometimes
+                # aborted the process ("terminate called without an active exception", exit 134).
+                atexit.register(self.close)
             self._wake.notify()
 
     def _run(self) -> None:
@@ -264,7 +272,7 @@ class BatchedEngine(TransformersEngine):
                     self._wake.wait()
                 if self._closed:
                     break
-                pending, self._pending = self._pending, []
+                pending, self._pending = self._admissible(self._pending)
             try:
                 with torch.inference_mode():
                     for group in _groups(self._prepare(pending)):
@@ -281,6 +289,21 @@ class BatchedEngine(TransformersEngine):
             rows, self._pending = self.batch.rows + self._pending, []
         for request in rows:
             request.out.put(GenerationError("the batched engine was closed", "start the app again"))
+
+    def _admissible(self, pending: list[_Request]) -> tuple[list[_Request], list[_Request]]:
+        """(newcomers that join now, those that wait for rows to finish): the batch's KV cache, every
+        row padded to the longest, stays within BATCH_TOKENS; a chat alone always starts."""
+        rows = len(self.batch.rows)
+        width = self.batch.mask.shape[1] if rows else 0
+        join, wait = [], []
+        for request in pending:
+            need = max(width, len(request.ids) + request.max_new_tokens)
+            if rows and (rows + 1) * need > BATCH_TOKENS:
+                wait.append(request)
+                continue
+            rows, width = rows + 1, need
+            join.append(request)
+        return join, wait
 
     def _prepare(self, pending: list[_Request]) -> list[_Request]:
         """Attach each newcomer's prefix-cache entry; drop those whose reader already left."""

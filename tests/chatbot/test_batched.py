@@ -212,3 +212,20 @@ def test_batching_off_from_the_command_line_is_off():
     from chatbot.loading import EngineConfig
 
     assert parse_config(EngineConfig, ["--batching", "off"]).batching == "off"
+
+
+def test_a_chat_that_would_overfill_the_batch_waits_for_room(engine, tiny_engine, monkeypatch):
+    import chatbot.batched as batched
+
+    settings = GREEDY.model_copy(update={"max_new_tokens": 30, "repetition_penalty": 1.0})
+    room = max(tiny_engine.count_tokens(chat(i)) for i in (0, 1)) + 30
+    monkeypatch.setattr(batched, "BATCH_TOKENS", room)  # one row's worth: the second must wait
+    rows = []
+    real_decode = engine._decode
+    engine._decode = lambda: (rows.append(len(engine.batch.rows)), real_decode())[1]
+    try:
+        replies = stream_in_threads(engine, [chat(0), chat(1)], settings)
+    finally:
+        del engine._decode
+    assert max(rows) == 1  # never two rows at once
+    assert replies == tiny_engine.generate([chat(0), chat(1)], settings)
