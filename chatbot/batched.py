@@ -56,7 +56,7 @@ from chatbot.priority import CHAT_NICE, lower_priority
 log = logging.getLogger(__name__)
 
 SPARE_TOKENS = 64  # room the batch cache keeps for coming tokens, so a step writes in place
-PREFILL_TOKENS = 2048  # most tokens (rows x padded length) in one prefill forward
+PREFILL_TOKENS = 256  # most tokens (rows x padded length) in one prefill forward
 TRIM_TOKENS = 32  # padding all rows share at the left is cut once it is this wide
 # Token slots of the batch's KV cache (rows x the longest row, padding included): 32 mid-chat rows of
 # ~600 tokens use 19k. 65,536 is ~3 GB of fp32 KV for SmolLM2-135M (~8 GB bf16 for Llama-3-8B);
@@ -88,18 +88,12 @@ class _Request:
         self.generator = None
         if settings.seed is not None:
             self.generator = torch.Generator().manual_seed(settings.seed)
+        # Rows with equal settings are sampled together; a seeded row alone, from its own generator.
+        self.sampling = None if self.generator else settings.model_dump(exclude={"max_new_tokens", "seed"})
         self.out: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()  # the reader went away
         self.cache = None  # prefix-cache copy until admitted
         self.reused = 0
-
-    def pick(self, logits: torch.Tensor) -> int:
-        """This request's next token from its row of logits (V,)."""
-        scores = self.processors(torch.tensor([self.ids]), logits[None].float())
-        if self.greedy:
-            return int(scores.argmax(-1))
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def done(self, token: int) -> bool:
         return token in self.eos or len(self.ids) - self.prompt_tokens >= self.max_new_tokens or self.cancelled.is_set()
@@ -380,12 +374,11 @@ class BatchedEngine(TransformersEngine):
     def _emit(self, logits: torch.Tensor, offset: int) -> None:
         """Sample the next token of the batch's rows offset, offset + 1, ... (one per row of `logits`),
         stream it, and retire the rows that finished."""
-        finished = []
-        for i, request in enumerate(self.batch.rows[offset : offset + len(logits)], start=offset):
-            if request.cancelled.is_set():
-                finished.append(i)
-                continue
-            token = request.pick(logits[i - offset])
+        rows = list(enumerate(self.batch.rows[offset : offset + len(logits)], start=offset))
+        finished = [i for i, request in rows if request.cancelled.is_set()]
+        live = [(i, request) for i, request in rows if not request.cancelled.is_set()]
+        tokens = _pick([request for _, request in live], logits[[i - offset for i, _ in live]])
+        for (i, request), token in zip(live, tokens, strict=True):
             request.ids.append(token)
             if token not in request.eos:
                 request.out.put(token)
@@ -405,6 +398,29 @@ class BatchedEngine(TransformersEngine):
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+def _pick(requests: list[_Request], logits: torch.Tensor) -> list[int]:
+    """The next token of each request from its row of `logits` (R, V), by its own settings, as
+    `generate` picks it; rows with equal settings go through the logits processors together."""
+    tokens = [0] * len(requests)
+    groups: dict[str, list[int]] = {}
+    for i, request in enumerate(requests):
+        key = repr(request.sampling) if request.sampling is not None else f"seeded {i}"
+        groups.setdefault(key, []).append(i)
+    for rows in groups.values():
+        first = requests[rows[0]]
+        width = max(len(requests[i].ids) for i in rows)
+        # Each row padded with its own first token: the penalty sees no token the row lacks.
+        ids = torch.tensor([requests[i].ids + requests[i].ids[:1] * (width - len(requests[i].ids)) for i in rows])
+        scores = first.processors(ids, logits[rows].float())
+        if first.greedy:
+            picked = scores.argmax(-1)
+        else:
+            picked = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=first.generator).squeeze(-1)
+        for i, token in zip(rows, picked.tolist(), strict=True):
+            tokens[i] = token
+    return tokens
 
 
 def _stack(tensors: list) -> torch.Tensor:

@@ -229,3 +229,21 @@ def test_a_chat_that_would_overfill_the_batch_waits_for_room(engine, tiny_engine
         del engine._decode
     assert max(rows) == 1  # never two rows at once
     assert replies == tiny_engine.generate([chat(0), chat(1)], settings)
+
+
+def test_chats_with_different_settings_in_one_batch_keep_their_own(engine, tiny_engine):
+    penalised, plain = GREEDY, GREEDY.model_copy(update={"repetition_penalty": 1.0})
+    conversations, settings = [chat(0), chat(1), chat(2)], [penalised, plain, penalised]
+    replies = [None] * 3
+
+    def run(i):
+        replies[i] = "".join(engine.stream(conversations[i], settings[i])).strip()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert replies == [tiny_engine.generate([c], s)[0] for c, s in zip(conversations, settings, strict=True)]
+    swapped = [tiny_engine.generate([c], s)[0] for c, s in zip(conversations, [plain, penalised, plain], strict=True)]
+    assert replies != swapped  # the settings made a difference: each row had its own
