@@ -35,6 +35,7 @@ import atexit
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 SPARE_TOKENS = 64  # room the batch cache keeps for coming tokens, so a step writes in place
 PREFILL_TOKENS = 256  # most tokens (rows x padded length) in one prefill forward
 TRIM_TOKENS = 32  # padding all rows share at the left is cut once it is this wide
+IDLE_S = 60.0  # seconds without a chat after which the scheduler thread ends (the next chat starts one)
 # Token slots of the batch's KV cache (rows x the longest row, padding included): 32 mid-chat rows of
 # ~600 tokens use 19k. 65,536 is ~3 GB of fp32 KV for SmolLM2-135M (~8 GB bf16 for Llama-3-8B);
 # one 8k-token chat beside 31 short ones would otherwise pad all 32 to 8k (~12 GB).
@@ -218,6 +220,10 @@ class BatchedEngine(TransformersEngine):
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Ended before the interpreter's teardown: a thread left inside torch at exit sometimes aborted
+        # the process ("terminate called without an active exception", exit 134). A weak reference:
+        # the exit hook must not keep a dropped engine's model in memory.
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
     def in_flight(self) -> int:
@@ -250,22 +256,24 @@ class BatchedEngine(TransformersEngine):
             if self._closed:
                 raise GenerationError("the batched engine was closed", "start the app again")
             self._pending.append(request)
-            if self._thread is None:
+            if self._thread is None:  # none yet, or it ended after IDLE_S with nothing to do
                 self._thread = threading.Thread(target=self._run, daemon=True, name="batched-decoding")
                 self._thread.start()
-                # Ended before the interpreter's teardown: a thread left inside torch at exit sometimes
-                # aborted the process ("terminate called without an active exception", exit 134).
-                atexit.register(self.close)
             self._wake.notify()
 
     def _run(self) -> None:
         lower_priority(CHAT_NICE)  # the batch decodes at the direct path's priority: labels stay quick
         while True:
             with self._wake:
-                while not self._pending and not self.batch.rows and not self._closed:
-                    self._wake.wait()
+                if not self._pending and not self.batch.rows and not self._closed:
+                    self._wake.wait(timeout=IDLE_S)
                 if self._closed:
                     break
+                if not self._pending and not self.batch.rows:
+                    # Idle: end, so an engine the pool dropped (an old version) holds no thread and is
+                    # freed; the next chat starts a new one.
+                    self._thread = None
+                    return
                 pending, self._pending = self._admissible(self._pending)
             try:
                 with torch.inference_mode():
@@ -281,6 +289,7 @@ class BatchedEngine(TransformersEngine):
                     request.out.put(_explain(err))
         with self._wake:
             rows, self._pending = self.batch.rows + self._pending, []
+            self._thread = None
         for request in rows:
             request.out.put(GenerationError("the batched engine was closed", "start the app again"))
 
@@ -396,8 +405,14 @@ class BatchedEngine(TransformersEngine):
         with self._wake:
             self._closed = True
             self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=30)
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    if (engine := ref()) is not None:
+        engine.close()
 
 
 def _pick(requests: list[_Request], logits: torch.Tensor) -> list[int]:

@@ -247,3 +247,25 @@ def test_chats_with_different_settings_in_one_batch_keep_their_own(engine, tiny_
     assert replies == [tiny_engine.generate([c], s)[0] for c, s in zip(conversations, settings, strict=True)]
     swapped = [tiny_engine.generate([c], s)[0] for c, s in zip(conversations, [plain, penalised, plain], strict=True)]
     assert replies != swapped  # the settings made a difference: each row had its own
+
+
+def test_an_idle_engine_ends_its_thread_and_a_dropped_one_is_freed(tiny_engine, monkeypatch):
+    import gc
+    import weakref
+
+    import chatbot.batched as batched
+
+    monkeypatch.setattr(batched, "IDLE_S", 0.05)
+    engine = BatchedEngine(tiny_engine.model, tiny_engine.tokenizer, "tiny", max_context_tokens=512)
+    first = "".join(engine.stream(chat(0), GREEDY))
+    deadline = time.monotonic() + 10
+    while engine._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine._thread is None  # idle: the thread ended
+    assert "".join(engine.stream(chat(0), GREEDY)) == first  # and the next chat started a new one
+    while engine._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ref = weakref.ref(engine)
+    del engine  # what EnginePool does with a version it drops
+    gc.collect()
+    assert ref() is None  # no thread or exit hook kept it (and its model) alive
