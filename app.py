@@ -88,7 +88,7 @@ class AppConfig(EngineConfig):
     )  # fmt: skip
     # benchmarks/concurrent_chat on 2 CPU cores: one generate per chat did best at 4 at once (16 users:
     # 11.7 s to a first token against 13.8 s at 2); batched chats decode together, so every chat
-    # should reach the batch (16 users: 2.6 s at 32). README, "Many users at once".
+    # should reach the batch (16 users: 1.92 s at 32). README, "Many users at once".
     concurrency_limit: int | None = Field(
         None, ge=1,
         description="Generations at once; default 32 where chats are decoded together (batched engine, a model "

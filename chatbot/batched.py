@@ -49,7 +49,7 @@ from transformers.generation.logits_process import (
 )
 
 from chatbot.conversation import Messages
-from chatbot.engine import GenerationSettings, TokenStreamer, TransformersEngine
+from chatbot.engine import GenerationSettings, TokenStreamer, TransformersEngine, out_of_memory
 from chatbot.errors import GenerationError
 from chatbot.kv_cache import reusable
 from chatbot.priority import CHAT_NICE, lower_priority
@@ -191,7 +191,8 @@ class _Batch:
             start = int(self.mask.shape[1] - self.mask[i].sum())  # rows are right-aligned: padding first
             own = [(k[i : i + 1, :, start:].clone(), v[i : i + 1, :, start:].clone()) for k, v in _kv(self.cache)]
             leaving.append((self.rows[i], DynamicCache(ddp_cache_data=own)))
-        keep = [i for i in range(len(self.rows)) if i not in set(gone)]
+        gone_set = set(gone)
+        keep = [i for i in range(len(self.rows)) if i not in gone_set]
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self.cache = self.mask = None
@@ -328,28 +329,26 @@ class BatchedEngine(TransformersEngine):
         inputs = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), cached + width, dtype=torch.long)
         positions = torch.ones(len(rows), width, dtype=torch.long)
-        layers: list[tuple[list, list]] | None = None  # per layer: each row's keys, values (None: no cache)
+        owns = []  # per row: its cached keys and values of each layer, left-padded to `cached`; None: none
         for i, (r, k) in enumerate(zip(rows, keep, strict=True)):
             fresh = r.ids[k:]
             inputs[i, width - len(fresh) :] = torch.tensor(fresh)
             mask[i, cached - k : cached] = 1
             mask[i, cached + width - len(fresh) :] = 1
             positions[i, width - len(fresh) :] = torch.arange(k, k + len(fresh))
-            if k:
-                own = _kv(r.cache)
-                if layers is None:
-                    layers = [([None] * i, [None] * i) for _ in own]
-                for (ks, vs), (key, value) in zip(layers, own, strict=True):
-                    ks.append(_left_pad(key[..., :k, :], cached - k))
-                    vs.append(_left_pad(value[..., :k, :], cached - k))
-            elif layers is not None:
-                for ks, vs in layers:
-                    ks.append(None)
-                    vs.append(None)
+            pad = cached - k
+            owns.append(
+                [(_left_pad(key[..., :k, :], pad), _left_pad(value[..., :k, :], pad)) for key, value in _kv(r.cache)]
+                if k
+                else None
+            )
             r.cache = None
         past = DynamicCache(config=self.model.config)
-        if layers is not None:
-            past = _cache([(_stack(ks), _stack(vs)) for ks, vs in layers])
+        if cached:
+            layers = len(next(own for own in owns if own))
+            # Each layer: every row's (keys, values), or None for a row without a cache.
+            by_layer = zip(*(own or [None] * layers for own in owns), strict=True)
+            past = _cache([tuple(_stack([kv[n] if kv else None for kv in kvs]) for n in (0, 1)) for kvs in by_layer])
         offset = len(self.batch.rows)
         out = self.model(
             input_ids=inputs.to(self.model.device),
@@ -465,7 +464,7 @@ _FIX = "send the message again; if it keeps failing, start without --batching au
 
 def _explain(err: Exception) -> GenerationError:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
+    if out_of_memory(err):
         return GenerationError(
             f"batched generation ran out of memory: {text}",
             "lower max_new_tokens, shorten the history, or serve fewer chats at once (--concurrency_limit)",

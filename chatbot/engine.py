@@ -244,9 +244,14 @@ class TransformersEngine(ChatEngine):
         return replies
 
 
+def out_of_memory(err: Exception) -> bool:
+    """A CUDA or CPU allocation failure (the CPU one is a plain RuntimeError saying so)."""
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
 def _explain(err: Exception, batch_size: int | None = None) -> Exception:
     """Turn an out-of-memory error into advice; leave anything else as it is."""
-    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+    if out_of_memory(err):
         batch = f"lower the batch size (now {batch_size}), " if batch_size else ""
         return GenerationError(
             f"generation ran out of memory: {str(err).splitlines()[0]}",
