@@ -106,10 +106,16 @@ class _GrowingLayer(DynamicLayer):
     instead of `torch.cat` copying the whole batch's keys and values (16 chats x 600 tokens: ~440 MB
     per step for SmolLM2-135M, as much memory traffic as the forward itself)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int | None = None):
+        """Over a copy of `keys` and `values`; or, with `filled`, over these buffers themselves, of which
+        the first `filled` positions hold tokens (the rest is room)."""
         super().__init__()
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._fill(keys, values)
+        if filled is None:
+            self._fill(keys, values)
+        else:
+            self.kbuf, self.vbuf, self.n = keys, values, filled
+            self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
 
     def _fill(self, keys: torch.Tensor, values: torch.Tensor, coming: int = 0) -> None:
         b, h, t, d = keys.shape
@@ -140,21 +146,31 @@ def batchable(model) -> bool:
         return False
 
 
-def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]], filled: int | None = None) -> DynamicCache:
     cache = DynamicCache()
-    cache.layers = [_GrowingLayer(k, v) for k, v in layers]
+    cache.layers = [_GrowingLayer(k, v, filled) for k, v in layers]
     return cache
+
+
+def _right_aligned(parts: list[torch.Tensor | None], length: int, room: int) -> torch.Tensor:
+    """One (B, H, length + room, D) buffer holding `parts` ((b, H, t, D) each, t <= length; None: one
+    row of nothing) one under the other, each ending at position `length`, zeros before it. One copy
+    of each part: building it with `torch.cat` and padding copied a batch's keys and values 2-3 times."""
+    like = next(p for p in parts if p is not None)
+    rows = sum(1 if p is None else p.shape[0] for p in parts)
+    buf = like.new_empty(rows, like.shape[1], length + room, like.shape[-1])
+    row = 0
+    for part in parts:
+        b, t = (1, 0) if part is None else (part.shape[0], part.shape[-2])
+        buf[row : row + b, :, : length - t].zero_()  # padding: zeros, never stale memory (NaN * 0 = NaN)
+        if t:
+            buf[row : row + b, :, length - t : length] = part
+        row += b
+    return buf
 
 
 def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Zeros before the sequence dimension (-2) of a (B, H, T, D) tensor."""
-    if width == 0:
-        return t
-    return torch.cat([t.new_zeros(*t.shape[:-2], width, t.shape[-1]), t], dim=-2)
 
 
 class _Batch:
@@ -169,18 +185,20 @@ class _Batch:
         """Append rows whose own cache and mask (same layout) came from a prefill."""
         if not rows:
             return
-        if not self.rows:
-            self.rows, self.cache, self.mask = list(rows), _cache(_kv(cache)), mask
+        if not self.rows:  # a prefill from cached rows made its cache with room to grow: kept as it is
+            grows = all(isinstance(layer, _GrowingLayer) for layer in cache.layers)
+            self.rows, self.cache, self.mask = list(rows), cache if grows else _cache(_kv(cache)), mask
             return
         width = max(self.mask.shape[1], mask.shape[1])
         a, b = width - self.mask.shape[1], width - mask.shape[1]
+        room = max(SPARE_TOKENS, width // 4)
         layers = [
-            (torch.cat([_left_pad(k1, a), _left_pad(k2, b)]), torch.cat([_left_pad(v1, a), _left_pad(v2, b)]))
+            (_right_aligned([k1, k2], width, room), _right_aligned([v1, v2], width, room))
             for (k1, v1), (k2, v2) in zip(_kv(self.cache), _kv(cache), strict=True)
         ]
         self.mask = torch.cat([torch.nn.functional.pad(self.mask, (a, 0)), torch.nn.functional.pad(mask, (b, 0))])
         self.rows += rows
-        self.cache = _cache(layers)
+        self.cache = _cache(layers, filled=width)
 
     def remove(self, gone: list[int]) -> list[tuple[_Request, DynamicCache]]:
         """Drop rows `gone`; returns each with a batch-1 cache of its real tokens (for the prefix cache)."""
@@ -315,7 +333,8 @@ class BatchedEngine(TransformersEngine):
         for request in pending:
             if request.cancelled.is_set():
                 continue
-            request.cache, request.reused = self.prefix_cache.take(torch.tensor(request.ids))
+            # The stored cache itself: the prefill only reads it, copying each row's part once.
+            request.cache, request.reused = self.prefix_cache.take(torch.tensor(request.ids), copy_cache=False)
             ready.append(request)
         return ready
 
@@ -329,26 +348,27 @@ class BatchedEngine(TransformersEngine):
         inputs = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), cached + width, dtype=torch.long)
         positions = torch.ones(len(rows), width, dtype=torch.long)
-        owns = []  # per row: its cached keys and values of each layer, left-padded to `cached`; None: none
+        owns = []  # per row: its cached keys and values of each layer (k tokens); None: none
         for i, (r, k) in enumerate(zip(rows, keep, strict=True)):
             fresh = r.ids[k:]
             inputs[i, width - len(fresh) :] = torch.tensor(fresh)
             mask[i, cached - k : cached] = 1
             mask[i, cached + width - len(fresh) :] = 1
             positions[i, width - len(fresh) :] = torch.arange(k, k + len(fresh))
-            pad = cached - k
-            owns.append(
-                [(_left_pad(key[..., :k, :], pad), _left_pad(value[..., :k, :], pad)) for key, value in _kv(r.cache)]
-                if k
-                else None
-            )
+            owns.append([(key[..., :k, :], value[..., :k, :]) for key, value in _kv(r.cache)] if k else None)
             r.cache = None
         past = DynamicCache(config=self.model.config)
         if cached:
+            # Each layer: one buffer with every row's cached part right-aligned at `cached`, and room for
+            # this forward's `width` tokens and the decoding after it (written in place).
             layers = len(next(own for own in owns if own))
-            # Each layer: every row's (keys, values), or None for a row without a cache.
+            room = width + max(SPARE_TOKENS, (cached + width) // 4)
             by_layer = zip(*(own or [None] * layers for own in owns), strict=True)
-            past = _cache([tuple(_stack([kv[n] if kv else None for kv in kvs]) for n in (0, 1)) for kvs in by_layer])
+            past = _cache(
+                [tuple(_right_aligned([kv[n] if kv else None for kv in kvs], cached, room) for n in (0, 1))
+                 for kvs in by_layer],
+                filled=cached,
+            )  # fmt: skip
         offset = len(self.batch.rows)
         out = self.model(
             input_ids=inputs.to(self.model.device),
@@ -435,12 +455,6 @@ def _pick(requests: list[_Request], logits: torch.Tensor) -> list[int]:
         for i, token in zip(rows, picked.tolist(), strict=True):
             tokens[i] = token
     return tokens
-
-
-def _stack(tensors: list) -> torch.Tensor:
-    """A layer's keys (or values) of each row, (1, H, T, D) each; a row without a cache is all padding."""
-    like = next(t for t in tensors if t is not None)
-    return torch.cat([t if t is not None else torch.zeros_like(like) for t in tensors])
 
 
 def _groups(rows: list[_Request]) -> Iterator[list[_Request]]:

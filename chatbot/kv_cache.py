@@ -66,11 +66,13 @@ class PrefixCache:
     def tokens(self) -> int:
         return sum(len(e.ids) for e in self._entries.values())
 
-    def take(self, ids: torch.Tensor) -> tuple[object | None, int]:
+    def take(self, ids: torch.Tensor, copy_cache: bool = True) -> tuple[object | None, int]:
         """(a copy of the cache of the longest stored prefix of `ids`, its length), or (None, 0).
 
         At least one token of `ids` is left out of the copy: the model must read one to predict
-        the next.
+        the next. `copy_cache=False`: the stored cache itself, uncropped (it may hold more than
+        `length` tokens), for a caller that only reads its first `length` (stored caches are
+        never changed, so a reader is safe even if the entry is dropped meanwhile).
         """
         ids = ids.cpu()
         with self._lock:
@@ -84,6 +86,8 @@ class PrefixCache:
                 return None, 0
             self._entries.move_to_end(best)
             entry = self._entries[best]
+            if not copy_cache:
+                return entry.cache, length
             cache = copy.deepcopy(entry.cache)  # (under the lock: `put` may drop the entry)
         if cache.get_seq_length() > length:
             cache.crop(length - cache.get_seq_length())  # a negative count: tokens to remove

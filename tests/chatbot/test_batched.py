@@ -89,7 +89,7 @@ def test_next_turns_start_from_the_prefix_cache_beside_a_new_chat(engine, tiny_e
               for c, r in zip(first, replies, strict=True)] + [chat(7)]  # fmt: skip
     reused = []
     real_take = engine.prefix_cache.take
-    engine.prefix_cache.take = lambda ids: (lambda out: (reused.append(out[1]), out)[1])(real_take(ids))
+    engine.prefix_cache.take = lambda ids, **kw: (lambda out: (reused.append(out[1]), out)[1])(real_take(ids, **kw))
     try:
         again = stream_in_threads(engine, second, GREEDY)
     finally:
