@@ -53,8 +53,8 @@ def test_a_chat_turn_starts_from_the_previous_turns_kv_cache(app, tiny_engine, m
     taken = []
     take = tiny_engine.prefix_cache.take
 
-    def spy(ids):
-        cache, reused = take(ids)
+    def spy(ids, **kw):
+        cache, reused = take(ids, **kw)
         taken.append((len(ids), reused))
         return cache, reused
 
@@ -227,3 +227,19 @@ def test_broken_persona_file_is_listed_and_explained(store, tmp_path):
     with pytest.raises(Exception, match="field `facts`"):
         resolve_persona(ctx, "broken")
     build_demo(ctx)  # the app still builds with a broken file present
+
+
+def test_a_local_model_runs_in_a_child_process_on_cpu(monkeypatch):
+    """`--model_process auto`: a child process on CPU (the app's requests never wait on generation),
+    the app's own process on a GPU; a model server is its own process already."""
+    import chatbot.process
+    from app import model_loader
+    from chatbot.engine import load_engine
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert model_loader(AppConfig()).__module__ == chatbot.process.__name__
+    assert model_loader(AppConfig(model_process="app")) is load_engine
+    assert model_loader(AppConfig(engine_url="http://127.0.0.1:8011/v1")) is load_engine
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert model_loader(AppConfig()) is load_engine
+    assert model_loader(AppConfig(model_process="child")).__module__ == chatbot.process.__name__

@@ -96,3 +96,17 @@ def test_a_stopped_stream_still_leaves_a_usable_cache(engine):
     assert len(engine.prefix_cache) == 1
     prompt = engine._encode([engine.render(messages)])["input_ids"][0]
     assert engine.prefix_cache.take(prompt)[1] == len(prompt) - 1
+
+
+def test_a_reader_gets_the_stored_cache_itself_uncopied(engine):
+    """`copy_cache=False` (the batched engine's prefill, which only reads it): the entry itself, not
+    cropped to the reusable length; a later copying take still gets the whole prefix."""
+    system = [{"role": "system", "content": "You are Sam, a marine biologist who loves octopuses and bees."}]
+    engine.warm(system)
+    prompt = engine._encode([engine.render(system + [{"role": "user", "content": "Hi"}])])["input_ids"][0]
+    stored, length = engine.prefix_cache.take(prompt, copy_cache=False)
+    assert stored is not None and length > 0
+    assert stored is engine.prefix_cache.take(prompt, copy_cache=False)[0]  # no copy
+    copied, again = engine.prefix_cache.take(prompt)
+    assert again == length and copied is not stored and copied.get_seq_length() == length
+    assert stored.get_seq_length() >= length  # untouched by the copy's crop
