@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Literal
 
 import gradio as gr
 from pydantic import Field
@@ -26,9 +27,9 @@ from pydantic import Field
 from chatbot import zerogpu  # first of ours: on ZeroGPU it imports `spaces` before torch is used
 from chatbot.config import entry_point
 from chatbot.default_model import base_model, on_space
-from chatbot.engine import GenerationSettings
+from chatbot.engine import GenerationSettings, load_engine
 from chatbot.errors import ConfigError
-from chatbot.loading import EngineConfig
+from chatbot.loading import EngineConfig, pick_device
 from chatbot.pool import EnginePool
 from chatbot.session import warm
 from store import Store
@@ -100,6 +101,13 @@ class AppConfig(EngineConfig):
     # this keeps a slow moment under a room of raters from filling the queue: with Gradio's 40,
     # 100 raters + 16 chatters on 2 cores got HTTP 503s (benchmarks/label_load).
     max_threads: int = Field(256, ge=8, description="Events running at once, all groups (Gradio's max_threads).")
+    # The model's Python code holds the interpreter lock between torch ops: in the app's process, 16
+    # chats made raters wait (label p95 0.51 s); in a child process they did not (chatbot/process.py).
+    model_process: Literal["auto", "child", "app"] = Field(
+        "auto",
+        description="Where a local model runs: child = its own process at a lower priority (the app's requests never "
+        "wait on generation), app = the app's process; auto = child on CPU, app on a GPU or ZeroGPU.",
+    )
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
 
@@ -131,6 +139,21 @@ def open_store(cfg: AppConfig) -> tuple[Store, str | None]:
         "PostgreSQL database; then restart the Space."
     )
     return Store(None, migrate=True), warning
+
+
+def model_loader(cfg: AppConfig):
+    """How the pool loads a version: under @spaces.GPU on ZeroGPU, in a child process (see
+    `model_process`), or in this process (also for --engine_url: a server is its own process)."""
+    if zerogpu.ON_ZERO_GPU:
+        return zerogpu.loader()
+    where = cfg.model_process
+    if where == "auto":
+        where = "child" if pick_device(cfg.device) == "cpu" and sys.platform != "win32" else "app"
+    if where == "app" or cfg.engine_url:
+        return load_engine
+    from chatbot.process import loader  # here: imports torch, which must come after `spaces` on ZeroGPU
+
+    return loader()
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -166,7 +189,7 @@ def main(cfg: AppConfig) -> int:
     store, storage_warning = open_store(cfg)
     if cfg.backup_repo:
         start_backup(store, cfg.backup_repo, cfg.backup_minutes)
-    pool = EnginePool(cfg, loader=zerogpu.loader())  # on ZeroGPU generation runs under @spaces.GPU
+    pool = EnginePool(cfg, loader=model_loader(cfg))
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
     ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth),
                      oauth=cfg.oauth, storage_warning=storage_warning)  # fmt: skip

@@ -1,0 +1,337 @@
+"""The model in a child process: generation never holds the app's interpreter lock.
+
+    python app.py                        # on CPU the model runs in `python -m chatbot.process` (--model_process auto)
+    python app.py --model_process app    # in the app's own process, as before
+
+A chat's forward passes are torch ops, but between them the model's Python code holds the
+interpreter lock; on 2 cores 16 chats decoding in the app made a room of raters wait for it:
+label round trips p95 0.51 s with 16 chatting against 0.19 s without (`benchmarks.label_load`).
+With the model in its own process at a lower priority (`MODEL_NICE`) the app's threads only
+route requests and stream pieces, as they do for a model server (`--engine_url`).
+
+`ProcessEngine` is the app's side: a `ChatEngine` whose token counting runs here on the child's
+tokenizer (sent over at start-up) and whose `stream`, `generate` and `warm` are requests to the
+child over one `multiprocessing` connection (pickled messages). The child (`serve` below) loads
+the engine the usual way (`load_engine`: batched, prefix cache) and runs each request in a thread.
+A child that dies (killed, out of memory) fails the chats in flight with a message saying so;
+the next request starts a new one. The child ends when the app does (its connection closes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from chatbot.conversation import Messages
+from chatbot.engine import ChatEngine, GenerationSettings
+from chatbot.errors import GenerationError, ModelLoadError, PersonaStudioError
+from chatbot.loading import EngineConfig
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]  # the folder `chatbot` is in
+
+# The child's nice value: the app's request threads (labels, pages, streaming) come first. With
+# llama.cpp's server as the model process, raters' p95 with 16 chatting was 0.096 s at nice 10
+# and 1.13 s at nice 0 (README, "A room of raters").
+MODEL_NICE = 10
+JOB_NICE = 5  # more for batch `generate` (queue jobs) inside the child: chats come first
+START_TIMEOUT_S = 600  # loading a large model from a slow disk
+
+
+END = None  # sent after a stream's last piece (pieces are strings)
+
+
+def _portable(err: Exception) -> PersonaStudioError:
+    """An exception that crosses the pipe intact: ours as they are (problem and fix), others named."""
+    if isinstance(err, PersonaStudioError):
+        return type(err)(err.problem, err.fix)
+    return GenerationError(f"{type(err).__name__}: {err}", "see the app's log (the model process logged the trace)")
+
+
+# ---------------------------------------------------------------- the app's side
+
+
+class ProcessEngine(ChatEngine):
+    """A `ChatEngine` over a child process that holds the model (see the module docstring)."""
+
+    def __init__(self, cfg: EngineConfig, nice: int = MODEL_NICE):
+        self.cfg, self.nice = cfg, nice
+        self._lock = threading.Lock()  # one start at a time; sends from many chat threads
+        self._ids = itertools.count()
+        self._child: _Child | None = None
+        self._start()
+        weakref.finalize(self, _stop_holder, self._holder)  # a version the pool drops ends its process
+
+    @property
+    def batches(self) -> bool:  # the child's engine decodes chats together (or not: --batching off)
+        return self._batches
+
+    def _start(self) -> None:
+        child = _Child.start(self.cfg, self.nice)
+        self.name, self.context_window, self.tokenizer, self._batches = child.info
+        self._child = child
+        self._holder = getattr(self, "_holder", [])
+        self._holder[:] = [child]
+
+    def _ready_child(self) -> _Child:
+        with self._lock:
+            if self._child is None or not self._child.alive:
+                if self._child is not None:
+                    log.warning("the model process had ended (%s): starting it again", self._child.ended())
+                self._start()
+            return self._child
+
+    def count_tokens(self, messages: Messages) -> int:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _request(self, kind: str, *args) -> tuple[_Child, int, queue.Queue]:
+        child = self._ready_child()
+        rid = next(self._ids)
+        replies = child.open(rid)
+        child.send((kind, rid, *args))
+        return child, rid, replies
+
+    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+        child, rid, replies = self._request("stream", messages, settings)
+        finished = False
+        try:
+            while True:
+                item = replies.get()
+                if isinstance(item, Exception):
+                    finished = True
+                    raise item
+                if item is END:
+                    finished = True
+                    return
+                yield item
+        finally:
+            child.close(rid)
+            if not finished:  # the Stop button or a closed tab: the child drops the chat's row
+                child.send(("cancel", rid))
+
+    def generate(self, conversations: list[Messages], settings: GenerationSettings, **kw) -> list[str]:
+        kw.pop("progress", None)  # a bar in the child's stderr would help no one
+        child, rid, replies = self._request("generate", conversations, settings, kw)
+        try:
+            item = replies.get()
+        finally:
+            child.close(rid)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def warm(self, messages: Messages) -> None:
+        child, rid, replies = self._request("warm", messages)
+        try:
+            item = replies.get()
+        finally:
+            child.close(rid)
+        if isinstance(item, Exception):
+            raise item
+
+    def close(self) -> None:
+        """End the model process now (it also ends with the app)."""
+        _stop_holder(self._holder)
+
+
+def _stop_holder(holder: list) -> None:
+    for child in holder:
+        child.stop()
+
+
+class _Child:
+    """One model process and the thread that hands its messages to the waiting requests."""
+
+    def __init__(self, process: subprocess.Popen, conn: Connection, info: tuple):
+        self.process, self.conn, self.info = process, conn, info
+        self._waiting: dict[int, queue.Queue] = {}
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="model-process-reader")
+        self._reader.start()
+
+    @classmethod
+    def start(cls, cfg: EngineConfig, nice: int) -> _Child:
+        # A fresh interpreter (`-m chatbot.process`), not a fork of the app: no Gradio, no server
+        # sockets, no threads copied mid-lock. It gets its end of a socket pair as an inherited fd.
+        ours, theirs = socket.socketpair()
+        engine_cfg = EngineConfig(**cfg.model_dump(include=set(EngineConfig.model_fields)))  # the app's has more
+        cmd = [sys.executable, "-m", "chatbot.process", str(theirs.fileno()), engine_cfg.model_dump_json(), str(nice)]
+        # Importable from any working directory (which stays the app's: relative paths in `cfg`).
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        with theirs:
+            process = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env={**os.environ, "PYTHONPATH": path})
+        conn = Connection(ours.detach())
+        waited = 0.0
+        while not conn.poll(1.0):  # loading: seconds for the default model, minutes for a big one
+            waited += 1.0
+            if process.poll() is not None or waited > START_TIMEOUT_S:
+                break
+        timed_out = process.poll() is None and not conn.poll(0)
+        try:
+            if timed_out:
+                raise EOFError
+            kind, payload = conn.recv()
+        except EOFError:
+            process.kill()
+            process.wait()
+            reason = _exit_reason(None if timed_out else process.returncode)
+            raise ModelLoadError(
+                f"the model process ended while loading {cfg.model} ({reason})",
+                "see its log above; or run the model in the app's process (--model_process app)",
+            ) from None
+        if kind == "error":
+            process.wait()
+            raise payload
+        return cls(process, conn, payload)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None and self._reader.is_alive()
+
+    def ended(self) -> str:
+        code = self.process.poll()
+        return "its connection closed" if code is None else _exit_reason(code)
+
+    def open(self, rid: int) -> queue.Queue:
+        replies: queue.Queue = queue.Queue()
+        self._waiting[rid] = replies
+        return replies
+
+    def close(self, rid: int) -> None:
+        self._waiting.pop(rid, None)
+
+    def send(self, message: tuple) -> None:
+        try:
+            with self._send_lock:
+                self.conn.send(message)
+        except (OSError, ValueError):  # the child is gone: the reader fails the waiting requests
+            if message[0] != "cancel":
+                self._fail(message[1])
+
+    def _read(self) -> None:
+        try:
+            while True:
+                rid, item = self.conn.recv()
+                replies = self._waiting.get(rid)
+                if replies is not None:  # else: a chat that was stopped; its last pieces are dropped
+                    replies.put(item)
+        except (EOFError, OSError):
+            pass
+        except Exception:  # a message that cannot be read: a bug; end the child, the next request starts one
+            log.exception("unreadable message from the model process")
+            self.process.kill()
+        self.process.wait()
+        for rid in list(self._waiting):
+            self._fail(rid)
+
+    def _fail(self, rid: int) -> None:
+        replies = self._waiting.get(rid)
+        if replies is not None:
+            replies.put(
+                GenerationError(
+                    f"the model process ended mid-request ({self.ended()})",
+                    "send the message again (the next request starts the model again); if it keeps "
+                    "happening, lower max_new_tokens or run fewer chats at once",
+                )
+            )
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()  # the child's recv ends: it exits
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return f"it had not loaded the model after {START_TIMEOUT_S} s"
+    return "killed, perhaps for memory" if code == -9 else f"exit code {code}"
+
+
+def loader(nice: int = MODEL_NICE):
+    """The EnginePool loader: each model version in a child process of its own."""
+    return lambda cfg: ProcessEngine(cfg, nice)
+
+
+# ---------------------------------------------------------------- the child
+
+
+def serve(fd: int, cfg: EngineConfig, nice: int) -> None:
+    """Load the engine, tell the app, then answer its requests until the app closes the connection."""
+    from chatbot.engine import load_engine
+    from chatbot.priority import lower_priority
+
+    lower_priority(nice)  # before torch starts its threads: they inherit it
+    conn = Connection(fd)
+    try:
+        engine = load_engine(cfg)
+    except Exception as err:  # the app shows it (ours: problem and fix, no traceback)
+        if not isinstance(err, PersonaStudioError):
+            log.exception("loading the model failed")
+        conn.send(("error", _portable(err)))
+        return
+    conn.send(("ready", (engine.name, engine.context_window, engine.tokenizer, engine.batches)))
+    send_lock, cancelled = threading.Lock(), set()
+
+    def reply(rid: int, item) -> None:
+        with send_lock:
+            conn.send((rid, item))
+
+    def run(kind: str, rid: int, *args) -> None:
+        try:
+            if kind == "stream":
+                pieces = engine.stream(*args)
+                for piece in pieces:
+                    if rid in cancelled:
+                        pieces.close()  # the engine drops the row
+                        return
+                    reply(rid, piece)
+                reply(rid, END)
+            elif kind == "generate":
+                conversations, settings, kw = args
+                lower_priority(JOB_NICE)
+                reply(rid, engine.generate(conversations, settings, **kw))
+            else:
+                reply(rid, engine.warm(*args))
+        except (OSError, ValueError):  # the app is gone
+            return
+        except Exception as err:
+            if not isinstance(err, PersonaStudioError):
+                log.exception("%s request failed", kind)
+            reply(rid, _portable(err))
+        finally:
+            cancelled.discard(rid)
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break  # the app ended or dropped this version
+        if message[0] == "cancel":
+            cancelled.add(message[1])
+            continue
+        threading.Thread(target=run, args=message, daemon=True).start()
+    os._exit(0)  # at once: a batch thread inside torch at interpreter teardown can abort the process
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s model process: %(message)s")
+    # This file runs as `__main__`: serve from the imported module, so what it pickles (errors) names
+    # `chatbot.process`, which the app can unpickle.
+    from chatbot import process
+
+    process.serve(int(sys.argv[1]), EngineConfig.model_validate_json(sys.argv[2]), int(sys.argv[3]))
