@@ -6,7 +6,8 @@
 
 Engines (`--engines`): `inprocess`, the engine before batching (`--batching off`: one `generate`
 per chat), once per app `--concurrency_limit` in `--limits`; `batched`, the app's default
-`--batching auto` (chatbot/batched.py);
+`--batching auto` (chatbot/batched.py) in a child process (`--model_process`, chatbot/process.py);
+`batched-app`, the same in the app's own process;
 `serve`, the app over `transformers serve --continuous-batching` (`--engine_url`); `llamacpp`, the
 app over llama.cpp's server (`llama-server` or llama-cpp-python, default model's GGUF; skipped
 with the reason when there is none). All but `inprocess` run with the limit at the largest N: they
@@ -19,7 +20,10 @@ moment, with the history the app returned, and read the streamed replies. So the
 cache holds what it would hold for real users. Time to first token is until the first update with
 reply text; total is until the reply finished (and was saved). Aggregate tokens/s: the 7th replies'
 tokens over the time from the common start to the last reply. Greedy replies are compared with the
-in-process engine's, user by user. Clients and servers share the machine's cores.
+in-process engine's, user by user. Clients and servers share the machine's cores, so by default
+users are light HTTP clients (`--client http`: Gradio's event stream read over one connection each,
+next to no CPU); `--client gradio` uses gradio_client, whose threads take cores from the app (the
+clients' CPU use is printed either way).
 
 The queue "starts to hurt" at the smallest N whose p50 first token is over twice that of
 N = 1. The suggested limit (in-process engine) is the one with the lowest p95 first token at the
@@ -29,6 +33,8 @@ without batching (`app.UNBATCHED_LIMIT`).
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import subprocess
@@ -37,6 +43,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
+from contextlib import closing
 from pathlib import Path
 
 from benchmarks.chat_latency import HISTORY, MESSAGE
@@ -45,7 +53,7 @@ from benchmarks.models import model_source
 
 NAME = "concurrent_chat"
 HURT = 2.0  # p50 first token over this multiple of N = 1's: the queue hurts
-ENGINES = ("inprocess", "batched", "serve", "llamacpp")
+ENGINES = ("inprocess", "batched-app", "batched", "serve", "llamacpp")
 TARGET_N = 16  # issue 13's targets: first token p50 <= 1.5 s and >= 3x today's tokens/s at 16 users
 
 
@@ -58,6 +66,9 @@ def parse_args(argv):
     sizes.add("--max-new-tokens", 64, 8, "tokens per timed reply (the 7th turn)")
     sizes.add("--first-tokens", 24, 8, "tokens of the untimed 6th-turn reply")
     sizes.add("--rounds", 2, 1, "times each N is run (samples are pooled)")
+    sizes.parser.add_argument("--client", choices=sorted(CLIENTS), default="http",
+                              help="users' client: http = light HTTP clients (little CPU here, as users "
+                              "on their own machines); gradio = gradio_client (threads on these cores)")  # fmt: skip
     sizes.parser.add_argument("--persona", default="ada", help="persona key (a file in personas/)")
     sizes.parser.add_argument("--repetition-penalty", type=float, default=None,
                               help="the apps' generation.repetition_penalty (default: the app's; `transformers "
@@ -149,11 +160,100 @@ def reply_text(output) -> str:
     return output[1] if isinstance(output, list | tuple) and len(output) > 1 and output[1] else ""
 
 
+CHAT_INPUTS = (
+    "message",
+    "persona",
+    "version",
+    "conversation_id",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "custom_persona",
+    "history",
+    "scope_guard",
+)  # /chat's parameters, in order (ui/chat.py)
+
+
 def chat_kwargs(message: str, conv_id, args, max_new_tokens: int, history: list | None = None) -> dict:
     """The typed /chat endpoint's inputs: greedy, the persona of --persona, model version `base`."""
     kwargs = dict(message=message, persona=args.persona, version="base", conversation_id=conv_id, temperature=0,
-                  max_new_tokens=max_new_tokens, api_name="/chat")  # fmt: skip
+                  max_new_tokens=max_new_tokens)  # fmt: skip
     return kwargs | ({"history": history} if history else {})
+
+
+class GradioChat:
+    """A user's browser-like client: gradio_client (its threads run here, on the cores measured)."""
+
+    def __init__(self, url: str):
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False)
+
+    def send(self, kwargs: dict, first_text=None) -> tuple:
+        """The final (conversation_id, reply, turn_id); `first_text()` is called at the first reply text."""
+        job = self.client.submit(**kwargs, api_name="/chat")
+        # Poll every 5 ms: Job's own iterator polls every 1 ms, which 32 threads would turn into CPU
+        # load on the cores the server needs.
+        while not job.done():
+            if first_text and any(reply_text(o) for o in job.outputs()[-1:]):
+                first_text()
+                first_text = None
+            time.sleep(0.005)
+        return job.result()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class HttpChat:
+    """A light client: Gradio's HTTP API (POST /call/chat, then its event stream read line by line),
+    so 32 users cost the measured machine next to nothing. A connection per message: the server
+    closes one left idle for 5 s (uvicorn's keep-alive), as a user's between two messages may be."""
+
+    def __init__(self, url: str):
+        self.host = url.removeprefix("http://")
+        self.session_hash = uuid.uuid4().hex  # one session per user, as a browser tab has
+
+    def send(self, kwargs: dict, first_text=None) -> tuple:
+        data = [kwargs.get(name) for name in CHAT_INPUTS]
+        data[CHAT_INPUTS.index("scope_guard")] = True
+        body = json.dumps({"data": data, "session_hash": self.session_hash})
+        with closing(http.client.HTTPConnection(self.host, timeout=300)) as conn:
+            return self._send(conn, body, first_text)
+
+    def _send(self, conn: http.client.HTTPConnection, body: str, first_text) -> tuple:
+        conn.request("POST", "/gradio_api/call/chat", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {text.decode()[:200]}")
+        conn.request("GET", f"/gradio_api/call/chat/{json.loads(text)['event_id']}")
+        response = conn.getresponse()
+        event, final = None, None
+        while line := response.readline():
+            line = line.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                output = json.loads(line[6:])
+                output = output[0] if isinstance(output, list) and len(output) == 1 else output  # the tuple: one output
+                if event == "error":
+                    raise RuntimeError(f"{output}"[:300])
+                if first_text and event in ("generating", "complete") and reply_text(output):
+                    first_text()
+                    first_text = None
+                if event == "complete":
+                    final = output
+        if final is None:
+            raise RuntimeError("no result in the event stream")
+        return tuple(final)
+
+    def close(self) -> None:
+        pass
+
+
+CLIENTS = {"http": HttpChat, "gradio": GradioChat}
 
 
 def one_chat(client, index: int, args, start: threading.Barrier, result: dict) -> None:
@@ -164,7 +264,7 @@ def one_chat(client, index: int, args, start: threading.Barrier, result: dict) -
     history = [dict(m) for m in HISTORY[:4]]
     history[0]["content"] = f"{history[0]['content']} (I am visitor number {index + 1}.)"
     try:
-        conv_id, _, _ = client.predict(**chat_kwargs(HISTORY[4]["content"], None, args, args.first_tokens, history))
+        conv_id, _, _ = client.send(chat_kwargs(HISTORY[4]["content"], None, args, args.first_tokens, history))
     except Exception as err:
         result["error"] = f"6th turn: {type(err).__name__}: {err}"[:300]
         conv_id = None
@@ -172,15 +272,12 @@ def one_chat(client, index: int, args, start: threading.Barrier, result: dict) -
     if conv_id is None:
         return
     t0 = result["t0"] = time.perf_counter()
+
+    def first_text():
+        result["ttft_s"] = time.perf_counter() - t0
+
     try:
-        job = client.submit(**chat_kwargs(MESSAGE, conv_id, args, args.max_new_tokens))
-        # Poll every 5 ms: Job's own iterator polls every 1 ms, which 32 threads would turn
-        # into CPU load on the cores the server needs.
-        while not job.done():
-            if "ttft_s" not in result and any(reply_text(o) for o in job.outputs()[-1:]):
-                result["ttft_s"] = time.perf_counter() - t0
-            time.sleep(0.005)
-        final = job.result()
+        final = client.send(chat_kwargs(MESSAGE, conv_id, args, args.max_new_tokens), first_text)
         result["t_end"] = time.perf_counter()
         result["total_s"] = result["t_end"] - t0
         result["reply"] = reply_text(final)
@@ -190,24 +287,23 @@ def one_chat(client, index: int, args, start: threading.Barrier, result: dict) -
 
 
 def run_clients(url: str, n: int, args) -> dict:
-    from gradio_client import Client
-
-    clients = [Client(url, verbose=False) for _ in range(n)]
+    clients = [CLIENTS[args.client](url) for _ in range(n)]
     barrier = threading.Barrier(n)
     results = [{} for _ in range(n)]
     threads = [
         threading.Thread(target=one_chat, args=(c, i, args, barrier, r))
         for i, (c, r) in enumerate(zip(clients, results, strict=True))
     ]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    client_cores = (time.process_time() - cpu) / wall  # this process runs only the clients meanwhile
     for c in clients:
         c.close()
-    return {"results": results, "wall_s": wall}
+    return {"results": results, "wall_s": wall, "client_cores": client_cores}
 
 
 def summarize(runs: list[dict], n: int, count_tokens) -> dict:
@@ -227,6 +323,7 @@ def summarize(runs: list[dict], n: int, count_tokens) -> dict:
         "errors": len(samples) - len(ok),
         "error_examples": sorted({r["error"] for r in samples if "error" in r})[:3],
         "replies_per_s": sum(n / run["wall_s"] for run in runs) / len(runs),
+        "client_cores": sum(run["client_cores"] for run in runs) / len(runs),
         "replies": [r.get("reply") for r in runs[0]["results"]],  # round 1, user by user
     }
 
@@ -318,7 +415,8 @@ def measure(url: str, args, count_tokens, label: str) -> dict[int, dict]:
         by_n[n] = summarize([run_clients(url, n, args) for _ in range(args.rounds)], n, count_tokens)
         s = by_n[n]
         print(f"{label}, N={n}: first token p50 {s['ttft_s'].get('p50') or 0:.3f} s, "
-              f"{s['tokens_per_s'] or 0:.1f} tok/s, {s['errors']} errors")  # fmt: skip
+              f"{s['tokens_per_s'] or 0:.1f} tok/s, {s['errors']} errors, "
+              f"clients {s['client_cores']:.2f} cores")  # fmt: skip
     return by_n
 
 
@@ -347,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, engine, limit in setups(args):
             server, app = None, None
             try:
-                extra = {"--batching": "auto" if engine == "batched" else "off"}  # off: one generate per chat
+                # inprocess: one generate per chat in the app's process (the engine before batching);
+                # batched-app: chats batched in the app's process; batched: the default, batched in a
+                # child process (chatbot/process.py).
+                extra = {"--batching": "off" if engine == "inprocess" else "auto"}
+                extra["--model_process"] = "child" if engine == "batched" else "app"
                 if engine in ("serve", "llamacpp"):
                     server, url = start_server(engine, args, model, Path(folder))
                     if server is None:
