@@ -4,10 +4,11 @@
     python app.py --model_process app    # in the app's own process, as before
 
 A chat's forward passes are torch ops, but between them the model's Python code holds the
-interpreter lock; on 2 cores 16 chats decoding in the app made a room of raters wait for it:
-label round trips p95 0.51 s with 16 chatting against 0.19 s without (`benchmarks.label_load`).
-With the model in its own process at a lower priority (`MODEL_NICE`) the app's threads only
-route requests and stream pieces, as they do for a model server (`--engine_url`).
+interpreter lock, which the app's request threads need too. With the model in its own process
+at a lower priority (`MODEL_NICE`) the app's threads only route requests and stream pieces, as
+they do for a model server (`--engine_url`). Measured on 2 cores, default model (README): 100
+raters' label round trips with 16 people chatting, p50 0.10 → 0.06 s and p95 0.61-0.72 → 0.34-0.48
+s (`benchmarks.label_load`); 16 users' first token p50 1.73 → 1.15 s (`benchmarks.concurrent_chat`).
 
 `ProcessEngine` is the app's side: a `ChatEngine` whose token counting runs here on the child's
 tokenizer (sent over at start-up) and whose `stream`, `generate` and `warm` are requests to the
@@ -50,6 +51,7 @@ START_TIMEOUT_S = 600  # loading a large model from a slow disk
 
 
 END = None  # sent after a stream's last piece (pieces are strings)
+_NOTHING = object()  # no more pieces waiting
 
 
 def _portable(err: Exception) -> PersonaStudioError:
@@ -108,14 +110,24 @@ class ProcessEngine(ChatEngine):
         finished = False
         try:
             while True:
-                item = replies.get()
+                # The pieces that arrived meanwhile go out as one: each yield is an update the app
+                # sends (and, in the Chat tab, a re-render of the transcript), so a busy app streams
+                # in bigger steps instead of falling behind the model.
+                text, item = "", replies.get()
+                while isinstance(item, str):
+                    text += item
+                    try:
+                        item = replies.get_nowait()
+                    except queue.Empty:
+                        item = _NOTHING
+                if text:
+                    yield text
                 if isinstance(item, Exception):
                     finished = True
                     raise item
                 if item is END:
                     finished = True
                     return
-                yield item
         finally:
             child.close(rid)
             if not finished:  # the Stop button or a closed tab: the child drops the chat's row
@@ -249,6 +261,10 @@ class _Child:
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
+            # Shut the socket down, not just close the fd: our reader thread is blocked on it, and a
+            # close alone leaves the socket open under that call, so the child would never see EOF.
+            with socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
             self.conn.close()  # the child's recv ends: it exits
         try:
             self.process.wait(timeout=10)
