@@ -7,7 +7,7 @@ A chat's forward passes are torch ops, but between them the model's Python code 
 interpreter lock, which the app's request threads need too. With the model in its own process
 at a lower priority (`MODEL_NICE`) the app's threads only route requests and stream pieces, as
 they do for a model server (`--engine_url`). Measured on 2 cores, default model (README): 100
-raters' label round trips with 16 people chatting, p50 0.10 → 0.06 s and p95 0.61-0.72 → 0.34-0.48
+raters' label round trips with 16 people chatting, p50 0.10 → 0.06 s and p95 0.61-0.72 → 0.34-0.51
 s (`benchmarks.label_load`); 16 users' first token p50 1.73 → 1.15 s (`benchmarks.concurrent_chat`).
 
 `ProcessEngine` is the app's side: a `ChatEngine` whose token counting runs here on the child's
