@@ -133,9 +133,9 @@ class ProcessEngine(ChatEngine):
             if not finished:  # the Stop button or a closed tab: the child drops the chat's row
                 child.send(("cancel", rid))
 
-    def generate(self, conversations: list[Messages], settings: GenerationSettings, **kw) -> list[str]:
-        kw.pop("progress", None)  # a bar in the child's stderr would help no one
-        child, rid, replies = self._request("generate", conversations, settings, kw)
+    def _call(self, kind: str, *args):
+        """A request with one answer: its result, or its error raised here."""
+        child, rid, replies = self._request(kind, *args)
         try:
             item = replies.get()
         finally:
@@ -144,14 +144,12 @@ class ProcessEngine(ChatEngine):
             raise item
         return item
 
+    def generate(self, conversations: list[Messages], settings: GenerationSettings, **kw) -> list[str]:
+        kw.pop("progress", None)  # a bar in the child's stderr would help no one
+        return self._call("generate", conversations, settings, kw)
+
     def warm(self, messages: Messages) -> None:
-        child, rid, replies = self._request("warm", messages)
-        try:
-            item = replies.get()
-        finally:
-            child.close(rid)
-        if isinstance(item, Exception):
-            raise item
+        self._call("warm", messages)
 
     def close(self) -> None:
         """End the model process now (it also ends with the app)."""
