@@ -69,7 +69,7 @@ class ProcessEngine(ChatEngine):
 
     def __init__(self, cfg: EngineConfig, nice: int = MODEL_NICE):
         self.cfg, self.nice = cfg, nice
-        self._lock = threading.Lock()  # one start at a time; sends from many chat threads
+        self._lock = threading.Lock()  # one (re)start at a time, however many chats ask at once
         self._ids = itertools.count()
         self._child: _Child | None = None
         self._start()
