@@ -56,6 +56,13 @@ class GreedySettings(GenerationSettings):
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens in one reply.")
 
 
+def prompt_tokens(tokenizer, messages: Messages) -> int:
+    """Tokens of `messages` after `tokenizer`'s chat template, generation prompt included: what every
+    engine counts to fit a history (a local model, a server's base, the app's side of a child process)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 class ChatEngine(ABC):
     """A generation backend. Subclasses give tokens counts and generation; trimming the
     history to the context window is shared here so every backend trims the same way."""
@@ -159,7 +166,7 @@ class TransformersEngine(ChatEngine):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def count_tokens(self, messages: Messages) -> int:
-        return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+        return prompt_tokens(self.tokenizer, messages)
 
     def _encode(self, texts: list[str]) -> dict:
         # The chat template already holds the special tokens (BOS etc.): add none twice.

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from chatbot.conversation import Messages
-from chatbot.engine import ChatEngine, GenerationSettings
+from chatbot.engine import ChatEngine, GenerationSettings, prompt_tokens
 from chatbot.errors import GenerationError, ModelLoadError, PersonaStudioError
 from chatbot.loading import EngineConfig
 
@@ -71,32 +71,34 @@ class ProcessEngine(ChatEngine):
         self.cfg, self.nice = cfg, nice
         self._lock = threading.Lock()  # one (re)start at a time, however many chats ask at once
         self._ids = itertools.count()
-        self._child: _Child | None = None
+        # The running child, in a list the finalizer holds (not the engine): a version the pool drops
+        # ends its process, whichever child it is on by then.
+        self._holder: list[_Child] = []
         self._start()
-        weakref.finalize(self, _stop_holder, self._holder)  # a version the pool drops ends its process
+        weakref.finalize(self, _stop_holder, self._holder)
 
     @property
     def batches(self) -> bool:  # the child's engine decodes chats together (or not: --batching off)
         return self._batches
 
+    @property
+    def _child(self) -> _Child:
+        return self._holder[0]
+
     def _start(self) -> None:
         child = _Child.start(self.cfg, self.nice)
         self.name, self.context_window, self.tokenizer, self._batches = child.info
-        self._child = child
-        self._holder = getattr(self, "_holder", [])
         self._holder[:] = [child]
 
     def _ready_child(self) -> _Child:
         with self._lock:
-            if self._child is None or not self._child.alive:
-                if self._child is not None:
-                    log.warning("the model process had ended (%s): starting it again", self._child.ended())
+            if not self._child.alive:
+                log.warning("the model process had ended (%s): starting it again", self._child.ended())
                 self._start()
             return self._child
 
     def count_tokens(self, messages: Messages) -> int:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return prompt_tokens(self.tokenizer, messages)
 
     def _request(self, kind: str, *args) -> tuple[_Child, int, queue.Queue]:
         child = self._ready_child()

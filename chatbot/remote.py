@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from chatbot.conversation import Messages
 from chatbot.default_model import DEFAULT_MODEL, HUB_ID, default_model_dir, tokenizer_source
-from chatbot.engine import ChatEngine, GenerationSettings
+from chatbot.engine import ChatEngine, GenerationSettings, prompt_tokens
 from chatbot.errors import ConfigError, GenerationError, ModelLoadError, PersonaStudioError
 from chatbot.loading import EngineConfig, resolve_model, resolve_version
 from chatbot.versions import BASE
@@ -83,8 +83,7 @@ class OpenAIEngine(ChatEngine):
         self.send_extra = True  # top_k / repetition_penalty, until the server refuses them
 
     def count_tokens(self, messages: Messages) -> int:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return prompt_tokens(self.tokenizer, messages)
 
     def _params(self, messages: Messages, settings: GenerationSettings) -> dict:
         """The request for `messages` fitted to the window, the reply capped to the room left."""
