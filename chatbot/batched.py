@@ -119,7 +119,7 @@ class _GrowingLayer(DynamicLayer):
 
     def _fill(self, keys: torch.Tensor, values: torch.Tensor, coming: int = 0) -> None:
         b, h, t, d = keys.shape
-        room = t + max(SPARE_TOKENS, t // 4, coming)
+        room = t + max(_spare(t), coming)
         self.kbuf = keys.new_empty(b, h, room, d)
         self.vbuf = values.new_empty(b, values.shape[1], room, values.shape[-1])
         self.kbuf[:, :, :t], self.vbuf[:, :, :t] = keys, values
@@ -144,6 +144,11 @@ def batchable(model) -> bool:
         return reusable(DynamicCache(config=model.config))
     except Exception:  # a config transformers cannot build a cache from: not one to batch
         return False
+
+
+def _spare(tokens: int) -> int:
+    """Positions a cache of `tokens` keeps free for the tokens to come (a quarter, at least SPARE_TOKENS)."""
+    return max(SPARE_TOKENS, tokens // 4)
 
 
 def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]], filled: int | None = None) -> DynamicCache:
@@ -191,7 +196,7 @@ class _Batch:
             return
         width = max(self.mask.shape[1], mask.shape[1])
         a, b = width - self.mask.shape[1], width - mask.shape[1]
-        room = max(SPARE_TOKENS, width // 4)
+        room = _spare(width)
         layers = [
             (_right_aligned([k1, k2], width, room), _right_aligned([v1, v2], width, room))
             for (k1, v1), (k2, v2) in zip(_kv(self.cache), _kv(cache), strict=True)
@@ -362,7 +367,7 @@ class BatchedEngine(TransformersEngine):
             # Each layer: one buffer with every row's cached part right-aligned at `cached`, and room for
             # this forward's `width` tokens and the decoding after it (written in place).
             layers = len(next(own for own in owns if own))
-            room = width + max(SPARE_TOKENS, (cached + width) // 4)
+            room = width + _spare(cached + width)
             by_layer = zip(*(own or [None] * layers for own in owns), strict=True)
             past = _cache(
                 [tuple(_right_aligned([kv[n] if kv else None for kv in kvs], cached, room) for n in (0, 1))
