@@ -89,7 +89,7 @@ class AppConfig(EngineConfig):
     )  # fmt: skip
     # benchmarks/concurrent_chat on 2 CPU cores: one generate per chat did best at 4 at once (16 users:
     # 11.7 s to a first token against 13.8 s at 2); batched chats decode together, so every chat
-    # should reach the batch (16 users: 1.92 s at 32). README, "Many users at once".
+    # should reach the batch (16 users: 1.15 s at 32, model in a child process). README, "Many users at once".
     concurrency_limit: int | None = Field(
         None, ge=1,
         description="Generations at once; default 32 where chats are decoded together (batched engine, a model "
@@ -101,8 +101,9 @@ class AppConfig(EngineConfig):
     # this keeps a slow moment under a room of raters from filling the queue: with Gradio's 40,
     # 100 raters + 16 chatters on 2 cores got HTTP 503s (benchmarks/label_load).
     max_threads: int = Field(256, ge=8, description="Events running at once, all groups (Gradio's max_threads).")
-    # The model's Python code holds the interpreter lock between torch ops: in the app's process, 16
-    # chats made raters wait (label p95 0.51 s); in a child process they did not (chatbot/process.py).
+    # The model's Python code holds the interpreter lock between torch ops. 100 raters with 16 chatting
+    # on 2 cores, label p95: 0.61-0.72 s with the model in the app's process, 0.34-0.51 s in a child
+    # process; 16 users' first token p50 1.73 vs 1.15 s (chatbot/process.py, README).
     model_process: Literal["auto", "child", "app"] = Field(
         "auto",
         description="Where a local model runs: child = its own process at a lower priority (the app's requests never "
