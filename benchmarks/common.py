@@ -18,7 +18,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -294,3 +294,18 @@ def log_quietly() -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---------------------------------------------------------------- the app's HTTP API
+
+
+def sse_events(response) -> Iterator[tuple[str | None, str]]:
+    """(event, data) of each `data:` line of Gradio's event stream (`GET /gradio_api/call/<name>/<id>`),
+    read line by line as it arrives; it ends after `complete` or `error`."""
+    event = None
+    while line := response.readline():
+        line = line.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event, line[6:]

@@ -48,7 +48,7 @@ from contextlib import closing
 from pathlib import Path
 
 from benchmarks.chat_latency import HISTORY, MESSAGE
-from benchmarks.common import REPO, Row, Sizes, add_model_args, at_least, at_most, describe, report, skipped
+from benchmarks.common import REPO, Row, Sizes, add_model_args, at_least, at_most, describe, report, skipped, sse_events
 from benchmarks.models import model_source
 
 NAME = "concurrent_chat"
@@ -230,21 +230,17 @@ class HttpChat:
             raise RuntimeError(f"HTTP {response.status}: {text.decode()[:200]}")
         conn.request("GET", f"/gradio_api/call/chat/{json.loads(text)['event_id']}")
         response = conn.getresponse()
-        event, final = None, None
-        while line := response.readline():
-            line = line.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                output = json.loads(line[6:])
-                output = output[0] if isinstance(output, list) and len(output) == 1 else output  # the tuple: one output
-                if event == "error":
-                    raise RuntimeError(f"{output}"[:300])
-                if first_text and event in ("generating", "complete") and reply_text(output):
-                    first_text()
-                    first_text = None
-                if event == "complete":
-                    final = output
+        final = None
+        for event, data in sse_events(response):
+            output = json.loads(data)
+            output = output[0] if isinstance(output, list) and len(output) == 1 else output  # the tuple: one output
+            if event == "error":
+                raise RuntimeError(f"{output}"[:300])
+            if first_text and event in ("generating", "complete") and reply_text(output):
+                first_text()
+                first_text = None
+            if event == "complete":
+                final = output
         if final is None:
             raise RuntimeError("no result in the event stream")
         return tuple(final)

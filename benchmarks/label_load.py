@@ -41,7 +41,7 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
-from benchmarks.common import REPO, Row, Sizes, add_model_args, at_most, describe, report
+from benchmarks.common import REPO, Row, Sizes, add_model_args, at_most, describe, report, sse_events
 from benchmarks.concurrent_chat import free_port, stop_app, wait_ready
 from benchmarks.models import model_source
 
@@ -105,12 +105,10 @@ class Api:
         event_id = json.loads(text)["event_id"]
         self.conn.request("GET", f"/gradio_api/call/{api_name}/{event_id}")
         response = self.conn.getresponse()
-        event, output = None, None
-        for line in response.read().decode().splitlines():  # the stream ends after complete/error
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event in ("complete", "error"):
-                output = json.loads(line[6:])
+        output = None
+        for event, data in sse_events(response):
+            if event in ("complete", "error"):
+                output = json.loads(data)
                 if event == "error":
                     raise RuntimeError(f"{api_name}: {output}"[:300])
         if output is None:
