@@ -106,8 +106,8 @@ class AppConfig(EngineConfig):
     # process; 16 users' first token p50 1.73 vs 1.15 s (chatbot/process.py, README).
     model_process: Literal["auto", "child", "app"] = Field(
         "auto",
-        description="Where a local model runs: child = its own process at a lower priority (the app's requests never "
-        "wait on generation), app = the app's process; auto = child on CPU, app on a GPU or ZeroGPU.",
+        description="Where a local model runs: child = its own process at a lower priority (generation does not "
+        "hold the app's interpreter lock), app = the app's process; auto = child on CPU, app on a GPU or ZeroGPU.",
     )
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 

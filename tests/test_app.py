@@ -230,7 +230,7 @@ def test_broken_persona_file_is_listed_and_explained(store, tmp_path):
 
 
 def test_a_local_model_runs_in_a_child_process_on_cpu(monkeypatch):
-    """`--model_process auto`: a child process on CPU (the app's requests never wait on generation),
+    """`--model_process auto`: a child process on CPU (generation does not hold the app's interpreter lock),
     the app's own process on a GPU; a model server is its own process already."""
     import chatbot.process
     from app import model_loader
