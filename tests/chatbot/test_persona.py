@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from chatbot import persona as persona_module
 from chatbot.errors import PersonaError
 from chatbot.persona import (
     Persona,
@@ -11,6 +12,7 @@ from chatbot.persona import (
     load_personas,
     persona_from_facts,
     render_system_prompt,
+    scan_personas,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,3 +263,20 @@ def test_load_personas_reads_yml_and_ignores_other_files(tmp_path):
     (tmp_path / "bo.yml").write_text("name: Bo\nfacts: [I fish.]\n", encoding="utf-8")
     (tmp_path / "notes.txt").write_text("not a persona", encoding="utf-8")
     assert {k: p.name for k, p in load_personas(tmp_path).items()} == {"bo": "Bo"}
+
+
+def test_a_persona_file_is_parsed_again_only_when_it_changes(tmp_path, monkeypatch):
+    path = tmp_path / "kim.yaml"
+    path.write_text("name: Kim\nfacts: [I fish.]\n")
+    first = scan_personas(tmp_path)[0]["kim"]
+    parsed = []
+    real_load = persona_module.yaml.load
+    monkeypatch.setattr(persona_module.yaml, "load", lambda *a, **k: parsed.append(1) or real_load(*a, **k))
+    assert scan_personas(tmp_path)[0]["kim"] is first and parsed == []  # unchanged: not read again
+    path.write_text("name: Kim\nfacts: [I fish.]\nstyle: terse\n")  # an edit while the app runs
+    assert scan_personas(tmp_path)[0]["kim"].style == "terse" and parsed == [1]
+    path.write_text("name: Kim\nfacts: [I fish.\n")  # broken by the next edit: its error, every time
+    for _ in range(2):
+        with pytest.raises(PersonaError, match="not valid YAML"):
+            load_persona(path)
+    assert scan_personas(tmp_path)[1]["kim"].problem.startswith(f"persona file {path} is not valid YAML")
