@@ -19,6 +19,7 @@ from store.db import StoreError, database_url, mask_url
 from store.records import (
     VOTES,
     BlindItem,
+    Labelled,
     LabelRow,
     NewItem,
     NewPreference,
@@ -35,6 +36,7 @@ __all__ = [
     "BlindItem",
     "EvalRun",
     "Item",
+    "Labelled",
     "LabelRow",
     "NewItem",
     "NewPreference",

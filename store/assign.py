@@ -97,16 +97,22 @@ def _add_holders(conn: sa.Connection, item_id: int, n: int) -> None:
 
 def count_open(conn: sa.Connection, rater_id: int | None, overlap: int, source: str | None) -> int:
     """How many items `next_item` could still give the rater: unfinished ones with a free
-    place, plus full ones the rater holds (two counts: an OR would look up every item's holders)."""
-    free = sa.select(sa.func.count()).select_from(label_items)
-    free = free.where(label_items.c.holders < overlap, *_unfinished(rater_id, source))
+    place, plus full ones the rater holds (counted apart: an OR would look up every item's
+    holders). Unfinished ones with a free place = all with a free place - the rater's finished
+    ones among them: a count over the queue's index and one over the rater's few finished items
+    (testing every free item against the finished ones: 1.5 ms per call at 10k items)."""
+    with_place = [label_items.c.holders < overlap, *([label_items.c.source == source] if source else [])]
+    free = sa.select(sa.func.count()).select_from(label_items).where(*with_place)
+    finished = sa.select(sa.func.count()).select_from(label_items)
+    finished = finished.where(*with_place, label_items.c.id.in_(_finished(rater_id)))
     held = sa.select(sa.func.count()).select_from(
         label_items.join(assignments, assignments.c.item_id == label_items.c.id)
     )
     held = held.where(
         assignments.c.rater_id == rater_id, label_items.c.holders >= overlap, *_unfinished(rater_id, source)
     )
-    return conn.execute(free).scalar_one() + conn.execute(held).scalar_one()
+    n_free, n_finished, n_held = (conn.execute(query).scalar_one() for query in (free, finished, held))
+    return n_free - n_finished + n_held
 
 
 def count_labelled(conn: sa.Connection, rater_id: int | None, source: str | None) -> int:

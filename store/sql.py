@@ -54,7 +54,19 @@ def record(conn: sa.Connection, cls: type[R], row_id: int, what: str) -> R:
     return cls(**require(conn, table, row_id, what, columns=table.c)._mapping)
 
 
-def rater_id(conn: sa.Connection, name: str, create: bool) -> int | None:
+def rater_id(conn: sa.Connection, name: str, create: bool, known: dict[str, int] | None = None) -> int | None:
+    """The rater's id (None: no such rater, unless `create`). `known`: committed name -> id
+    pairs (a rater row is never changed or deleted), consulted first and filled here."""
+    if known is not None and name in known:
+        return known[name]
     if create:
-        conn.execute(dialect_insert(conn, raters).values(name=name).on_conflict_do_nothing())
-    return conn.execute(sa.select(raters.c.id).where(raters.c.name == name)).scalar()
+        insert = dialect_insert(conn, raters).values(name=name).on_conflict_do_nothing().returning(raters.c.id)
+        added = conn.execute(insert).scalar()
+        if added is not None:
+            return added  # not remembered: this transaction may still roll back
+    found = conn.execute(sa.select(raters.c.id).where(raters.c.name == name)).scalar()
+    if found is not None and known is not None:
+        # Committed: a read sees only committed rows, and a write's insert that found a
+        # conflict waited for (SQLite: was queued behind) the transaction that added the name.
+        known[name] = found
+    return found

@@ -17,13 +17,14 @@ when nothing is left:
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations (a string return annotation would become one untyped output).
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import gradio as gr
 
 from chatbot.conversation import dialogue
-from store import BlindItem, StoreError
+from store import BlindItem, Item, StoreError
 from ui.common import for_chatbot, shortcuts_js
 from ui.context import AppContext
 from ui.raters import SIGN_IN_HINT, rater_for
@@ -79,6 +80,14 @@ def show_next(ctx: AppContext, rater: str) -> Shown:
     """The rater's next item (assigned to them now) and their progress."""
     try:
         item = ctx.store.next_item(rater, ctx.label_overlap)
+    except StoreError as err:
+        raise _store_error("Could not load the next item", err) from None
+    return _shown(ctx, rater, item)
+
+
+def _shown(ctx: AppContext, rater: str, item: Item | None) -> Shown:
+    """`item` (the rater's next, None: nothing left) as the tab shows it, with their progress."""
+    try:
         done, total = ctx.store.progress(rater, ctx.label_overlap)
     except StoreError as err:
         raise _store_error("Could not load the next item", err) from None
@@ -92,11 +101,13 @@ def show_next(ctx: AppContext, rater: str) -> Shown:
 def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str, rater: str) -> Shown:
     if item_id is None:
         raise gr.Error("There is no answer on screen to label.")
-    try:
-        ctx.store.label(int(item_id), rater, verdict, (comment or "").strip())
+    try:  # the label and the next item in one write (Store.label_and_next)
+        done = ctx.store.label_and_next(int(item_id), rater, verdict, (comment or "").strip(), ctx.label_overlap)
     except StoreError as err:
         raise _store_error("Your label was NOT saved", err) from None
-    return _after(ctx, rater, "Your label was saved")
+    if done.next_error is not None:
+        return _after("Your label was saved", lambda: show_next(ctx, rater))  # ask again, on its own
+    return _after("Your label was saved", lambda: _shown(ctx, rater, done.next_item))
 
 
 def save_skip(ctx: AppContext, item_id: int | None, rater: str) -> Shown:
@@ -106,7 +117,7 @@ def save_skip(ctx: AppContext, item_id: int | None, rater: str) -> Shown:
         ctx.store.skip(int(item_id), rater)
     except StoreError as err:
         raise _store_error("The skip was NOT saved", err) from None
-    return _after(ctx, rater, "The skip was saved")
+    return _after("The skip was saved", lambda: show_next(ctx, rater))
 
 
 def undo_label(ctx: AppContext, rater: str) -> Shown:
@@ -115,13 +126,13 @@ def undo_label(ctx: AppContext, rater: str) -> Shown:
     except StoreError as err:
         raise _store_error("Your last label was NOT undone", err) from None
     gr.Info("You have no labels to undo." if undone is None else "Last label removed: that answer is back.")
-    return _after(ctx, rater, "Done")
+    return _after("Done", lambda: show_next(ctx, rater))
 
 
-def _after(ctx: AppContext, rater: str, done: str) -> Shown:
-    """The next item once a write succeeded; a failure here must not read as a lost write."""
+def _after(done: str, shown: Callable[[], Shown]) -> Shown:
+    """What `shown` gives once a write succeeded; a failure there must not read as a lost write."""
     try:
-        return show_next(ctx, rater)
+        return shown()
     except gr.Error as err:
         raise gr.Error(f"{done}, but {err.message[0].lower()}{err.message[1:]}", duration=None) from None
 

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from store import BlindItem, NewItem, NewPreference, Store, StoreError, database_url
+from store import BlindItem, NewItem, NewPreference, Store, StoreError, database_url, sql
 from store.schema import assignments, label_items
 from tests.conftest import REPO
 from tests.store.conftest import add_items, new_item
@@ -321,6 +322,67 @@ def test_label_relabel_skip_undo_and_progress(store, monkeypatch):
     assert store.progress("kim") == (0, 2)
     assert store.undo_last_label("kim") is None
     assert store.undo_last_label("nobody") is None
+
+
+def test_label_and_next_saves_the_label_and_gives_the_next_item_in_one_write(store):
+    a, b, c = add_items(store, 3)
+    assert store.next_item("kim").id == a
+    assert store.next_item("lee").id == b
+    done = store.label_and_next(a, "kim", "good", "fine")
+    assert (done.label.item_id, done.label.rater, done.label.verdict, done.label.comment) == (a, "kim", "good", "fine")
+    assert done.label == store.label_rows()[0]  # what is stored, model version and times included
+    assert (done.next_item.id, done.next_error) == (c, None)  # b is lee's
+    assert store.label_and_next(c, "kim", "bad").next_item is None  # nothing left for kim
+    assert store.undo_last_label("kim") == c
+    assert store.label_and_next(a, "kim", "bad").next_item.id == c  # the undone item comes back first
+    assert store.progress("kim") == (1, 2)
+    _holders_match_assignments(store)
+    with pytest.raises(StoreError, match="'good' or 'bad'"):
+        store.label_and_next(c, "kim", "great")
+    with pytest.raises(StoreError, match="no label item 999"):
+        store.label_and_next(999, "kim", "good")
+
+
+def test_concurrent_label_and_next_labels_every_item_once(store):
+    add_items(store, 40)
+
+    def work(rater: str) -> list[int]:
+        item, labelled = store.next_item(rater), []
+        while item is not None:
+            labelled.append(item.id)
+            item = store.label_and_next(item.id, rater, "good").next_item
+        return labelled
+
+    with ThreadPoolExecutor(4) as pool:
+        by_rater = list(pool.map(work, [f"rater{i}" for i in range(4)]))
+    stored = Counter(row.item_id for row in store.label_rows())
+    assert sorted(stored) == sorted(i for labelled in by_rater for i in labelled) and set(stored.values()) == {1}
+    assert len(stored) == 40
+    _holders_match_assignments(store)
+
+
+def test_progress_counts_an_item_labelled_and_skipped_once(store):
+    a, b = add_items(store, 2)
+    store.label(a, "kim", "good")
+    store.skip(a, "kim")  # both a label and a skip of a: finished once
+    assert store.progress("kim", overlap=2) == (1, 2)
+    assert store.progress("lee", overlap=2) == (0, 2)
+    assert store.progress("kim", overlap=2, source="chat") == (0, 0)
+
+
+def test_a_rater_id_is_remembered_only_once_committed(store):
+    known: dict[str, int] = {}
+    with store.engine.connect() as conn:
+        with conn.begin() as tx:
+            assert sql.rater_id(conn, "zed", create=True, known=known) is not None
+            tx.rollback()
+        assert known == {}  # that id is gone with the rollback and may be given to another name
+        assert sql.rater_id(conn, "zed", create=False, known=known) is None
+    (a,) = add_items(store, 1)
+    store.label(a, "zed", "good")
+    with store.engine.connect() as conn:
+        zed = sql.rater_id(conn, "zed", create=False, known=known)
+    assert known == {"zed": zed} and [r.rater for r in store.label_rows()] == ["zed"]
 
 
 def test_label_checks_verdict_item_and_rater(store):

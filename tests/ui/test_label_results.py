@@ -13,7 +13,7 @@ from gradio_client import Client
 from chatbot.engine import ChatEngine
 from eval.human import wilson_interval
 from eval.table import NO_LABELS, NOT_RUN, VersionResult, collect, results_table
-from store import NewItem, StoreError
+from store import NewItem, StoreError, assign
 from tests.conftest import serving, studio_context
 from ui.common import for_chatbot
 from ui.label import EMPTY_QUEUE, persona_text, save_label
@@ -183,7 +183,7 @@ def test_a_database_failure_says_the_label_was_not_saved(client, ctx, monkeypatc
     def down(*args, **kwargs):
         raise StoreError("the label for item 1 by rita was NOT saved: database is locked", "try again")
 
-    monkeypatch.setattr(ctx.store, "label", down)
+    monkeypatch.setattr(ctx.store, "label_and_next", down)
     with pytest.raises(Exception, match="Your label was NOT saved"):
         client.predict(item_id, "good", "", "rita", api_name="/label")
     assert ctx.store.label_rows() == []
@@ -195,10 +195,30 @@ def test_a_saved_label_is_not_reported_lost_when_the_next_item_fails(ctx, monkey
     def down(*args, **kwargs):
         raise StoreError("could not read the queue", "try again")
 
-    monkeypatch.setattr(ctx.store, "next_item", down)
+    monkeypatch.setattr(ctx.store, "progress", down)
     with pytest.raises(gr.Error, match="Your label was saved, but could not load the next item"):
         save_label(ctx, item_id, "good", "", "rita")
     assert [r.verdict for r in ctx.store.label_rows()] == ["good"]
+
+
+def test_a_busy_queue_after_a_label_asks_for_the_next_item_again(ctx, monkeypatch):
+    # label_and_next commits the label when no next item could be assigned (assign.claim's
+    # "too busy" on PostgreSQL); the tab then asks for the next item on its own.
+    first, second = ctx.store.add_label_items([new_item(0, "base"), new_item(1, "base")])
+    real_claim = assign.claim
+    calls = []
+
+    def busy_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise StoreError("the label queue is too busy right now", "ask for the next item again")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(assign, "claim", busy_once)
+    shown = save_label(ctx, first, "good", "", "rita")
+    assert [r.verdict for r in ctx.store.label_rows()] == ["good"]
+    assert shown[0] == second and shown[4] == "1 of 2 labelled"
+    assert len(calls) == 2
 
 
 def test_the_logged_in_user_is_the_rater(ctx):
