@@ -256,11 +256,27 @@ class Store:
         _check_overlap(overlap)
 
         def read(conn: sa.Connection) -> Progress:
-            rater_id = self._rater_id(conn, rater, create=False)
-            done = assign.count_labelled(conn, rater_id, source)
-            return Progress(done, done + assign.count_open(conn, rater_id, overlap, source))
+            return _progress(conn, self._rater_id(conn, rater, create=False), overlap, source)
 
         return self._read(read, f"the progress of {rater}")
+
+    def next_with_progress(
+        self, rater: str, overlap: int = 1, source: str | None = None
+    ) -> tuple[Item | None, Progress]:
+        """`next_item` and `progress` (what the Label tab shows), in one read when the rater
+        holds an item already (after `label_and_next` they do): a transaction less per click."""
+        rater = _rater_name(rater)
+        _check_overlap(overlap)
+
+        def read(conn: sa.Connection) -> tuple[sa.Row, Progress] | None:
+            rater_id = self._rater_id(conn, rater, create=False)
+            held = assign.pending(conn, rater_id, source) if rater_id is not None else None
+            return (held, _progress(conn, rater_id, overlap, source)) if held else None
+
+        found = self._read(read, f"the items held by {rater}")
+        if found is not None:
+            return Item(**found[0]._mapping), found[1]
+        return self.next_item(rater, overlap, source), self.progress(rater, overlap, source)
 
     # -- labels -----------------------------------------------------------------------
 
@@ -434,6 +450,11 @@ class Store:
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise StoreError(f"{what} {value!r} is not one of {', '.join(allowed)}", f"pass one of {', '.join(allowed)}")
+
+
+def _progress(conn: sa.Connection, rater_id: int | None, overlap: int, source: str | None) -> Progress:
+    done = assign.count_labelled(conn, rater_id, source)
+    return Progress(done, done + assign.count_open(conn, rater_id, overlap, source))
 
 
 def _check_verdict(verdict: str) -> None:

@@ -24,7 +24,7 @@ from typing import Literal
 import gradio as gr
 
 from chatbot.conversation import dialogue
-from store import BlindItem, Item, StoreError
+from store import BlindItem, Item, Progress, StoreError
 from ui.common import for_chatbot, shortcuts_js
 from ui.context import AppContext
 from ui.raters import SIGN_IN_HINT, rater_for
@@ -79,23 +79,18 @@ def _store_error(what: str, err: StoreError) -> gr.Error:
 def show_next(ctx: AppContext, rater: str) -> Shown:
     """The rater's next item (assigned to them now) and their progress."""
     try:
-        item = ctx.store.next_item(rater, ctx.label_overlap)
+        return _shown(*ctx.store.next_with_progress(rater, ctx.label_overlap))
     except StoreError as err:
         raise _store_error("Could not load the next item", err) from None
-    return _shown(ctx, rater, item)
 
 
-def _shown(ctx: AppContext, rater: str, item: Item | None) -> Shown:
-    """`item` (the rater's next, None: nothing left) as the tab shows it, with their progress."""
-    try:
-        done, total = ctx.store.progress(rater, ctx.label_overlap)
-    except StoreError as err:
-        raise _store_error("Could not load the next item", err) from None
-    progress = f"{done} of {total} labelled"
+def _shown(item: Item | None, progress: Progress) -> Shown:
+    """The rater's next item (None: nothing left) as the tab shows it, with their progress."""
+    counts = f"{progress.done} of {progress.total} labelled"
     if item is None:
-        return None, "", [], "", f"{EMPTY_QUEUE} ({progress})"
+        return None, "", [], "", f"{EMPTY_QUEUE} ({counts})"
     blind: BlindItem = item.blind()  # what a rater may see: no model version, no source
-    return blind.id, persona_text(blind.persona), dialogue(blind.context), blind.answer, progress
+    return blind.id, persona_text(blind.persona), dialogue(blind.context), blind.answer, counts
 
 
 def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str, rater: str) -> Shown:
@@ -107,7 +102,14 @@ def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str,
         raise _store_error("Your label was NOT saved", err) from None
     if done.next_error is not None:
         return _after("Your label was saved", lambda: show_next(ctx, rater))  # ask again, on its own
-    return _after("Your label was saved", lambda: _shown(ctx, rater, done.next_item))
+    return _after("Your label was saved", lambda: _shown(done.next_item, _progress(ctx, rater)))
+
+
+def _progress(ctx: AppContext, rater: str) -> Progress:
+    try:
+        return ctx.store.progress(rater, ctx.label_overlap)
+    except StoreError as err:
+        raise _store_error("Could not load the next item", err) from None
 
 
 def save_skip(ctx: AppContext, item_id: int | None, rater: str) -> Shown:

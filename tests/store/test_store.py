@@ -343,6 +343,19 @@ def test_label_and_next_saves_the_label_and_gives_the_next_item_in_one_write(sto
         store.label_and_next(999, "kim", "good")
 
 
+def test_next_with_progress_is_next_item_and_progress(store):
+    a, b = add_items(store, 2)
+    item, progress = store.next_with_progress("kim")  # claims a
+    assert (item.id, progress) == (a, (0, 2)) == (store.next_item("kim").id, store.progress("kim"))
+    assert store.next_with_progress("kim")[0].id == a  # held: one read
+    store.label(a, "kim", "good")
+    item, progress = store.next_with_progress("kim")
+    assert (item.id, progress) == (b, (1, 2))
+    store.label(b, "kim", "good")
+    assert store.next_with_progress("kim") == (None, (2, 2))
+    assert store.next_with_progress("nobody") == (None, (0, 0))
+
+
 def test_concurrent_label_and_next_labels_every_item_once(store):
     add_items(store, 40)
 
