@@ -109,6 +109,11 @@ class AppConfig(EngineConfig):
         description="Where a local model runs: child = its own process at a lower priority (generation does not "
         "hold the app's interpreter lock), app = the app's process; auto = child on CPU, app on a GPU or ZeroGPU.",
     )
+    model_threads: int | None = Field(
+        None, ge=1,
+        description="torch threads of the model's child process (--model_process child); default: all cores but "
+        "one, which the app's requests keep.",
+    )  # fmt: skip
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
 
@@ -154,7 +159,7 @@ def model_loader(cfg: AppConfig):
         return load_engine
     from chatbot.process import loader  # here: imports torch, which must come after `spaces` on ZeroGPU
 
-    return loader()
+    return loader(threads=cfg.model_threads)
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:

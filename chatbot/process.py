@@ -46,6 +46,17 @@ ROOT = Path(__file__).resolve().parents[1]  # the folder `chatbot` is in
 # llama.cpp's server as the model process, raters' p95 with 16 chatting was 0.096 s at nice 10
 # and 1.13 s at nice 0 (README, "A room of raters").
 MODEL_NICE = 10
+
+
+def spare_threads() -> int:
+    """torch threads for the child: every core this process may use but one, which the app keeps.
+    2 cores, 100 raters labelling while 16 people chat (benchmarks/label_load, four runs each):
+    raters' p95 round trip 0.16-0.23 s with one torch thread, 0.22-0.26 s with two, and the chat
+    replies faster too (8.4-9.2 s against 11.5-13.1 s: two threads kept waiting for each other
+    whenever the app took a core); with the app idle, two threads decode 16 chats ~13 % faster."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 JOB_NICE = 5  # more for batch `generate` (queue jobs) inside the child: chats come first
 START_TIMEOUT_S = 600  # loading a large model from a slow disk
 
@@ -67,8 +78,8 @@ def _portable(err: Exception) -> PersonaStudioError:
 class ProcessEngine(ChatEngine):
     """A `ChatEngine` over a child process that holds the model (see the module docstring)."""
 
-    def __init__(self, cfg: EngineConfig, nice: int = MODEL_NICE):
-        self.cfg, self.nice = cfg, nice
+    def __init__(self, cfg: EngineConfig, nice: int = MODEL_NICE, threads: int | None = None):
+        self.cfg, self.nice, self.threads = cfg, nice, threads or spare_threads()
         self._lock = threading.Lock()  # one (re)start at a time, however many chats ask at once
         self._ids = itertools.count()
         # The running child, in a list the finalizer holds (not the engine): a version the pool drops
@@ -86,8 +97,8 @@ class ProcessEngine(ChatEngine):
         return self._holder[0]
 
     def _start(self) -> None:
-        child = _Child.start(self.cfg, self.nice)
-        self.name, self.context_window, self.tokenizer, self._batches = child.info
+        child = _Child.start(self.cfg, self.nice, self.threads)
+        self.name, self.context_window, self.tokenizer, self._batches, self.threads = child.info  # as the child set
         self._holder[:] = [child]
 
     def _ready_child(self) -> _Child:
@@ -174,12 +185,13 @@ class _Child:
         self._reader.start()
 
     @classmethod
-    def start(cls, cfg: EngineConfig, nice: int) -> _Child:
+    def start(cls, cfg: EngineConfig, nice: int, threads: int) -> _Child:
         # A fresh interpreter (`-m chatbot.process`), not a fork of the app: no Gradio, no server
         # sockets, no threads copied mid-lock. It gets its end of a socket pair as an inherited fd.
         ours, theirs = socket.socketpair()
         engine_cfg = EngineConfig(**cfg.model_dump(include=set(EngineConfig.model_fields)))  # the app's has more
-        cmd = [sys.executable, "-m", "chatbot.process", str(theirs.fileno()), engine_cfg.model_dump_json(), str(nice)]
+        cmd = [sys.executable, "-m", "chatbot.process", str(theirs.fileno()), engine_cfg.model_dump_json(), str(nice),
+               str(threads)]  # fmt: skip
         # Importable from any working directory (which stays the app's: relative paths in `cfg`).
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         with theirs:
@@ -278,20 +290,23 @@ def _exit_reason(code: int | None) -> str:
     return "killed, perhaps for memory" if code == -9 else f"exit code {code}"
 
 
-def loader(nice: int = MODEL_NICE):
+def loader(nice: int = MODEL_NICE, threads: int | None = None):
     """The EnginePool loader: each model version in a child process of its own."""
-    return lambda cfg: ProcessEngine(cfg, nice)
+    return lambda cfg: ProcessEngine(cfg, nice, threads)
 
 
 # ---------------------------------------------------------------- the child
 
 
-def serve(fd: int, cfg: EngineConfig, nice: int) -> None:
+def serve(fd: int, cfg: EngineConfig, nice: int, threads: int) -> None:
     """Load the engine, tell the app, then answer its requests until the app closes the connection."""
+    import torch
+
     from chatbot.engine import load_engine
     from chatbot.priority import lower_priority
 
     lower_priority(nice)  # before torch starts its threads: they inherit it
+    torch.set_num_threads(threads)
     conn = Connection(fd)
     try:
         engine = load_engine(cfg)
@@ -300,7 +315,8 @@ def serve(fd: int, cfg: EngineConfig, nice: int) -> None:
             log.exception("loading the model failed")
         conn.send(("error", _portable(err)))
         return
-    conn.send(("ready", (engine.name, engine.context_window, engine.tokenizer, engine.batches)))
+    info = (engine.name, engine.context_window, engine.tokenizer, engine.batches, torch.get_num_threads())
+    conn.send(("ready", info))
     send_lock, cancelled = threading.Lock(), set()
 
     def reply(rid: int, item) -> None:
@@ -350,4 +366,4 @@ if __name__ == "__main__":
     # `chatbot.process`, which the app can unpickle.
     from chatbot import process
 
-    process.serve(int(sys.argv[1]), EngineConfig.model_validate_json(sys.argv[2]), int(sys.argv[3]))
+    process.serve(int(sys.argv[1]), EngineConfig.model_validate_json(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -2,6 +2,7 @@
 that keep their fix, a killed child replaced, and the child gone when the engine is."""
 
 import gc
+import os
 import sys
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from chatbot.engine import GreedySettings
 from chatbot.errors import GenerationError, MessageError, ModelLoadError
 from chatbot.loading import EngineConfig
-from chatbot.process import MODEL_NICE, ProcessEngine
+from chatbot.process import MODEL_NICE, ProcessEngine, spare_threads
 
 GREEDY = GreedySettings(max_new_tokens=12)
 
@@ -46,6 +47,15 @@ def test_replies_equal_the_engine_in_this_process(engine, tiny_engine):
 @pytest.mark.skipif(sys.platform != "linux", reason="thread nice values are Linux's")
 def test_the_child_runs_at_a_lower_priority(engine):
     assert nice_of(engine._child.process.pid) >= MODEL_NICE
+
+
+def test_the_child_leaves_one_core_to_the_app(engine, tiny_model_dir):
+    assert engine.threads == spare_threads() == max(1, len(os.sched_getaffinity(0)) - 1)  # as the child reports
+    two = ProcessEngine(EngineConfig(model=str(tiny_model_dir)), threads=2)
+    try:
+        assert two.threads == 2
+    finally:
+        two.close()
 
 
 def test_a_stopped_reply_leaves_the_next_one_whole(engine, tiny_engine):
