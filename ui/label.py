@@ -38,9 +38,10 @@ BUTTON_IDS = {"good": "label-good", "bad": "label-bad", "skip": "label-skip", "u
 
 # Concurrency group of every label event (buttons, tab open, API), apart from the model's
 # "generation" group so a label never waits behind a generation. No limit: a label is one short
-# store transaction (~8 ms; SQLite queues writers itself), and Gradio's queue counts the events
-# *waiting* in every group against `max_size` (queueing.Queue.__len__), so label events must not
-# wait there, or a room of raters fills the queue and is turned away with HTTP 503.
+# write and a read or two (~4 ms of store work; this process's SQLite writers queue in the store),
+# and Gradio's queue counts the events *waiting* in every group against `max_size`
+# (queueing.Queue.__len__), so label events must not wait there, or a room of raters fills the
+# queue and is turned away with HTTP 503.
 LABEL = "label"
 LABEL_QUEUE = dict(concurrency_id=LABEL, concurrency_limit=None)
 # The API endpoints also answer a direct `POST /gradio_api/run/<name>` past the queue: one
