@@ -51,7 +51,7 @@ MODEL_NICE = 10
 def spare_threads() -> int:
     """torch threads for the child: every core this process may use but one, which the app keeps.
     2 cores, 100 raters labelling while 16 people chat (benchmarks/label_load, four runs each):
-    raters' p95 round trip 0.16-0.23 s with one torch thread, 0.22-0.26 s with two, and the chat
+    raters' p95 round trip 0.16-0.24 s with one torch thread, 0.22-0.26 s with two, and the chat
     replies faster too (8.4-9.2 s against 11.5-13.1 s: two threads kept waiting for each other
     whenever the app took a core); with the app idle, two threads decode 16 chats ~13 % faster."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
