@@ -35,9 +35,12 @@ def _unfinished(rater_id: int | None, source: str | None) -> list:
     return where + ([label_items.c.source == source] if source else [])
 
 
-def pending(conn: sa.Connection, rater_id: int, source: str | None) -> sa.Row | None:
+def pending(conn: sa.Connection, rater_id: int | None, source: str | None) -> sa.Row | None:
     """The item the rater holds and has not finished; the latest assigned first, so an
-    undone label (re-assigned by `undo_last_label`) comes back before anything else."""
+    undone label (re-assigned by `undo_last_label`) comes back before anything else. None for a
+    rater not in the store yet (`rater_id` None): they hold nothing."""
+    if rater_id is None:
+        return None
     query = (
         sa.select(label_items)
         .join(assignments, assignments.c.item_id == label_items.c.id)
@@ -46,6 +49,11 @@ def pending(conn: sa.Connection, rater_id: int, source: str | None) -> sa.Row | 
         .limit(1)
     )
     return conn.execute(query).first()
+
+
+def next_for(conn: sa.Connection, rater_id: int, overlap: int, source: str | None) -> sa.Row | None:
+    """The item the rater holds and has not finished, else a newly claimed one (None: nothing left)."""
+    return pending(conn, rater_id, source) or claim(conn, rater_id, overlap, source)
 
 
 def claim(conn: sa.Connection, rater_id: int, overlap: int, source: str | None) -> sa.Row | None:

@@ -237,11 +237,11 @@ class Store:
 
         def read(conn: sa.Connection) -> sa.Row | None:
             rater_id = self._rater_id(conn, rater, create=False)
-            return assign.pending(conn, rater_id, source) if rater_id is not None else None
+            return assign.pending(conn, rater_id, source)
 
         def write(conn: sa.Connection) -> sa.Row | None:
             rater_id = self._rater_id(conn, rater, create=True)
-            return assign.pending(conn, rater_id, source) or assign.claim(conn, rater_id, overlap, source)
+            return assign.next_for(conn, rater_id, overlap, source)
 
         # The item the rater holds comes from a read, which does not queue behind other raters'
         # writes (after each label the app shows the next item, and the client then asks again).
@@ -270,7 +270,7 @@ class Store:
 
         def read(conn: sa.Connection) -> tuple[sa.Row, Progress] | None:
             rater_id = self._rater_id(conn, rater, create=False)
-            held = assign.pending(conn, rater_id, source) if rater_id is not None else None
+            held = assign.pending(conn, rater_id, source)
             return (held, _progress(conn, rater_id, overlap, source)) if held else None
 
         found = self._read(read, f"the items held by {rater}")
@@ -304,7 +304,7 @@ class Store:
         def write(conn: sa.Connection) -> Labelled:
             row, rater_id = self._label(conn, item_id, rater, verdict, comment)
             try:  # assign's own refusal, before it changed anything: the label still commits
-                following = assign.pending(conn, rater_id, source) or assign.claim(conn, rater_id, overlap, source)
+                following = assign.next_for(conn, rater_id, overlap, source)
             except StoreError as err:
                 return Labelled(row, None, err)
             return Labelled(row, Item(**following._mapping) if following else None)
