@@ -54,7 +54,9 @@ def spare_threads() -> int:
     raters' p95 round trip 0.16-0.24 s with one torch thread, 0.22-0.26 s with two, and the chat
     replies faster too (8.4-9.2 s against 11.5-13.1 s: two threads kept waiting for each other
     whenever the app took a core); with the app idle, two threads decode 16 chats ~13 % faster."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    # The cores this process may run on (a container's share); macOS has no sched_getaffinity.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 JOB_NICE = 5  # more for batch `generate` (queue jobs) inside the child: chats come first
