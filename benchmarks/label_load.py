@@ -61,7 +61,7 @@ def parse_args(argv):
     sizes.add("--raters", "30,100", "4", "numbers of raters, one scenario each", type=str)
     sizes.add("--chatters", 16, 2, "people chatting during one more scenario at the largest --raters (0: none)")
     sizes.add("--duration", 60.0, 4.0, "seconds each scenario runs", type=float)
-    sizes.add("--pause", 2.0, 0.5, "seconds a rater reads before labelling (jittered +-25 %)", type=float)
+    sizes.add("--pause", 2.0, 0.5, "seconds a rater reads before labelling (jittered +-25 %%)", type=float)
     sizes.add("--max-new-tokens", 32, 4, "tokens per chat reply")
     routes = "raters' routes, one scenario each: call = through the queue (as gradio_client); run = a direct POST"
     sizes.add("--routes", "call,run", "call,run", routes, type=str)

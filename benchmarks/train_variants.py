@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import log_quietly
 
     log_quietly()
-    spec_path, out_path = (sys.argv[1:] if argv is None else argv)[:2]
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] in ("-h", "--help"):  # a worker of train_throughput: say how it is called
+        print(__doc__)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    spec_path, out_path = argv
     result = run(json.loads(Path(spec_path).read_text()))
     Path(out_path).write_text(json.dumps(result, indent=2))
     return 0
