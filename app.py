@@ -34,6 +34,7 @@ from chatbot.pool import EnginePool
 from chatbot.session import warm
 from store import Store
 from store.backup import start_backup
+from store.process import StoreProcess
 from ui.chat import build_chat_tab
 from ui.compare import build_compare_tab
 from ui.context import AppContext
@@ -114,6 +115,12 @@ class AppConfig(EngineConfig):
         description="torch threads of the model's child process (--model_process child); default: all cores but "
         "one, which the app's requests keep.",
     )  # fmt: skip
+    # 100 raters with 16 chatting on 2 cores, label round trip p95: PLACEHOLDER (benchmarks/label_load).
+    store_process: Literal["auto", "child", "app"] = Field(
+        "auto",
+        description="Where the label store's queries run: child = its own process (raters' writes do not wait "
+        "on the app's interpreter lock), app = the app's process; auto = child (app on Windows).",
+    )
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
 
@@ -145,6 +152,14 @@ def open_store(cfg: AppConfig) -> tuple[Store, str | None]:
         "PostgreSQL database; then restart the Space."
     )
     return Store(None, migrate=True), warning
+
+
+def serve_store(cfg: AppConfig, store: Store) -> Store | StoreProcess:
+    """The store the app's handlers call: `store` itself, or its database served by a child
+    process (`store_process`; store/process.py says why)."""
+    if cfg.store_process == "app" or (cfg.store_process == "auto" and sys.platform == "win32"):
+        return store  # Windows: multiprocessing's Unix socket is not there
+    return StoreProcess(store)
 
 
 def model_loader(cfg: AppConfig):
@@ -195,9 +210,10 @@ def main(cfg: AppConfig) -> int:
     store, storage_warning = open_store(cfg)
     if cfg.backup_repo:
         start_backup(store, cfg.backup_repo, cfg.backup_minutes)
+    served = serve_store(cfg, store)
     pool = EnginePool(cfg, loader=model_loader(cfg))
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
-    ctx = AppContext(pool, store, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth),
+    ctx = AppContext(pool, served, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth),
                      oauth=cfg.oauth, storage_warning=storage_warning)  # fmt: skip
     personas = ctx.personas()[0]
     if not personas:

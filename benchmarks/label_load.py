@@ -201,6 +201,16 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def app_cpu_seconds(pid: int) -> float:
+    """The app's CPU seconds with its store process's (store/process.py: the store's work moved
+    there), not the model's process (that is the chats' work, not the app's)."""
+    import psutil
+
+    children = psutil.Process(pid).children()
+    served = [c.pid for c in children if "store.process" in " ".join(c.cmdline())]
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in served)
+
+
 def scenario(url: str, pid: int, tag: str, n_raters: int, n_chatters: int, route: str, args) -> dict:
     stop_at = time.perf_counter() + args.duration
     raters = [{} for _ in range(n_raters)]
@@ -208,12 +218,12 @@ def scenario(url: str, pid: int, tag: str, n_raters: int, n_chatters: int, route
     threads = [threading.Thread(target=rater, args=(url, rater_name(tag, i), route, args, stop_at, r))
                for i, r in enumerate(raters)]  # fmt: skip
     threads += [threading.Thread(target=chatter, args=(url, i, args, stop_at, c)) for i, c in enumerate(chatters)]
-    cpu0, own0, start = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
+    cpu0, own0, start = app_cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall, cpu, own = time.perf_counter() - start, cpu_seconds(pid) - cpu0, cpu_seconds(os.getpid()) - own0
+    wall, cpu, own = time.perf_counter() - start, app_cpu_seconds(pid) - cpu0, cpu_seconds(os.getpid()) - own0
     acked = [(rater_name(tag, i), item) for i, r in enumerate(raters) for item in r["acked"]]
     flat = {key: [x for r in raters for x in r[key]] for key in ("round_trips", "started_s", "label_s", "next_s")}
     settled = [rt for rt, started in zip(flat["round_trips"], flat["started_s"], strict=True) if started >= ARRIVED_S]
@@ -329,9 +339,9 @@ def settle(pid: int, quiet_cores: float = 0.25, timeout: float = 180) -> float:
     background); returns its CPU use then, in cores."""
     start = time.perf_counter()
     while True:
-        cpu0 = cpu_seconds(pid)
+        cpu0 = app_cpu_seconds(pid)
         time.sleep(IDLE_S)
-        cores = (cpu_seconds(pid) - cpu0) / IDLE_S
+        cores = (app_cpu_seconds(pid) - cpu0) / IDLE_S
         if cores < quiet_cores or time.perf_counter() - start > timeout:
             return cores
 
@@ -370,8 +380,9 @@ def scenario_rows(key: str, now: dict, old: dict | None) -> list[Row]:
         "labels stored": ("= acknowledged, once", once, f"{store['acked']} acknowledged, {store['missing']} "
                           f"missing, {store['extra']} extra, {store['items_labelled_twice']} items twice"),
         "labels/s": ("higher is better", None, ""),
-        "app CPU, cores": ("lower is better", None, f"app process CPU seconds / wall seconds; the raters' "
-                           f"and chatters' threads used {now['client_cores']:.2f} cores beside it"),
+        "app CPU, cores": ("lower is better", None, f"CPU seconds of the app's process and its store process / "
+                           f"wall seconds; the raters' and chatters' threads used {now['client_cores']:.2f} cores "
+                           "beside it"),
         "chat reply p50 s": ("", None, f"{now['chat_replies'].get('n', 0)} replies, {now['chat_refused']} "
                              f"refused, {now['chat_errors']} errors"),
     }  # fmt: skip

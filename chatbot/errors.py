@@ -13,6 +13,11 @@ class PersonaStudioError(Exception):
         self.fix = fix
         super().__init__(f"{problem}\n  fix: {fix}" if fix else problem)
 
+    def __reduce__(self):
+        # Pickled (the store's and the model's processes send errors back) with problem and fix
+        # apart; Exception's default would rebuild it from the one joined message.
+        return type(self), (self.problem, self.fix)
+
 
 class PersonaError(PersonaStudioError):
     """A persona file or persona definition is missing or invalid."""

@@ -229,6 +229,23 @@ def test_broken_persona_file_is_listed_and_explained(store, tmp_path):
     build_demo(ctx)  # the app still builds with a broken file present
 
 
+def test_the_store_is_served_by_a_child_process_unless_asked_not_to(store, monkeypatch):
+    """`--store_process auto`: a child process (raters' writes do not wait on the app's
+    interpreter lock), except on Windows; `app` keeps it in the app's process."""
+    from app import serve_store
+    from store.process import StoreProcess
+
+    served = serve_store(AppConfig(), store)
+    try:
+        assert isinstance(served, StoreProcess)
+        assert served.progress("kim").total == store.progress("kim").total
+    finally:
+        served.close()
+    assert serve_store(AppConfig(store_process="app"), store) is store
+    monkeypatch.setattr("sys.platform", "win32")
+    assert serve_store(AppConfig(), store) is store
+
+
 def test_a_local_model_runs_in_a_child_process_on_cpu(monkeypatch):
     """`--model_process auto`: a child process on CPU (generation does not hold the app's interpreter lock),
     the app's own process on a GPU; a model server is its own process already."""

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from gradio_client import Client
 
@@ -91,8 +92,12 @@ def test_labels_survive_a_sigkill(launch, tiny_model_dir, tmp_path):
         item_id = client.predict(item_id, verdict, f"{verdict}!", "rita", api_name="/label")[0]
     assert item_id is None  # all three labelled
 
+    # The labels went through the app's store process (store/process.py), which must not outlive it.
+    served = [c for c in psutil.Process(proc.pid).children() if "store.process" in " ".join(c.cmdline())]
+    assert len(served) == 1
     os.kill(proc.pid, signal.SIGKILL)  # no shutdown hooks, no flush: what is on disk is all there is
     assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert not psutil.wait_procs(served, timeout=10)[1], "the store process outlived the killed app"
 
     _, url = launch(*flags)
     with Store(db_url) as store:
