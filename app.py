@@ -115,7 +115,8 @@ class AppConfig(EngineConfig):
         description="torch threads of the model's child process (--model_process child); default: all cores but "
         "one, which the app's requests keep.",
     )  # fmt: skip
-    # 100 raters with 16 chatting on 2 cores, label round trip p95: PLACEHOLDER (benchmarks/label_load).
+    # 100 raters with 16 chatting on 2 cores, label round trip p95 0.34-0.38 s with the store in the
+    # app's process, 0.09-0.12 s in a child (benchmarks/label_load, README "A room of raters").
     store_process: Literal["auto", "child", "app"] = Field(
         "auto",
         description="Where the label store's queries run: child = its own process (raters' writes do not wait "
