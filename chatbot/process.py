@@ -68,9 +68,10 @@ _NOTHING = object()  # no more pieces waiting
 
 
 def _portable(err: Exception) -> PersonaStudioError:
-    """An exception that crosses the pipe intact: ours as they are (problem and fix), others named."""
+    """An exception that crosses the pipe intact: ours as they are (they pickle with problem and
+    fix), others named."""
     if isinstance(err, PersonaStudioError):
-        return type(err)(err.problem, err.fix)
+        return err
     return GenerationError(f"{type(err).__name__}: {err}", "see the app's log (the model process logged the trace)")
 
 
