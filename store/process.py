@@ -51,7 +51,7 @@ class StoreProcess:
     def __init__(self, store: Store):
         """Serves the database `store` has opened (and migrated: the child does not)."""
         self.url = store.url  # masked, for messages
-        self._settings = {"url": store._full_url}
+        self._database = store._full_url  # the child opens the same database
         self._lock = threading.Lock()
         self._child: _Child | None = None
         self._current()  # start now: a store that does not open fails the app's start, not a click
@@ -92,7 +92,7 @@ class StoreProcess:
     def _current(self) -> _Child:
         with self._lock:
             if self._child is None or self._child.process.poll() is not None:
-                self._child = _Child.start(self._settings)
+                self._child = _Child.start(self._database)
             return self._child
 
 
@@ -103,7 +103,7 @@ class _Child:
         self.stop = weakref.finalize(self, _stop, process, folder)
 
     @classmethod
-    def start(cls, settings: dict) -> _Child:
+    def start(cls, url: str) -> _Child:
         folder = tempfile.mkdtemp(prefix="persona-studio-store-")
         address = os.path.join(folder, "store.sock")
         key = os.urandom(32)
@@ -116,7 +116,7 @@ class _Child:
             env={**os.environ, "PYTHONPATH": path},
         )
         # Settings on stdin, not argv: the database URL may hold a password (ps shows argv).
-        process.stdin.write(json.dumps({**settings, "authkey": key.hex()}) + "\n")
+        process.stdin.write(json.dumps({"url": url, "authkey": key.hex()}) + "\n")
         process.stdin.flush()
         answer = process.stdout.readline().strip()
         if answer != READY:
