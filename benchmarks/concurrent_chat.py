@@ -6,7 +6,7 @@
 
 Engines (`--engines`): `inprocess`, the engine before batching (`--batching off`: one `generate`
 per chat), once per app `--concurrency_limit` in `--limits`; `batched`, the app's default
-`--batching auto` (chatbot/batched.py) in a child process (`--model_process`, chatbot/process.py);
+`--batching auto` (engines/batched.py) in a child process (`--model_process`, engines/child.py);
 `batched-app`, the same in the app's own process;
 `serve`, the app over `transformers serve --continuous-batching` (`--engine_url`); `llamacpp`, the
 app over llama.cpp's server (`llama-server` or llama-cpp-python, default model's GGUF; skipped
@@ -108,7 +108,7 @@ def start_app(model: str, limit: int, folder: Path, tag: str, extra: dict) -> tu
 
 def start_server(engine: str, args, model: str, folder: Path) -> tuple[subprocess.Popen | None, str]:
     """The model server behind the app for `serve` / `llamacpp`: (process, its /v1 URL), or (None, why not)."""
-    from chatbot.serve import llama_server, llamacpp_commands, transformers_command
+    from engines.serve import llama_server, llamacpp_commands, transformers_command
 
     port = free_port()
     if engine == "serve":
@@ -120,7 +120,7 @@ def start_server(engine: str, args, model: str, folder: Path) -> tuple[subproces
             return None, "no llama-server on PATH and no llama_cpp package (pip install 'llama-cpp-python[server]')"
         if args.model != "default":
             return None, f"llama.cpp serves the default model's GGUF; --model is {args.model}"
-        from chatbot.default_model import gguf_path
+        from core.default_model import gguf_path
 
         [cmd] = llamacpp_commands(server, gguf_path(), [], "127.0.0.1", port, max(args.clients))
     proc = start(cmd, folder / f"{engine}-server.log")
@@ -398,7 +398,7 @@ def build_rows(by_setup: dict[str, dict], by_limit: dict, current: int, skips: d
 def token_counter(model: str):
     from transformers import AutoTokenizer
 
-    from chatbot.default_model import DEFAULT_MODEL, prepare_default_model
+    from core.default_model import DEFAULT_MODEL, prepare_default_model
 
     tokenizer = AutoTokenizer.from_pretrained(prepare_default_model() if model == DEFAULT_MODEL else model)
     return lambda text: len(tokenizer(text or "", add_special_tokens=False)["input_ids"])
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 # inprocess: one generate per chat in the app's process (the engine before batching);
                 # batched-app: chats batched in the app's process; batched: the default, batched in a
-                # child process (chatbot/process.py).
+                # child process (engines/child.py).
                 extra = {"--batching": "off" if engine == "inprocess" else "auto"}
                 extra["--model_process"] = "child" if engine == "batched" else "app"
                 if engine in ("serve", "llamacpp"):

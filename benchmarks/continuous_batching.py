@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    from chatbot.loading import load_model_and_tokenizer
+    from engines.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_source(args.model), None, dtype="float32", device="cpu")
     counts = [int(n) for n in str(args.users).split(",")]

@@ -106,7 +106,7 @@ def bare_perplexity(engine, conversations, references) -> float:
     (late test turns outgrow the tiny model's 512), so both sides score the same tokens."""
     import torch
 
-    from chatbot.conversation import fit
+    from core.conversation import fit
 
     model, tokenizer = engine.model, engine.tokenizer
     nll, count = 0.0, 0
@@ -199,7 +199,7 @@ def time_perplexity(args, engine, examples) -> dict:
 
 
 def time_generation(args, engine, examples) -> dict:
-    from chatbot.engine import GreedySettings
+    from engines.engine import GreedySettings
 
     settings = GreedySettings(max_new_tokens=args.max_new_tokens)
     conversations = [ex.messages for ex in examples]
@@ -294,8 +294,8 @@ def build_rows(args, gen: dict, text: dict, ppl: dict) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import log_quietly
-    from chatbot.engine import load_engine
-    from chatbot.loading import EngineConfig
+    from engines.factory import load_engine
+    from engines.loading import EngineConfig
 
     log_quietly()
     args = parse_args(argv)

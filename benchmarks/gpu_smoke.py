@@ -53,7 +53,7 @@ class StepFailed(Exception):
 
 def tokenizer_source(prepared: Path) -> tuple[str, dict]:
     """The default model's tokenizer without the 500 MB model: the carried one first."""
-    from chatbot.default_model import tokenizer_source as default_tokenizer
+    from core.default_model import tokenizer_source as default_tokenizer
 
     return default_tokenizer(prepared / "tokenizer")
 

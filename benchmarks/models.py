@@ -35,7 +35,7 @@ def build(spec: str, folder: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from chatbot.default_model import prepare_default_model
+    from core.default_model import prepare_default_model
 
     tokenizer = AutoTokenizer.from_pretrained(prepare_default_model())
     config = LlamaConfig(

@@ -247,7 +247,7 @@ def mfu_of(res: dict, config: dict, args, cuda: bool) -> dict:
         return {"error": peak}
     from transformers import AutoConfig
 
-    from chatbot.loading import resolve_model
+    from engines.loading import resolve_model
 
     source, extra = resolve_model(config["model"]["name"])
     n = base_parameters(AutoConfig.from_pretrained(source, **extra))

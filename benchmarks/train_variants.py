@@ -177,7 +177,7 @@ def bare_trl(cfg: TrainConfig, out: Path, cuda: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from chatbot.loading import resolve_model
+    from engines.loading import resolve_model
 
     source, extra = resolve_model(cfg.model.name)  # `default` -> the converted folder
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
@@ -200,7 +200,7 @@ def bare_unsloth(cfg: TrainConfig, out: Path, cuda: bool):
     from trl import SFTConfig, SFTTrainer
     from unsloth import FastLanguageModel  # already imported by run(), before transformers
 
-    from chatbot.loading import resolve_model
+    from engines.loading import resolve_model
 
     source, _ = resolve_model(cfg.model.name)
     model, tokenizer = FastLanguageModel.from_pretrained(
@@ -233,7 +233,7 @@ def bare_qlora(cfg: TrainConfig, out: Path, cuda: bool):
         TrainingArguments,
     )
 
-    from chatbot.loading import resolve_model
+    from engines.loading import resolve_model
 
     source, _ = resolve_model(cfg.model.name)
     tokenizer = AutoTokenizer.from_pretrained(source)

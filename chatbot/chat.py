@@ -13,12 +13,13 @@ import sys
 
 from pydantic import Field
 
-from chatbot.config import entry_point
-from chatbot.engine import GenerationSettings, load_engine
-from chatbot.errors import PersonaStudioError
-from chatbot.loading import EngineConfig
-from chatbot.persona import load_persona
 from chatbot.session import ChatSession
+from core.cli import entry_point
+from core.errors import PersonaStudioError
+from core.persona import load_persona
+from engines.engine import GenerationSettings
+from engines.factory import load_engine
+from engines.loading import EngineConfig
 
 HELP = "/persona FILE  switch persona | /undo | /retry | /reset | /help | /quit"
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import entry_point
-from chatbot.default_model import cache_dir
-from chatbot.errors import PersonaError
-from chatbot.persona import Persona, load_persona
+from core.cli import entry_point
+from core.default_model import cache_dir
+from core.errors import PersonaError
+from core.persona import Persona, load_persona
 
 log = logging.getLogger("chatbot.scope")
 

@@ -1,19 +1,19 @@
 """A chat under a persona in memory: send, undo, retry, switch, reset over any `ChatEngine`.
 
 The terminal chat and local regression scripts use it; the app keeps the same history in the
-store instead. Both are the pure functions of `chatbot.conversation` over a message list.
+store instead. Both are the pure functions of `core.conversation` over a message list.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from chatbot import conversation
-from chatbot.conversation import Messages, build_messages, check_message, opening
-from chatbot.engine import ChatEngine, GenerationSettings
-from chatbot.errors import MessageError
-from chatbot.persona import Persona
 from chatbot.scope import classifier, deflection
+from core import conversation
+from core.conversation import Messages, build_messages, check_message, opening
+from core.errors import MessageError
+from core.persona import Persona
+from engines.engine import ChatEngine, GenerationSettings
 
 
 def warm(engine: ChatEngine, personas: Iterable[Persona]) -> None:

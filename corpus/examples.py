@@ -23,8 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from chatbot.errors import PersonaStudioError
-from chatbot.persona import Persona
+from core.errors import PersonaStudioError
+from core.persona import Persona
 from corpus.formats import (
     CHAT_SPEAKERS,
     FORMATS,

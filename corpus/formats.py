@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from chatbot.errors import DatasetError
-from chatbot.persona import Persona, persona_from_facts, render_system_prompt
+from core.errors import DatasetError
+from core.persona import Persona, persona_from_facts, render_system_prompt
 
 logger = logging.getLogger(__name__)
 

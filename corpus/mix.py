@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from chatbot.errors import DatasetError
+from core.errors import DatasetError
 from corpus.examples import DataConfig, Example, LoadReport, fingerprint, load_examples
 
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatbot.persona import Persona, QAPair, load_persona, render_system_prompt
+from core.persona import Persona, QAPair, load_persona, render_system_prompt
 from corpus.formats import Conversation, LoadReport, Turn
 
 PERSONA_SUFFIXES = (".yaml", ".yml")

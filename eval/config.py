@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from chatbot.engine import GreedySettings
-from chatbot.loading import EngineConfig
 from corpus.examples import DataConfig
+from engines.engine import GreedySettings
+from engines.loading import EngineConfig
 
 
 class EvalConfig(EngineConfig):

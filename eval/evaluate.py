@@ -13,10 +13,10 @@ import statistics
 
 import pandas as pd
 
-from chatbot.conversation import build_messages
-from chatbot.engine import TransformersEngine
-from chatbot.persona import persona_from_facts
+from core.conversation import build_messages
+from core.persona import persona_from_facts
 from corpus.examples import Example
+from engines.engine import TransformersEngine
 from eval.config import EvalConfig
 
 log = logging.getLogger("eval")
@@ -48,7 +48,7 @@ def automatic_metrics(cfg: EvalConfig, engine, examples, replies) -> tuple[dict,
 
 
 def not_on_a_server(engine, metric: str) -> str:
-    """Why `metric` is left out for a model server (`chatbot.remote`): it scores given text
+    """Why `metric` is left out for a model server (`engines.remote`): it scores given text
     token by token, and chat completions only generate."""
     return (
         f"not computed: {engine.name} is a model server; {metric} scores given replies by the model's "

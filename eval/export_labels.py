@@ -34,10 +34,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import entry_point
-from chatbot.conversation import build_messages
-from chatbot.errors import DatasetError
-from chatbot.persona import Persona, persona_from_facts
+from core.cli import entry_point
+from core.conversation import build_messages
+from core.errors import DatasetError
+from core.persona import Persona, persona_from_facts
 from store import Store
 from store.records import prompt_key
 

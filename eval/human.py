@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-BASE = "base"  # chatbot.versions.BASE; not imported so this module stays dependency-free
+BASE = "base"  # core.versions.BASE; not imported so this module stays dependency-free
 
 
 def wilson_interval(good: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -26,14 +26,15 @@ from pathlib import Path
 
 from pydantic import Field
 
-from chatbot.config import entry_point
-from chatbot.engine import GreedySettings, load_engine
-from chatbot.errors import DatasetError
-from chatbot.loading import EngineConfig
-from chatbot.persona import Persona, load_persona
-from chatbot.versions import DATA_FILE, find_version, results_dir
+from core.cli import entry_point
+from core.errors import DatasetError
+from core.persona import Persona, load_persona
+from core.versions import DATA_FILE, find_version, results_dir
 from corpus.examples import DataConfig, Example, load_examples
 from corpus.persona_data import HELDOUT_SHARE
+from engines.engine import GreedySettings
+from engines.factory import load_engine
+from engines.loading import EngineConfig
 from eval.config import EvalConfig
 from eval.run import version_name
 from store import NewItem, Store

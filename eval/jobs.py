@@ -22,12 +22,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.engine import GreedySettings
-from chatbot.errors import DatasetError, PersonaStudioError
-from chatbot.pool import EnginePool
-from chatbot.priority import JOB_NICE, lower_priority
+from core.errors import DatasetError, PersonaStudioError
 from corpus.examples import DataConfig
 from corpus.formats import SHARED_VALID_CSV
+from engines.engine import GreedySettings
+from engines.pool import EnginePool
+from engines.priority import JOB_NICE, lower_priority
 from eval.config import EvalConfig
 from store import Store
 
@@ -118,7 +118,7 @@ def select_turns(cfg: EvalConfig, split: str):
 
 def regression_files(personas_dir: str, n_turns: int) -> list:
     """The suite's scripts, cut so that together they have `n_turns` user turns."""
-    from chatbot.persona import load_personas
+    from core.persona import load_personas
     from eval.regress_checks import load_scripts
 
     personas = load_personas(personas_dir)
@@ -233,7 +233,7 @@ class QueueJobs:
             self._progress(done, queued, started)
 
     def _regression(self, engine, req: QueueRequest, files) -> None:
-        from chatbot.persona import load_personas
+        from core.persona import load_personas
         from eval.regress import LocalChat, RegressConfig, label_items, make_scorer, run_script
 
         personas = load_personas(self.personas_dir)

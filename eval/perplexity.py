@@ -3,7 +3,7 @@
 Per item the prompt is `engine.render(messages)` (persona, history, the template's
 generation prompt) and the reply is the reference tokenised on its own: exactly the tokens a
 model would have to generate after that prompt. A prompt too long for the context window with
-the reply's tokens reserved is trimmed by the product's one rule, `chatbot.conversation.fit`
+the reply's tokens reserved is trimmed by the product's one rule, `core.conversation.fit`
 (whole oldest turns dropped, as in chat and in training); an item that does not fit even with
 only the persona and the last message is left out (scored as no tokens).
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from chatbot.conversation import fit
+from core.conversation import fit
 
 log = logging.getLogger(__name__)
 

@@ -26,16 +26,17 @@ from typing import Literal
 import yaml
 from pydantic import Field, field_validator
 
-from chatbot.config import entry_point
-from chatbot.conversation import dialogue, opening, switched
-from chatbot.default_model import DEFAULT_MODEL
-from chatbot.engine import GenerationSettings, GreedySettings, load_engine
-from chatbot.errors import ConfigError, GenerationError
-from chatbot.loading import EngineConfig
-from chatbot.persona import Persona, load_personas
 from chatbot.scope import is_deflection
 from chatbot.session import ChatSession
-from chatbot.versions import BASE, results_dir, results_files
+from core.cli import entry_point
+from core.conversation import dialogue, opening, switched
+from core.default_model import DEFAULT_MODEL
+from core.errors import ConfigError, GenerationError
+from core.persona import Persona, load_personas
+from core.versions import BASE, results_dir, results_files
+from engines.engine import GenerationSettings, GreedySettings
+from engines.factory import load_engine
+from engines.loading import EngineConfig
 from eval.drift import drift, drift_lines, drift_plot
 from eval.regress_checks import ScriptFile, diff, diff_summary, junit_xml, load_scripts, run_checks, table
 from store import NewItem, Store

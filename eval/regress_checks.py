@@ -40,9 +40,9 @@ from xml.etree import ElementTree as ET
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from chatbot.errors import ConfigError, PersonaError
-from chatbot.persona import Persona
 from chatbot.scope import is_deflection
+from core.errors import ConfigError, PersonaError
+from core.persona import Persona
 
 
 class Checks(BaseModel):

@@ -24,8 +24,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chatbot.config import entry_point
-from chatbot.versions import list_versions
+from core.cli import entry_point
+from core.versions import list_versions
 from eval.table import METRICS_NOTE, results_table
 from store import Store
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from chatbot.config import entry_point
-from chatbot.errors import ConfigError, DatasetError
-from chatbot.loading import EngineConfig, load_model_and_tokenizer, resolve_version
+from core.cli import entry_point
+from core.errors import ConfigError, DatasetError
+from engines.loading import EngineConfig, load_model_and_tokenizer, resolve_version
 
 log = logging.getLogger("eval.retention")
 

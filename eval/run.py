@@ -17,12 +17,12 @@ import random
 import sys
 from pathlib import Path
 
-from chatbot.config import entry_point
-from chatbot.default_model import DEFAULT_MODEL
-from chatbot.engine import load_engine
-from chatbot.errors import ConfigError, DatasetError
-from chatbot.versions import BASE, ancestors, find_version, list_versions, results_dir
+from core.cli import entry_point
+from core.default_model import DEFAULT_MODEL
+from core.errors import ConfigError, DatasetError
+from core.versions import BASE, ancestors, find_version, list_versions, results_dir
 from corpus.examples import Example, read_conversations, split_conversations, turn_examples
+from engines.factory import load_engine
 from eval.config import EvalConfig
 from store import NewItem, Store
 from store.records import prompt_key

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from chatbot.errors import ConfigError
-from chatbot.versions import BASE, find_version, list_versions, results_files
+from core.errors import ConfigError
+from core.versions import BASE, find_version, list_versions, results_files
 from eval.scorecard_rows import (
     human_rows,
     identity_rows,

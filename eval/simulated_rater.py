@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import entry_point
-from chatbot.errors import DatasetError
+from core.cli import entry_point
+from core.errors import DatasetError
 
 # fmt: off
 STOP = frozenset({

@@ -19,7 +19,6 @@ from store.db import StoreError, database_url, mask_url
 from store.records import (
     VOTES,
     BlindItem,
-    Labelled,
     LabelRow,
     NewItem,
     NewPreference,
@@ -30,7 +29,7 @@ from store.records import (
     prompt_key,
 )
 from store.schema import EvalRun, Item, Turn
-from store.store import Store
+from store.store import Labelled, Store
 
 __all__ = [
     "BlindItem",

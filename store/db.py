@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from chatbot.errors import PersonaStudioError
+from core.errors import PersonaStudioError
 
 DEFAULT_DATA_DIR = "data"
 DB_FILE = "persona_studio.db"

@@ -13,7 +13,7 @@ import sys
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import entry_point
+from core.cli import entry_point
 from store.schema import SCHEMA_VERSION
 from store.store import Store
 

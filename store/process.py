@@ -32,12 +32,10 @@ import tempfile
 import threading
 import weakref
 from multiprocessing.managers import BaseManager
-from pathlib import Path
 
 from store.db import StoreError
 from store.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]  # the folder `store` is in
 READY = "ready"
 
 
@@ -107,13 +105,11 @@ class _Child:
         folder = tempfile.mkdtemp(prefix="persona-studio-store-")
         address = os.path.join(folder, "store.sock")
         key = os.urandom(32)
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         process = subprocess.Popen(
             [sys.executable, "-m", "store.process", address],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": path},
         )
         # Settings on stdin, not argv: the database URL may hold a password (ps shows argv).
         process.stdin.write(json.dumps({"url": url, "authkey": key.hex()}) + "\n")

@@ -1,5 +1,5 @@
 """The allowed values, and what the store takes or hands back that is not one table row:
-`NewItem` (an answer to register), `BlindItem`, `LabelRow` (a join), `Labelled`, `Progress`,
+`NewItem` (an answer to register), `BlindItem`, `LabelRow` (a join), `Progress`,
 `NewPreference` (an A/B vote to record) and `PreferenceRow` (a join). The rows
 (`Turn`, `Item`, `EvalRun`) are declared once, in `store.schema`."""
 
@@ -9,11 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, NamedTuple
-
-if TYPE_CHECKING:  # store.schema imports this module
-    from store.db import StoreError
-    from store.schema import Item
+from typing import Literal, NamedTuple
 
 Verdict = Literal["good", "bad"]
 VERDICTS = ("good", "bad")
@@ -79,16 +75,6 @@ class LabelRow:
     source: str
     created_at: datetime  # first verdict on this item by this rater
     updated_at: datetime  # last change (a relabel moves it)
-
-
-@dataclass(frozen=True)
-class Labelled:
-    """What `Store.label_and_next` did: the label (committed), then the rater's next item
-    (None: nothing left), or, when none could be assigned, why (`next_error`)."""
-
-    label: LabelRow
-    next_item: Item | None
-    next_error: StoreError | None = None
 
 
 class Progress(NamedTuple):

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +25,6 @@ from store.records import (
     ITEM_SOURCES,
     VERDICTS,
     WITHDRAW_REASONS,
-    Labelled,
     LabelRow,
     NewItem,
     NewPreference,
@@ -50,6 +49,16 @@ from store.upgrade import ensure as ensure_schema
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What `Store.label_and_next` did: the label (committed), then the rater's next item
+    (None: nothing left), or, when none could be assigned, why (`next_error`)."""
+
+    label: LabelRow
+    next_item: Item | None
+    next_error: StoreError | None = None
 
 
 class Store:

@@ -5,7 +5,7 @@ import os
 # Before transformers is imported anywhere: tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Models load in this process unless a test starts a server itself (tests/chatbot/test_remote.py).
+# Models load in this process unless a test starts a server itself (tests/engines/test_remote.py).
 os.environ.pop("PERSONA_STUDIO_ENGINE_URL", None)
 
 from collections.abc import Iterator  # noqa: E402
@@ -20,7 +20,7 @@ SPC_CSV = REPO.parent / "shared" / "data" / "synthetic-persona-chat" / "Syntheti
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
-    from chatbot.default_model import prepare_default_model
+    from core.default_model import prepare_default_model
 
     return prepare_default_model()
 
@@ -31,11 +31,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     real tokenisation and templates, ~1.6 M parameters, milliseconds per token.
 
     Only the tokenizer is needed, not the 500 MB converted default model
-    (`chatbot.default_model.tokenizer_source`: a GPU machine may have only a tokenizer folder)."""
+    (`core.default_model.tokenizer_source`: a GPU machine may have only a tokenizer folder)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from chatbot.default_model import tokenizer_source
+    from core.default_model import tokenizer_source
 
     source, extra = tokenizer_source()
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
@@ -64,23 +64,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
-    from chatbot.engine import load_engine
-    from chatbot.loading import EngineConfig
+    from engines.factory import load_engine
+    from engines.loading import EngineConfig
 
     return load_engine(EngineConfig(model=str(tiny_model_dir)))
 
 
 @pytest.fixture(scope="session")
 def default_engine(default_model_dir):
-    from chatbot.engine import load_engine
-    from chatbot.loading import EngineConfig
+    from engines.factory import load_engine
+    from engines.loading import EngineConfig
 
     return load_engine(EngineConfig(model="default"))
 
 
 @pytest.fixture
 def ada():
-    from chatbot.persona import load_persona
+    from core.persona import load_persona
 
     return load_persona(REPO / "personas" / "ada.yaml")
 
@@ -110,9 +110,9 @@ def store(db_file_url):
 def studio_context(tmp_path: Path, store, engines: dict, settings=None, personas_dir: Path = REPO / "personas"):
     """The app's context (what every tab needs) on the given engines by version name; no
     model is loaded unless a version without an engine is asked for."""
-    from chatbot.engine import GenerationSettings
-    from chatbot.loading import EngineConfig
-    from chatbot.pool import EnginePool
+    from engines.engine import GenerationSettings
+    from engines.loading import EngineConfig
+    from engines.pool import EnginePool
     from ui.context import AppContext
 
     pool = EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs")))

@@ -4,8 +4,8 @@ import pytest
 from gradio_client import Client
 
 from app import AppConfig, build_demo, parse_auth
-from chatbot.errors import ConfigError
-from chatbot.persona import load_persona
+from core.errors import ConfigError
+from core.persona import load_persona
 from store import Store
 from tests.conftest import REPO, serving, studio_context
 
@@ -249,14 +249,18 @@ def test_the_store_is_served_by_a_child_process_unless_asked_not_to(store, monke
 def test_a_local_model_runs_in_a_child_process_on_cpu(monkeypatch):
     """`--model_process auto`: a child process on CPU (generation does not hold the app's interpreter lock),
     the app's own process on a GPU; a model server is its own process already."""
-    import chatbot.process
-    from app import model_loader
-    from chatbot.engine import load_engine
+    from engines.child import ProcessEngine
+    from engines.factory import engine_loader
 
+    made = []
+    monkeypatch.setattr(ProcessEngine, "__init__", lambda self, cfg, nice, threads: made.append(cfg))
+    monkeypatch.setattr("engines.factory.load_engine", lambda cfg: ("in the app", cfg.engine_url))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert model_loader(AppConfig()).__module__ == chatbot.process.__name__
-    assert model_loader(AppConfig(model_process="app")) is load_engine
-    assert model_loader(AppConfig(engine_url="http://127.0.0.1:8011/v1")) is load_engine
+    assert isinstance(engine_loader()(AppConfig()), ProcessEngine)
+    assert engine_loader("app")(AppConfig()) == ("in the app", None)
+    url = "http://127.0.0.1:8011/v1"
+    assert engine_loader()(AppConfig(engine_url=url)) == ("in the app", url)  # a server: no child
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    assert model_loader(AppConfig()) is load_engine
-    assert model_loader(AppConfig(model_process="child")).__module__ == chatbot.process.__name__
+    assert engine_loader()(AppConfig()) == ("in the app", None)
+    assert isinstance(engine_loader("child")(AppConfig()), ProcessEngine)
+    assert len(made) == 2

@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client
 from scipy.stats import binomtest
 
-from chatbot.versions import find_version
+from core.versions import find_version
 from eval.export_labels import main as export_main
 from store import Store
 from tests.conftest import REPO, serving, studio_context

@@ -24,11 +24,11 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from chatbot.default_model import HUB_ID
-from chatbot.engine import GenerationSettings, TransformersEngine
-from chatbot.errors import ModelLoadError
-from chatbot.loading import EngineConfig
-from chatbot.pool import EnginePool
+from core.default_model import HUB_ID
+from core.errors import ModelLoadError
+from engines.engine import GenerationSettings, TransformersEngine
+from engines.loading import EngineConfig
+from engines.pool import EnginePool
 from store import NewItem
 from store.backup import export_tables
 from tests.conftest import REPO, studio_context
@@ -223,19 +223,19 @@ def test_signed_in_handlers_label_under_the_profile_and_ignore_the_typed_name(si
 
 
 def test_off_zerogpu_the_gpu_wrapper_changes_nothing(tiny_engine):
-    from chatbot import zerogpu
-    from chatbot.engine import load_engine
+    from engines import zerogpu
+    from engines.factory import engine_loader, load_engine
 
     assert not zerogpu.ON_ZERO_GPU and zerogpu.spaces is None
     assert {"stream_reply", "generate_batch"} <= set(zerogpu.GPU_FUNCTIONS)  # the two that run the model
     fn = lambda: None  # noqa: E731
     assert zerogpu.gpu(zerogpu.reply_seconds)(fn) is fn
-    assert zerogpu.loader() is load_engine  # the app's engines are the plain ones
+    assert engine_loader("app") is load_engine  # the app's engines are the plain ones
 
 
 @pytest.fixture
 def zerogpu_with_recorder(monkeypatch):
-    """chatbot.zerogpu imported as on a ZeroGPU Space, with `spaces` a recorder of what
+    """engines.zerogpu imported as on a ZeroGPU Space, with `spaces` a recorder of what
     `spaces.GPU` is given and called with; the real module is restored afterwards."""
     calls = []
 
@@ -251,7 +251,7 @@ def zerogpu_with_recorder(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=GPU, __spec__=object()))
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    from chatbot import zerogpu
+    from engines import zerogpu
 
     yield importlib.reload(zerogpu), calls
     monkeypatch.undo()
@@ -265,7 +265,9 @@ def test_on_zerogpu_every_generation_runs_in_a_gpu_call_sized_to_it(
 
     zerogpu, calls = zerogpu_with_recorder
     cfg = EngineConfig(model=str(tiny_model_dir), runs_dir=str(tmp_path / "runs"))
-    pool = EnginePool(cfg, loader=zerogpu.loader())
+    from engines.factory import engine_loader
+
+    pool = EnginePool(cfg, loader=engine_loader())
     engine = pool.get("base")
     assert isinstance(engine, zerogpu.GPUEngine)
     assert type(engine.engine) is TransformersEngine  # not batched: each reply is its own GPU call
@@ -294,7 +296,7 @@ def space_venv() -> Path:
     """A venv with exactly requirements.txt (pip, as a Space installs it) and what a Space's image
     has, plus the CPU torch pin so no CUDA wheels come down. Kept per content of those files and
     Python: a fresh one when they change (~4.5 min on 2 cores, mostly downloads), reused after."""
-    from chatbot.default_model import cache_dir
+    from core.default_model import cache_dir
 
     files = [REPO / "requirements.txt", REPO / "constraints-cpu.txt"]
     content = b"".join(f.read_bytes() for f in files) + " ".join([*SPACE_IMAGE, sys.version]).encode()

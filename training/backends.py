@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from chatbot.errors import ConfigError
-from chatbot.loading import from_pretrained, pick_device, pick_dtype
+from core.errors import ConfigError
+from engines.loading import from_pretrained, pick_device, pick_dtype
 from training.config import TrainConfig, check_hardware
 
 log = logging.getLogger(__name__)

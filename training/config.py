@@ -21,8 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chatbot.default_model import DEFAULT_MODEL
-from chatbot.errors import ConfigError
+from core.default_model import DEFAULT_MODEL
+from core.errors import ConfigError
 from corpus.examples import DataConfig
 
 
@@ -31,7 +31,7 @@ class _Part(BaseModel):
 
 
 class ModelPart(_Part):
-    """The base model and how it is loaded (`chatbot.loading.from_pretrained`, or Unsloth's
+    """The base model and how it is loaded (`engines.loading.from_pretrained`, or Unsloth's
     `FastLanguageModel.from_pretrained`)."""
 
     name: str = Field(DEFAULT_MODEL, description="Base model: `default`, a local folder, or a hub id.")

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import entry_point
-from chatbot.errors import ConfigError, ModelLoadError, PersonaStudioError
-from chatbot.versions import BASE, ModelVersion, find_version, list_versions
+from core.cli import entry_point
+from core.errors import ConfigError, ModelLoadError, PersonaStudioError
+from core.versions import BASE, ModelVersion, find_version, list_versions
 
 EXPORT_FILE = "export.json"  # written last into every export: marks it complete and ours to replace
 
@@ -106,7 +106,7 @@ def write_folder(out: Path, write: Callable[[Path], None], info: dict) -> Path:
 
 def merge_into(version: ModelVersion, out: Path) -> None:
     """Base + adapter with the LoRA update folded into the weights, saved as safetensors."""
-    from chatbot.loading import load_model_and_tokenizer
+    from engines.loading import load_model_and_tokenizer
 
     # fp32 so the merged weights are W + (alpha/r)·BA without a rounding step; device cpu so
     # the export does not need GPU memory.

@@ -26,7 +26,7 @@ import subprocess
 from pathlib import Path
 from unittest.mock import patch
 
-from chatbot.versions import ModelVersion
+from core.versions import ModelVersion
 
 QUANTIZER_NAMES = ("llama-quantize", "quantize")  # unsloth_zoo.llama_cpp.check_llama_cpp, non-Windows
 CONVERTER_NAMES = ("convert_hf_to_gguf.py", "convert-hf-to-gguf.py")  # LLAMA_CPP_CONVERTER_FILENAMES

@@ -7,7 +7,7 @@
   `ref_model`, keeps a frozen copy of the adapter ("ref") and scores the reference with it,
   so no second model is loaded. The copy is dropped before the adapter is saved.
 - `lineage.json` of the new version records the parent and the export's item ids, vote ids
-  and prompt keys (`chatbot.versions.write_lineage`); eval skips those prompts.
+  and prompt keys (`core.versions.write_lineage`); eval skips those prompts.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from chatbot.errors import ConfigError, DatasetError
-from chatbot.versions import BASE, ModelVersion, find_version, list_versions, write_lineage
+from core.errors import ConfigError, DatasetError
+from core.versions import BASE, ModelVersion, find_version, list_versions, write_lineage
 from corpus.examples import Example
 from training.config import TrainConfig
+from training.records import chat_tokens, fit_example
 
 log = logging.getLogger("training")
 
@@ -86,9 +87,8 @@ def load_export(cfg: TrainConfig) -> tuple[list[dict], dict]:
 
 
 def fit_rows(rows: list[dict], method: str, tokenizer, max_seq_length: int) -> list[dict]:
-    """The rows with each prompt cut by the product's one trimming rule (as `trainer.to_records`)
+    """The rows with each prompt cut by the product's one trimming rule (as `training.records.to_records`)
     so prompt + the longest reply fit `max_seq_length`; rows that cannot fit are left out."""
-    from training.trainer import chat_tokens, fit_example
 
     def reply(row: dict) -> str:
         return max((row[c][0]["content"] for c in REPLY_COLUMNS[method]), key=len)

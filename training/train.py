@@ -25,9 +25,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from chatbot.config import entry_point
-from chatbot.errors import ConfigError, PersonaStudioError
-from chatbot.versions import partial_dir
+from core.cli import entry_point
+from core.errors import ConfigError, PersonaStudioError
+from core.versions import partial_dir
 from training.config import TrainConfig
 
 log = logging.getLogger("training")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chatbot.errors import ConfigError
-from chatbot.loading import resolve_model
+from core.errors import ConfigError
+from engines.loading import resolve_model
 from training.config import TrainConfig
 
 

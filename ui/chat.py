@@ -28,10 +28,10 @@ from typing import Literal
 import gradio as gr
 from pydantic import ValidationError
 
-from chatbot.conversation import has_user_turn, opening
-from chatbot.engine import GenerationSettings
-from chatbot.errors import PersonaError
-from chatbot.persona import Persona
+from core.conversation import has_user_turn, opening
+from core.errors import PersonaError
+from core.persona import Persona
+from engines.engine import GenerationSettings
 from ui import conversations
 from ui.common import for_chatbot, shows_errors
 from ui.context import AppContext

@@ -10,8 +10,8 @@ import json
 
 import gradio as gr
 
-from chatbot.conversation import Messages
-from chatbot.errors import PersonaStudioError
+from core.conversation import Messages
+from core.errors import PersonaStudioError
 
 
 def user_error(err: PersonaStudioError) -> gr.Error:

@@ -29,8 +29,8 @@ from typing import Literal
 
 import gradio as gr
 
-from chatbot.conversation import dialogue, opening
-from chatbot.errors import MessageError
+from core.conversation import dialogue, opening
+from core.errors import MessageError
 from store import NewPreference, Turn
 from ui import conversations
 from ui.chat import GENERATION

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chatbot.engine import GenerationSettings
-from chatbot.errors import PersonaError
-from chatbot.persona import Persona, scan_personas
-from chatbot.pool import EnginePool
+from core.errors import PersonaError
+from core.persona import Persona, scan_personas
+from engines.engine import GenerationSettings
+from engines.pool import EnginePool
 from store import Store
 
 

@@ -15,11 +15,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from chatbot.conversation import Messages, build_messages, check_message, dialogue, notice, opening, taken_back
-from chatbot.engine import GenerationSettings
-from chatbot.errors import MessageError
-from chatbot.persona import Persona
 from chatbot.scope import deflection, is_deflection
+from core.conversation import Messages, build_messages, check_message, dialogue, notice, opening, taken_back
+from core.errors import MessageError
+from core.persona import Persona
+from engines.engine import GenerationSettings
 from store import LabelRow, NewItem, Turn
 from ui.context import AppContext
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 import gradio as gr
 
-from chatbot.conversation import dialogue
+from core.conversation import dialogue
 from store import BlindItem, Item, Progress, StoreError
 from ui.common import for_chatbot, shortcuts_js
 from ui.context import AppContext

@@ -22,8 +22,8 @@ import pandas as pd
 from gradio import FileData
 from pydantic import ValidationError
 
-from chatbot.engine import GreedySettings
-from chatbot.errors import ConfigError
+from core.errors import ConfigError
+from engines.engine import GreedySettings
 from eval.jobs import Dataset, JobStatus, QueueJobs, QueueRequest, Split
 from eval.progress import session_progress
 from ui.common import shows_errors

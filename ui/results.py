@@ -21,8 +21,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from chatbot.errors import PersonaStudioError
-from chatbot.versions import BASE
+from core.errors import PersonaStudioError
+from core.versions import BASE
 from eval.scorecard import Scorecard, default_parent, known_versions, scorecard, scorecard_markdown
 from eval.table import METRICS, METRICS_NOTE, NO_LABELS, VersionResult, collect, format_table, metric_keys, metric_value
 from ui.common import shows_errors, user_error

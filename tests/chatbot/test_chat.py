@@ -4,10 +4,10 @@
 import io
 
 from chatbot import chat
-from chatbot.config import parse_config
-from chatbot.engine import GenerationSettings
-from chatbot.persona import load_persona
 from chatbot.session import ChatSession
+from core.cli import parse_config
+from core.persona import load_persona
+from engines.engine import GenerationSettings
 from tests.conftest import REPO
 
 GRACE = REPO / "personas" / "lovelace_guide.yaml"

@@ -4,10 +4,10 @@ deflection in a chat session (the model not called), and a scope with no questio
 import pytest
 
 from chatbot import scope
-from chatbot.engine import GenerationSettings
-from chatbot.errors import PersonaError
-from chatbot.persona import Persona, load_persona
 from chatbot.session import ChatSession
+from core.errors import PersonaError
+from core.persona import Persona, load_persona
+from engines.engine import GenerationSettings
 from tests.conftest import REPO
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from chatbot.errors import DatasetError
-from chatbot.persona import Persona, persona_from_facts, render_system_prompt
+from core.errors import DatasetError
+from core.persona import Persona, persona_from_facts, render_system_prompt
 from corpus.examples import (
     DataConfig,
     Turn,

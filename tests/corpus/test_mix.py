@@ -5,8 +5,8 @@ import csv
 import pytest
 import yaml
 
-from chatbot.config import validate_config
-from chatbot.errors import ConfigError
+from core.cli import validate_config
+from core.errors import ConfigError
 from corpus.examples import DataConfig, load_examples
 from corpus.mix import load_training_data
 from training.config import TrainConfig

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from chatbot.errors import DatasetError, PersonaError
-from chatbot.persona import load_persona
+from core.errors import DatasetError, PersonaError
+from core.persona import load_persona
 from corpus.examples import DataConfig, load_examples, main, read_conversations
 from corpus.persona_data import FACT_QUESTIONS, VARIATIONS, heldout_paraphrases, normalize
 from tests.conftest import REPO

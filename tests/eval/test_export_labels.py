@@ -5,8 +5,8 @@ import json
 import pytest
 from datasets import load_from_disk
 
-from chatbot.errors import DatasetError
-from chatbot.persona import render_system_prompt
+from core.errors import DatasetError
+from core.persona import render_system_prompt
 from corpus.formats import read_conversations
 from eval.export_labels import main
 from store import NewItem, NewPreference
@@ -112,7 +112,7 @@ def test_sft_keeps_the_good_answers_in_a_file_training_reads(store, db_file_url,
 
 
 def render_system_prompt_of(persona: dict) -> str:
-    from chatbot.persona import Persona
+    from core.persona import Persona
 
     return render_system_prompt(Persona.model_validate(persona))
 

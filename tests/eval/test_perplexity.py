@@ -8,9 +8,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from chatbot.conversation import build_messages
-from chatbot.engine import GenerationSettings, TransformersEngine
+from core.conversation import build_messages
 from corpus.examples import read_conversations, turn_examples
+from engines.engine import GenerationSettings, TransformersEngine
 from eval.perplexity import perplexity, prefix_groups, reference_nll
 
 PERSONA = "You are Ada, a retired physics teacher who builds clocks and keeps bees."

@@ -9,8 +9,8 @@ from xml.etree import ElementTree as ET
 import pytest
 import yaml
 
-from chatbot.errors import ConfigError, PersonaError
-from chatbot.persona import load_personas, render_system_prompt
+from core.errors import ConfigError, PersonaError
+from core.persona import load_personas, render_system_prompt
 from eval import regress
 from eval.regress_checks import Checks, load_script, mentions, run_checks
 from store import NewItem
@@ -304,7 +304,7 @@ def test_the_suite_covers_every_persona():
 
 @pytest.mark.slow
 def test_shipped_scripts_through_the_app_api_match_a_local_run(default_engine, store, tmp_path, monkeypatch):
-    from chatbot.engine import GenerationSettings
+    from engines.engine import GenerationSettings
 
     monkeypatch.setattr(regress, "load_engine", lambda cfg: default_engine)
     scripts = [REPO / "eval" / "regression" / f"{name}.yaml" for name in ("nova_identity", "switch_ada_to_nova")]

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from chatbot.errors import ConfigError
+from core.errors import ConfigError
 from eval.retention import RetentionConfig, compare, format_table, main, retention
 
 LOCAL_METRICS = {("persona_mc", "acc"), ("persona_mc", "acc_norm")}

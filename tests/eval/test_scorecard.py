@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chatbot.errors import ConfigError
+from core.errors import ConfigError
 from eval.report import ReportConfig, main
 from eval.scorecard import latest_eval_rows, scorecard, scorecard_markdown
 from eval.scorecard_rows import delta_row, human_rows, identity_rows, match_turns, preference_rows, regression_rows

@@ -1,7 +1,6 @@
 """Opening a database: created when empty, upgraded from versions 1, 2 and 3 only when allowed
 (`migrate=True`, `python -m store.migrate`), refused when newer; concurrent first starts."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -266,9 +265,7 @@ def test_an_old_database_is_refused_without_migrate_and_upgraded_by_the_command(
 def test_the_migrate_command_runs_as_a_module(tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     command = [sys.executable, "-W", "error::RuntimeWarning", "-m", "store.migrate", "--database_url", url]
-    done = subprocess.run(
-        command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True
-    )
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (
         0,
         f"{url}: created the tables at schema version {SCHEMA_VERSION}",

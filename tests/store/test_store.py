@@ -1,7 +1,6 @@
 """Store methods: conversations and turns, label items, the queue with overlap, labels, eval
 runs, failures. Opening, creating and upgrading a database: test_schema.py."""
 
-import os
 import random
 import re
 import select
@@ -596,9 +595,8 @@ time.sleep(600)
 
 def test_labels_and_votes_survive_kill_9(tmp_path):
     url, n = f"sqlite:///{tmp_path / 'kill.db'}", 20
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, url, str(n)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", KILLED_WRITER, url, str(n)], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)

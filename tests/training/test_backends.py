@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from chatbot.errors import ConfigError
+from core.errors import ConfigError
 from training import backends
 from training.config import TrainConfig
 from training.train import main

@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chatbot.engine import GenerationSettings, load_engine
-from chatbot.loading import EngineConfig
-from chatbot.versions import find_version
+from core.versions import find_version
+from engines.engine import GenerationSettings
+from engines.factory import load_engine
+from engines.loading import EngineConfig
 from eval.export_labels import main as export_main
 from store import NewItem, NewPreference, Store
 from tests.conftest import REPO

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from chatbot.config import validate_config
+from core.cli import validate_config
 from tests.conftest import REPO
 from training.config import TrainConfig
 

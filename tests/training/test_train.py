@@ -8,13 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chatbot.engine import GenerationSettings, TransformersEngine, load_engine
-from chatbot.loading import EngineConfig
-from chatbot.versions import list_versions
+from core.versions import list_versions
 from corpus.examples import Example
+from engines.engine import GenerationSettings, TransformersEngine
+from engines.factory import load_engine
+from engines.loading import EngineConfig
 from tests.conftest import REPO
 from training import trainer
 from training.config import TrainConfig
+from training.records import to_records
 from training.train import main
 from training.trainer import build_trainer
 
@@ -70,7 +72,7 @@ def test_long_record_loses_whole_oldest_turns_as_chat_would(tiny_engine):
     tokenizer = tiny_engine.tokenizer
     full = record_tokens(tokenizer, {"prompt": LONG.messages, "completion": [LONG.chat()[-1]]})
     max_seq_length = full - 30
-    [record] = trainer.to_records([LONG], tokenizer, max_seq_length)
+    [record] = to_records([LONG], tokenizer, max_seq_length)
     prompt = record["prompt"]
     assert prompt[0] == PERSONA and prompt[1]["role"] == "user" and 2 < len(prompt) < len(LONG.messages)
     assert prompt[1:] == HISTORY[len(HISTORY) - len(prompt) + 1 :]  # whole turns, the newest kept
@@ -95,8 +97,8 @@ def test_counts_come_from_the_chat_template(tiny_engine):
     tokenizer.chat_template = PREAMBLE_TEMPLATE
     assert "Today Date" in tokenizer.apply_chat_template([PERSONA], tokenize=False)
     full = record_tokens(tokenizer, {"prompt": LONG.messages, "completion": [LONG.chat()[-1]]})
-    [whole] = trainer.to_records([LONG], tokenizer, full)
-    [trimmed] = trainer.to_records([LONG], tokenizer, full - 1)  # one token short: a turn must go
+    [whole] = to_records([LONG], tokenizer, full)
+    [trimmed] = to_records([LONG], tokenizer, full - 1)  # one token short: a turn must go
     assert whole["prompt"] == LONG.messages and len(trimmed["prompt"]) < len(LONG.messages)
     assert record_tokens(tokenizer, trimmed) <= full - 1
 
@@ -105,7 +107,7 @@ def test_example_that_cannot_fit_is_left_out(tiny_engine, caplog):
     tokenizer = tiny_engine.tokenizer
     shortest = {"prompt": [PERSONA, HISTORY[-1]], "completion": [LONG.chat()[-1]]}
     with caplog.at_level("INFO", logger="training"):
-        records = trainer.to_records([LONG, LONG], tokenizer, record_tokens(tokenizer, shortest) - 1)
+        records = to_records([LONG, LONG], tokenizer, record_tokens(tokenizer, shortest) - 1)
     assert records == []
     assert "2 did not fit even so and are left out" in caplog.text
 

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from chatbot.config import validate_config
-from chatbot.errors import ConfigError
+from core.cli import validate_config
+from core.errors import ConfigError
 from tests.conftest import REPO
 from training.backends import lora_config
 from training.config import LoraPart, SftPart, TrainConfig

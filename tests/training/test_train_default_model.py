@@ -2,17 +2,17 @@
 CSV, and a 2-process (gloo) run under `accelerate launch` on CPU."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from chatbot.conversation import build_messages
-from chatbot.engine import GenerationSettings, load_engine
-from chatbot.loading import EngineConfig
-from chatbot.persona import load_persona
+from core.conversation import build_messages
+from core.persona import load_persona
+from engines.engine import GenerationSettings
+from engines.factory import load_engine
+from engines.loading import EngineConfig
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,7 @@ def test_two_process_cpu_run_trains_and_saves_once(tiny_model_dir, tmp_path):
            "--num_cpu_threads_per_process", "1", "-m", "training.train", "--device", "cpu",
            "--config", str(REPO / "training/recipes/tiny-test.yaml"), "--model.name", str(tiny_model_dir),
            "--output.dir", str(runs)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed over 2 processes" in result.stderr + result.stdout
     versions = [p for p in runs.iterdir()]

@@ -35,7 +35,7 @@ def browser():
 @pytest.fixture
 def studio(tiny_engine, store, tmp_path):
     """(url, store) of the full app on the tiny model, with 3 eval answers waiting for raters."""
-    from chatbot.engine import GenerationSettings
+    from engines.engine import GenerationSettings
     from store import NewItem
 
     items = [

@@ -157,7 +157,7 @@ def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, t
 
 
 def test_a_rater_votes_blind_between_two_versions_and_then_sees_their_names(browser, tiny_engine, store, tmp_path):
-    from chatbot.engine import GenerationSettings
+    from engines.engine import GenerationSettings
     from tests.conftest import serving, studio_context
 
     ctx = studio_context(tmp_path, store, {"base": tiny_engine, "tuned": tiny_engine},

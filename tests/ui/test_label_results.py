@@ -10,7 +10,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from chatbot.engine import ChatEngine
+from engines.engine import ChatEngine
 from eval.human import wilson_interval
 from eval.table import NO_LABELS, NOT_RUN, VersionResult, collect, results_table
 from store import NewItem, StoreError, assign

@@ -10,8 +10,8 @@ import time
 import pytest
 from gradio_client import Client, handle_file
 
-from chatbot.engine import ChatEngine
-from chatbot.errors import GenerationError
+from core.errors import GenerationError
+from engines.engine import ChatEngine
 from eval.evaluate import generate
 from eval.jobs import JOB_NICE, QueueRequest, eval_config, select_turns
 from tests.conftest import REPO, serving, studio_context

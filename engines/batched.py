@@ -7,7 +7,7 @@ Decoding a small model on CPU is memory-bound: one forward for 16 chats' next to
 more than for one (the weights are read once either way). `BatchedEngine` is a `TransformersEngine`
 whose chats all go through one scheduler thread that
 
-1. **admits** new chats: each starts from its prefix-cache entry (`chatbot.kv_cache`; mid-chat that
+1. **admits** new chats: each starts from its prefix-cache entry (`engines.kv_cache`; mid-chat that
    is the persona and the whole history, so only the new message is prefilled); newcomers are
    prefilled together, as one left-padded forward, and sample their first token;
 2. **merges** them into the running batch: one KV cache of all chats, left-padded to a common length
@@ -48,11 +48,11 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from chatbot.conversation import Messages
-from chatbot.engine import GenerationSettings, TokenStreamer, TransformersEngine, out_of_memory
-from chatbot.errors import GenerationError
-from chatbot.kv_cache import reusable
-from chatbot.priority import CHAT_NICE, lower_priority
+from core.conversation import Messages
+from core.errors import GenerationError
+from engines.engine import GenerationSettings, TokenStreamer, TransformersEngine, out_of_memory
+from engines.kv_cache import reusable
+from engines.priority import CHAT_NICE, lower_priority
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from chatbot.engine import ChatEngine, load_engine
-from chatbot.errors import ModelLoadError
-from chatbot.loading import EngineConfig
-from chatbot.versions import BASE, list_versions
+from core.errors import ModelLoadError
+from core.versions import BASE, list_versions
+from engines.engine import ChatEngine
+from engines.factory import load_engine
+from engines.loading import EngineConfig
 
 
 class EnginePool:

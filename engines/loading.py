@@ -1,7 +1,7 @@
 """Resolve a model spec (default / folder / .gguf / hub id), load it, put an adapter on top.
 
 No transformers import at module level: training imports this before it decides whether
-Unsloth (which must be imported before transformers) is the backend. `chatbot.engine.load_engine`
+Unsloth (which must be imported before transformers) is the backend. `engines.factory.load_engine`
 builds an engine from an `EngineConfig`.
 
 Every failure a user can cause (a path that is not there, a folder that is not a model, an
@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chatbot.default_model import (
+from core.default_model import (
     DEFAULT_MODEL,
     GGUF_PACKAGE,
     HUB_ID,
@@ -29,9 +29,9 @@ from chatbot.default_model import (
     on_space,
     prepare_default_model,
 )
-from chatbot.errors import ModelLoadError
-from chatbot.kv_cache import PREFIX_CACHE_TOKENS
-from chatbot.versions import BASE, find_version
+from core.errors import ModelLoadError
+from core.versions import BASE, find_version
+from engines.kv_cache import PREFIX_CACHE_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class EngineConfig(BaseModel):
     prefix_cache_tokens: int = Field(
         PREFIX_CACHE_TOKENS, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
     )
-    # Chats decode together (`chatbot.batched`), each from its prefix cache: measured faster than
+    # Chats decode together (`engines.batched`), each from its prefix cache: measured faster than
     # one `generate` per chat at 1, 4, 16 and 32 users (README, "Many users at once").
     batching: Literal["off", "auto"] = Field(
         "auto",
@@ -62,7 +62,7 @@ class EngineConfig(BaseModel):
         "its prefix cache lacks (full-attention models; others and ZeroGPU run as off); off: each chat runs its "
         "own generate. In-process models only.",
     )
-    # A model server instead of a model in this process (`chatbot.remote`); the settings above
+    # A model server instead of a model in this process (`engines.remote`); the settings above
     # that place weights (dtype, device, prefix cache) are then the server's business.
     engine_url: str | None = Field(
         default_factory=lambda: os.environ.get("PERSONA_STUDIO_ENGINE_URL") or None,

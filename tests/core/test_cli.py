@@ -3,8 +3,8 @@
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import entry_point
-from chatbot.errors import DatasetError
+from core.cli import entry_point
+from core.errors import DatasetError
 
 
 class JobConfig(BaseModel):

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatbot.engine import GenerationSettings, TransformersEngine, load_engine
-from chatbot.errors import MessageError, ModelLoadError
-from chatbot.loading import EngineConfig, resolve_model
-from chatbot.priority import CHAT_NICE
+from core.errors import MessageError, ModelLoadError
+from engines.engine import GenerationSettings, TransformersEngine
+from engines.factory import load_engine
+from engines.loading import EngineConfig, resolve_model
+from engines.priority import CHAT_NICE
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
 
@@ -161,7 +162,7 @@ def test_tokenizer_without_chat_template_is_refused(tiny_engine):
 
 
 def test_token_streamer_hands_out_each_token_and_holds_back_split_characters(tiny_engine):
-    from chatbot.engine import TokenStreamer
+    from engines.engine import TokenStreamer
 
     tokenizer = tiny_engine.tokenizer
     text = "Hello 🐝 bees!\nCafé déjà vu, ünïcode 時計."

@@ -23,12 +23,12 @@ from urllib.parse import urlparse
 import openai
 from tqdm.auto import tqdm
 
-from chatbot.conversation import Messages
-from chatbot.default_model import DEFAULT_MODEL, HUB_ID, default_model_dir, tokenizer_source
-from chatbot.engine import ChatEngine, GenerationSettings, prompt_tokens
-from chatbot.errors import ConfigError, GenerationError, ModelLoadError, PersonaStudioError
-from chatbot.loading import EngineConfig, resolve_model, resolve_version
-from chatbot.versions import BASE
+from core.conversation import Messages
+from core.default_model import DEFAULT_MODEL, HUB_ID, default_model_dir, tokenizer_source
+from core.errors import ConfigError, GenerationError, ModelLoadError, PersonaStudioError
+from core.versions import BASE
+from engines.engine import ChatEngine, GenerationSettings, prompt_tokens
+from engines.loading import EngineConfig, resolve_model, resolve_version
 
 log = logging.getLogger(__name__)
 # The openai client's HTTP library logs every request at INFO, the level eval.run logs at.

@@ -10,7 +10,7 @@ in `runs/.partial-<version>/` and are never listed.
 Versions can also live on the Hugging Face Hub (how a Space gets them: its disk holds no
 runs): `PERSONA_STUDIO_HUB_VERSIONS="persona-v2=user/persona-v2-lora,user/other-lora"` lists
 adapter repos (`name=repo`, or the repo alone, named after it), each a LoRA adapter on the
-app's base model (`chatbot.default_model.base_model`), downloaded by PEFT on first use.
+app's base model (`core.default_model.base_model`), downloaded by PEFT on first use.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from chatbot.default_model import DEFAULT_MODEL, base_model
-from chatbot.errors import ModelLoadError
+from core.default_model import DEFAULT_MODEL, base_model
+from core.errors import ModelLoadError
 
 BASE = "base"
 VERSION_FILE = "version.json"

@@ -2,7 +2,7 @@
 
 `ChatEngine` is what the chat, the app and eval talk to: messages in (the OpenAI-style
 `{"role", "content"}` list), text out, streamed or batched. `TransformersEngine` runs a local
-transformers model (optionally with a LoRA adapter); `chatbot.remote.OpenAIEngine` asks any
+transformers model (optionally with a LoRA adapter); `engines.remote.OpenAIEngine` asks any
 OpenAI-compatible server (`transformers serve`, vLLM, llama.cpp's server) through the same
 methods. No Gradio here.
 """
@@ -13,18 +13,16 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
-from chatbot.conversation import Messages, fit, too_long
-from chatbot.errors import GenerationError, ModelLoadError
-from chatbot.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
-from chatbot.loading import EngineConfig, load_model_and_tokenizer, resolve_version
-from chatbot.priority import CHAT_NICE, lower_priority
+from core.conversation import Messages, fit, too_long
+from core.errors import GenerationError, ModelLoadError
+from engines.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
+from engines.priority import CHAT_NICE, lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +87,7 @@ class ChatEngine(ABC):
         return None
 
     def fit_messages(self, messages: Messages, settings: GenerationSettings) -> Messages:
-        """`messages` trimmed (`chatbot.conversation.fit`) so prompt + max_new_tokens fit the
+        """`messages` trimmed (`core.conversation.fit`) so prompt + max_new_tokens fit the
         context window; at most half the window is held back for the reply, so a huge
         max_new_tokens cannot starve the prompt. A message too long on its own is refused, and
         a persona whose system prompt alone overflows gets an error of its own (`too_long`)."""
@@ -265,29 +263,3 @@ def _explain(err: Exception, batch_size: int | None = None) -> Exception:
             f"{batch}lower max_new_tokens, shorten the history, or load the model in 4-bit on a GPU",
         )
     return err
-
-
-def load_engine(cfg: EngineConfig) -> ChatEngine:
-    """The engine for `cfg`: a base model (`default`, a folder, a .gguf, a hub id), a trained
-    version by name, or a base plus `adapter`; served by `cfg.engine_url` when it is set
-    (`chatbot.remote`). The one way the product loads a model to chat with."""
-    if cfg.engine_url:
-        from chatbot.remote import load_remote_engine  # imports openai: only when asked for
-
-        return load_remote_engine(cfg)
-    model, adapter = resolve_version(cfg.model, cfg.adapter, cfg.runs_dir)
-    hf_model, tokenizer = load_model_and_tokenizer(model, adapter, dtype=cfg.dtype, device=cfg.device)
-    if model != cfg.model:  # a version: show its name rather than base + adapter path
-        name = cfg.model
-    else:
-        name = f"default ({Path(hf_model.config.name_or_path).name})" if model == "default" else model
-        name = name if adapter is None else f"{name} + {adapter}"
-    engine_class = TransformersEngine
-    if cfg.batching == "auto":
-        from chatbot.batched import BatchedEngine, batchable  # imports this module: here, not at the top
-
-        if batchable(hf_model):
-            engine_class = BatchedEngine
-        else:
-            log.info("%s has sliding-window or linear-attention layers: chats are not batched", name)
-    return engine_class(hf_model, tokenizer, name, cfg.max_context_tokens, cfg.prefix_cache_tokens)

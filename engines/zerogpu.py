@@ -9,7 +9,7 @@ engine comes from `_engines`, which the fork inherits (a version first loaded af
 worker was forked is loaded again inside it). Streaming works: yielded pieces travel back one
 by one. The app imports this module before anything touches CUDA (ZeroGPU's requirement).
 
-    pool = EnginePool(cfg, loader=zerogpu.loader())   # what app.py does
+    pool = EnginePool(cfg, loader=engine_loader())   # engines/factory.py wraps engines on ZeroGPU
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ if ON_ZERO_GPU and importlib.util.find_spec("spaces"):  # preinstalled on Spaces
 else:
     spaces = None
 
-from chatbot.conversation import Messages  # noqa: E402
-from chatbot.engine import ChatEngine, GenerationSettings, load_engine  # noqa: E402
-from chatbot.loading import EngineConfig  # noqa: E402
+from core.conversation import Messages  # noqa: E402
+from engines.engine import ChatEngine, GenerationSettings  # noqa: E402
+from engines.loading import EngineConfig  # noqa: E402
 
 # Seconds of GPU a request asks for. ZeroGPU queues long requests behind short ones, so ask
 # for what the reply can take: a 135M-8B model decodes well above 20 tok/s on an H200 slice,
@@ -37,6 +37,7 @@ MAX_S = 300
 
 GPU_FUNCTIONS: dict[str, Callable] = {}  # name -> its duration function (tests check the list)
 _engines: dict[str, ChatEngine] = {}  # engine key -> the engine, inherited by ZeroGPU's workers
+_load: list[Callable[[EngineConfig], ChatEngine]] = []  # the factory's loader, for versions loaded after the fork
 
 
 def gpu(duration: Callable[..., int]) -> Callable[[Callable], Callable]:
@@ -61,7 +62,7 @@ def batch_seconds(key: str, conversations: list[Messages], settings: GenerationS
 
 def _engine(key: str) -> ChatEngine:
     if key not in _engines:  # loaded in the parent after this worker was forked
-        _engines[key] = load_engine(EngineConfig.model_validate_json(key))
+        _engines[key] = _load[0](EngineConfig.model_validate_json(key))
     return _engines[key]
 
 
@@ -81,9 +82,10 @@ class GPUEngine:
     """An engine whose generation goes through the GPU functions above; everything else
     (token counting, fitting the history, its name, window) is the wrapped engine's."""
 
-    def __init__(self, engine: ChatEngine, key: str):
+    def __init__(self, engine: ChatEngine, key: str, load: Callable[[EngineConfig], ChatEngine]):
         self.engine, self.key = engine, key
         _engines[key] = engine
+        _load[:] = [load]
 
     def __getattr__(self, name: str):
         return getattr(self.engine, name)
@@ -96,16 +98,3 @@ class GPUEngine:
 
     def warm(self, messages: Messages) -> None:
         """Nothing: a prefill in the main process has no GPU, and the worker keeps its own cache."""
-
-
-def loader(on_zero_gpu: bool = ON_ZERO_GPU) -> Callable[[EngineConfig], ChatEngine]:
-    """The EnginePool loader: engines wrapped in `GPUEngine` on ZeroGPU, plain elsewhere."""
-    if not on_zero_gpu:
-        return load_engine
-
-    def load(cfg: EngineConfig) -> ChatEngine:
-        # One GPU call per reply: a batch thread outside `@spaces.GPU` would have no GPU to run on.
-        cfg = cfg.model_copy(update={"batching": "off"})
-        return GPUEngine(load_engine(cfg), cfg.model_dump_json())
-
-    return load

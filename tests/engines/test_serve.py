@@ -1,4 +1,4 @@
-"""`python -m chatbot.serve`: the command for each engine, built without the engines installed."""
+"""`python -m engines.serve`: the command for each engine, built without the engines installed."""
 
 import json
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chatbot import serve
-from chatbot.errors import ConfigError
-from chatbot.versions import VERSION_FILE, list_versions
+from core.errors import ConfigError
+from core.versions import VERSION_FILE, list_versions
+from engines import serve
 
 
 def make_version(runs: Path, name: str, r: int = 16, load_in_4bit: bool = False, base: str = "default") -> Path:

@@ -19,7 +19,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from chatbot.errors import ConfigError, PersonaStudioError
+from core.errors import ConfigError, PersonaStudioError
 
 C = TypeVar("C", bound=BaseModel)
 

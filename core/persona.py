@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_serializer
 
-from chatbot.errors import PersonaError
+from core.errors import PersonaError
 
 # Field name -> the fix we suggest when it is missing or malformed.
 _FIELD_FIXES = {

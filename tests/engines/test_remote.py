@@ -16,12 +16,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatbot.engine import GenerationSettings, load_engine
-from chatbot.errors import ConfigError, GenerationError, ModelLoadError
-from chatbot.loading import EngineConfig
-from chatbot.persona import load_persona, render_system_prompt
-from chatbot.remote import OpenAIEngine, api_base, request_params
 from chatbot.session import ChatSession
+from core.errors import ConfigError, GenerationError, ModelLoadError
+from core.persona import load_persona, render_system_prompt
+from engines.engine import GenerationSettings
+from engines.factory import load_engine
+from engines.loading import EngineConfig
+from engines.remote import OpenAIEngine, api_base, request_params
 from tests.conftest import REPO
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)

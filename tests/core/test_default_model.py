@@ -1,16 +1,15 @@
 """End-to-end on the real embedded default model (SmolLM2-135M-Instruct), offline."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from chatbot.conversation import build_messages
-from chatbot.default_model import default_model_dir, gguf_path
-from chatbot.engine import GenerationSettings
-from chatbot.persona import load_persona
 from chatbot.session import ChatSession
+from core.conversation import build_messages
+from core.default_model import default_model_dir, gguf_path
+from core.persona import load_persona
+from engines.engine import GenerationSettings
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -54,7 +53,6 @@ def test_company_assistant_knows_its_name(default_engine):
 
 
 def test_terminal_chat_reads_piped_lines():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     lines = "Hi there!\n\nWhat do you keep in your garden?\n/persona personas/nova.yaml\nWho are you?\n"
     args = ["--persona", "personas/ada.yaml", "--generation.temperature", "0", "--generation.max_new_tokens", "16"]
     result = subprocess.run(
@@ -63,7 +61,6 @@ def test_terminal_chat_reads_piped_lines():
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=env,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -77,14 +74,12 @@ def test_terminal_chat_reads_piped_lines():
 def test_terminal_chat_reports_a_bad_persona_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: Bo\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "chatbot.chat", "--persona", str(bad)],
         input="",
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=env,
     )
     assert result.returncode == 2
     assert "field `facts`" in result.stderr and "fix:" in result.stderr

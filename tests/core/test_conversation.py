@@ -2,8 +2,8 @@
 
 import pytest
 
-from chatbot.conversation import build_messages, dialogue, fit, notice, opening, switched, taken_back, undone
-from chatbot.persona import Persona
+from core.conversation import build_messages, dialogue, fit, notice, opening, switched, taken_back, undone
+from core.persona import Persona
 
 ADA = Persona(name="Ada", facts=["I build clocks."], greeting="Hello, love!")
 NOVA = Persona(name="Nova", facts=["I answer for Acme."])

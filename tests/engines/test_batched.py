@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from chatbot.batched import BatchedEngine, _explain
-from chatbot.engine import GenerationSettings
-from chatbot.errors import GenerationError
-from chatbot.persona import render_system_prompt
+from core.errors import GenerationError
+from core.persona import render_system_prompt
+from engines.batched import BatchedEngine, _explain
+from engines.engine import GenerationSettings
 
 # The app's repetition penalty (1.1), applied per request over prompt and reply.
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
@@ -51,8 +51,8 @@ def wait_idle(engine, seconds=10):
 
 
 def test_load_engine_builds_it_and_one_chat_equals_the_direct_path(tiny_engine, tiny_model_dir):
-    from chatbot.engine import load_engine
-    from chatbot.loading import EngineConfig
+    from engines.factory import load_engine
+    from engines.loading import EngineConfig
 
     alone = load_engine(EngineConfig(model=str(tiny_model_dir), batching="auto"))
     assert isinstance(alone, BatchedEngine)
@@ -177,7 +177,7 @@ def test_default_model_batched_greedy_replies_equal_the_engine_alone(default_eng
 def test_the_batch_cache_grows_past_its_spare_room(engine, tiny_engine):
     """A prefill longer than the spare room of the batch's cache (a long new message beside a chat
     already decoding) is written after the cache grows."""
-    from chatbot.batched import SPARE_TOKENS
+    from engines.batched import SPARE_TOKENS
 
     "".join(engine.stream(chat(6), GREEDY))  # the prefix cache now holds the persona: the prefill extends it
     endless = GREEDY.model_copy(update={"max_new_tokens": 200, "repetition_penalty": 1.0})
@@ -194,9 +194,10 @@ def test_the_batch_cache_grows_past_its_spare_room(engine, tiny_engine):
 def test_auto_batches_full_attention_models_only(tiny_model_dir):
     from transformers import MistralConfig, MistralForCausalLM
 
-    from chatbot.batched import batchable
-    from chatbot.engine import TransformersEngine, load_engine
-    from chatbot.loading import EngineConfig
+    from engines.batched import batchable
+    from engines.engine import TransformersEngine
+    from engines.factory import load_engine
+    from engines.loading import EngineConfig
 
     assert EngineConfig().batching == "auto"
     off = load_engine(EngineConfig(model=str(tiny_model_dir), batching="off"))
@@ -208,14 +209,14 @@ def test_auto_batches_full_attention_models_only(tiny_model_dir):
 
 
 def test_batching_off_from_the_command_line_is_off():
-    from chatbot.config import parse_config
-    from chatbot.loading import EngineConfig
+    from core.cli import parse_config
+    from engines.loading import EngineConfig
 
     assert parse_config(EngineConfig, ["--batching", "off"]).batching == "off"
 
 
 def test_a_chat_that_would_overfill_the_batch_waits_for_room(engine, tiny_engine, monkeypatch):
-    import chatbot.batched as batched
+    import engines.batched as batched
 
     settings = GREEDY.model_copy(update={"max_new_tokens": 30, "repetition_penalty": 1.0})
     room = max(tiny_engine.count_tokens(chat(i)) for i in (0, 1)) + 30
@@ -253,7 +254,7 @@ def test_an_idle_engine_ends_its_thread_and_a_dropped_one_is_freed(tiny_engine, 
     import gc
     import weakref
 
-    import chatbot.batched as batched
+    import engines.batched as batched
 
     monkeypatch.setattr(batched, "IDLE_S", 0.05)
     engine = BatchedEngine(tiny_engine.model, tiny_engine.tokenizer, "tiny", max_context_tokens=512)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from chatbot import persona as persona_module
-from chatbot.errors import PersonaError
-from chatbot.persona import (
+from core import persona as persona_module
+from core.errors import PersonaError
+from core.persona import (
     Persona,
     load_persona,
     load_personas,

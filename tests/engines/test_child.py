@@ -1,4 +1,4 @@
-"""The model in a child process (`chatbot.process`): the same replies as in the app's process, errors
+"""The model in a child process (`engines.child`): the same replies as in the app's process, errors
 that keep their fix, a killed child replaced, and the child gone when the engine is."""
 
 import gc
@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from chatbot.engine import GreedySettings
-from chatbot.errors import GenerationError, MessageError, ModelLoadError
-from chatbot.loading import EngineConfig
-from chatbot.process import MODEL_NICE, ProcessEngine, spare_threads
+from core.errors import GenerationError, MessageError, ModelLoadError
+from engines.child import MODEL_NICE, ProcessEngine, spare_threads
+from engines.engine import GreedySettings
+from engines.loading import EngineConfig
 
 GREEDY = GreedySettings(max_new_tokens=12)
 

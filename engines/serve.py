@@ -1,11 +1,11 @@
 """Start the right existing model server for the base and the versions in `runs/`, and say how to use it.
 
-    python -m chatbot.serve                   # auto: vLLM on CUDA, else llama.cpp, else transformers serve
-    python -m chatbot.serve --engine vllm --versions v1,v2 --dry_run true
+    python -m engines.serve                   # auto: vLLM on CUDA, else llama.cpp, else transformers serve
+    python -m engines.serve --engine vllm --versions v1,v2 --dry_run true
     python app.py --engine_url http://127.0.0.1:8011/v1        # then chat through it
 
 What each engine serves (the app's `version` becomes the request's model name, as
-`chatbot.remote.OpenAIEngine` maps it: `base` -> the base as served, `<version>` -> that name):
+`engines.remote.OpenAIEngine` maps it: `base` -> the base as served, `<version>` -> that name):
 - vLLM (CUDA): the base plus every version as a LoRA adapter under its name (`--lora-modules
   v1=runs/v1/adapter`, `--max-lora-rank` the largest adapter's r). An adapter trained on a 4-bit
   base (QLoRA) is refused: vLLM puts it on a 16-bit base, whose weights are not the ones it was
@@ -34,10 +34,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.config import entry_point
-from chatbot.default_model import DEFAULT_MODEL, HUB_ID, default_model_dir, gguf_path
-from chatbot.errors import ConfigError
-from chatbot.versions import BASE, ModelVersion, list_versions
+from core.cli import entry_point
+from core.default_model import DEFAULT_MODEL, HUB_ID, default_model_dir, gguf_path
+from core.errors import ConfigError
+from core.versions import BASE, ModelVersion, list_versions
 
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
 ADAPTER_GGUF = "adapter.gguf"  # a version's adapter for llama.cpp, beside its adapter/ folder

@@ -1,6 +1,6 @@
 """The model in a child process: generation never holds the app's interpreter lock.
 
-    python app.py                        # on CPU the model runs in `python -m chatbot.process` (--model_process auto)
+    python app.py                        # on CPU the model runs in `python -m engines.child` (--model_process auto)
     python app.py --model_process app    # in the app's own process, as before
 
 A chat's forward passes are torch ops, but between them the model's Python code holds the
@@ -32,15 +32,13 @@ import threading
 import weakref
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from pathlib import Path
 
-from chatbot.conversation import Messages
-from chatbot.engine import ChatEngine, GenerationSettings, prompt_tokens
-from chatbot.errors import GenerationError, ModelLoadError, PersonaStudioError
-from chatbot.loading import EngineConfig
+from core.conversation import Messages
+from core.errors import GenerationError, ModelLoadError, PersonaStudioError
+from engines.engine import ChatEngine, GenerationSettings, prompt_tokens
+from engines.loading import EngineConfig
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]  # the folder `chatbot` is in
 
 # The child's nice value: the app's request threads (labels, pages, streaming) come first. With
 # llama.cpp's server as the model process, raters' p95 with 16 chatting was 0.096 s at nice 10
@@ -189,16 +187,15 @@ class _Child:
 
     @classmethod
     def start(cls, cfg: EngineConfig, nice: int, threads: int) -> _Child:
-        # A fresh interpreter (`-m chatbot.process`), not a fork of the app: no Gradio, no server
+        # A fresh interpreter (`-m engines.worker`), not a fork of the app: no Gradio, no server
         # sockets, no threads copied mid-lock. It gets its end of a socket pair as an inherited fd.
         ours, theirs = socket.socketpair()
         engine_cfg = EngineConfig(**cfg.model_dump(include=set(EngineConfig.model_fields)))  # the app's has more
-        cmd = [sys.executable, "-m", "chatbot.process", str(theirs.fileno()), engine_cfg.model_dump_json(), str(nice),
+        cmd = [sys.executable, "-m", "engines.worker", str(theirs.fileno()), engine_cfg.model_dump_json(), str(nice),
                str(threads)]  # fmt: skip
-        # Importable from any working directory (which stays the app's: relative paths in `cfg`).
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        # The working directory stays the app's (relative paths in `cfg`); the package is installed.
         with theirs:
-            process = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env={**os.environ, "PYTHONPATH": path})
+            process = subprocess.Popen(cmd, pass_fds=[theirs.fileno()])
         conn = Connection(ours.detach())
         waited = 0.0
         while not conn.poll(1.0):  # loading: seconds for the default model, minutes for a big one
@@ -291,82 +288,3 @@ def _exit_reason(code: int | None) -> str:
     if code is None:
         return f"it had not loaded the model after {START_TIMEOUT_S} s"
     return "killed, perhaps for memory" if code == -9 else f"exit code {code}"
-
-
-def loader(nice: int = MODEL_NICE, threads: int | None = None):
-    """The EnginePool loader: each model version in a child process of its own."""
-    return lambda cfg: ProcessEngine(cfg, nice, threads)
-
-
-# ---------------------------------------------------------------- the child
-
-
-def serve(fd: int, cfg: EngineConfig, nice: int, threads: int) -> None:
-    """Load the engine, tell the app, then answer its requests until the app closes the connection."""
-    import torch
-
-    from chatbot.engine import load_engine
-    from chatbot.priority import lower_priority
-
-    lower_priority(nice)  # before torch starts its threads: they inherit it
-    torch.set_num_threads(threads)
-    conn = Connection(fd)
-    try:
-        engine = load_engine(cfg)
-    except Exception as err:  # the app shows it (ours: problem and fix, no traceback)
-        if not isinstance(err, PersonaStudioError):
-            log.exception("loading the model failed")
-        conn.send(("error", _portable(err)))
-        return
-    info = (engine.name, engine.context_window, engine.tokenizer, engine.batches, torch.get_num_threads())
-    conn.send(("ready", info))
-    send_lock, cancelled = threading.Lock(), set()
-
-    def reply(rid: int, item) -> None:
-        with send_lock:
-            conn.send((rid, item))
-
-    def run(kind: str, rid: int, *args) -> None:
-        try:
-            if kind == "stream":
-                pieces = engine.stream(*args)
-                for piece in pieces:
-                    if rid in cancelled:
-                        pieces.close()  # the engine drops the row
-                        return
-                    reply(rid, piece)
-                reply(rid, END)
-            elif kind == "generate":
-                conversations, settings, kw = args
-                lower_priority(JOB_NICE)
-                reply(rid, engine.generate(conversations, settings, **kw))
-            else:
-                reply(rid, engine.warm(*args))
-        except (OSError, ValueError):  # the app is gone
-            return
-        except Exception as err:
-            if not isinstance(err, PersonaStudioError):
-                log.exception("%s request failed", kind)
-            reply(rid, _portable(err))
-        finally:
-            cancelled.discard(rid)
-
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            break  # the app ended or dropped this version
-        if message[0] == "cancel":
-            cancelled.add(message[1])
-            continue
-        threading.Thread(target=run, args=message, daemon=True).start()
-    os._exit(0)  # at once: a batch thread inside torch at interpreter teardown can abort the process
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s model process: %(message)s")
-    # This file runs as `__main__`: serve from the imported module, so what it pickles (errors) names
-    # `chatbot.process`, which the app can unpickle.
-    from chatbot import process
-
-    process.serve(int(sys.argv[1]), EngineConfig.model_validate_json(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

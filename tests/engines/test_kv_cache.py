@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from chatbot.engine import GenerationSettings, TransformersEngine
-from chatbot.kv_cache import PrefixCache, common_prefix
+from engines.engine import GenerationSettings, TransformersEngine
+from engines.kv_cache import PrefixCache, common_prefix
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=10, repetition_penalty=1.0)
 

@@ -5,7 +5,7 @@ The package ships one GGUF file. transformers can read GGUF but de-quantises it 
 convert it once into a normal Hugging Face folder (safetensors + tokenizer + chat template)
 under the cache dir and load that folder afterwards (~4 s).
 
-    python -m chatbot.default_model          # prepare (idempotent) and print the folder
+    python -m core.default_model          # prepare (idempotent) and print the folder
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
-from chatbot.errors import ModelLoadError
+from core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,14 @@ def drop_gguf_marker(model) -> None:
         del model.config.quantization_config
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    if argv:
+        print("usage: python -m core.default_model   (no flags: converts the packaged GGUF once)", file=sys.stderr)
+        return 0 if argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(prepare_default_model())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chatbot.errors import MessageError, PersonaError
-from chatbot.persona import Persona, render_system_prompt
+from core.errors import MessageError, PersonaError
+from core.persona import Persona, render_system_prompt
 
 Messages = list[dict]
 
