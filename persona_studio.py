@@ -1,7 +1,7 @@
 """`persona-studio <job> [flags]`: one command for every job, as `llamafactory-cli train` or `axolotl train`.
 
     persona-studio app --port 8000
-    persona-studio train --config training/recipes/smollm2-cpu.yaml
+    persona-studio train --config training/recipes/smollm2-135m-lora-cpu.yaml
     persona-studio train --help
 
 Each job is also `python -m <module>` (the table below) and takes the same flags; `--help` after a
