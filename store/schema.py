@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, MappedCol
 
 from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, VOTES, WITHDRAW_REASONS, BlindItem
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -127,6 +127,8 @@ class Turn(Base):
     withdrawn: Mapped[str | None]
     # The persona the model spoke as (assistant and notice turns); SQL NULL, not JSON null, otherwise.
     persona: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
+    # An assistant turn that is the persona's scope deflection (the model was not asked).
+    deflected: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
 
 class EvalRun(Base):

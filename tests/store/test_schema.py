@@ -326,6 +326,47 @@ def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
         assert store.found_version == SCHEMA_VERSION and len(store.label_rows()) == 1
 
 
+@pytest.mark.parametrize("version", [3, 4, 5])
+def test_the_upgrade_marks_the_stored_scope_deflections(db_url, version):
+    # By the rule the app used before the column: an assistant turn no model wrote whose text is
+    # the deflection of the persona stored with it. Versions 1 and 2 kept no persona on a turn
+    # (and had no scope guard): nothing there to mark.
+    create_old_database(db_url, version)
+    with Store(db_url, migrate=True) as store:
+        assert [(t.content, t.deflected) for t in store.conversation(2)] == [
+            ("Will it rain?", False),
+            (f" {DEFLECTION}", True),
+            (DEFLECTION, False),  # the model's words, though the same
+            ("Bees!", False),
+        ]
+        assert not any(t.deflected for t in store.conversation(1))
+
+
+def test_a_turn_records_whether_it_is_a_scope_deflection(store):
+    bea = {"name": "Bea", "scope": {"topic": "bees", "deflection": DEFLECTION}}
+    conversation = store.start_conversation("chat", "bea", bea, "base")
+    exchange = [dict(role="user", content="Will it rain?"), dict(role="assistant", content=DEFLECTION, persona=bea,
+                                                                 deflected=True)]  # fmt: skip
+    ids = store.add_turns(conversation, exchange)
+    ids.append(store.add_turn(conversation, "assistant", DEFLECTION, "base", "Bea", bea))  # the model said it
+    ids.append(
+        store.add_turn(conversation, "assistant", "Hives!", persona=bea, deflected=True)
+    )  # the flag, not the text
+    assert [store.turn(i).deflected for i in ids] == [False, True, False, True]
+    with store.engine.connect() as conn:  # a real boolean column, false unless set
+        rows = conn.execute(sa.text("SELECT id FROM turns WHERE deflected ORDER BY id")).scalars().all()
+        assert rows == [ids[1], ids[3]]
+    refused = [
+        (dict(role="user", content="Hi", deflected=True), "a user turn cannot be a scope deflection"),
+        (dict(role="assistant", content=DEFLECTION, model_version="base", deflected=True), "has no model version"),
+        (dict(role="assistant", content=DEFLECTION, deflected="yes"), "must be true or false"),
+    ]
+    for turn, message in refused:
+        with pytest.raises(StoreError, match=message):
+            store.add_turns(conversation, [turn])
+    assert len(store.conversation(conversation)) == 4
+
+
 @pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_an_upgraded_database_has_the_schema_of_a_created_one(db_url, version):
     create_old_database(db_url, version)
