@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from store.db import StoreError
 from store.schema import SCHEMA_VERSION, metadata, schema_version
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,11 @@ def revision(version: int) -> str:
 
 
 def alembic_config(conn: sa.Connection) -> Config:
-    """Alembic's configuration, in memory: the migrations folder and the connection to run on."""
+    """Alembic's configuration, in memory: the migrations folder and the connection to run on.
+    (Alembic is imported here, not above: opening a database that is up to date, what every
+    command does, needs none of it; importing it took ~0.36 s here.)"""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
@@ -66,6 +72,8 @@ def ensure(conn: sa.Connection, url: str, migrate: bool) -> int | None:
     tables = set(sa.inspect(conn).get_table_names())
     ours = tables & set(metadata.tables)
     if not ours and VERSION_TABLE not in tables:
+        from alembic import command
+
         metadata.create_all(conn)
         conn.execute(sa.insert(schema_version).values(id=1, version=SCHEMA_VERSION))
         command.stamp(alembic_config(conn), revision(SCHEMA_VERSION))
@@ -113,6 +121,8 @@ def upgrade(conn: sa.Connection, found: int, adopted: bool = True) -> None:
     """Bring a database at schema version `found` up to `SCHEMA_VERSION`, one migration at a
     time, in the caller's transaction (DDL is transactional on both backends: all steps or none).
     `adopted` False: a database from before Alembic, stamped at `found` first."""
+    from alembic import command
+
     cfg = alembic_config(conn)
     if not adopted:
         log.info("adopting the database at schema version %d into Alembic", found)
