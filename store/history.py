@@ -12,7 +12,7 @@ from store.db import StoreError
 from store.records import ROLES
 from store.schema import turns
 
-TURN_FIELDS = ("role", "content", "model_version", "persona_name", "persona")
+TURN_FIELDS = ("role", "content", "model_version", "persona_name", "persona", "deflected")
 # Turns the model speaks (a reply, a notice of a persona switch) say which persona it spoke as.
 PERSONA_ROLES = ("assistant", "notice")
 
@@ -31,7 +31,14 @@ def turn_values(turn: dict) -> dict:
         raise StoreError(f"a {role} turn has no persona", f"pass persona only with {' and '.join(PERSONA_ROLES)} turns")
     if persona is not None and not isinstance(persona, dict):
         persona = persona.model_dump()  # a chatbot Persona
-    return {field: turn.get(field) for field in TURN_FIELDS} | {"persona": persona}
+    deflected = turn.get("deflected", False)
+    if not isinstance(deflected, bool):
+        raise StoreError(f"a turn's `deflected` must be true or false, not {deflected!r}", "pass a bool")
+    if deflected and role != "assistant":
+        raise StoreError(f"a {role} turn cannot be a scope deflection", "pass deflected=True only with assistant turns")
+    if deflected and turn.get("model_version") is not None:
+        raise StoreError("a scope deflection has no model version (no model wrote it)", "pass model_version=None")
+    return {field: turn.get(field) for field in TURN_FIELDS} | {"persona": persona, "deflected": deflected}
 
 
 def insert_turns(conn: sa.Connection, conversation_id: int, rows: list[dict]) -> list[int]:

@@ -2,9 +2,11 @@
 
     python -m store.migrate --database_url postgresql://user:password@host:5432/persona_studio
 
-Without --database_url: $DATABASE_URL, else the SQLite file data/persona_studio.db. The upgrade
-is one transaction (every step or none); back the database up first all the same. Other
-commands (eval.run, eval.report, ...) refuse an older database rather than upgrade it.
+Without --database_url: $DATABASE_URL, else the SQLite file data/persona_studio.db. The steps
+are the Alembic migrations in store/migrations (a database from before Alembic is adopted at its
+version first); the upgrade is one transaction (every step or none): back the database up first
+all the same. Other commands (eval.run, eval.report, ...) refuse an older database rather than
+upgrade it.
 """
 
 from __future__ import annotations

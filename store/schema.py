@@ -5,8 +5,9 @@ Core statements on `Turn.__table__` (aliased `turns`, ...) and builds each recor
 row (`Turn(**row._mapping)`), outside any ORM session: a record holds plain values, never
 loads anything lazily, and changing one changes nothing in the database.
 
-`SCHEMA_VERSION` is the version these declarations describe; bump it with each change and
-add the step that brings the previous version here to `store.upgrade.UPGRADES`.
+`SCHEMA_VERSION` is the version these declarations describe; with each change, bump it and add
+the Alembic migration that brings the previous version here (store/migrations/versions/,
+revision id `f"{SCHEMA_VERSION:04d}"`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, MappedCol
 
 from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, VOTES, WITHDRAW_REASONS, BlindItem
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -74,7 +75,8 @@ def _in(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
 
 
 class SchemaVersion(Base):
-    """One row: the version of `SCHEMA_VERSION` the tables are at."""
+    """One row: the version of `SCHEMA_VERSION` the tables are at. Alembic's own table
+    (alembic_version) is what `store.upgrade` reads; this row tells code from before Alembic."""
 
     __tablename__ = "schema_version"
     __table_args__ = (sa.CheckConstraint("id = 1", name="one_row"),)
@@ -125,6 +127,8 @@ class Turn(Base):
     withdrawn: Mapped[str | None]
     # The persona the model spoke as (assistant and notice turns); SQL NULL, not JSON null, otherwise.
     persona: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
+    # An assistant turn that is the persona's scope deflection (the model was not asked).
+    deflected: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
 
 class EvalRun(Base):

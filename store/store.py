@@ -126,9 +126,13 @@ class Store:
         model_version: str | None = None,
         persona_name: str | None = None,
         persona: dict | None = None,
+        *,
+        deflected: bool = False,
     ) -> int:
-        """Append a turn; `persona` is the persona the model spoke as (assistant and notice turns)."""
-        turn = dict(role=role, content=content, model_version=model_version, persona_name=persona_name, persona=persona)
+        """Append a turn; `persona` is the persona the model spoke as (assistant and notice turns);
+        `deflected`: the reply is that persona's scope deflection (the model was not asked)."""
+        turn = dict(role=role, content=content, model_version=model_version, persona_name=persona_name, persona=persona,
+                    deflected=deflected)  # fmt: skip
         return self.add_turns(conversation_id, [turn])[0]
 
     def add_turns(self, conversation_id: int, turns: list[dict]) -> list[int]:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from chatbot.scope import deflection, is_deflection
+from chatbot.scope import deflection
 from core.conversation import Messages, build_messages, check_message, dialogue, notice, opening, taken_back
 from core.errors import MessageError
 from core.persona import Persona
@@ -42,12 +42,14 @@ class _Pending:
 
     turns: list[dict] = field(default_factory=list)
 
-    def add(self, role: str, content: str, persona: Persona | None = None, version: str | None = None) -> None:
+    def add(self, role: str, content: str, persona: Persona | None = None, version: str | None = None,
+            deflected: bool = False) -> None:  # fmt: skip
         """`persona`: who spoke (assistant) or is switched to (notice); on a user turn only its
         name is kept, as the persona the message was addressed to."""
         spoke_as = persona.model_dump() if persona and role != "user" else None
         name = persona.name if persona else None
-        self.turns.append(dict(role=role, content=content, model_version=version, persona_name=name, persona=spoke_as))
+        self.turns.append(dict(role=role, content=content, model_version=version, persona_name=name, persona=spoke_as,
+                               deflected=deflected))  # fmt: skip
 
 
 def stored_messages(turns: list[Turn]) -> Messages:
@@ -55,16 +57,10 @@ def stored_messages(turns: list[Turn]) -> Messages:
     deflection is marked `"deflected": True`."""
     return [
         {"id": t.id, "role": t.role, "content": t.content, "persona_name": t.persona_name}
-        | ({"deflected": True} if deflected_turn(t) else {})
+        | ({"deflected": True} if t.deflected else {})
         for t in turns
         if t.withdrawn is None
     ]
-
-
-def deflected_turn(turn: Turn) -> bool:
-    """A reply no model wrote that is the persona's scope deflection. (The store has no flag
-    for it: its text, from the persona stored with the turn, is the mark.)"""
-    return turn.role == "assistant" and turn.model_version is None and is_deflection(turn.persona, turn.content)
 
 
 def transcript(ctx: AppContext, conversation_id: int | None, persona: Persona) -> Messages:
@@ -121,7 +117,7 @@ def exchange(
     trimmed = False
     if canned is not None:
         reply = canned
-        pending.add("assistant", reply, persona)  # no model wrote it: no version, nothing to label
+        pending.add("assistant", reply, persona, deflected=True)  # no model wrote it: no version, nothing to label
     else:
         engine = ctx.pool.get(version)
         prompt = build_messages(persona, history, message)

@@ -1,5 +1,6 @@
-"""Opening a database: created when empty, upgraded from versions 1, 2 and 3 only when allowed
-(`migrate=True`, `python -m store.migrate`), refused when newer; concurrent first starts."""
+"""Opening a database: created when empty, upgraded from versions 1 to 5 (made before Alembic:
+adopted) only when allowed (`migrate=True`, `python -m store.migrate`), refused when newer;
+the Alembic migrations themselves; concurrent first starts."""
 
 import subprocess
 import sys
@@ -8,17 +9,21 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.script import ScriptDirectory
 
 from store import NewPreference, Store, StoreError, database_url
 from store.migrate import main as migrate_main
 from store.schema import SCHEMA_VERSION, metadata
+from store.upgrade import VERSION_TABLE, alembic_config, revision
 from tests.conftest import REPO
 from tests.store.conftest import add_items, new_item
 
-# The tables as versions 1, 2 and 3 of the code created them (their `create_all` output), frozen
-# here as raw SQL so later changes to store.schema cannot change what an old database is.
-# {serial} and {timestamp} are the only differences between SQLite and PostgreSQL; {priority},
-# {turns_v3} and {schema_version} are what versions 2 and 3 changed.
+# The tables as versions 1 to 5 of the code created them (their `create_all` output, before
+# Alembic), frozen here as raw SQL so later changes to store.schema or the migrations cannot
+# change what an old database is. {serial} and {timestamp} are the only differences between
+# SQLite and PostgreSQL; {priority}, {turns_v3} and {schema_version} are what versions 2, 3 and 5
+# changed; V4_PREFERENCES and V5_QUEUE what versions 4 and 5 added.
 OLD_DDL = """
 CREATE TABLE conversations (
     id {serial} NOT NULL, source TEXT NOT NULL, persona_key TEXT NOT NULL, persona JSON NOT NULL,
@@ -93,6 +98,26 @@ CREATE INDEX ix_skips_item_id ON skips (item_id);
 CREATE INDEX ix_skips_rater_id ON skips (rater_id)
 """
 V2_PRIORITY = "priority INTEGER DEFAULT 0 NOT NULL,"  # the one change from version 1 to 2
+V5_HOLDERS = "holders INTEGER DEFAULT 0 NOT NULL,"
+V4_PREFERENCES = """
+CREATE TABLE preferences (
+    id {serial} NOT NULL, rater_id INTEGER NOT NULL, conversation_a_id INTEGER, conversation_b_id INTEGER,
+    persona_name TEXT NOT NULL, persona JSON NOT NULL, context JSON NOT NULL, reply_a TEXT NOT NULL,
+    reply_b TEXT NOT NULL, version_a TEXT NOT NULL, version_b TEXT NOT NULL, vote TEXT NOT NULL,
+    created_at {timestamp} NOT NULL,
+    CONSTRAINT pk_preferences PRIMARY KEY (id),
+    CONSTRAINT ck_preferences_vote_allowed CHECK (vote IN ('a', 'b', 'tie', 'both_bad')),
+    CONSTRAINT fk_preferences_rater_id_raters FOREIGN KEY(rater_id) REFERENCES raters (id),
+    CONSTRAINT fk_preferences_conversation_a_id_conversations FOREIGN KEY(conversation_a_id)
+        REFERENCES conversations (id) ON DELETE SET NULL,
+    CONSTRAINT fk_preferences_conversation_b_id_conversations FOREIGN KEY(conversation_b_id)
+        REFERENCES conversations (id) ON DELETE SET NULL
+);
+CREATE INDEX ix_preferences_conversation_a_id ON preferences (conversation_a_id);
+CREATE INDEX ix_preferences_conversation_b_id ON preferences (conversation_b_id);
+CREATE INDEX ix_preferences_rater_id ON preferences (rater_id)
+"""
+V5_QUEUE = "CREATE INDEX ix_label_items_queue ON label_items (priority DESC, id, holders)"
 V3_TURNS = "withdrawn TEXT, persona JSON, CONSTRAINT ck_turns_withdrawn_allowed CHECK (withdrawn IN ('undo', 'retry')),"
 V3_SCHEMA_VERSION = (
     "id INTEGER NOT NULL, version INTEGER NOT NULL,"
@@ -101,19 +126,31 @@ V3_SCHEMA_VERSION = (
 T = "2024-05-01 12:00:00.000000"  # naive UTC, as UTCDateTime stores it
 T_READ = datetime(2024, 5, 1, 12, tzinfo=UTC)  # T as the store reads it back
 PERSONA = '{"name": "Ada", "facts": ["I build engines."]}'
+DEFLECTION = "Only bees, please."
+BEA = f'{{"name": "Bea", "facts": ["I keep bees."], "scope": {{"topic": "bees", "deflection": "{DEFLECTION}"}}}}'
 
 
 def old_rows(version: int) -> list[str]:
-    """A few rows of every table, as version 1, 2 or 3 stored them: kim labelled item 1, lee skipped item 2."""
+    """A few rows of every table, as versions 1 to 5 stored them: kim labelled item 1, lee skipped
+    item 2; from version 3 (turns keep their persona) Bea's conversation 2 has a scope deflection."""
     items = []
     for i, eval_run_id, priority in [(1, "1", 0), (2, "NULL", 0), (3, "NULL", 2)]:
         item = new_item(i - 1)
         context = f'[{{"role": "user", "content": "question {i - 1}"}}]'
         values = f"{i}, 'eval', NULL, {eval_run_id}, 'Ada', '{PERSONA}', '{context}', '{item.answer}', 'base'"
-        items.append(f"({values}, '{item.key}', '{T}'" + (f", {priority})" if version >= 2 else ")"))
-    turn_v3 = ", NULL, NULL" if version == 3 else ""  # withdrawn, persona
+        holders = 1 if i == 1 else 0  # kim holds item 1
+        later = f", {priority}" * (version >= 2) + f", {holders}" * (version >= 5)
+        items.append(f"({values}, '{item.key}', '{T}'{later})")
+    turn_v3 = ", NULL, NULL" if version >= 3 else ""  # withdrawn, persona
+    bea = [
+        f"""INSERT INTO turns VALUES (4, 2, 0, 'user', 'Will it rain?', NULL, 'Bea', '{T}', NULL, NULL),
+            (5, 2, 1, 'assistant', ' {DEFLECTION}', NULL, 'Bea', '{T}', NULL, '{BEA}'),
+            (6, 2, 2, 'assistant', '{DEFLECTION}', 'base', 'Bea', '{T}', NULL, '{BEA}'),
+            (7, 2, 3, 'assistant', 'Bees!', NULL, 'Bea', '{T}', NULL, '{BEA}')"""
+    ]  # the guard's reply (5, spaces around it), the model's words (6), a greeting (7)
     return [
-        f"INSERT INTO conversations VALUES (1, 'chat', 'ada', '{PERSONA}', 'base', '{T}')",
+        f"INSERT INTO conversations VALUES (1, 'chat', 'ada', '{PERSONA}', 'base', '{T}'),"
+        f" (2, 'chat', 'bea', '{BEA}', 'base', '{T}')",
         f"""INSERT INTO turns VALUES (1, 1, 0, 'assistant', 'Hello!', 'base', 'Ada', '{T}'{turn_v3}),
             (2, 1, 1, 'user', 'Hi Ada', NULL, NULL, '{T}'{turn_v3}),
             (3, 1, 2, 'assistant', 'Hi!', 'base', 'Ada', '{T}'{turn_v3})""",
@@ -124,21 +161,28 @@ def old_rows(version: int) -> list[str]:
         f"INSERT INTO labels (item_id, rater_id, verdict, comment, created_at, updated_at)"
         f" VALUES (1, 1, 'bad', 'rude', '{T}', '{T}')",
         f"INSERT INTO skips (item_id, rater_id, created_at) VALUES (2, 2, '{T}')",
-        f"INSERT INTO schema_version VALUES ({'1, ' if version == 3 else ''}{version})",
+        f"INSERT INTO schema_version VALUES ({'1, ' if version >= 3 else ''}{version})",
+        *(bea if version >= 3 else []),
     ]
 
 
 def create_old_database(url: str, version: int) -> None:
-    """A database as version 1, 2 or 3 of the code left it: its tables and a few rows."""
+    """A database as versions 1 to 5 of the code left it: its tables and a few rows."""
     engine = sa.create_engine(database_url(url))
     postgres = engine.dialect.name == "postgresql"
+    serial = "SERIAL" if postgres else "INTEGER"
+    timestamp = "TIMESTAMP WITHOUT TIME ZONE" if postgres else "DATETIME"
     ddl = OLD_DDL.format(
-        serial="SERIAL" if postgres else "INTEGER",
-        timestamp="TIMESTAMP WITHOUT TIME ZONE" if postgres else "DATETIME",
-        priority=V2_PRIORITY if version >= 2 else "",
+        serial=serial,
+        timestamp=timestamp,
+        priority=(V2_PRIORITY if version >= 2 else "") + (V5_HOLDERS if version >= 5 else ""),
         turns_v3=V3_TURNS if version >= 3 else "",
         schema_version=V3_SCHEMA_VERSION if version >= 3 else "version INTEGER NOT NULL",
     )
+    if version >= 4:
+        ddl += ";" + V4_PREFERENCES.format(serial=serial, timestamp=timestamp)
+    if version >= 5:
+        ddl += ";" + V5_QUEUE
     with engine.begin() as conn:
         for statement in ddl.split(";") + old_rows(version):
             conn.exec_driver_sql(statement)
@@ -182,20 +226,67 @@ def schema_version_rows(url: str) -> list[tuple]:
     return rows
 
 
+def alembic_revisions(url: str) -> list[str] | None:
+    """The rows of Alembic's version table; None when there is no such table."""
+    engine = sa.create_engine(database_url(url))
+    with engine.connect() as conn:
+        found = None
+        if VERSION_TABLE in sa.inspect(conn).get_table_names():
+            found = list(conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalars())
+    engine.dispose()
+    return found
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = sa.create_engine(database_url(url))
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    engine.dispose()
+
+
 def test_an_empty_database_gets_every_table_at_the_current_version(db_url):
     with Store(db_url) as store:
         assert store.found_version is None
-    assert set(schema_of(db_url)) == set(metadata.tables)
+    assert set(schema_of(db_url)) == set(metadata.tables) | {VERSION_TABLE}
     assert schema_version_rows(db_url) == [(1, SCHEMA_VERSION)]
+    assert alembic_revisions(db_url) == [revision(SCHEMA_VERSION)]
     with Store(db_url) as store:
         assert store.found_version == SCHEMA_VERSION
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+def test_the_migrations_are_one_line_of_schema_versions():
+    script = ScriptDirectory.from_config(alembic_config(None))
+    assert script.get_heads() == [revision(SCHEMA_VERSION)]
+    line = [(r.revision, r.down_revision) for r in reversed(list(script.walk_revisions()))]
+    assert line == [(revision(v), revision(v - 1) if v > 1 else None) for v in range(1, SCHEMA_VERSION + 1)]
+
+
+def test_the_migrations_from_nothing_make_the_schema_create_all_makes(db_url):
+    # Every step run on its own (no old rows, no adoption): the migrations, not create_all,
+    # are what an upgraded database ends up with, so they must agree with the declarations.
+    engine = sa.create_engine(database_url(db_url))
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+        command.check(alembic_config(conn))  # autogenerate finds nothing the declarations add
+        conn.exec_driver_sql(f"INSERT INTO schema_version (id, version) VALUES (1, {SCHEMA_VERSION})")
+    migrated = schema_of(db_url)
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+        conn.exec_driver_sql(f"DROP TABLE {VERSION_TABLE}")
+    engine.dispose()
+    Store(db_url).close()  # created afresh
+    assert migrated == schema_of(db_url)
+    with Store(db_url) as store:
+        assert store.found_version == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
     create_old_database(db_url, version)
     with Store(db_url, migrate=True) as store:
         assert store.found_version == version
+        assert alembic_revisions(db_url) == [revision(SCHEMA_VERSION)]  # adopted, then upgraded
         rows = [(r.item_id, r.rater, r.verdict, r.comment, r.model_version, r.created_at) for r in store.label_rows()]
         assert rows == [(1, "kim", "bad", "rude", "base", T_READ)]
         assert [(store.item(i).answer, store.item(i).priority) for i in (1, 2, 3)] == [
@@ -215,7 +306,7 @@ def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
         assert store.add_label_items([new_item(1)]) == [2]  # the old keys still match
         assert store.withdraw_turns(1, [2, 3], "undo") == 2
         exchange = [dict(role="user", content="Again"), dict(role="assistant", content="Yes!")]
-        assert store.add_turns(1, exchange) == [4, 5]
+        assert len(store.add_turns(1, exchange)) == 2
         assert [(t.index, t.withdrawn) for t in store.conversation(1)][1:] == [
             (1, "undo"),
             (2, "undo"),
@@ -235,7 +326,48 @@ def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
         assert store.found_version == SCHEMA_VERSION and len(store.label_rows()) == 1
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [3, 4, 5])
+def test_the_upgrade_marks_the_stored_scope_deflections(db_url, version):
+    # By the rule the app used before the column: an assistant turn no model wrote whose text is
+    # the deflection of the persona stored with it. Versions 1 and 2 kept no persona on a turn
+    # (and had no scope guard): nothing there to mark.
+    create_old_database(db_url, version)
+    with Store(db_url, migrate=True) as store:
+        assert [(t.content, t.deflected) for t in store.conversation(2)] == [
+            ("Will it rain?", False),
+            (f" {DEFLECTION}", True),
+            (DEFLECTION, False),  # the model's words, though the same
+            ("Bees!", False),
+        ]
+        assert not any(t.deflected for t in store.conversation(1))
+
+
+def test_a_turn_records_whether_it_is_a_scope_deflection(store):
+    bea = {"name": "Bea", "scope": {"topic": "bees", "deflection": DEFLECTION}}
+    conversation = store.start_conversation("chat", "bea", bea, "base")
+    exchange = [dict(role="user", content="Will it rain?"), dict(role="assistant", content=DEFLECTION, persona=bea,
+                                                                 deflected=True)]  # fmt: skip
+    ids = store.add_turns(conversation, exchange)
+    ids.append(store.add_turn(conversation, "assistant", DEFLECTION, "base", "Bea", bea))  # the model said it
+    ids.append(
+        store.add_turn(conversation, "assistant", "Hives!", persona=bea, deflected=True)
+    )  # the flag, not the text
+    assert [store.turn(i).deflected for i in ids] == [False, True, False, True]
+    with store.engine.connect() as conn:  # a real boolean column, false unless set
+        rows = conn.execute(sa.text("SELECT id FROM turns WHERE deflected ORDER BY id")).scalars().all()
+        assert rows == [ids[1], ids[3]]
+    refused = [
+        (dict(role="user", content="Hi", deflected=True), "a user turn cannot be a scope deflection"),
+        (dict(role="assistant", content=DEFLECTION, model_version="base", deflected=True), "has no model version"),
+        (dict(role="assistant", content=DEFLECTION, deflected="yes"), "must be true or false"),
+    ]
+    for turn, message in refused:
+        with pytest.raises(StoreError, match=message):
+            store.add_turns(conversation, [turn])
+    assert len(store.conversation(conversation)) == 4
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_an_upgraded_database_has_the_schema_of_a_created_one(db_url, version):
     create_old_database(db_url, version)
     Store(db_url, migrate=True).close()
@@ -243,6 +375,7 @@ def test_an_upgraded_database_has_the_schema_of_a_created_one(db_url, version):
     engine = sa.create_engine(database_url(db_url))
     with engine.begin() as conn:
         metadata.drop_all(conn)
+        conn.exec_driver_sql(f"DROP TABLE {VERSION_TABLE}")
     engine.dispose()
     Store(db_url).close()  # created afresh
     assert upgraded == schema_of(db_url)
@@ -253,7 +386,7 @@ def test_an_old_database_is_refused_without_migrate_and_upgraded_by_the_command(
     with pytest.raises(StoreError, match=f"schema version 2; this code needs {SCHEMA_VERSION}") as refused:
         Store(db_url)
     assert "python -m store.migrate" in refused.value.fix
-    assert schema_version_rows(db_url) == [(2,)]  # refusing changed nothing
+    assert (schema_version_rows(db_url), alembic_revisions(db_url)) == ([(2,)], None)  # refusing changed nothing
     assert migrate_main(["--database_url", db_url]) == 0
     assert capsys.readouterr().out.strip().endswith(f"upgraded from schema version 2 to {SCHEMA_VERSION}")
     assert migrate_main(["--database_url", db_url]) == 0
@@ -276,22 +409,36 @@ def test_the_migrate_command_runs_as_a_module(tmp_path):
 
 def test_newer_schema_version_is_refused(db_url):
     Store(db_url).close()
-    engine = sa.create_engine(database_url(db_url))
-    with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE schema_version SET version = 99")
-    engine.dispose()
+    execute(db_url, f"UPDATE {VERSION_TABLE} SET version_num = '0099'")
     for migrate in (False, True):
-        with pytest.raises(StoreError, match="schema version 99; this code knows up to"):
+        with pytest.raises(StoreError, match="schema version 99; this code knows up to") as refused:
             Store(db_url, migrate=migrate)
+        assert "update Persona Studio" in refused.value.fix
+    execute(db_url, f"UPDATE {VERSION_TABLE} SET version_num = 'ae1027a6acf'")  # a branch we never made
+    with pytest.raises(StoreError, match="schema revision ae1027a6acf, which this code does not know"):
+        Store(db_url, migrate=True)
+
+
+def test_a_newer_database_from_before_alembic_is_refused(db_url):
+    create_old_database(db_url, 5)
+    execute(db_url, "UPDATE schema_version SET version = 99")
+    with pytest.raises(StoreError, match="schema version 99; this code knows up to"):
+        Store(db_url, migrate=True)
+    assert alembic_revisions(db_url) is None
+
+
+def test_older_code_reads_the_current_version_from_schema_version(db_url):
+    # Code from before Alembic reads only schema_version: it must see a number it does not know
+    # (and say "update Persona Studio"), not a database without one.
+    create_old_database(db_url, 4)
+    Store(db_url, migrate=True).close()
+    assert schema_version_rows(db_url) == [(1, SCHEMA_VERSION)]
 
 
 def test_our_tables_without_a_schema_version_are_refused(db_url):
     with Store(db_url) as store:
         add_items(store, 1)
-    engine = sa.create_engine(database_url(db_url))
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE schema_version")
-    engine.dispose()
+    execute(db_url, "DROP TABLE schema_version", f"DROP TABLE {VERSION_TABLE}")
     with pytest.raises(StoreError, match="some Persona Studio tables .*label_items.* but no schema version"):
         Store(db_url, migrate=True)
 
