@@ -4,8 +4,9 @@
     python app.py --model smollm2-persona-cpu --port 8000
     DATABASE_URL=postgresql://user:pw@host/db PERSONA_STUDIO_AUTH="ana:pw1,ben:pw2" python app.py
 
-Every setting is a flag (`--help`) and most have an environment variable, so a Hugging Face
-Space is configured from its settings page. On a Space (SPACE_ID set) the app listens on
+Every setting is a flag (`--help`), a key of a `--config` YAML file, and an environment
+variable PERSONA_STUDIO_<FIELD> (DATABASE_URL, GRADIO_SERVER_NAME/PORT, PERSONA_STUDIO_RUNS
+for four of them), so a Hugging Face Space is configured from its settings page. On a Space (SPACE_ID set) the app listens on
 0.0.0.0:7860, loads the base model from the hub, lets raters sign in with Hugging Face, and
 keeps labels under /data, in DATABASE_URL, or warns on every tab that they are lost at the
 next restart. Handlers live in `ui/` and stay thin; scripts call

@@ -96,7 +96,12 @@ def parse_config(model: type[C], argv: list[str] | None = None, description: str
     def source(key: tuple) -> str:
         if _holds(flags, key):
             return "command line"
-        return str(config_file) if _holds(values, key) else "environment"
+        if _holds(values, key):
+            return str(config_file)
+        # Not a flag nor the file: a BaseSettings' environment, under an alias or prefix + name.
+        name = str(key[0])
+        prefix = model.model_config.get("env_prefix", "") if name in model.model_fields else ""
+        return f"environment variable {(prefix + name).upper()}"
 
     return validate_config(model, _merge(values, flags), source)
 
@@ -124,7 +129,9 @@ def validate_config(model: type[C], values: dict, source: str | Callable[[tuple]
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         where = source(first["loc"]) if callable(source) else source
-        if first["type"] == "extra_forbidden":
+        if where.startswith("environment"):
+            fix = "fix or unset that environment variable"
+        elif first["type"] == "extra_forbidden":
             fix = "remove it or fix its spelling; `--help` lists every field"
         else:
             fix = "`--help` lists every field with its default"
