@@ -6,11 +6,12 @@
 
 Every setting is a flag (`--help`), a key of a `--config` YAML file, and an environment
 variable PERSONA_STUDIO_<FIELD> (DATABASE_URL, GRADIO_SERVER_NAME/PORT, PERSONA_STUDIO_RUNS
-for four of them), so a Hugging Face Space is configured from its settings page. On a Space (SPACE_ID set) the app listens on
-0.0.0.0:7860, loads the base model from the hub, lets raters sign in with Hugging Face, and
-keeps labels under /data, in DATABASE_URL, or warns on every tab that they are lost at the
-next restart. Handlers live in `ui/` and stay thin; scripts call
-the typed API endpoints by name (`/chat`, `/compare`, `/next_item`, `/label`, ... : see README).
+for four of them), so a Hugging Face Space is configured from its settings page.
+On a Space (SPACE_ID set) the app listens on 0.0.0.0:7860, loads the base model from the hub,
+lets raters sign in with Hugging Face, and keeps labels under /data, in DATABASE_URL, or warns
+on every tab that they are lost at the next restart. Handlers live in `ui/` and stay thin;
+scripts call the typed API endpoints by name (`/chat`, `/compare`, `/next_item`, `/label`, ... :
+see README).
 """
 
 from __future__ import annotations

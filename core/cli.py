@@ -94,6 +94,8 @@ def parse_config(model: type[C], argv: list[str] | None = None, description: str
     values = _read_yaml(reader, Path(config_file)) if config_file else {}
 
     def source(key: tuple) -> str:
+        if not key:  # a check across fields
+            return f"{config_file} + command line" if config_file else "command line"
         if _holds(flags, key):
             return "command line"
         if _holds(values, key):
