@@ -4,12 +4,14 @@
     python app.py --model smollm2-persona-cpu --port 8000
     DATABASE_URL=postgresql://user:pw@host/db PERSONA_STUDIO_AUTH="ana:pw1,ben:pw2" python app.py
 
-Every setting is a flag (`--help`) and most have an environment variable, so a Hugging Face
-Space is configured from its settings page. On a Space (SPACE_ID set) the app listens on
-0.0.0.0:7860, loads the base model from the hub, lets raters sign in with Hugging Face, and
-keeps labels under /data, in DATABASE_URL, or warns on every tab that they are lost at the
-next restart. Handlers live in `ui/` and stay thin; scripts call
-the typed API endpoints by name (`/chat`, `/compare`, `/next_item`, `/label`, ... : see README).
+Every setting is a flag (`--help`), a key of a `--config` YAML file, and an environment
+variable PERSONA_STUDIO_<FIELD> (DATABASE_URL, GRADIO_SERVER_NAME/PORT, PERSONA_STUDIO_RUNS
+for four of them), so a Hugging Face Space is configured from its settings page.
+On a Space (SPACE_ID set) the app listens on 0.0.0.0:7860, loads the base model from the hub,
+lets raters sign in with Hugging Face, and keeps labels under /data, in DATABASE_URL, or warns
+on every tab that they are lost at the next restart. Handlers live in `ui/` and stay thin;
+scripts call the typed API endpoints by name (`/chat`, `/compare`, `/next_item`, `/label`, ... :
+see README).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal
 
 import gradio as gr
 from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbot.session import warm
 from core.cli import entry_point
@@ -45,51 +48,47 @@ from ui.organise import build_organise_tab
 from ui.raters import oauth_available
 from ui.results import build_results_tab
 
-
-def _env(name: str, default=None):
-    return lambda: os.environ.get(name, default)
-
-
 UNBATCHED_LIMIT = 4  # one generate per chat: more at once only share 2 cores worse
 BATCHED_LIMIT = 32  # chats decoded together: each one let in joins the batch
 
 
-class AppConfig(EngineConfig):
+class AppConfig(BaseSettings, EngineConfig):
+    """Flags and YAML (`--config`) override the environment: every field reads
+    PERSONA_STUDIO_<FIELD> (sections: PERSONA_STUDIO_GENERATION__MAX_NEW_TOKENS), and the few
+    with a validation_alias read the name a Space or a database host sets instead."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PERSONA_STUDIO_", env_nested_delimiter="__", env_ignore_empty=True, validate_by_name=True
+    )
     model: str = Field(
         default_factory=base_model, description="Base model (`base`); env PERSONA_STUDIO_MODEL (a Space: the hub id)."
     )
-    runs_dir: str = Field(default_factory=_env("PERSONA_STUDIO_RUNS", "runs"), description="Trained versions folder.")
+    runs_dir: str = Field("runs", validation_alias="PERSONA_STUDIO_RUNS", description="Trained versions folder.")
     # A Space must listen on every interface (port 7860); locally we stay on loopback.
     host: str = Field(
-        default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space() else "127.0.0.1"),
-        description="Interface to listen on (0.0.0.0 on a Space).",
+        default_factory=lambda: "0.0.0.0" if on_space() else "127.0.0.1",
+        validation_alias="GRADIO_SERVER_NAME",
+        description="Interface to listen on (0.0.0.0 on a Space); env GRADIO_SERVER_NAME.",
     )
-    port: int = Field(default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", 7860)), description="Port.")
+    port: int = Field(7860, validation_alias="GRADIO_SERVER_PORT", description="Port; env GRADIO_SERVER_PORT.")
     personas_dir: str = Field("personas", description="Folder of persona YAML files.")
     database_url: str | None = Field(
-        default_factory=_env("DATABASE_URL"), description="Label store (default: SQLite in data/; or postgresql://...)."
+        None,
+        validation_alias="DATABASE_URL",
+        description="Label store (default: SQLite in data/; or postgresql://...); env DATABASE_URL.",
     )
-    auth: str | None = Field(
-        default_factory=_env("PERSONA_STUDIO_AUTH"), description="`user:pass,user2:pass2` turns on rater login."
-    )
+    auth: str | None = Field(None, description="`user:pass,user2:pass2` turns on rater login; env PERSONA_STUDIO_AUTH.")
     oauth: bool = Field(
         default_factory=oauth_available,
         description="Raters sign in with Hugging Face (default: on a Space with `hf_oauth: true`).",
     )
     # Spaces lose their disk at every restart; a Storage Bucket mounted as a volume does not.
-    volume: str = Field(
-        default_factory=_env("PERSONA_STUDIO_VOLUME", "/data"),
-        description="On a Space: the mounted volume the SQLite store goes to when writable.",
-    )
+    volume: str = Field("/data", description="On a Space: the mounted volume the SQLite store goes to when writable.")
     backup_repo: str | None = Field(
-        default_factory=_env("PERSONA_STUDIO_BACKUP_REPO"),
-        description="Private dataset repo (user/name) the store's tables are pushed to as JSONL (needs HF_TOKEN).",
+        None, description="Private dataset repo (user/name) the store's tables are pushed to as JSONL (needs HF_TOKEN)."
     )
     backup_minutes: float = Field(5, gt=0, description="Minutes between pushes to --backup_repo.")
-    label_overlap: int = Field(
-        default_factory=lambda: int(os.environ.get("PERSONA_STUDIO_LABEL_OVERLAP", 1)), ge=1,
-        description="Raters per label item (2+ lets agreement be measured).",
-    )  # fmt: skip
+    label_overlap: int = Field(1, ge=1, description="Raters per label item (2+ lets agreement be measured).")
     # benchmarks/concurrent_chat on 2 CPU cores: one generate per chat did best at 4 at once (16 users:
     # 11.7 s to a first token against 13.8 s at 2); batched chats decode together, so every chat
     # should reach the batch (16 users: 1.15 s at 32, model in a child process). README, "Many users at once".

@@ -213,6 +213,36 @@ def test_app_config_reads_the_environment(monkeypatch):
     assert cfg.database_url == "postgresql://x:y@db/z" and cfg.label_overlap == 2
 
 
+# Every variable app.py read through its `_env` lambdas before pydantic-settings, with the field it sets.
+APP_ENV = {
+    "PERSONA_STUDIO_MODEL": ("model", "me/model"),
+    "PERSONA_STUDIO_RUNS": ("runs_dir", "/srv/runs"),
+    "GRADIO_SERVER_NAME": ("host", "0.0.0.0"),
+    "GRADIO_SERVER_PORT": ("port", 8001),
+    "DATABASE_URL": ("database_url", "sqlite:////srv/labels.db"),
+    "PERSONA_STUDIO_AUTH": ("auth", "ana:pw"),
+    "PERSONA_STUDIO_VOLUME": ("volume", "/mnt/bucket"),
+    "PERSONA_STUDIO_BACKUP_REPO": ("backup_repo", "me/labels"),
+    "PERSONA_STUDIO_LABEL_OVERLAP": ("label_overlap", 3),
+    "PERSONA_STUDIO_ENGINE_URL": ("engine_url", "http://localhost:8011"),
+}
+
+
+def test_every_app_env_var_sets_its_field_and_a_flag_beats_it(monkeypatch):
+    from core.cli import parse_config
+
+    for name, (_, value) in APP_ENV.items():
+        monkeypatch.setenv(name, str(value))
+    cfg = parse_config(AppConfig, [])
+    assert {name: (field, getattr(cfg, field)) for name, (field, _) in APP_ENV.items()} == APP_ENV
+    assert parse_config(AppConfig, ["--port", "9000", "--runs_dir", "r"]).model_dump(include={"port", "runs_dir"}) == {
+        "port": 9000,
+        "runs_dir": "r",
+    }
+    monkeypatch.setenv("PERSONA_STUDIO_GENERATION__MAX_NEW_TOKENS", "12")  # a section's key: double underscore
+    assert AppConfig().generation.max_new_tokens == 12
+
+
 def test_broken_persona_file_is_listed_and_explained(store, tmp_path):
     import shutil
 
