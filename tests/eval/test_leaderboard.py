@@ -141,3 +141,16 @@ def test_command_prints_the_table_and_writes_csv_and_json(db_file_url, store, tm
     assert {"pairs.csv", "personas.csv"} <= {p.name for p in out.iterdir()}
     assert main(["--database_url", db_file_url, "--rounds", "0", "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("1,v1,")
+
+
+def test_results_table_gets_the_ab_columns_once_there_are_votes(store):
+    from eval.table import AB_COLUMNS, NO_VOTES, results_table
+
+    assert not set(AB_COLUMNS) & set(results_table(store, ["base", "v1"]).columns)  # no votes: no columns
+    add_votes(store, [("v1", "base", "a")] * 12 + [("base", "v1", "b")] * 12)
+    rows = {r["model version"]: r for r in results_table(store, ["base", "v1", "v2"]).to_dict("records")}
+    board = leaderboard(store.preferences()).table.set_index("model version")
+    assert rows["v1"]["A/B rank"] == 1 and rows["base"]["A/B rank"] == 2
+    assert rows["v1"]["A/B strength"] == round(board.loc["v1", "strength"]) > 1000
+    assert rows["v1"]["A/B 95 % interval"] == f"{board.loc['v1', '95 % low']:.0f}–{board.loc['v1', '95 % high']:.0f}"
+    assert rows["v1"]["A/B votes"] == 24 and rows["v2"]["A/B strength"] == NO_VOTES and rows["v2"]["A/B votes"] == 0
