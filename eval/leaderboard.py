@@ -157,25 +157,32 @@ def bootstrap_counts(counts: np.ndarray, rounds: int, seed: int) -> np.ndarray:
 def leaderboard(rows: Iterable, rounds: int = 1000, seed: int = 0, versions: list[str] | None = None) -> Board:
     """Strengths, 95 % bootstrap intervals and ranks of every version in the votes `rows`."""
     t = tally(rows, versions)
+    x, y = design(t)
+    fits = fit_strengths(x, y, round_weights(t, rounds, seed))
+    return board(t, fits, rounds, seed)
+
+
+def round_weights(t: Tally, rounds: int, seed: int) -> np.ndarray:
+    """(1 + rounds, 2P) row weights: the votes as they are, then each bootstrap round's."""
+    # No votes: nothing to resample, every round is empty too.
+    resampled = bootstrap_counts(t.counts, rounds, seed) if t.votes else np.zeros((rounds, *t.counts.shape))
+    return weights(np.concatenate([t.counts[None], resampled]))
+
+
+def board(t: Tally, fits: np.ndarray, rounds: int, seed: int) -> Board:
+    """The leaderboard of the versions with votes in `t`, from `fits` (1 + rounds, K): the
+    point fit, then the bootstrap rounds'."""
     notes = [f"{t.self_votes} votes of a version against itself left out"] if t.self_votes else []
     if t.votes == 0:
         return Board(pd.DataFrame(columns=COLUMNS), pair_table(t), notes + ["no A/B votes yet"])
-    x, y = design(t)
-    resampled = bootstrap_counts(t.counts, rounds, seed) if rounds else np.empty((0, *t.counts.shape))
-    fits = fit_strengths(x, y, weights(np.concatenate([t.counts[None], resampled])))
-    strength, low, high = fits[0], *np.percentile(fits[1:] if rounds else fits[:1], [2.5, 97.5], axis=0)
+    counts = per_version_counts(t)
+    voted = counts["votes"] > 0
+    strength = fits[0, voted]
+    low, high = np.percentile(fits[1:, voted] if rounds else fits[:1, voted], [2.5, 97.5], axis=0)
     rank = 1 + (low[None, :] > high[:, None]).sum(axis=1)  # versions wholly above each one
-    table = pd.DataFrame(
-        {
-            "rank": rank,
-            "model version": t.versions,
-            "strength": elo(strength),
-            "95 % low": elo(low),
-            "95 % high": elo(high),
-            **per_version_counts(t),
-        }
-    )
-    table = table.sort_values(["strength", "model version"], ascending=[False, True], ignore_index=True)
+    columns = {"rank": rank, "model version": np.array(t.versions)[voted], "strength": elo(strength),
+               "95 % low": elo(low), "95 % high": elo(high)} | {k: v[voted] for k, v in counts.items()}  # fmt: skip
+    table = pd.DataFrame(columns).sort_values(["strength", "model version"], ascending=[False, True], ignore_index=True)
     notes.append(f"{t.votes} votes, {rounds} bootstrap rounds (seed {seed}); ties and both-bad count half a win each")
     return Board(table[COLUMNS], pair_table(t), notes)
 
@@ -212,13 +219,22 @@ def pair_table(t: Tally) -> pd.DataFrame:
 
 
 def by_persona(rows: Iterable, rounds: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """The leaderboard of each persona's votes alone, a `persona` column first."""
+    """The leaderboard of each persona's votes alone, a `persona` column first. All personas'
+    rounds go into one fit (over every version; those a persona has no vote for are left out)."""
+    rows = list(rows)
     groups: dict[str, list] = {}
     for r in rows:
         groups.setdefault(r.persona_name, []).append(r)
-    frames = [leaderboard(group, rounds, seed).table.assign(persona=name) for name, group in sorted(groups.items())]
-    if not frames:
+    if not groups:
         return pd.DataFrame(columns=["persona", *COLUMNS])
+    tallies = {name: tally(group, tally(rows).versions) for name, group in sorted(groups.items())}
+    x, y = design(next(iter(tallies.values())))
+    fits = fit_strengths(x, y, np.concatenate([round_weights(t, rounds, seed) for t in tallies.values()]))
+    per_persona = np.split(fits, len(tallies))
+    frames = [
+        board(t, f, rounds, seed).table.assign(persona=n)
+        for (n, t), f in zip(tallies.items(), per_persona, strict=True)
+    ]
     return pd.concat(frames, ignore_index=True)[["persona", *COLUMNS]]
 
 

@@ -23,6 +23,9 @@ from eval.pairing import pick_pair
 from ui.common import shows_errors, user_error
 from ui.context import AppContext
 
+# Each persona's board has fewer votes and so a slower fit per round (~2 s for 10 personas x
+# 200 votes at 200 rounds on 2 busy cores, ~5 s at 1,000): fewer rounds keep a refresh short.
+PERSONA_ROUNDS = 200
 HELP = (
     "Bradley-Terry strengths from every blind Compare vote, on the Elo scale (1000 = average; 400 points = 10:1 "
     "odds). A tie or *both bad* counts half a win for each side. Bars: 95 % bootstrap intervals (1,000 rounds). "
@@ -55,7 +58,7 @@ def read_board(ctx: AppContext) -> tuple[Board, pd.DataFrame]:
         rows = ctx.store.preferences()
     except PersonaStudioError as err:
         raise user_error(err) from None
-    return leaderboard(rows), by_persona(rows)
+    return leaderboard(rows), by_persona(rows, rounds=PERSONA_ROUNDS)
 
 
 def build_leaderboard(ctx: AppContext) -> dict:
@@ -68,7 +71,7 @@ def build_leaderboard(ctx: AppContext) -> dict:
     notes = gr.Markdown("")
     with gr.Accordion("Votes per pair and per persona", open=False):
         pairs = gr.Dataframe(label="Votes per pair", interactive=False)
-        personas = gr.Dataframe(label="Per persona", interactive=False)
+        personas = gr.Dataframe(label=f"Per persona ({PERSONA_ROUNDS} bootstrap rounds)", interactive=False)
     refresh_button = gr.Button("⟳ Refresh the leaderboard")
 
     @shows_errors

@@ -154,3 +154,25 @@ def test_results_table_gets_the_ab_columns_once_there_are_votes(store):
     assert rows["v1"]["A/B strength"] == round(board.loc["v1", "strength"]) > 1000
     assert rows["v1"]["A/B 95 % interval"] == f"{board.loc['v1', '95 % low']:.0f}–{board.loc['v1', '95 % high']:.0f}"
     assert rows["v1"]["A/B votes"] == 24 and rows["v2"]["A/B strength"] == NO_VOTES and rows["v2"]["A/B votes"] == 0
+
+
+def test_per_persona_fit_equals_each_personas_own_leaderboard():
+    rows = simulated_votes({"a": 0.0, "b": 0.6, "c": 0.3}, 120, seed=2)
+    for n, r in enumerate(rows):
+        r.persona_name = "Ada" if n % 3 else "Bob"
+    rows += [vote_row("a", "a", "tie", persona="Cy")]  # a persona with only a self-vote: no board
+    personas = by_persona(rows, rounds=100, seed=4)
+    assert set(personas["persona"]) == {"Ada", "Bob"}
+    for name in ("Ada", "Bob"):
+        alone = leaderboard([r for r in rows if r.persona_name == name], rounds=100, seed=4).table
+        together = personas[personas["persona"] == name].drop(columns="persona").reset_index(drop=True)
+        exact = ["rank", "model version", "votes", "won", "lost", "ties", "both bad"]
+        assert together[exact].to_dict("list") == alone[exact].to_dict("list")
+        for column in ("strength", "95 % low", "95 % high"):  # one fit or many: the same to rounding
+            assert together[column].tolist() == pytest.approx(alone[column].tolist(), abs=0.15)
+
+
+def test_a_version_without_votes_is_not_ranked():
+    rows = [vote_row("x", "y", "a")] * 3
+    board = leaderboard(rows, rounds=50, versions=["x", "y", "z"])
+    assert list(board.table["model version"]) == ["x", "y"]
