@@ -16,17 +16,20 @@ visible although it does not move the order. A vote of a version against itself 
 about the order and is left out (counted in `Board.notes`).
 
 A weak L2 prior (C = 1: b ~ N(0, 1) in log-odds) keeps strengths finite for a version that
-never lost or a comparison graph in pieces; it centres the strengths (sum b = 0) and its pull
-is a fraction of one vote. Shown strengths are on the Elo scale: 1000 + 400 log10(e) b, so a
-difference of 400 means 10:1 odds.
+never lost or a comparison graph in pieces, and centres the strengths (sum b = 0). It weighs
+about as much as 4 votes at even odds per version, so it matters only for a version with few.
+Shown strengths are on the Elo scale: 1000 + 400 log10(e) b, so a difference of 400 means 10:1
+odds.
 
 Intervals: a bootstrap of the votes (resample n of the n votes with replacement, `rounds`
 times, seeded). Resampling votes only changes how many votes each (pair, outcome) has, so each
 round is a multinomial draw of those counts; all rounds are fitted at once as one
 block-diagonal logistic regression (the rounds' losses and priors add up, so its optimum is
-each round's own), which takes ~0.1 s for 1,000 rounds of 10 versions. The 95 % interval is the
-2.5-97.5 percentile of a version's strengths over the rounds. Rank = 1 + the number of versions
-whose interval lies wholly above this one's, so versions whose intervals overlap share a rank.
+each round's own): 0.4-1.0 s for 10 versions x 2,000 votes x 1,000 rounds on 2 cores shared at
+a load average of ~10 (benchmarks/leaderboard.py; a loop of 1,000 fits took 68-121 s). The 95 %
+interval is the 2.5-97.5 percentile of a version's strengths over the rounds. Rank = 1 + the number of versions
+whose interval lies wholly above this one's (as Arena ranks): a version is not ranked below
+another whose interval overlaps its own just because its point estimate is lower.
 """
 
 from __future__ import annotations
@@ -241,7 +244,7 @@ def by_persona(rows: Iterable, rounds: int = 1000, seed: int = 0) -> pd.DataFram
 class LeaderboardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     database_url: str | None = Field(None, description="Label store (default: DATABASE_URL or SQLite in data/).")
-    rounds: int = Field(1000, ge=0, description="Bootstrap rounds of the 95 % intervals (0: no intervals).")
+    rounds: int = Field(1000, ge=0, description="Bootstrap rounds of the intervals (0: no intervals).")
     seed: int = Field(0, description="Seed of the bootstrap.")
     format: Literal["md", "csv", "json"] = Field("md", description="What to print: Markdown, or the table as CSV/JSON.")
     out: str | None = Field(

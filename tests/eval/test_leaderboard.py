@@ -176,3 +176,9 @@ def test_a_version_without_votes_is_not_ranked():
     rows = [vote_row("x", "y", "a")] * 3
     board = leaderboard(rows, rounds=50, versions=["x", "y", "z"])
     assert list(board.table["model version"]) == ["x", "y"]
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--rounds" in capsys.readouterr().out
