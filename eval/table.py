@@ -8,6 +8,7 @@ from numbers import Real
 import pandas as pd
 
 from eval.human import BASE, human_accuracy
+from eval.leaderboard import leaderboard
 from store import Store
 
 # Summary key written by the evaluation -> column name.
@@ -27,12 +28,16 @@ METRICS = {
     "avg_length": "avg words",
 }
 NO_LABELS = "no labels yet"
+NO_VOTES = "no votes yet"
+AB_COLUMNS = ["A/B rank", "A/B strength", "A/B 95 % interval", "A/B votes"]
 NOT_RUN = "not run yet"
 MISSING = "—"  # the run did not compute this metric
 METRICS_NOTE = (
     "Human accuracy: share of answers labelled good, with the 95 % Wilson interval. Perplexity is of the "
     "reference reply under each version (lower is better); BERTScore F1 uses all-MiniLM-L6-v2, raw (not rescaled). "
-    "Identity accuracy: share of a persona's held-out questions answered with its identity facts (eval.identity)."
+    "Identity accuracy: share of a persona's held-out questions answered with its identity facts (eval.identity). "
+    "A/B strength: Bradley-Terry strength from the blind Compare votes on the Elo scale (400 = 10:1 odds), with "
+    "its 95 % bootstrap interval; versions whose intervals overlap share an A/B rank (python -m eval.leaderboard)."
 )
 
 
@@ -41,6 +46,7 @@ class VersionResult:
     model_version: str
     human: dict | None  # an `eval.human.human_accuracy` row; None: no labels
     metrics: dict | None  # summary of the latest eval run; None: never evaluated
+    arena: dict | None = None  # its `eval.leaderboard` row (A/B votes); None: no votes
 
 
 def collect(store: Store, versions: list[str]) -> list[VersionResult]:
@@ -55,9 +61,10 @@ def collect(store: Store, versions: list[str]) -> list[VersionResult]:
             latest[run.model_version] = run.summary
     for name, value in identity.items():
         latest[name] = latest.get(name, {}) | value
-    names = list(dict.fromkeys([*versions, *sorted(set(human) | set(latest))]))  # first place wins
+    arena = {row["model version"]: row for row in leaderboard(store.preferences()).table.to_dict("records")}
+    names = list(dict.fromkeys([*versions, *sorted(set(human) | set(latest) | set(arena))]))  # first place wins
     names.sort(key=lambda name: name != BASE)  # stable: the rest keep their order
-    return [VersionResult(name, human.get(name), latest.get(name)) for name in names]
+    return [VersionResult(name, human.get(name), latest.get(name), arena.get(name)) for name in names]
 
 
 def metric_value(metrics: dict | None, key: str) -> float | None:
@@ -71,6 +78,7 @@ def metric_keys(results: list[VersionResult]) -> list[str]:
 
 def format_table(results: list[VersionResult]) -> pd.DataFrame:
     keys = metric_keys(results)
+    voted = any(r.arena for r in results)  # the A/B columns appear with the first vote
     rows = []
     for r in results:
         row = {"model version": r.model_version}
@@ -82,6 +90,8 @@ def format_table(results: list[VersionResult]) -> pd.DataFrame:
             row["human accuracy (%)"], row["95 % interval (%)"] = NO_LABELS, ""
         counts = r.human or {}
         row |= {"labels": counts.get("labelled", 0), "items": counts.get("items", 0), "raters": counts.get("raters", 0)}
+        if voted:
+            row |= ab_columns(r.arena)
         if not keys:  # nothing measured anywhere: one column says so
             row["automatic metrics"] = NOT_RUN if r.metrics is None else MISSING
         for key in keys:
@@ -89,7 +99,18 @@ def format_table(results: list[VersionResult]) -> pd.DataFrame:
             row[METRICS[key]] = NOT_RUN if r.metrics is None else MISSING if value is None else round(value, 3)
         rows.append(row)
     columns = ["model version", "human accuracy (%)", "95 % interval (%)", "labels", "items", "raters"]
+    columns += AB_COLUMNS if voted else []
     return pd.DataFrame(rows, columns=columns + ([METRICS[k] for k in keys] or ["automatic metrics"]))
+
+
+def ab_columns(arena: dict | None) -> dict:
+    """The leaderboard's figures of one version as Results columns."""
+    if arena is None:
+        return dict(zip(AB_COLUMNS, ["", NO_VOTES, "", 0], strict=True))
+    interval = f"{arena['95 % low']:.0f}–{arena['95 % high']:.0f}"
+    return dict(
+        zip(AB_COLUMNS, [int(arena["rank"]), round(arena["strength"]), interval, int(arena["votes"])], strict=True)
+    )
 
 
 def results_table(store: Store, versions: list[str]) -> pd.DataFrame:

@@ -11,8 +11,9 @@ start) or `python -m store.migrate`, and refused by everything else.
 
 Modules: `schema` (the tables, each declared once, and the records built from them), `records`
 (the other values), `upgrade` (create or migrate on open), `store` (`Store`), `assign` (the
-queue), `history` (turns), `votes` (A/B preferences), `sql` (shared query pieces), `db` (engine,
-SQLite settings), `migrate` (the command), `process` (a store served by a child process: the app's).
+queue), `history` (turns), `votes` (A/B preferences), `timing` (seconds per label), `sql` (shared
+query pieces), `db` (engine, SQLite settings), `migrate` (the command), `process` (a store served by
+a child process: the app's).
 """
 
 from store.db import StoreError, database_url, mask_url

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from store import assign, history, sql, votes
+from store import assign, history, sql, timing, votes
 from store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, WriterQueue, create_engine, database_url, mask_url, reason
 from store.db import transaction as _transaction
 from store.records import (
@@ -384,6 +384,10 @@ class Store:
         if model_version is not None:
             query = query.where(label_items.c.model_version == model_version)
         return self._read(lambda c: [LabelRow(**row._mapping) for row in c.execute(query)], "the labels")
+
+    def label_times(self) -> list[timing.LabelTime]:
+        """Every label the queue handed out, with when it was shown and labelled (`store.timing`)."""
+        return self._read(lambda c: [timing.LabelTime(**r._mapping) for r in c.execute(timing.QUERY)], "label times")
 
     def model_versions_with_labels(self) -> list[str]:
         query = (
