@@ -22,6 +22,7 @@ JOBS = {
     "regress": ("eval.regress", "scripted regression chats against a version"),
     "report": ("eval.report", "the scorecard of a version against its parent"),
     "label-export": ("eval.export_labels", "raters' labels and votes as a training dataset"),
+    "leaderboard": ("eval.leaderboard", "Bradley-Terry leaderboard of the blind A/B votes, with intervals"),
     "serve": ("engines.serve", "serve versions on vLLM, llama.cpp or `transformers serve`"),
     "scope": ("chatbot.scope", "train and check a persona's scope guard"),
     "setup": ("core.default_model", "prepare the packaged default model (once, offline)"),
