@@ -4,12 +4,15 @@ tests/store/test_store_process.py test what they add)."""
 
 import os
 import signal
+import subprocess
 import sys
 
+import psutil
 import pytest
 
 from core.child import Child, Restarting, exit_reason
 from core.errors import ConfigError, GenerationError
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="children get a socket pair's fd")
 
@@ -55,3 +58,22 @@ def test_a_dead_child_is_replaced_on_the_next_call_and_stops_with_its_owner():
     assert second is not first and second.alive
     del children  # the owner dropped (an engine the pool lets go)
     assert second.process.wait(timeout=5) == 0
+
+
+def test_a_child_ends_with_the_app_even_on_kill_9():
+    script = (
+        "import time\n"
+        "from core.child import Child\n"
+        "child = Child.start('tests.core.child_stub', 'ready', 'the stub', RuntimeError)\n"
+        "print(child.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    app = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(app.stdout.readline()))
+        os.kill(app.pid, signal.SIGKILL)  # no finalizers run: only the kernel closing the app's end
+        app.wait(timeout=10)
+        assert not psutil.wait_procs([child], timeout=5)[1], "the child outlived the app"
+    finally:
+        app.kill()
+        app.wait()
