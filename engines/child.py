@@ -1,6 +1,6 @@
 """The model in a child process: generation never holds the app's interpreter lock.
 
-    python app.py                        # on CPU the model runs in `python -m engines.child` (--model_process auto)
+    python app.py                        # on CPU the model runs in `python -m engines.worker` (--model_process auto)
     python app.py --model_process app    # in the app's own process, as before
 
 A chat's forward passes are torch ops, but between them the model's Python code holds the
@@ -12,7 +12,7 @@ s (`benchmarks.label_load`); 16 users' first token p50 1.73 → 1.15 s (`benchma
 
 `ProcessEngine` is the app's side: a `ChatEngine` whose token counting runs here on the child's
 tokenizer (sent over at start-up) and whose `stream`, `generate` and `warm` are requests to the
-child over one `multiprocessing` connection (pickled messages). The child (`serve` below) loads
+child over one `multiprocessing` connection (pickled messages). The child (engines/worker.py) loads
 the engine the usual way (`load_engine`: batched, prefix cache) and runs each request in a thread.
 A child that dies (killed, out of memory) fails the chats in flight with a message saying so;
 the next request starts a new one. The child ends when the app does (its connection closes).
