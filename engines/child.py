@@ -1,6 +1,6 @@
 """The model in a child process: generation never holds the app's interpreter lock.
 
-    python app.py                        # on CPU the model runs in `python -m engines.child` (--model_process auto)
+    python app.py                        # on CPU the model runs in `python -m engines.worker` (--model_process auto)
     python app.py --model_process app    # in the app's own process, as before
 
 A chat's forward passes are torch ops, but between them the model's Python code holds the
@@ -12,27 +12,23 @@ s (`benchmarks.label_load`); 16 users' first token p50 1.73 → 1.15 s (`benchma
 
 `ProcessEngine` is the app's side: a `ChatEngine` whose token counting runs here on the child's
 tokenizer (sent over at start-up) and whose `stream`, `generate` and `warm` are requests to the
-child over one `multiprocessing` connection (pickled messages). The child (`serve` below) loads
+child over one `multiprocessing` connection (pickled messages). The child (engines/worker.py) loads
 the engine the usual way (`load_engine`: batched, prefix cache) and runs each request in a thread.
 A child that dies (killed, out of memory) fails the chats in flight with a message saying so;
 the next request starts a new one. The child ends when the app does (its connection closes).
+Starting, the handshake, noticing a death and restarting are core/child.py's, as for the store's child.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import queue
-import socket
-import subprocess
-import sys
 import threading
-import weakref
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 
+from core.child import Child, Restarting
 from core.conversation import Messages
 from core.errors import GenerationError, ModelLoadError, PersonaStudioError
 from engines.engine import ChatEngine, GenerationSettings, prompt_tokens
@@ -81,38 +77,31 @@ class ProcessEngine(ChatEngine):
 
     def __init__(self, cfg: EngineConfig, nice: int = MODEL_NICE, threads: int | None = None):
         self.cfg, self.nice, self.threads = cfg, nice, threads or spare_threads()
-        self._lock = threading.Lock()  # one (re)start at a time, however many chats ask at once
         self._ids = itertools.count()
-        # The running child, in a list the finalizer holds (not the engine): a version the pool drops
-        # ends its process, whichever child it is on by then.
-        self._holder: list[_Child] = []
-        self._start()
-        weakref.finalize(self, _stop_holder, self._holder)
+        engine_cfg = EngineConfig(**cfg.model_dump(include=set(EngineConfig.model_fields)))  # the app's has more
+        settings = (engine_cfg, nice, self.threads)
+        # Nothing of self in it: a version the pool drops must end its process at once, not when a
+        # garbage collection finds the cycle.
+        self._children = Restarting(lambda: _Model.start(*settings), "the model process")
+        self._ready_child()  # now: a model that does not load fails the app's start, not a chat
 
     @property
     def batches(self) -> bool:  # the child's engine decodes chats together (or not: --batching off)
         return self._batches
 
     @property
-    def _child(self) -> _Child:
-        return self._holder[0]
+    def _child(self) -> _Model:
+        return self._children.running
 
-    def _start(self) -> None:
-        child = _Child.start(self.cfg, self.nice, self.threads)
-        self.name, self.context_window, self.tokenizer, self._batches, self.threads = child.info  # as the child set
-        self._holder[:] = [child]
-
-    def _ready_child(self) -> _Child:
-        with self._lock:
-            if not self._child.alive:
-                log.warning("the model process had ended (%s): starting it again", self._child.ended())
-                self._start()
-            return self._child
+    def _ready_child(self) -> _Model:
+        model = self._children.current()
+        self.name, self.context_window, self.tokenizer, self._batches, self.threads = model.info  # as the child set
+        return model
 
     def count_tokens(self, messages: Messages) -> int:
         return prompt_tokens(self.tokenizer, messages)
 
-    def _request(self, kind: str, *args) -> tuple[_Child, int, queue.Queue]:
+    def _request(self, kind: str, *args) -> tuple[_Model, int, queue.Queue]:
         child = self._ready_child()
         rid = next(self._ids)
         replies = child.open(rid)
@@ -167,66 +156,36 @@ class ProcessEngine(ChatEngine):
 
     def close(self) -> None:
         """End the model process now (it also ends with the app)."""
-        _stop_holder(self._holder)
+        self._children.stop()
 
 
-def _stop_holder(holder: list) -> None:
-    for child in holder:
-        child.stop()
+class _Model:
+    """One model process (`core.child.Child`) and the thread that hands its messages to the waiting
+    requests."""
 
-
-class _Child:
-    """One model process and the thread that hands its messages to the waiting requests."""
-
-    def __init__(self, process: subprocess.Popen, conn: Connection, info: tuple):
-        self.process, self.conn, self.info = process, conn, info
+    def __init__(self, child: Child):
+        self.child, self.process, self.conn, self.info = child, child.process, child.conn, child.info
         self._waiting: dict[int, queue.Queue] = {}
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True, name="model-process-reader")
         self._reader.start()
 
     @classmethod
-    def start(cls, cfg: EngineConfig, nice: int, threads: int) -> _Child:
-        # A fresh interpreter (`-m engines.worker`), not a fork of the app: no Gradio, no server
-        # sockets, no threads copied mid-lock. It gets its end of a socket pair as an inherited fd.
-        ours, theirs = socket.socketpair()
-        engine_cfg = EngineConfig(**cfg.model_dump(include=set(EngineConfig.model_fields)))  # the app's has more
-        cmd = [sys.executable, "-m", "engines.worker", str(theirs.fileno()), engine_cfg.model_dump_json(), str(nice),
-               str(threads)]  # fmt: skip
-        # The working directory stays the app's (relative paths in `cfg`); the package is installed.
-        with theirs:
-            process = subprocess.Popen(cmd, pass_fds=[theirs.fileno()])
-        conn = Connection(ours.detach())
-        waited = 0.0
-        while not conn.poll(1.0):  # loading: seconds for the default model, minutes for a big one
-            waited += 1.0
-            if process.poll() is not None or waited > START_TIMEOUT_S:
-                break
-        timed_out = process.poll() is None and not conn.poll(0)
-        try:
-            if timed_out:
-                raise EOFError
-            kind, payload = conn.recv()
-        except EOFError:
-            process.kill()
-            process.wait()
-            reason = _exit_reason(None if timed_out else process.returncode)
-            raise ModelLoadError(
-                f"the model process ended while loading {cfg.model} ({reason})",
-                "see its log above; or run the model in the app's process (--model_process app)",
-            ) from None
-        if kind == "error":
-            process.wait()
-            raise payload
-        return cls(process, conn, payload)
+    def start(cls, cfg: EngineConfig, nice: int, threads: int) -> _Model:
+        def failed(problem: str) -> ModelLoadError:
+            return ModelLoadError(
+                problem, "see its log above; or run the model in the app's process (--model_process app)"
+            )
+
+        what = f"the model process of {cfg.model}"
+        return cls(Child.start("engines.worker", (cfg, nice, threads), what, failed, START_TIMEOUT_S))
 
     @property
     def alive(self) -> bool:
-        return self.process.poll() is None and self._reader.is_alive()
+        return self.child.alive and self._reader.is_alive()
 
     def ended(self) -> str:
-        code = self.process.poll()
-        return "its connection closed" if code is None else _exit_reason(code)
+        return self.child.ended()
 
     def open(self, rid: int) -> queue.Queue:
         replies: queue.Queue = queue.Queue()
@@ -272,19 +231,4 @@ class _Child:
             )
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            # Shut the socket down, not just close the fd: our reader thread is blocked on it, and a
-            # close alone leaves the socket open under that call, so the child would never see EOF.
-            with socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
-            self.conn.close()  # the child's recv ends: it exits
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return f"it had not loaded the model after {START_TIMEOUT_S} s"
-    return "killed, perhaps for memory" if code == -9 else f"exit code {code}"
+        self.child.stop()

@@ -1,15 +1,15 @@
-"""The model's child process (`python -m engines.worker FD CONFIG NICE THREADS`, started by
-`engines.child.ProcessEngine`): load the engine the usual way, then answer the app's requests over the
-inherited connection until the app closes it."""
+"""The model's child process (`python -m engines.worker FD`, started by `engines.child.ProcessEngine`
+through core/child.py, which sends it the engine config, nice value and torch threads): load the engine
+the usual way, then answer the app's requests over the inherited connection until the app closes it."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from multiprocessing.connection import Connection
 
+from core.child import connect, fail, ready
 from core.errors import PersonaStudioError
 from engines.child import END, JOB_NICE, _portable
 from engines.factory import load_engine
@@ -19,22 +19,21 @@ from engines.priority import lower_priority
 log = logging.getLogger(__name__)
 
 
-def serve(fd: int, cfg: EngineConfig, nice: int, threads: int) -> None:
+def serve(conn: Connection, cfg: EngineConfig, nice: int, threads: int) -> None:
     """Load the engine, tell the app, then answer its requests until the app closes the connection."""
     import torch
 
     lower_priority(nice)  # before torch starts its threads: they inherit it
     torch.set_num_threads(threads)
-    conn = Connection(fd)
     try:
         engine = load_engine(cfg)
     except Exception as err:  # the app shows it (ours: problem and fix, no traceback)
         if not isinstance(err, PersonaStudioError):
             log.exception("loading the model failed")
-        conn.send(("error", _portable(err)))
+        fail(conn, _portable(err))
         return
     info = (engine.name, engine.context_window, engine.tokenizer, engine.batches, torch.get_num_threads())
-    conn.send(("ready", info))
+    ready(conn, info)
     send_lock, cancelled = threading.Lock(), set()
 
     def reply(rid: int, item) -> None:
@@ -80,4 +79,5 @@ def serve(fd: int, cfg: EngineConfig, nice: int, threads: int) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s model process: %(message)s")
-    serve(int(sys.argv[1]), EngineConfig.model_validate_json(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    conn, (cfg, nice, threads) = connect()
+    serve(conn, cfg, nice, threads)

@@ -43,6 +43,7 @@ from eval.scorecard_rows import (
     retention_scores,
 )
 from eval.significance import ALPHA
+from store.boundary import StoreAPI
 from store.records import prompt_key
 
 
@@ -58,7 +59,7 @@ class Scorecard:
 # -- reading what the runs left (runs/ and the store) --------------------------------------
 
 
-def known_versions(store, runs_dir: str | Path) -> list[str]:
+def known_versions(store: StoreAPI, runs_dir: str | Path) -> list[str]:
     """`base`, the trained versions, and any name with eval runs or labels (eval.run files a
     folder or hub model by its name)."""
     names = [v.name for v in list_versions(runs_dir)]
@@ -86,7 +87,7 @@ def trained_on(runs_dir: str | Path, child: str) -> tuple[set[str], set[int]]:
     return keys, votes
 
 
-def latest_eval_rows(store, runs_dir: str | Path, version: str) -> tuple[pd.DataFrame | None, str | None]:
+def latest_eval_rows(store: StoreAPI, runs_dir: str | Path, version: str) -> tuple[pd.DataFrame | None, str | None]:
     """(rows.jsonl, its folder) of the version's latest eval run in the store, else on disk."""
     paths = [Path(run.path) / "rows.jsonl" for run in store.eval_runs(version)]
     paths = [p for p in paths if p.is_file()] or sorted((Path(runs_dir) / version / "eval").glob("*/rows.jsonl"))
@@ -96,10 +97,10 @@ def latest_eval_rows(store, runs_dir: str | Path, version: str) -> tuple[pd.Data
     return pd.read_json(paths[-1], lines=True, dtype=False, precise_float=True), str(paths[-1].parent)
 
 
-def labels_by_prompt(store, version: str, excluded: set[str]) -> tuple[dict[str, list[str]], int]:
+def labels_by_prompt(store: StoreAPI, version: str, excluded: set[str]) -> tuple[dict[str, list[str]], int]:
     """(prompt key -> verdicts of the version's labelled answers to it, labels left out)."""
     rows = store.label_rows(version)
-    keys = {i: prompt_key(item.persona, item.context) for i, item in store.items(r.item_id for r in rows).items()}
+    keys = {i: prompt_key(item.persona, item.context) for i, item in store.items([r.item_id for r in rows]).items()}
     by_prompt: dict[str, list[str]] = {}
     left_out = 0
     for row in rows:
@@ -144,7 +145,12 @@ def latest_identity(runs_dir: str | Path, version: str) -> dict | None:
 
 
 def scorecard(
-    store, child: str, parent: str | None = None, runs_dir: str | Path = "runs", n_resamples: int = 9999, seed: int = 0
+    store: StoreAPI,
+    child: str,
+    parent: str | None = None,
+    runs_dir: str | Path = "runs",
+    n_resamples: int = 9999,
+    seed: int = 0,
 ) -> Scorecard:
     """Every row there is data for; `parent` defaults to `default_parent`."""
     known = known_versions(store, runs_dir)
@@ -177,7 +183,7 @@ def _vote_key(vote) -> str:
     return prompt_key(vote.persona, vote.context)
 
 
-def _automatic(card: Scorecard, store, runs_dir, excluded: set[str], n_resamples: int, seed: int) -> None:
+def _automatic(card: Scorecard, store: StoreAPI, runs_dir, excluded: set[str], n_resamples: int, seed: int) -> None:
     (child, child_dir), (parent, parent_dir) = (latest_eval_rows(store, runs_dir, v) for v in (card.child, card.parent))
     if child is None or parent is None:
         missing = " and ".join(v for v, rows in ((card.child, child), (card.parent, parent)) if rows is None)
@@ -199,7 +205,7 @@ def _automatic(card: Scorecard, store, runs_dir, excluded: set[str], n_resamples
     card.rows += metric_rows(pairs, n_resamples, seed)
 
 
-def _human(card: Scorecard, store, excluded: set[str], n_resamples: int, seed: int) -> None:
+def _human(card: Scorecard, store: StoreAPI, excluded: set[str], n_resamples: int, seed: int) -> None:
     (child, child_out), (parent, parent_out) = (labels_by_prompt(store, v, excluded) for v in (card.child, card.parent))
     if child_out or parent_out:
         card.notes.append(

@@ -12,10 +12,12 @@ start) or `python -m store.migrate`, and refused by everything else.
 Modules: `schema` (the tables, each declared once, and the records built from them), `records`
 (the other values), `upgrade` (create or migrate on open), `store` (`Store`), `assign` (the
 queue), `history` (turns), `votes` (A/B preferences), `timing` (seconds per label), `sql` (shared
-query pieces), `db` (engine, SQLite settings), `migrate` (the command), `process` (a store served by
-a child process: the app's).
+query pieces), `db` (engine, SQLite settings), `migrate` (the command), `migrations` (Alembic's
+revisions), `boundary` (`StoreAPI`: what the app calls, and the check that refuses what cannot cross
+to a child process), `process` (a store served by a child process: the app's).
 """
 
+from store.boundary import CheckedStore, StoreAPI
 from store.db import StoreError, database_url, mask_url
 from store.records import (
     VOTES,
@@ -34,6 +36,7 @@ from store.store import Labelled, Store
 
 __all__ = [
     "BlindItem",
+    "CheckedStore",
     "EvalRun",
     "Item",
     "Labelled",
@@ -43,6 +46,7 @@ __all__ = [
     "PreferenceRow",
     "Progress",
     "Store",
+    "StoreAPI",
     "StoreError",
     "Turn",
     "VOTES",

@@ -109,11 +109,19 @@ def store(db_file_url):
 
 def studio_context(tmp_path: Path, store, engines: dict, settings=None, personas_dir: Path = REPO / "personas"):
     """The app's context (what every tab needs) on the given engines by version name; no
-    model is loaded unless a version without an engine is asked for."""
+    model is loaded unless a version without an engine is asked for.
+
+    The in-process `store` is wrapped in `CheckedStore`: each call's arguments and result make the
+    pickle round trip they make to the app's store process, so a generator or a lambda passed to
+    the store fails here as it would in the served app (store/boundary.py)."""
     from engines.engine import GenerationSettings
     from engines.loading import EngineConfig
     from engines.pool import EnginePool
+    from store import CheckedStore, Store
     from ui.context import AppContext
+
+    if isinstance(store, Store):
+        store = CheckedStore(store)
 
     pool = EnginePool(EngineConfig(runs_dir=str(tmp_path / "runs")))
     for version, engine in engines.items():

@@ -8,13 +8,13 @@ from core.errors import PersonaError
 from core.persona import Persona, scan_personas
 from engines.engine import GenerationSettings
 from engines.pool import EnginePool
-from store import Store
+from store import StoreAPI
 
 
 @dataclass
 class AppContext:
     pool: EnginePool
-    store: Store
+    store: StoreAPI  # a Store, or the StoreProcess serving it (app.py serve_store)
     personas_dir: str = "personas"
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     label_overlap: int = 1  # raters per label item, so agreement can be measured

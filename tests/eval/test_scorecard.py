@@ -13,6 +13,7 @@ from eval.report import ReportConfig, main
 from eval.scorecard import latest_eval_rows, scorecard, scorecard_markdown
 from eval.scorecard_rows import delta_row, human_rows, identity_rows, match_turns, preference_rows, regression_rows
 from eval.significance import mcnemar, paired_bootstrap, two_proportions, win_rate
+from store import CheckedStore
 from tests.eval import scorecard_runs
 
 RESAMPLES = 2000  # enough for these few pairs, and quick
@@ -119,9 +120,10 @@ def test_regression_and_identity_rows_pair_turns_and_wordings():
 
 @pytest.fixture
 def built(tmp_path, store):
+    """Runs and labels; the store checks each call as the app's store process would (store/boundary.py)."""
     runs = tmp_path / "runs"
     scorecard_runs.build(runs, store)
-    return runs, store
+    return runs, CheckedStore(store)
 
 
 def test_scorecard_of_a_child_against_its_parent(built):
@@ -198,3 +200,17 @@ def test_eval_run_rows_key_like_the_items_it_registers(tmp_path, tiny_model_dir,
     rows = pd.read_json(out / "rows.jsonl", lines=True, dtype=False)
     items = [store.item(int(i)) for i in rows["item_id"]]
     assert [row_key(r) for r in rows.to_dict("records")] == [prompt_key(i.persona, i.context) for i in items]
+
+
+def test_the_scorecard_through_the_apps_store_process_equals_the_one_in_process(built):
+    """The app serves its store from a child process (store/process.py): every argument of every
+    call is pickled there. Computed through it, the scorecard must be the in-process one."""
+    from store.process import StoreProcess
+
+    runs, checked = built
+    served = StoreProcess(checked.store)
+    try:
+        card = scorecard(served, "v2", runs_dir=runs, n_resamples=RESAMPLES)
+    finally:
+        served.close()
+    assert card == scorecard(checked.store, "v2", runs_dir=runs, n_resamples=RESAMPLES)

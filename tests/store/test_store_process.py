@@ -1,5 +1,6 @@
 """store.process: the app's store served by a child process (SQLite in tmp_path)."""
 
+import inspect
 import os
 import signal
 import sqlite3
@@ -10,7 +11,8 @@ import time
 
 import pytest
 
-from store import NewItem, Store, StoreError
+from store import CheckedStore, NewItem, Store, StoreAPI, StoreError
+from store.boundary import METHODS
 from store.process import StoreProcess
 from tests.conftest import REPO
 
@@ -56,8 +58,7 @@ def test_calls_run_in_the_child_and_errors_cross_with_problem_and_fix(local, ser
         served.label(first.id, "kim", "meh")
     assert err.value.problem == "a verdict must be 'good' or 'bad', not 'meh'"
     assert err.value.fix == "label the answer good or bad"
-    with pytest.raises(AttributeError, match="only Store's methods"):
-        served.engine  # noqa: B018 -- the engine stays in the child
+    assert not hasattr(served, "engine")  # the engine stays in the child; only StoreAPI's methods cross
 
 
 def test_a_child_killed_mid_write_fails_that_write_and_the_next_call_starts_a_new_one(tmp_path, local, served):
@@ -109,3 +110,29 @@ def test_the_child_ends_with_the_app_even_on_kill_9(tmp_path, local):
     finally:
         app.kill()
         app.wait()
+
+
+def test_store_api_is_stores_own_signatures():
+    """`StoreAPI` (what the app calls, typed) declares each method as `Store` has it, and both sides
+    of the boundary implement every one."""
+    for name in METHODS:
+        declared, actual = inspect.signature(getattr(StoreAPI, name)), inspect.signature(getattr(Store, name))
+        assert list(declared.parameters) == list(actual.parameters), name
+        assert [p.default for p in declared.parameters.values()] == [p.default for p in actual.parameters.values()]
+        assert getattr(StoreProcess, name) is not getattr(StoreAPI, name), f"StoreProcess lacks {name}"
+    assert {"label_and_next", "items", "next_with_progress", "add_turns"} <= set(METHODS)
+
+
+def test_what_cannot_cross_is_refused_by_name_in_the_process_and_in_tests(local, served):
+    """The served store and the checked in-process one (tests' `studio_context`) refuse the same
+    calls with the same message; neither is harmed by it."""
+    ids = [item.id for item in local.items([1, 2, 3]).values()]
+    for store in (served, CheckedStore(local)):
+        with pytest.raises(StoreError) as err:
+            store.items(i for i in ids)
+        assert err.value.problem.startswith("store.items: its argument item_ids is a generator, which cannot cross")
+        assert "a list, not a generator" in err.value.fix
+        with pytest.raises(StoreError, match="store.add_eval_run: its argument summary is a function"):
+            store.add_eval_run("base", "runs/x", {}, summary=lambda: 1)
+        assert sorted(store.items(ids)) == ids  # a list crosses; the store is fine
+    assert [r.model_version for r in local.eval_runs()] == []  # nothing was written by the refused call
