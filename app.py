@@ -37,13 +37,14 @@ from engines.factory import (
 )
 from engines.loading import EngineConfig
 from engines.pool import EnginePool
-from store import Store
+from store import Store, StoreAPI
 from store.backup import start_backup
 from store.process import StoreProcess
 from ui.chat import build_chat_tab
 from ui.compare import build_compare_tab
 from ui.context import AppContext
 from ui.label import LABEL_SHORTCUTS_JS, build_label_tab
+from ui.leaderboard import build_leaderboard
 from ui.organise import build_organise_tab
 from ui.raters import oauth_available
 from ui.results import build_results_tab
@@ -156,7 +157,7 @@ def open_store(cfg: AppConfig) -> tuple[Store, str | None]:
     return Store(None, migrate=True), warning
 
 
-def serve_store(cfg: AppConfig, store: Store) -> Store | StoreProcess:
+def serve_store(cfg: AppConfig, store: Store) -> StoreAPI:
     """The store the app's handlers call: `store` itself, or its database served by a child
     process (`store_process`; store/process.py says why)."""
     if cfg.store_process == "app" or (cfg.store_process == "auto" and sys.platform == "win32"):
@@ -182,10 +183,12 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             on_label = build_label_tab(ctx, rater)
         with gr.Tab("Results") as results_tab:
             refresh = build_results_tab(ctx)
+            on_leaderboard = build_leaderboard(ctx)
         with gr.Tab("Organise") as organise_tab:
             on_organise = build_organise_tab(ctx)
         label_tab.select(**on_label, api_name=False)  # loads the queue (the logged-in rater has no box)
         results_tab.select(**refresh, api_name=False)
+        results_tab.select(**on_leaderboard, api_name=False)
         organise_tab.select(**on_organise, api_name=False)  # the job's status, polled while it runs
     return demo
 
