@@ -90,9 +90,8 @@ class AppConfig(BaseSettings, EngineConfig):
     )
     backup_minutes: float = Field(5, gt=0, description="Minutes between pushes to --backup_repo.")
     label_overlap: int = Field(1, ge=1, description="Raters per label item (2+ lets agreement be measured).")
-    # benchmarks/concurrent_chat on 2 CPU cores: one generate per chat did best at 4 at once (16 users:
-    # 11.7 s to a first token against 13.8 s at 2); batched chats decode together, so every chat
-    # should reach the batch (16 users: 1.15 s at 32, model in a child process). README, "Many users at once".
+    # One generate per chat does best at 4 at once on 2 cores; batched chats decode together, so every
+    # chat should reach the batch (benchmarks/README.md, "Many users at once").
     concurrency_limit: int | None = Field(
         None, ge=1,
         description="Generations at once; default 32 where chats are decoded together (batched engine, a model "
@@ -104,9 +103,8 @@ class AppConfig(BaseSettings, EngineConfig):
     # this keeps a slow moment under a room of raters from filling the queue: with Gradio's 40,
     # 100 raters + 16 chatters on 2 cores got HTTP 503s (benchmarks/label_load).
     max_threads: int = Field(256, ge=8, description="Events running at once, all groups (Gradio's max_threads).")
-    # The model's Python code holds the interpreter lock between torch ops. 100 raters with 16 chatting
-    # on 2 cores, label p95: 0.61-0.72 s with the model in the app's process, 0.34-0.51 s in a child
-    # process; 16 users' first token p50 1.73 vs 1.15 s (engines/child.py, README).
+    # The model's Python code holds the interpreter lock between torch ops: in a child process it no
+    # longer delays the raters' clicks or the other chats (engines/child.py).
     model_process: Literal["auto", "child", "app"] = Field(
         "auto",
         description="Where a local model runs: child = its own process at a lower priority (generation does not "
@@ -117,8 +115,8 @@ class AppConfig(BaseSettings, EngineConfig):
         description="torch threads of the model's child process (--model_process child); default: all cores but "
         "one, which the app's requests keep.",
     )  # fmt: skip
-    # 100 raters with 16 chatting on 2 cores, label round trip p95 0.34-0.38 s with the store in the
-    # app's process, 0.09-0.12 s in a child (benchmarks/label_load, README "A room of raters").
+    # A label's write transaction waits less for the interpreter lock in a process of its own
+    # (store/process.py; benchmarks/README.md, "A room of raters").
     store_process: Literal["auto", "child", "app"] = Field(
         "auto",
         description="Where the label store's queries run: child = its own process (raters' writes do not wait "

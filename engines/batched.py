@@ -18,8 +18,8 @@ whose chats all go through one scheduler thread that
 
 Why not transformers' own `ContinuousBatchingManager` (paged attention, which this module used
 before): it has no prefix cache, so every mid-chat message prefills its persona and history again
-(~500 tokens, ~1.4 s each on 2 cores), which for 16 users at once took first tokens to 4.9 s (p50)
-and aggregate throughput below one-chat-at-a-time (`benchmarks.concurrent_chat`, README). The
+(hundreds of tokens), which for 16 users at once made first tokens several times slower and
+aggregate throughput lower than one chat at a time (benchmarks/README.md, "Many users at once"). The
 model's own forward, its `DynamicCache` and transformers' logits processors do the work here; this
 module only decides which rows go into which forward.
 

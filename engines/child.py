@@ -6,9 +6,8 @@
 A chat's forward passes are torch ops, but between them the model's Python code holds the
 interpreter lock, which the app's request threads need too. With the model in its own process
 at a lower priority (`MODEL_NICE`) the app's threads only route requests and stream pieces, as
-they do for a model server (`--engine_url`). Measured on 2 cores, default model (README): 100
-raters' label round trips with 16 people chatting, p50 0.10 → 0.06 s and p95 0.61-0.72 → 0.34-0.51
-s (`benchmarks.label_load`); 16 users' first token p50 1.73 → 1.15 s (`benchmarks.concurrent_chat`).
+they do for a model server (`--engine_url`): raters' label round trips and many users' first
+tokens both improved (benchmarks/README.md, "A room of raters" and "Many users at once").
 
 `ProcessEngine` is the app's side: a `ChatEngine` whose token counting runs here on the child's
 tokenizer (sent over at start-up) and whose `stream`, `generate` and `warm` are requests to the
@@ -36,18 +35,16 @@ from engines.loading import EngineConfig
 
 log = logging.getLogger(__name__)
 
-# The child's nice value: the app's request threads (labels, pages, streaming) come first. With
-# llama.cpp's server as the model process, raters' p95 with 16 chatting was 0.096 s at nice 10
-# and 1.13 s at nice 0 (README, "A room of raters").
+# The child's nice value: the app's request threads (labels, pages, streaming) come first; a model
+# process at nice 0 made raters wait ~10x longer (benchmarks/README.md, "A room of raters").
 MODEL_NICE = 10
 
 
 def spare_threads() -> int:
     """torch threads for the child: every core this process may use but one, which the app keeps.
-    2 cores, 100 raters labelling while 16 people chat (benchmarks/label_load, four runs each):
-    raters' p95 round trip 0.16-0.24 s with one torch thread, 0.22-0.26 s with two, and the chat
-    replies faster too (8.4-9.2 s against 11.5-13.1 s: two threads kept waiting for each other
-    whenever the app took a core); with the app idle, two threads decode 16 chats ~13 % faster."""
+    On 2 cores, with raters labelling while people chat, one thread gave the raters shorter waits and
+    the chats faster replies than two, which kept waiting for each other whenever the app took a core
+    (benchmarks/README.md, "A room of raters")."""
     # The cores this process may run on (a container's share); macOS has no sched_getaffinity.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores - 1)

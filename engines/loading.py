@@ -55,7 +55,7 @@ class EngineConfig(BaseModel):
         PREFIX_CACHE_TOKENS, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
     )
     # Chats decode together (`engines.batched`), each from its prefix cache: measured faster than
-    # one `generate` per chat at 1, 4, 16 and 32 users (README, "Many users at once").
+    # one `generate` per chat at 1, 4, 16 and 32 users (benchmarks/README.md, "Many users at once").
     batching: Literal["off", "auto"] = Field(
         "auto",
         description="auto: concurrent chats share decoding steps (one forward for all), each prefilling only what "

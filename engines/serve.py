@@ -58,8 +58,8 @@ class ServeConfig(BaseModel):
     parallel: int = Field(
         8, ge=1, description="llama.cpp: chats decoded together (--parallel slots, 2048 tokens each)."
     )
-    # Beside the app on one machine, a server at full priority slows the app's label calls (100 raters
-    # + 16 chatting, p95: 0.096 s with llama.cpp's server at nice 10; benchmarks/label_load, README).
+    # Beside the app on one machine, a server at full priority slows the app's label calls
+    # (benchmarks/README.md, "A room of raters").
     nice: int = Field(10, ge=0, le=19, description="CPU niceness of the servers (0: as this shell; higher yields).")
     dry_run: bool = Field(False, description="Print the commands and start nothing.")
 

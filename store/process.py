@@ -3,12 +3,12 @@
     store = StoreProcess(Store(url, migrate=True))   # starts `python -m store.process` on its database
     store.label_and_next(item_id, "kim", "good")   # StoreAPI's methods (store/boundary.py)
 
-Why: SQLite has one writer at a time, and in the app's process a label's write transaction
-(ten statements, each releasing and retaking the interpreter lock around SQLite) held that
-lock 6-7 ms for 3.5 ms of work: it waited for the lock between its statements behind Gradio's
-request handling and the chats' streaming. Under 100 raters + 16 chatting on 2 cores the writes
-queued behind each other (label p95 0.15-0.4 s). Here the store's Python runs on its own
-interpreter lock, next to nothing else (benchmarks/label_load; README, "A room of raters").
+Why: SQLite has one writer at a time, and in the app's process a label's write transaction (ten
+statements, each releasing and retaking the interpreter lock around SQLite) held SQLite's write
+lock about twice as long as its own work: between statements it waited for the interpreter lock
+behind Gradio's request handling and the chats' streaming, and under load the writes queued behind
+each other. Here the store's Python runs on its own interpreter lock, next to nothing else
+(benchmarks/README.md, "A room of raters").
 
 Calls go through `multiprocessing.managers` proxies: the method name, its arguments and its
 result are pickled over a Unix socket (one connection per app thread, served by a thread here);
