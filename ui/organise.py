@@ -15,6 +15,7 @@ tab is opened or the job queued. Typed API endpoints for scripts (`gradio_client
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations.
 
+import html
 from pathlib import Path
 
 import gradio as gr
@@ -22,7 +23,7 @@ import pandas as pd
 from gradio import FileData
 from pydantic import ValidationError
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PersonaStudioError
 from engines.engine import GreedySettings
 from eval.jobs import Dataset, JobStatus, QueueJobs, QueueRequest, Split
 from eval.progress import session_progress
@@ -49,6 +50,25 @@ def request(version, dataset, n_turns, path, split, max_new_tokens, seed=0) -> Q
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"`{where}` {first['msg'].lower()}", "fix it and queue again") from None
+
+
+def as_text(markdown: str) -> str:
+    """A message for a Markdown box or a toast, its `<...>` shown as written: a YAML error quotes
+    `in "<unicode string>"`, which HTML would swallow (and cut the message there)."""
+    return html.escape(markdown, quote=False)
+
+
+def status_text(s: JobStatus) -> str:
+    return as_text(s.line())
+
+
+def refused_text(err: PersonaStudioError, last: JobStatus) -> str:
+    """A request that started nothing: its reason, apart from the last job's status (which it
+    must not read as part of)."""
+    text = f"**Not queued:** {err.problem}. {err.fix}" if err.fix else f"**Not queued:** {err.problem}"
+    if last.state != "idle":
+        text += f"\n\nLast job: {last.line()}"
+    return as_text(text)
 
 
 def percent(value: float | None) -> str:
@@ -100,7 +120,7 @@ def build_organise_tab(ctx: AppContext) -> dict:
     with gr.Row():
         start = gr.Button("Queue answers", variant="primary", elem_id="organise-start")
         stop = gr.Button("Cancel job", elem_id="organise-cancel")
-    status = gr.Markdown(jobs.status().line(), elem_id="organise-status")
+    status = gr.Markdown(status_text(jobs.status()), elem_id="organise-status")
     timer = gr.Timer(POLL_S, active=False)
     with gr.Row(equal_height=True):
         gr.Markdown("### Session progress")
@@ -115,21 +135,24 @@ def build_organise_tab(ctx: AppContext) -> dict:
     def polling(s: JobStatus) -> gr.Timer:
         return gr.Timer(active=s.state == "running")
 
-    @shows_errors
     def queue(version, dataset, n_turns, split, max_new_tokens, upload):
-        s = jobs.start(request(version, dataset, n_turns, upload, split, max_new_tokens))
-        return s.line(), polling(s)
+        try:
+            s = jobs.start(request(version, dataset, n_turns, upload, split, max_new_tokens))
+        except PersonaStudioError as err:  # in the status line, where the job's state is read
+            gr.Warning(as_text(f"Not queued: {err.problem}"))
+            return refused_text(err, jobs.status()), polling(jobs.status())
+        return status_text(s), polling(s)
 
     seen = gr.State(-1)  # replies done at this page's last look: tables are re-read when it moves
 
     def tick(last: int):
         s = jobs.status()
         tables = shown_progress() if s.done != last or s.state != "running" else (gr.skip(),) * 3
-        return s.line(), polling(s), *tables, s.done
+        return status_text(s), polling(s), *tables, s.done
 
     def opened():
         s = jobs.status()
-        return s.line(), polling(s), *shown_progress(), s.done
+        return status_text(s), polling(s), *shown_progress(), s.done
 
     def pick(dataset: str):
         return gr.File(visible=dataset == "upload"), gr.Dropdown(visible=dataset != "regression")
@@ -138,7 +161,7 @@ def build_organise_tab(ctx: AppContext) -> dict:
     version.focus(lambda: gr.Dropdown(choices=ctx.pool.versions()), None, version, api_name=False)
     picks = [version, dataset, n_turns, split, max_new_tokens, upload]
     start.click(queue, picks, [status, timer], api_name=False, **QUICK)
-    stop.click(lambda: jobs.cancel().line(), None, status, api_name=False, **QUICK)
+    stop.click(lambda: status_text(jobs.cancel()), None, status, api_name=False, **QUICK)
     shown = [status, timer, items, raters, agreed, seen]
     timer.tick(tick, seen, shown, api_name=False, show_progress="hidden", **QUICK)
     refresh.click(shown_progress, None, [items, raters, agreed], api_name=False, **QUICK)

@@ -162,7 +162,8 @@ def test_bad_requests_name_the_problem_and_the_fix(tiny_engine, store, tmp_path)
 def test_the_regression_suite_is_cut_at_n_user_turns():
     from eval.jobs import regression_files
 
-    files = regression_files(str(REPO / "personas"), 3)
+    files, skipped = regression_files(str(REPO / "personas"), 3)
+    assert skipped == []
     assert [f.script.name for f in files] == ["ada_identity", "ada_knowledge"]  # 2 + 1 of 2 user turns
     assert [[t.user for t in f.script.turns] for f in files] == [
         ["Who are you?", "Sorry, what was your name again?"],
@@ -188,3 +189,58 @@ def test_regression_replies_are_queued_with_the_question_and_failed_ones_first(t
     assert items[1].context[-3:-1] == first_exchange and items[0].persona_name == "Ada"
     # The tiny model's noise never names Ada: every identity check fails, so all come first.
     assert [item.priority for item in items] == [1, 1, 1]
+
+
+BROKEN_YAML = "name: Nova\nfacts:\n  - I answer the phone.\n oops: [\n"  # "while parsing a block collection"
+
+
+def test_a_broken_persona_file_skips_its_scripts_with_the_reason_shown_as_text(tmp_path):
+    import shutil
+
+    from eval.jobs import JobStatus, regression_files
+    from ui.organise import status_text
+
+    personas = tmp_path / "personas"
+    shutil.copytree(REPO / "personas", personas)
+    (personas / "nova.yaml").write_text(BROKEN_YAML)
+    files, skipped = regression_files(str(personas), 100)
+    names = [f.script.name for f in files]
+    assert "ada_identity" in names and not any("nova" in name for name in names)
+    assert skipped[0].startswith("persona nova: persona file") and '"<unicode string>"' in skipped[0]
+    assert any(s.startswith("script nova_identity.yaml: ") and "no persona 'nova'" in s for s in skipped)
+
+    line = status_text(JobStatus("running", "base", "regression", total=3, skipped=tuple(skipped)))
+    assert f"skipped {len(skipped)}: persona nova" in line
+    assert "&lt;unicode string&gt;" in line and "<unicode" not in line  # shown as text, not swallowed as a tag
+
+
+def test_requeuing_the_same_turns_adds_nothing_and_says_so(tiny_engine, store, tmp_path):
+    data = write_spc(tmp_path / "chats.csv")
+    with serving(studio_context(tmp_path, store, {"base": tiny_engine})) as url:
+        client = Client(url, verbose=False)
+        for _ in range(2):
+            client.predict("base", "upload", 3, handle_file(str(data)), "all", max_new_tokens=4,
+                           api_name="/queue_answers")  # fmt: skip
+            status = wait_for(client, "done")
+            if not status["already"]:
+                assert (status["queued"], status["already"]) == (3, 0)
+    assert (status["done"], status["queued"], status["already"]) == (3, 0, 3)
+    assert len(store.label_rows()) == 0 and store.progress("rita").total == 3  # the same three items
+
+
+def test_the_eta_counts_down_between_batches_and_a_refusal_stands_apart(tiny_engine, store, tmp_path):
+    from eval.jobs import JobError, JobStatus, QueueJobs
+    from ui.organise import refused_text
+
+    jobs = QueueJobs(studio_context(tmp_path, store, {"base": tiny_engine}).pool, store)
+    jobs._status = JobStatus("running", "base", "spc", done=8, total=16, rate=1.0, eta_s=8.0)
+    jobs._batch_at = time.monotonic() - 3  # the last batch ended 3 s ago
+    assert jobs.status().eta_s == pytest.approx(5.0, abs=0.5)
+    jobs._batch_at = time.monotonic() - 60  # a slow batch: "0 s left", never negative
+    assert jobs.status().eta_s == 0.0
+
+    last = JobStatus("done", "base", "spc", done=8, total=8, queued=8)
+    text = refused_text(JobError("a job is already running", "wait for it"), last)
+    refusal, previous = text.split("\n\n")
+    assert refusal == "**Not queued:** a job is already running. wait for it"
+    assert previous == "Last job: done: base on spc, 8/8 replies · 8 queued"
