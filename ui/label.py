@@ -17,6 +17,7 @@ when nothing is left:
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations (a string return annotation would become one untyped output).
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -31,9 +32,12 @@ from ui.raters import SIGN_IN_HINT, rater_for
 
 Shown = tuple[int | None, str, list[dict], str, str]  # item_id, persona, context, answer, progress
 
-EMPTY_QUEUE = "Nothing left to label — items come from evaluation runs and from saved chats."
+EMPTY_QUEUE = (
+    "Nothing left to label. New answers come from the **Organise** tab (Queue answers), from evaluation "
+    "runs and from 👍/👎 in Chat."
+)
 NO_RATER = "Type your name in the **Rater** box at the top, then press Enter to start labelling."
-KEYS_HINT = "Keys: G good · B bad · S skip · U undo"
+KEYS_HINT = "Keys: G or 1 good · B or 2 bad · S skip · U undo"
 BUTTON_IDS = {"good": "label-good", "bad": "label-bad", "skip": "label-skip", "undo": "label-undo"}
 
 # Concurrency group of every label event (buttons, tab open, API), apart from the model's
@@ -123,13 +127,14 @@ def save_skip(ctx: AppContext, item_id: int | None, rater: str) -> Shown:
     return _after("The skip was saved", lambda: show_next(ctx, rater))
 
 
-def undo_label(ctx: AppContext, rater: str) -> Shown:
+def undo_label(ctx: AppContext, rater: str) -> tuple[int | None, Shown]:
+    """(the item whose label was deleted, None if the rater had none; the rater's next item,
+    which is that item again)."""
     try:
         undone = ctx.store.undo_last_label(rater)
     except StoreError as err:
         raise _store_error("Your last label was NOT undone", err) from None
-    gr.Info("You have no labels to undo." if undone is None else "Last label removed: that answer is back.")
-    return _after("Done", lambda: show_next(ctx, rater))
+    return undone, _after("Done", lambda: show_next(ctx, rater))
 
 
 def _after(done: str, shown: Callable[[], Shown]) -> Shown:
@@ -140,27 +145,60 @@ def _after(done: str, shown: Callable[[], Shown]) -> Shown:
         raise gr.Error(f"{done}, but {err.message[0].lower()}{err.message[1:]}", duration=None) from None
 
 
+# The tab's own CSS, put in the page by the keys hint's js_on_load (app.py's launch has none):
+# the context a rater judges against cannot be wiped (the Chatbot's trash button), and on a
+# phone the answer and Good/Bad fit the first screen (390x844) under a short conversation.
+LABEL_CSS = """
+#label-context button[aria-label="Clear"] { display: none !important; }
+@media (max-width: 640px) {
+  #label-context { height: 180px !important; min-height: 0 !important; }
+  #label-verdicts button { min-width: 0 !important; }
+}
+"""
+# On a narrow screen the persona starts folded (its name stays in the header; a tap opens it).
+LABEL_LOAD_JS = f"""
+(() => {{
+  if (!document.getElementById("label-css")) {{
+    const style = document.createElement("style");
+    style.id = "label-css";
+    style.textContent = {json.dumps(LABEL_CSS)};
+    document.head.appendChild(style);
+  }}
+  const header = document.querySelector("#label-persona > button");
+  if (window.innerWidth <= 640 && header && header.getAttribute("aria-expanded") === "true") header.click();
+  ({LABEL_SHORTCUTS_JS})();
+}})();
+"""
+VERDICT_NAMES = {"good": "👍 Good", "bad": "👎 Bad"}
+
+
 @dataclass
 class LabelView:
     progress: gr.Markdown
     item_id: gr.State  # the item on screen; None when there is none
+    shown_for: gr.State  # the rater it was given to: a renamed rater gets their own item first
+    persona_box: gr.Accordion
     persona: gr.Textbox
     chat: gr.Chatbot
     answer: gr.Textbox
     comment: gr.Textbox
     buttons: dict[str, gr.Button]  # by BUTTON_IDS key
+    mine: gr.State  # item id -> (verdict, comment) of this page's labels, for undo
 
     @property
     def outputs(self) -> list:
-        return [self.item_id, self.persona, self.chat, self.answer, self.progress, self.comment]
+        buttons = [self.buttons[key] for key in ("good", "bad", "skip")]
+        return [self.item_id, self.shown_for, self.persona_box, self.persona, self.chat, self.answer, self.progress,
+                self.comment, *buttons]  # fmt: skip
 
 
 def _layout(ctx: AppContext) -> LabelView:
     gr.Markdown("Would this persona say this, and is it a good answer? Judge the highlighted answer.")
-    progress = gr.Markdown("Loading your next item…" if ctx.signed_in else NO_RATER)
-    item_id = gr.State(None)
-    with gr.Row(equal_height=False):
-        persona = gr.Textbox(label="Persona", interactive=False, lines=10, max_lines=24, scale=1)
+    progress = gr.Markdown("Loading your next item…" if ctx.signed_in else NO_RATER, elem_id="label-progress")
+    item_id, shown_for, mine = gr.State(None), gr.State(None), gr.State({})
+    with gr.Row(equal_height=False):  # side by side on a desktop; stacked on a phone, persona first
+        with gr.Column(scale=1, min_width=280), gr.Accordion("Persona", elem_id="label-persona") as persona_box:
+            persona = gr.Textbox(show_label=False, interactive=False, lines=8, max_lines=24)
         with gr.Column(scale=2):
             chat = gr.Chatbot(
                 label="Conversation so far",
@@ -168,21 +206,33 @@ def _layout(ctx: AppContext) -> LabelView:
                 feedback_options=None,
                 buttons=["copy"],  # no "share": it would post the item outside the blind rating
                 placeholder="(the answer opens the conversation)",
+                elem_id="label-context",
             )
             with gr.Column(variant="panel"):
-                answer = gr.Textbox(label="👉 Answer to judge", interactive=False, lines=3, max_lines=16)
-    with gr.Row():
-        buttons = {
-            "good": gr.Button("👍 Good", variant="primary", elem_id=BUTTON_IDS["good"]),
-            "bad": gr.Button("👎 Bad", variant="stop", elem_id=BUTTON_IDS["bad"]),
-            "skip": gr.Button("Skip", elem_id=BUTTON_IDS["skip"]),
-            "undo": gr.Button("Undo last label", elem_id=BUTTON_IDS["undo"]),
-        }
-    comment = gr.Textbox(label="Comment (optional)", placeholder="Why good or bad? Saved with the label.")
-    # js_on_load installs the shortcuts when this tab first renders, so they work even if
-    # app.py does not pass LABEL_SHORTCUTS_JS to launch().
-    gr.HTML(KEYS_HINT, js_on_load=f"({LABEL_SHORTCUTS_JS})();")
-    return LabelView(progress, item_id, persona, chat, answer, comment, buttons)
+                answer = gr.Textbox(label="👉 Answer to judge", interactive=False, lines=2, max_lines=16,
+                                    elem_id="label-answer")  # fmt: skip
+            off = dict(interactive=False)  # until an answer is on screen
+            with gr.Row(elem_id="label-verdicts"):
+                buttons = {
+                    "good": gr.Button("👍 Good", variant="primary", elem_id=BUTTON_IDS["good"], min_width=0, **off),
+                    "bad": gr.Button("👎 Bad", variant="stop", elem_id=BUTTON_IDS["bad"], min_width=0, **off),
+                }
+            comment = gr.Textbox(label="Comment (optional)", placeholder="Why good or bad? Saved with the label.")
+            with gr.Row():
+                buttons["skip"] = gr.Button("Skip", elem_id=BUTTON_IDS["skip"], size="sm", min_width=0, **off)
+                buttons["undo"] = gr.Button("Undo last label", elem_id=BUTTON_IDS["undo"], size="sm", min_width=0)
+            # js_on_load also installs the shortcuts, so they work even if app.py does not pass
+            # LABEL_SHORTCUTS_JS to launch().
+            gr.HTML(KEYS_HINT, js_on_load=LABEL_LOAD_JS)
+    return LabelView(progress, item_id, shown_for, persona_box, persona, chat, answer, comment, buttons, mine)
+
+
+def _undone_note(verdict_comment: tuple[str, str] | None) -> str:
+    if verdict_comment is None:  # labelled elsewhere (another page, the chat's thumbs)
+        return "Your last label was removed: that answer is back. "
+    verdict, note = verdict_comment
+    kept = " Your comment is back in the box." if note else ""
+    return f"Undone: you had labelled this answer **{VERDICT_NAMES[verdict]}**.{kept} Judge it again. "
 
 
 def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
@@ -190,39 +240,75 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
     that tab's `.select(**...)`, which loads the rater's next item when the tab is opened."""
     view = _layout(ctx)
 
-    def ui(shown: Shown) -> tuple:  # -> view.outputs; the comment box is emptied
+    def ui(shown: Shown, name: str | None, note: str = "", comment: str = "") -> tuple:  # -> view.outputs
         shown_id, persona, context, answer, progress = shown
-        return shown_id, persona, for_chatbot(context), answer, progress, ""
+        title = persona.splitlines()[0] if persona else ""
+        on = gr.Button(interactive=shown_id is not None)
+        box = gr.Accordion(label=f"Persona: {title}" if title else "Persona")
+        return shown_id, name, box, persona, for_chatbot(context), answer, note + progress, comment, on, on, on
 
-    def on_show(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+    def who(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+        return rater_for(ctx, typed, profile, request)
+
+    def on_show(typed: str, was: str | None, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
         try:
-            name = rater_for(ctx, typed, profile, request)
+            name = who(typed, request, profile)
         except gr.Error:  # not signed in / no name yet: a hint, not an error toast, when the tab opens
-            return None, "", [], "", SIGN_IN_HINT if ctx.oauth else NO_RATER, gr.skip()
-        return ui(show_next(ctx, name))
+            hint = SIGN_IN_HINT if ctx.oauth else NO_RATER
+            return ui((None, "", [], "", hint), None)
+        return ui(show_next(ctx, name), name)
+
+    def renamed(typed: str, was: str | None, request: gr.Request, profile: gr.OAuthProfile | None):
+        """The rater box left with another name: that rater's own item and progress."""
+        if was is not None and (typed or "").strip() == was:
+            return (gr.skip(),) * len(view.outputs)
+        return on_show(typed, was, request, profile)
+
+    def changed_rater(name: str, was: str | None) -> tuple | None:
+        """A verdict given after the name changed would go under the new name for an item
+        shown to the old one: nothing is saved, the new rater's own item comes instead."""
+        if was is None or name == was:
+            return None
+        return ui(show_next(ctx, name), name, f"Rater is now **{name}**; nothing was saved. Here is their next item. ")
 
     def on_label(verdict: str):
-        def handler(
-            shown_id: int | None, note: str, typed: str, request: gr.Request, profile: gr.OAuthProfile | None
-        ) -> tuple:
-            return ui(save_label(ctx, shown_id, verdict, note, rater_for(ctx, typed, profile, request)))
+        def handler(shown_id, note, mine, typed, was, request: gr.Request, profile: gr.OAuthProfile | None):
+            name = who(typed, request, profile)
+            if (switched := changed_rater(name, was)) is not None:
+                return *switched, mine
+            shown = save_label(ctx, shown_id, verdict, note, name)
+            return *ui(shown, name), mine | {shown_id: (verdict, (note or "").strip())}
 
         return handler
 
-    def on_skip(shown_id: int | None, typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
-        return ui(save_skip(ctx, shown_id, rater_for(ctx, typed, profile, request)))
+    def on_skip(shown_id, typed, was, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+        name = who(typed, request, profile)
+        return changed_rater(name, was) or ui(save_skip(ctx, shown_id, name), name)
 
-    def on_undo(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
-        return ui(undo_label(ctx, rater_for(ctx, typed, profile, request)))
+    def on_undo(mine: dict, typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+        name = who(typed, request, profile)
+        undone, shown = undo_label(ctx, name)
+        if undone is None:
+            return *ui(shown, name, "You have no labels to undo. "), mine
+        earlier = mine.get(undone)
+        comment = earlier[1] if earlier and shown[0] == undone else ""
+        rest = {key: value for key, value in mine.items() if key != undone}
+        return *ui(shown, name, _undone_note(earlier), comment), rest
 
-    events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal", **LABEL_QUEUE)
-    rater.submit(on_show, rater, **events)
-    view.buttons["good"].click(on_label("good"), [view.item_id, view.comment, rater], **events)
-    view.buttons["bad"].click(on_label("bad"), [view.item_id, view.comment, rater], **events)
-    view.buttons["skip"].click(on_skip, [view.item_id, rater], **events)
-    view.buttons["undo"].click(on_undo, rater, **events)
+    # queue=False: one POST per click, answered in the response, no queue join nor event stream
+    # (Gradio takes events that do not queue on /run even where its API routes are closed, as on
+    # Spaces). A label is one short store call; it never waits behind a generation.
+    events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal", **LABEL_API)
+    with_mine = dict(events, outputs=[*view.outputs, view.mine])
+    rater.submit(on_show, [rater, view.shown_for], **events)
+    rater.blur(renamed, [rater, view.shown_for], **events)
+    verdict_inputs = [view.item_id, view.comment, view.mine, rater, view.shown_for]
+    view.buttons["good"].click(on_label("good"), verdict_inputs, **with_mine)
+    view.buttons["bad"].click(on_label("bad"), verdict_inputs, **with_mine)
+    view.buttons["skip"].click(on_skip, [view.item_id, rater, view.shown_for], **events)
+    view.buttons["undo"].click(on_undo, [view.mine, rater], **with_mine)
     _add_api(ctx)
-    return dict(fn=on_show, inputs=rater, **events)
+    return dict(fn=on_show, inputs=[rater, view.shown_for], **events)
 
 
 def _add_api(ctx: AppContext) -> None:
@@ -249,7 +335,7 @@ def _add_api(ctx: AppContext) -> None:
 
     def undo(rater: str, request: gr.Request, profile: gr.OAuthProfile | None) -> Shown:
         """Delete the rater's latest label; its item is their next item again."""
-        return undo_label(ctx, rater_for(ctx, rater, profile, request))
+        return undo_label(ctx, rater_for(ctx, rater, profile, request))[1]
 
     gr.api(next_item, api_name="next_item", **LABEL_API)
     gr.api(label, api_name="label", **LABEL_API)
