@@ -151,7 +151,7 @@ def _after(done: str, shown: Callable[[], Shown]) -> Shown:
 LABEL_CSS = """
 #label-context button[aria-label="Clear"] { display: none !important; }
 @media (max-width: 640px) {
-  #label-context { height: 180px !important; min-height: 0 !important; }
+  #label-context { height: 150px !important; min-height: 0 !important; }
   #label-verdicts button { min-width: 0 !important; }
 }
 """
@@ -164,8 +164,8 @@ LABEL_LOAD_JS = f"""
     style.textContent = {json.dumps(LABEL_CSS)};
     document.head.appendChild(style);
   }}
-  const header = document.querySelector("#label-persona > button");
-  if (window.innerWidth <= 640 && header && header.getAttribute("aria-expanded") === "true") header.click();
+  const header = document.querySelector("#label-persona button.label-wrap");
+  if (window.innerWidth <= 640 && header && header.classList.contains("open")) header.click();
   ({LABEL_SHORTCUTS_JS})();
 }})();
 """
