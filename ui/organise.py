@@ -10,6 +10,12 @@ tab is opened or the job queued. Typed API endpoints for scripts (`gradio_client
     /queue_status()       -> {"state", "version", "dataset", "done", "total", "rate", "eta_s", "queued", "message"}
     /cancel_queue()       -> the job's status (it stops after the current batch)
     /session_progress()   -> {"overlap", "items": [...], "raters": [...], "agreement": {...}}
+    /run_evaluation(version="base", n_turns=20, bertscore=True) -> the evaluation's status
+    /evaluation_status()  -> {"state", "version", "n_turns", "stage", "elapsed_s", "message"}
+    /cancel_evaluation()  -> the evaluation's status (it stops at once; nothing is registered)
+
+An evaluation runs `python -m eval.run` in a child process (`eval.run_job`) and fills the Results
+table's automatic metrics (BLEU, ROUGE, BERTScore, perplexity, ...) for that version.
 """
 
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
@@ -27,6 +33,7 @@ from core.errors import ConfigError, PersonaStudioError
 from engines.engine import GreedySettings
 from eval.jobs import Dataset, JobStatus, QueueJobs, QueueRequest, Split
 from eval.progress import session_progress
+from eval.run_job import EvalJobs, EvalRequest, EvalStatus
 from ui.common import shows_errors
 from ui.context import AppContext
 
@@ -128,6 +135,8 @@ def build_organise_tab(ctx: AppContext) -> dict:
     items = gr.Dataframe(label="Items per source and version (left: waiting for a label)", interactive=False)
     raters = gr.Dataframe(label="Labels per rater (left: items still open to them)", interactive=False)
     agreed = gr.Markdown()
+    evaluations = EvalJobs(ctx.pool, ctx.store)
+    _evaluation_section(ctx, evaluations, version)
 
     def shown_progress():
         return progress_view(session_progress(ctx.store, ctx.label_overlap))
@@ -166,6 +175,7 @@ def build_organise_tab(ctx: AppContext) -> dict:
     timer.tick(tick, seen, shown, api_name=False, show_progress="hidden", **QUICK)
     refresh.click(shown_progress, None, [items, raters, agreed], api_name=False, **QUICK)
     _add_api(ctx, jobs)
+    _add_evaluation_api(evaluations)
     return dict(fn=opened, inputs=None, outputs=shown, **QUICK)
 
 
@@ -203,3 +213,61 @@ def _add_api(ctx: AppContext, jobs: QueueJobs) -> None:
     gr.api(shows_errors(queue_status), api_name="queue_status", **QUICK)
     gr.api(shows_errors(cancel_queue), api_name="cancel_queue", **QUICK)
     gr.api(shows_errors(progress), api_name="session_progress", **QUICK)
+
+
+def _evaluation_section(ctx: AppContext, evaluations: EvalJobs, version: gr.Dropdown) -> None:
+    """Run the version picked above through eval.run in the background: the Results table's
+    automatic metrics, without a terminal."""
+    gr.Markdown(
+        "### Evaluate a version (automatic metrics for Results)\n"
+        "Scores the **Model version** picked above on held-out turns of the shared Synthetic-Persona-Chat file "
+        "(`python -m eval.run`, in the background): BLEU, ROUGE, BERTScore, perplexity of the reference, Hits@1, "
+        "persona grounding. 20 turns take a few minutes on CPU; more turns give tighter numbers."
+    )
+    with gr.Row():
+        n_turns = gr.Number(EvalRequest().n_turns, label="Held-out turns", precision=0, minimum=1, maximum=10_000,
+                            elem_id="evaluate-turns")  # fmt: skip
+        bertscore = gr.Checkbox(True, label="BERTScore")
+        run = gr.Button("Run evaluation", variant="primary", elem_id="evaluate-start")
+        stop = gr.Button("Cancel evaluation", elem_id="evaluate-cancel")
+    status = gr.Markdown(as_text(evaluations.status().line()), elem_id="evaluate-status")
+    timer = gr.Timer(POLL_S, active=False)
+
+    def shown(s: EvalStatus) -> tuple[str, gr.Timer]:
+        return as_text(s.line()), gr.Timer(active=s.state == "running")
+
+    def start(picked: str, turns: float, with_bertscore: bool):
+        try:
+            req = EvalRequest(version=picked or "base", n_turns=int(turns or 0), bertscore=with_bertscore)
+            return shown(evaluations.start(req))
+        except ValidationError as err:
+            problem = err.errors()[0]["msg"].lower()
+            return as_text(f"**Not started:** held-out turns: {problem}."), gr.skip()
+        except PersonaStudioError as err:
+            return as_text(
+                f"**Not started:** {err.problem}. {err.fix}\n\nLast: {evaluations.status().line()}"
+            ), gr.skip()
+
+    run.click(start, [version, n_turns, bertscore], [status, timer], api_name=False, **QUICK)
+    stop.click(lambda: shown(evaluations.cancel()), None, [status, timer], api_name=False, **QUICK)
+    timer.tick(lambda: shown(evaluations.status()), None, [status, timer], api_name=False, show_progress="hidden",
+               **QUICK)  # fmt: skip
+
+
+def _add_evaluation_api(evaluations: EvalJobs) -> None:
+    def run_evaluation(version: str = "base", n_turns: int = 20, bertscore: bool = True) -> dict:
+        """Start `python -m eval.run` on `version` with `n_turns` held-out turns in the background;
+        when it ends its metrics are in /results. Returns its status; one at a time."""
+        return evaluations.start(EvalRequest(version=version, n_turns=n_turns, bertscore=bertscore)).as_dict()
+
+    def evaluation_status() -> dict:
+        """The evaluation's state (idle, running, done, cancelled, failed), stage, seconds, message."""
+        return evaluations.status().as_dict()
+
+    def cancel_evaluation() -> dict:
+        """Stop the running evaluation at once; nothing of it is registered."""
+        return evaluations.cancel().as_dict()
+
+    gr.api(shows_errors(run_evaluation), api_name="run_evaluation", **QUICK)
+    gr.api(shows_errors(evaluation_status), api_name="evaluation_status", **QUICK)
+    gr.api(shows_errors(cancel_evaluation), api_name="cancel_evaluation", **QUICK)

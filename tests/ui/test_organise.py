@@ -244,3 +244,47 @@ def test_the_eta_counts_down_between_batches_and_a_refusal_stands_apart(tiny_eng
     refusal, previous = text.split("\n\n")
     assert refusal == "**Not queued:** a job is already running. wait for it"
     assert previous == "Last job: done: base on spc, 8/8 replies · 8 queued"
+
+
+def wait_for_evaluation(client: Client, state: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while (status := client.predict(api_name="/evaluation_status"))["state"] != state:
+        assert status["state"] in ("running", state), status
+        assert time.monotonic() < deadline, f"still {status} after {timeout} s"
+        time.sleep(0.5)
+    return status
+
+
+@pytest.mark.slow  # two `python -m eval.run` children (imports, the sentence encoder): ~90 s on 2 cores
+def test_an_evaluation_runs_in_the_background_fills_the_results_and_can_be_cancelled(
+    tiny_model_dir, tiny_engine, store, tmp_path
+):
+    from eval.table import NOT_RUN, collect
+    from ui.results import HOW_TO_RUN, shown_table
+
+    ctx = studio_context(tmp_path, store, {"base": tiny_engine})
+    ctx.pool.cfg.model = str(tiny_model_dir)  # the app's --model: what `base` is in the child
+    with serving(ctx) as url:
+        client = Client(url, verbose=False)
+        [before] = client.predict(api_name="/results")
+        assert before["automatic metrics"] == NOT_RUN
+        assert shown_table(collect(store, ["base"]))["automatic metrics"].tolist() == [HOW_TO_RUN]  # says how
+
+        client.predict("base", 4, False, api_name="/run_evaluation")
+        with pytest.raises(Exception, match="an evaluation is already running .* cancel it"):
+            client.predict("base", 4, False, api_name="/run_evaluation")
+        assert client.predict(api_name="/cancel_evaluation")["state"] in ("running", "cancelled")
+        assert wait_for_evaluation(client, "cancelled")["message"] == "cancelled; nothing was registered"
+        assert store.eval_runs() == []
+
+        started = client.predict("base", 4, False, api_name="/run_evaluation")
+        assert started["state"] == "running" and started["n_turns"] == 4
+        status = wait_for_evaluation(client, "done")
+        [row] = client.predict(api_name="/results")
+    assert "Results tab" in status["message"]
+    [run] = store.eval_runs()
+    assert run.model_version == "base" and run.summary["items"] == 4 and "bertscore_f1" not in run.summary
+    assert isinstance(row["BLEU"], float) and isinstance(row["perplexity"], float) and row["perplexity"] > 1
+    assert row["ROUGE-L"] == pytest.approx(run.summary["rougeL"], abs=1e-3)
+    items = [store.item(i) for i in range(1, 5)]  # the replies are in the label queue, as eval.run puts them
+    assert {(item.source, item.model_version, item.eval_run_id) for item in items} == {("eval", "base", run.id)}
