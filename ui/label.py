@@ -17,6 +17,8 @@ when nothing is left:
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations (a string return annotation would become one untyped output).
 
+import functools
+import html
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,8 +261,9 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
         return ui(show_next(ctx, name), name)
 
     def renamed(typed: str, was: str | None, request: gr.Request, profile: gr.OAuthProfile | None):
-        """The rater box left with another name: that rater's own item and progress."""
-        if was is not None and (typed or "").strip() == was:
+        """The rater box left with another name: that rater's own item and progress. Only once
+        the tab has shown an item: a name typed for the chat's thumbs must not hold an item."""
+        if was is None or (typed or "").strip() == was:
             return (gr.skip(),) * len(view.outputs)
         return on_show(typed, was, request, profile)
 
@@ -295,20 +298,35 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
         rest = {key: value for key, value in mine.items() if key != undone}
         return *ui(shown, name, _undone_note(earlier), comment), rest
 
+    def beside(handler, outputs: list):
+        """Errors in the progress line, above the item, which stays on screen. Needed as well as
+        wanted: Gradio 6.31's page shows no toast for an error of an event that does not queue."""
+
+        @functools.wraps(handler)  # the signature too: Gradio injects gr.Request and the profile
+        def run(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except gr.Error as err:
+                shown = [gr.skip()] * len(outputs)
+                shown[outputs.index(view.progress)] = f"⚠️ **{html.escape(err.message, quote=False)}**"
+                return tuple(shown)
+
+        return run
+
     # queue=False: one POST per click, answered in the response, no queue join nor event stream
     # (Gradio takes events that do not queue on /run even where its API routes are closed, as on
     # Spaces). A label is one short store call; it never waits behind a generation.
-    events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal", **LABEL_API)
-    with_mine = dict(events, outputs=[*view.outputs, view.mine])
-    rater.submit(on_show, [rater, view.shown_for], **events)
-    rater.blur(renamed, [rater, view.shown_for], **events)
+    common = dict(api_visibility="private", show_progress="minimal", **LABEL_API)
+    shown, with_mine = view.outputs, [*view.outputs, view.mine]
+    rater.submit(beside(on_show, shown), [rater, view.shown_for], shown, **common)
+    rater.blur(beside(renamed, shown), [rater, view.shown_for], shown, **common)
     verdict_inputs = [view.item_id, view.comment, view.mine, rater, view.shown_for]
-    view.buttons["good"].click(on_label("good"), verdict_inputs, **with_mine)
-    view.buttons["bad"].click(on_label("bad"), verdict_inputs, **with_mine)
-    view.buttons["skip"].click(on_skip, [view.item_id, rater, view.shown_for], **events)
-    view.buttons["undo"].click(on_undo, [view.mine, rater], **with_mine)
+    view.buttons["good"].click(beside(on_label("good"), with_mine), verdict_inputs, with_mine, **common)
+    view.buttons["bad"].click(beside(on_label("bad"), with_mine), verdict_inputs, with_mine, **common)
+    view.buttons["skip"].click(beside(on_skip, shown), [view.item_id, rater, view.shown_for], shown, **common)
+    view.buttons["undo"].click(beside(on_undo, with_mine), [view.mine, rater], with_mine, **common)
     _add_api(ctx)
-    return dict(fn=on_show, inputs=[rater, view.shown_for], **events)
+    return dict(fn=beside(on_show, shown), inputs=[rater, view.shown_for], outputs=shown, **common)
 
 
 def _add_api(ctx: AppContext) -> None:

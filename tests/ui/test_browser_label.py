@@ -129,3 +129,28 @@ def test_on_a_phone_the_answer_and_the_verdict_buttons_are_on_the_first_screen(b
     expect(page.locator("#label-progress")).to_have_text("1 of 2 labelled")
     page.close()
     assert [r.verdict for r in store.label_rows()] == ["good"]
+
+
+def test_a_label_that_was_not_saved_says_so_beside_the_answer_it_keeps(browser, studio, monkeypatch):
+    """Label events skip the queue (one POST on /run), and Gradio's page shows no toast for such
+    an event's error: the progress line says it, the answer stays to be judged again."""
+    from store import StoreError
+
+    url, store = studio
+
+    def down(*args, **kwargs):
+        raise StoreError("database is locked", "try again")
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(15_000)
+    routes = []
+    page.on("request", lambda request: routes.append(request.url.split("/gradio_api/")[-1]))
+    open_label(page, url, "rita")
+    monkeypatch.setattr(store, "label_and_next", down)
+    page.keyboard.press("g")
+    progress = page.locator("#label-progress")
+    expect(progress).to_contain_text("Your label was NOT saved: database is locked. try again")
+    expect(page.locator("#label-answer textarea")).to_have_value("Answer number 0.")
+    expect(page.locator("#label-good")).to_be_enabled()
+    page.close()
+    assert store.label_rows() == [] and "run/predict" in routes  # the route of events that do not queue
