@@ -246,7 +246,8 @@ class QueueJobs:
         lower_priority(JOB_NICE)  # the job's thread yields the CPU to chats and raters
         try:
             engine = self.pool.get(req.version)
-            self._update(message="")
+            if not self._cancel.is_set():  # a cancel while loading keeps its message
+                self._update(message="")
             if req.dataset == "regression":
                 self._regression(engine, req, work)
             else:

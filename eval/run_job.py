@@ -6,7 +6,7 @@ with progress and cancel (the Organise tab, so the Results table fills without a
     jobs.status()   # EvalStatus: state, stage ("generating 2/3 batches"), elapsed; jobs.cancel() stops it
 
 The child runs eval.run's own code (`main`: turn sample, greedy replies, BLEU, ROUGE, BERTScore,
-reference perplexity, Hits@1, persona grounding) on a small sample by default, so it ends in a
+reference perplexity, persona grounding; Hits@1 left to the command) on a small sample by default, so it ends in a
 few minutes on CPU; the number of turns can be raised. Why a child process: the model and the
 metrics' Python then never hold the app's interpreter lock (chats and raters go on), perplexity
 needs the model's weights in the scoring process (the app's model may live in another one), and
@@ -80,12 +80,13 @@ class EvalJobError(PersonaStudioError):
 
 def eval_args(pool: EnginePool, req: EvalRequest, out: Path) -> list[str]:
     """The `python -m eval.run` flags of the request, with the app's model settings. A small
-    evaluation: the swap probe and Hits@1 on at most 8 turns (eval.run's quick.yaml)."""
+    evaluation: the swap probe on at most 8 turns (eval.run's quick.yaml), no Hits@1 (20
+    likelihood scorings per turn: the slowest metric on CPU; `python -m eval.run` has it)."""
     cfg = pool.cfg
     model = cfg.model if req.version == BASE else req.version
     probe = str(min(8, req.n_turns))
     args = ["--model", model, "--runs_dir", cfg.runs_dir, "--dtype", cfg.dtype, "--device", cfg.device,
-            "--limit", str(req.n_turns), "--swap_probe_items", probe, "--hits_items", probe,
+            "--limit", str(req.n_turns), "--swap_probe_items", probe, "--hits_items", "0",
             "--bertscore", str(req.bertscore).lower(), "--register_labels", "false", "--out", str(out)]  # fmt: skip
     if req.version == BASE and cfg.adapter:
         args += ["--adapter", cfg.adapter]
@@ -119,8 +120,9 @@ class EvalJobs:
                 self.pool.get(req.version)  # ModelLoadError naming the versions there are
             out = results_dir(self.pool.cfg.runs_dir, req.version, "eval")
             command = [sys.executable, "-m", "eval.run", *eval_args(self.pool, req, out)]
+            # In the app's process group: Ctrl-C on the app (or a kill of its group) ends it too.
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                             stderr=subprocess.STDOUT)  # fmt: skip
             if hasattr(os, "setpriority"):  # the evaluation yields the CPU to chats and raters
                 os.setpriority(os.PRIO_PROCESS, self._process.pid, JOB_NICE)
             self._started, self._cancelled = time.monotonic(), False
@@ -173,7 +175,7 @@ class EvalJobs:
 def _lines(stream):
     """The child's output line by line; tqdm redraws a line with carriage returns."""
     buffer = ""
-    while chunk := stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096):
+    while chunk := stream.read1(4096):  # what is there, not a full 4 KiB: progress shows as it comes
         buffer += chunk.decode("utf-8", "replace")
         *done, buffer = re.split(r"[\r\n]", buffer)
         yield from (line.strip() for line in done if line.strip())

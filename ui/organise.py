@@ -221,7 +221,7 @@ def _evaluation_section(ctx: AppContext, evaluations: EvalJobs, version: gr.Drop
     gr.Markdown(
         "### Evaluate a version (automatic metrics for Results)\n"
         "Scores the **Model version** picked above on held-out turns of the shared Synthetic-Persona-Chat file "
-        "(`python -m eval.run`, in the background): BLEU, ROUGE, BERTScore, perplexity of the reference, Hits@1, "
+        "(`python -m eval.run`, in the background): BLEU, ROUGE, BERTScore, perplexity of the reference, "
         "persona grounding. 20 turns take a few minutes on CPU; more turns give tighter numbers."
     )
     with gr.Row():

@@ -154,3 +154,36 @@ def test_a_label_that_was_not_saved_says_so_beside_the_answer_it_keeps(browser, 
     expect(page.locator("#label-good")).to_be_enabled()
     page.close()
     assert store.label_rows() == [] and "run/predict" in routes  # the route of events that do not queue
+
+
+def test_a_researcher_evaluates_a_version_from_organise_and_results_shows_its_metrics(browser, app_as_shipped):
+    url, store = app_as_shipped
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(15_000)
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Results", exact=True).click()
+    results = page.get_by_role("tabpanel")
+    expect(results.get_by_role("row").filter(has_text="base")).to_contain_text("not run yet: Organise → Evaluate")
+
+    page.get_by_role("tab", name="Organise", exact=True).click()
+    organise = page.get_by_role("tabpanel")
+    organise.get_by_label("Held-out turns").fill("3")
+    organise.get_by_label("BERTScore").uncheck()
+    organise.get_by_role("button", name="Run evaluation").click()
+    status = page.locator("#evaluate-status")
+    expect(status).to_contain_text("running: base on 3 held-out turns")
+    expect(status).to_contain_text("done: base on 3 held-out turns", timeout=240_000)  # polled while it runs
+    expect(status).to_contain_text("the metrics are in the Results tab")
+
+    page.get_by_role("tab", name="Results", exact=True).click()
+    row = results.get_by_role("row").filter(has_text=re.compile(r"^\s*base\b"))
+    expect(row).not_to_contain_text("not run yet")
+    columns = [re.sub(r"[\s⋮]+$", "", text).strip() for text in results.get_by_role("columnheader").all_inner_texts()]
+    cells = [text.strip() for text in row.get_by_role("gridcell").all_inner_texts()]
+    shown = dict(zip(columns, cells, strict=True))
+    shoot(page, "results-evaluated")
+    page.close()
+    [run] = store.eval_runs()
+    assert run.model_version == "base" and run.summary["items"] == 3
+    for column, key in (("BLEU", "bleu"), ("ROUGE-L", "rougeL"), ("perplexity", "perplexity")):
+        assert float(shown[column].replace(",", "")) == pytest.approx(run.summary[key], abs=1e-3), column
