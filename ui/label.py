@@ -272,7 +272,8 @@ def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
         shown to the old one: nothing is saved, the new rater's own item comes instead."""
         if was is None or name == was:
             return None
-        return ui(show_next(ctx, name), name, f"Rater is now **{name}**; nothing was saved. Here is their next item. ")
+        note = f"Rater is now **{html.escape(name, quote=False)}**; nothing was saved. Here is their next item. "
+        return ui(show_next(ctx, name), name, note)
 
     def on_label(verdict: str):
         def handler(shown_id, note, mine, typed, was, request: gr.Request, profile: gr.OAuthProfile | None):
