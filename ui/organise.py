@@ -225,8 +225,8 @@ def _evaluation_section(ctx: AppContext, evaluations: EvalJobs, version: gr.Drop
         "persona grounding. 20 turns take a few minutes on CPU; more turns give tighter numbers."
     )
     with gr.Row():
-        n_turns = gr.Number(EvalRequest().n_turns, label="Held-out turns", precision=0, minimum=1, maximum=10_000,
-                            elem_id="evaluate-turns")  # fmt: skip
+        n_turns = gr.Number(EvalRequest().n_turns, label="Held-out replies to score", precision=0, minimum=1,
+                            maximum=10_000, elem_id="evaluate-turns")  # fmt: skip
         bertscore = gr.Checkbox(True, label="BERTScore")
         run = gr.Button("Run evaluation", variant="primary", elem_id="evaluate-start")
         stop = gr.Button("Cancel evaluation", elem_id="evaluate-cancel")

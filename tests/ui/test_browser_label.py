@@ -167,7 +167,7 @@ def test_a_researcher_evaluates_a_version_from_organise_and_results_shows_its_me
 
     page.get_by_role("tab", name="Organise", exact=True).click()
     organise = page.get_by_role("tabpanel")
-    organise.get_by_label("Held-out turns").fill("3")
+    organise.get_by_label("Held-out replies to score").fill("3")
     organise.get_by_label("BERTScore").uncheck()
     organise.get_by_role("button", name="Run evaluation").click()
     status = page.locator("#evaluate-status")
