@@ -58,18 +58,20 @@ class JobStatus:
     state: State = "idle"
     version: str = ""
     dataset: str = ""
-    done: int = 0  # replies generated (and queued)
+    done: int = 0  # replies generated
     total: int = 0
     rate: float | None = None  # replies per second since generation began
-    eta_s: float | None = None  # seconds left at that rate
-    queued: int = 0  # label items this job registered (an answer queued before keeps its item)
+    eta_s: float | None = None  # seconds left at that rate, counted down between batches
+    queued: int = 0  # answers this job put in the label queue that were not there before
+    already: int = 0  # answers generated again that were in the queue already (they keep their item)
+    skipped: tuple[str, ...] = ()  # files left out, with the reason (regression: a broken persona)
     message: str = ""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"skipped": list(self.skipped)}
 
     def line(self) -> str:
-        """One line for people: what runs, how far, how fast."""
+        """One line for people: what runs, how far, how fast, what it added to the queue."""
         if self.state == "idle":
             return "No job has run since the app started."
         head = f"{self.state}: {self.version} on {self.dataset}, {self.done}/{self.total} replies"
@@ -77,7 +79,14 @@ class JobStatus:
             head += f" · {self.rate:.2f} replies/s"
         if self.state == "running" and self.eta_s is not None:
             head += f" · about {self.eta_s:.0f} s left"
-        return f"{head} · {self.queued} queued" + (f" · {self.message}" if self.message else "")
+        head += f" · {self.queued} queued"
+        if self.already:
+            head += f" ({self.already} already in the queue, not added again)"
+        if self.message:
+            head += f" · {self.message}"
+        if self.skipped:
+            head += f" · skipped {len(self.skipped)}: " + "; ".join(self.skipped)
+        return head
 
 
 class JobError(PersonaStudioError):
@@ -116,16 +125,24 @@ def select_turns(cfg: EvalConfig, split: str):
         raise
 
 
-def regression_files(personas_dir: str, n_turns: int) -> list:
-    """The suite's scripts, cut so that together they have `n_turns` user turns."""
-    from core.persona import load_personas
-    from eval.regress_checks import load_scripts
+def regression_files(personas_dir: str, n_turns: int) -> tuple[list, list[str]]:
+    """The suite's scripts, cut so that together they have `n_turns` user turns, and what was
+    skipped with its reason: a broken persona file, or a script that cannot be read (or names
+    such a persona). One bad file must not stop the rest of the suite."""
+    from core.persona import scan_personas
+    from eval.regress_checks import load_script, script_paths
 
-    personas = load_personas(personas_dir)
+    personas, broken = scan_personas(personas_dir)
+    skipped = [f"persona {key}: {err.problem}" for key, err in broken.items()]
     files, left = [], n_turns
-    for file in load_scripts([str(REGRESSION_DIR)], personas):
+    for path in script_paths([str(REGRESSION_DIR)]):
         if left <= 0:
             break
+        try:
+            file = load_script(path, personas)
+        except PersonaStudioError as err:
+            skipped.append(f"script {path.name}: {err.problem}")
+            continue
         kept, users = [], 0
         for turn in file.script.turns:  # switch_persona turns are kept in place, not counted
             if turn.user is not None:
@@ -136,7 +153,11 @@ def regression_files(personas_dir: str, n_turns: int) -> list:
         script = file.script.model_copy(update={"turns": kept})
         files.append(replace(file, script=script, turn_lines=file.turn_lines[: len(kept)]))
         left -= users
-    return files
+    if not files:
+        raise DatasetError(
+            "no regression script could be read: " + "; ".join(skipped), "fix the files named and queue again"
+        )
+    return files, skipped
 
 
 class QueueJobs:
@@ -148,9 +169,14 @@ class QueueJobs:
         self._status_lock = threading.Lock()
         self._status = JobStatus()
         self._cancel = threading.Event()
+        self._batch_at = 0.0  # time.monotonic() of the last finished batch
 
     def status(self) -> JobStatus:
-        return self._status
+        s = self._status
+        if s.state == "running" and s.rate:  # count down between batches, not stuck at the last one's
+            left = (s.total - s.done) / s.rate - (time.monotonic() - self._batch_at)
+            s = replace(s, eta_s=max(left, 0.0))
+        return s
 
     def start(self, req: QueueRequest) -> JobStatus:
         """Check the request (dataset, version) here, so a mistake is answered at once, then
@@ -163,15 +189,17 @@ class QueueJobs:
                     "wait for it to finish or cancel it, then queue again",
                 )
             self._check_version(req.version)
+            skipped = []
             if req.dataset == "regression":
-                work = regression_files(self.personas_dir, req.n_turns)
+                work, skipped = regression_files(self.personas_dir, req.n_turns)
                 total = sum(1 for f in work for t in f.script.turns if t.user is not None)
             else:
                 cfg = eval_config(req, self.pool.cfg.runs_dir)
                 work = (cfg, *select_turns(cfg, req.split))
                 total = len(work[1])
             self._cancel.clear()
-            self._status = JobStatus("running", req.version, req.dataset, total=total, message="loading the version")
+            self._status = JobStatus("running", req.version, req.dataset, total=total, skipped=tuple(skipped),
+                                     message="loading the version")  # fmt: skip
         threading.Thread(target=self._run, args=(req, work), daemon=True, name="queue-job").start()
         return self._status
 
@@ -191,12 +219,26 @@ class QueueJobs:
         with self._status_lock:  # the job thread and a cancel both write it
             self._status = replace(self._status, **changes)
 
-    def _progress(self, done: int, queued: set[int], started: float) -> None:
+    def _queue(self, version: str, items: list) -> None:
+        """Put a batch's answers in the label queue, counting those that were not there yet (an
+        answer generated before keeps its item: re-queuing the same job adds nothing)."""
+        before = self._items_of(version)
+        self.store.add_label_items(items)
+        new = self._items_of(version) - before
+        s = self._status
+        self._update(queued=s.queued + new, already=s.already + len(items) - new)
+
+    def _items_of(self, version: str) -> int:
+        return sum(row["items"] for row in self.store.item_counts() if row["source"] == "eval" and
+                   row["model_version"] == version)  # fmt: skip
+
+    def _progress(self, done: int, started: float) -> None:
         """Record a finished batch; stop here if a cancel came in (and work is left)."""
-        elapsed = time.monotonic() - started
+        self._batch_at = time.monotonic()
+        elapsed = self._batch_at - started
         rate = done / elapsed if elapsed > 0 and done else None
         eta = (self._status.total - done) / rate if rate else None
-        self._update(done=done, queued=len(queued), rate=rate, eta_s=eta)
+        self._update(done=done, rate=rate, eta_s=eta)
         if self._cancel.is_set() and done < self._status.total:
             raise Cancelled
 
@@ -204,7 +246,8 @@ class QueueJobs:
         lower_priority(JOB_NICE)  # the job's thread yields the CPU to chats and raters
         try:
             engine = self.pool.get(req.version)
-            self._update(message="")
+            if not self._cancel.is_set():  # a cancel while loading keeps its message
+                self._update(message="")
             if req.dataset == "regression":
                 self._regression(engine, req, work)
             else:
@@ -223,26 +266,24 @@ class QueueJobs:
         from eval.run import label_items
 
         facts = persona_facts(examples, conversations)
-        started, done, queued = time.monotonic(), 0, set()
+        started, done = time.monotonic(), 0
         for start in range(0, len(examples), cfg.batch_size):
             chunk = slice(start, start + cfg.batch_size)
             replies = generate(engine, examples[chunk], cfg)
-            items = label_items(version, examples[chunk], facts[chunk], replies)
-            queued.update(self.store.add_label_items(items))
+            self._queue(version, label_items(version, examples[chunk], facts[chunk], replies))
             done += len(replies)
-            self._progress(done, queued, started)
+            self._progress(done, started)
 
     def _regression(self, engine, req: QueueRequest, files) -> None:
-        from core.persona import load_personas
+        from core.persona import scan_personas
         from eval.regress import LocalChat, RegressConfig, label_items, make_scorer, run_script
 
-        personas = load_personas(self.personas_dir)
+        personas = scan_personas(self.personas_dir)[0]  # broken ones were skipped with their scripts
         chat, scorer = LocalChat(engine, req.generation), make_scorer(personas)
         threshold = RegressConfig.model_fields["consistency_threshold"].default
-        started, done, queued = time.monotonic(), 0, set()
+        started, done = time.monotonic(), 0
         for file in files:
             records = run_script(chat, file, personas, scorer, threshold)
-            items = label_items(records, personas, req.version)
-            queued.update(self.store.add_label_items(items))
+            self._queue(req.version, label_items(records, personas, req.version))
             done += len(records)
-            self._progress(done, queued, started)
+            self._progress(done, started)

@@ -124,6 +124,33 @@ def drop_trained_prompts(cfg: EvalConfig, examples: list[Example], conversations
     return kept, skipped
 
 
+def register_outputs(store: Store, out: Path, name: str) -> int:
+    """Register a finished run from its files (written with `--register_labels false`): the eval
+    run under `name` and every reply as a label item of it, as `main` does; the rows get their
+    item ids. The app's background evaluation (eval/run_job.py) runs `main` in a child process
+    and registers here, in the app's store, only once the run has finished. Returns the run id."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from eval.outputs import write_outputs
+
+    summary = json.loads((out / "summary.json").read_text()) | {"model_version": name}
+    cfg = EvalConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+    rows = pd.read_json(out / "rows.jsonl", lines=True, dtype=False)
+    run_id = store.add_eval_run(name, str(out), cfg.model_dump(mode="json"), summary)
+    items = [  # as label_items makes them: the turn's facts, the dialogue before it, the reply
+        NewItem(source="eval", persona_name="persona-chat speaker",
+                persona={"facts": facts.split("\n") if facts else []}, context=json.loads(context),
+                answer=reply, model_version=name, eval_run_id=run_id)
+        for facts, context, reply in zip(rows["persona"], rows["context"], rows["reply"], strict=True)
+    ]  # fmt: skip
+    rows["item_id"] = store.add_label_items(items)
+    write_outputs(out, rows, summary, cfg)
+    return run_id
+
+
 def register(cfg: EvalConfig, name: str, examples, facts, replies, out: Path, summary: dict) -> list[int | None]:
     """One eval run in the store, and every reply as a label item of it; the items' ids."""
     if not cfg.register_labels:

@@ -17,25 +17,34 @@ when nothing is left:
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations (a string return annotation would become one untyped output).
 
+import functools
+import html
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import gradio as gr
 
 from core.conversation import dialogue
 from store import BlindItem, Item, Progress, StoreError
-from ui.common import for_chatbot, shortcuts_js
+from ui.common import for_chatbot
 from ui.context import AppContext
+from ui.label_view import (  # noqa: F401  (BUTTON_IDS, KEYS_HINT, LABEL_SHORTCUTS_JS: app.py and tests use them from here)
+    BUTTON_IDS,
+    KEYS_HINT,
+    LABEL_SHORTCUTS_JS,
+    NO_RATER,
+    LabelView,
+    layout,
+    undone_note,
+)
 from ui.raters import SIGN_IN_HINT, rater_for
 
 Shown = tuple[int | None, str, list[dict], str, str]  # item_id, persona, context, answer, progress
 
-EMPTY_QUEUE = "Nothing left to label — items come from evaluation runs and from saved chats."
-NO_RATER = "Type your name in the **Rater** box at the top, then press Enter to start labelling."
-KEYS_HINT = "Keys: G good · B bad · S skip · U undo"
-BUTTON_IDS = {"good": "label-good", "bad": "label-bad", "skip": "label-skip", "undo": "label-undo"}
-
+EMPTY_QUEUE = (
+    "Nothing left to label. New answers come from the **Organise** tab (Queue answers), from evaluation "
+    "runs and from 👍/👎 in Chat."
+)
 # Concurrency group of every label event (buttons, tab open, API), apart from the model's
 # "generation" group so a label never waits behind a generation. No limit: a label is one short
 # write and a read or two (~4 ms of store work; this process's SQLite writers queue in the store),
@@ -49,15 +58,6 @@ LABEL_QUEUE = dict(concurrency_id=LABEL, concurrency_limit=None)
 # 0.30 -> 0.16 s, benchmarks/label_load). Gradio opens that route to queued events only where
 # `api_open` (off on Spaces); gradio_client and /gradio_api/call/ still queue, in the group above.
 LABEL_API = dict(LABEL_QUEUE, queue=False)
-
-# Key -> the button it clicks (`event.key`, lower-cased).
-SHORTCUTS = {"g": "good", "1": "good", "b": "bad", "2": "bad", "s": "skip", "u": "undo"}
-
-# Clicks the Label tab's buttons from the keyboard (`ui.common.shortcuts_js`). `demo.launch(js=...)` calls it
-# once on page load; the guard makes a second install (the tab's own, below) harmless.
-# Keys do nothing while typing in a field, with a modifier held, or when the Label tab is
-# hidden (a button in a hidden tab has no offsetParent).
-LABEL_SHORTCUTS_JS = shortcuts_js("label", {key: BUTTON_IDS[action] for key, action in SHORTCUTS.items()})
 
 
 def persona_text(persona: dict) -> str:
@@ -123,13 +123,14 @@ def save_skip(ctx: AppContext, item_id: int | None, rater: str) -> Shown:
     return _after("The skip was saved", lambda: show_next(ctx, rater))
 
 
-def undo_label(ctx: AppContext, rater: str) -> Shown:
+def undo_label(ctx: AppContext, rater: str) -> tuple[int | None, Shown]:
+    """(the item whose label was deleted, None if the rater had none; the rater's next item,
+    which is that item again)."""
     try:
         undone = ctx.store.undo_last_label(rater)
     except StoreError as err:
         raise _store_error("Your last label was NOT undone", err) from None
-    gr.Info("You have no labels to undo." if undone is None else "Last label removed: that answer is back.")
-    return _after("Done", lambda: show_next(ctx, rater))
+    return undone, _after("Done", lambda: show_next(ctx, rater))
 
 
 def _after(done: str, shown: Callable[[], Shown]) -> Shown:
@@ -140,89 +141,97 @@ def _after(done: str, shown: Callable[[], Shown]) -> Shown:
         raise gr.Error(f"{done}, but {err.message[0].lower()}{err.message[1:]}", duration=None) from None
 
 
-@dataclass
-class LabelView:
-    progress: gr.Markdown
-    item_id: gr.State  # the item on screen; None when there is none
-    persona: gr.Textbox
-    chat: gr.Chatbot
-    answer: gr.Textbox
-    comment: gr.Textbox
-    buttons: dict[str, gr.Button]  # by BUTTON_IDS key
-
-    @property
-    def outputs(self) -> list:
-        return [self.item_id, self.persona, self.chat, self.answer, self.progress, self.comment]
-
-
-def _layout(ctx: AppContext) -> LabelView:
-    gr.Markdown("Would this persona say this, and is it a good answer? Judge the highlighted answer.")
-    progress = gr.Markdown("Loading your next item…" if ctx.signed_in else NO_RATER)
-    item_id = gr.State(None)
-    with gr.Row(equal_height=False):
-        persona = gr.Textbox(label="Persona", interactive=False, lines=10, max_lines=24, scale=1)
-        with gr.Column(scale=2):
-            chat = gr.Chatbot(
-                label="Conversation so far",
-                height=300,
-                feedback_options=None,
-                buttons=["copy"],  # no "share": it would post the item outside the blind rating
-                placeholder="(the answer opens the conversation)",
-            )
-            with gr.Column(variant="panel"):
-                answer = gr.Textbox(label="👉 Answer to judge", interactive=False, lines=3, max_lines=16)
-    with gr.Row():
-        buttons = {
-            "good": gr.Button("👍 Good", variant="primary", elem_id=BUTTON_IDS["good"]),
-            "bad": gr.Button("👎 Bad", variant="stop", elem_id=BUTTON_IDS["bad"]),
-            "skip": gr.Button("Skip", elem_id=BUTTON_IDS["skip"]),
-            "undo": gr.Button("Undo last label", elem_id=BUTTON_IDS["undo"]),
-        }
-    comment = gr.Textbox(label="Comment (optional)", placeholder="Why good or bad? Saved with the label.")
-    # js_on_load installs the shortcuts when this tab first renders, so they work even if
-    # app.py does not pass LABEL_SHORTCUTS_JS to launch().
-    gr.HTML(KEYS_HINT, js_on_load=f"({LABEL_SHORTCUTS_JS})();")
-    return LabelView(progress, item_id, persona, chat, answer, comment, buttons)
-
-
 def build_label_tab(ctx: AppContext, rater: gr.Textbox) -> dict:
     """The Label tab's contents; call inside `with gr.Tab("Label")`. Returns the arguments for
     that tab's `.select(**...)`, which loads the rater's next item when the tab is opened."""
-    view = _layout(ctx)
+    view = layout(ctx)
 
-    def ui(shown: Shown) -> tuple:  # -> view.outputs; the comment box is emptied
+    def ui(shown: Shown, name: str | None, note: str = "", comment: str = "") -> tuple:  # -> view.outputs
         shown_id, persona, context, answer, progress = shown
-        return shown_id, persona, for_chatbot(context), answer, progress, ""
+        title = persona.splitlines()[0] if persona else ""
+        on = gr.Button(interactive=shown_id is not None)
+        box = gr.Accordion(label=f"Persona: {title}" if title else "Persona")
+        return shown_id, name, box, persona, for_chatbot(context), answer, note + progress, comment, on, on, on
 
-    def on_show(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+    def who(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+        return rater_for(ctx, typed, profile, request)
+
+    def on_show(typed: str, was: str | None, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
         try:
-            name = rater_for(ctx, typed, profile, request)
+            name = who(typed, request, profile)
         except gr.Error:  # not signed in / no name yet: a hint, not an error toast, when the tab opens
-            return None, "", [], "", SIGN_IN_HINT if ctx.oauth else NO_RATER, gr.skip()
-        return ui(show_next(ctx, name))
+            hint = SIGN_IN_HINT if ctx.oauth else NO_RATER
+            return ui((None, "", [], "", hint), None)
+        return ui(show_next(ctx, name), name)
+
+    def renamed(typed: str, was: str | None, request: gr.Request, profile: gr.OAuthProfile | None):
+        """The rater box left with another name: that rater's own item and progress. Only once
+        the tab has shown an item: a name typed for the chat's thumbs must not hold an item."""
+        if was is None or (typed or "").strip() == was:
+            return (gr.skip(),) * len(view.outputs)
+        return on_show(typed, was, request, profile)
+
+    def changed_rater(name: str, was: str | None) -> tuple | None:
+        """A verdict given after the name changed would go under the new name for an item
+        shown to the old one: nothing is saved, the new rater's own item comes instead."""
+        if was is None or name == was:
+            return None
+        note = f"Rater is now **{html.escape(name, quote=False)}**; nothing was saved. Here is their next item. "
+        return ui(show_next(ctx, name), name, note)
 
     def on_label(verdict: str):
-        def handler(
-            shown_id: int | None, note: str, typed: str, request: gr.Request, profile: gr.OAuthProfile | None
-        ) -> tuple:
-            return ui(save_label(ctx, shown_id, verdict, note, rater_for(ctx, typed, profile, request)))
+        def handler(shown_id, note, mine, typed, was, request: gr.Request, profile: gr.OAuthProfile | None):
+            name = who(typed, request, profile)
+            if (switched := changed_rater(name, was)) is not None:
+                return *switched, mine
+            shown = save_label(ctx, shown_id, verdict, note, name)
+            return *ui(shown, name), mine | {shown_id: (verdict, (note or "").strip())}
 
         return handler
 
-    def on_skip(shown_id: int | None, typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
-        return ui(save_skip(ctx, shown_id, rater_for(ctx, typed, profile, request)))
+    def on_skip(shown_id, typed, was, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+        name = who(typed, request, profile)
+        return changed_rater(name, was) or ui(save_skip(ctx, shown_id, name), name)
 
-    def on_undo(typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
-        return ui(undo_label(ctx, rater_for(ctx, typed, profile, request)))
+    def on_undo(mine: dict, typed: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple:
+        name = who(typed, request, profile)
+        undone, shown = undo_label(ctx, name)
+        if undone is None:
+            return *ui(shown, name, "You have no labels to undo. "), mine
+        earlier = mine.get(undone)
+        comment = earlier[1] if earlier and shown[0] == undone else ""
+        rest = {key: value for key, value in mine.items() if key != undone}
+        return *ui(shown, name, undone_note(earlier), comment), rest
 
-    events = dict(outputs=view.outputs, api_visibility="private", show_progress="minimal", **LABEL_QUEUE)
-    rater.submit(on_show, rater, **events)
-    view.buttons["good"].click(on_label("good"), [view.item_id, view.comment, rater], **events)
-    view.buttons["bad"].click(on_label("bad"), [view.item_id, view.comment, rater], **events)
-    view.buttons["skip"].click(on_skip, [view.item_id, rater], **events)
-    view.buttons["undo"].click(on_undo, rater, **events)
+    def beside(handler, outputs: list):
+        """Errors in the progress line, above the item, which stays on screen. Needed as well as
+        wanted: Gradio 6.31's page shows no toast for an error of an event that does not queue."""
+
+        @functools.wraps(handler)  # the signature too: Gradio injects gr.Request and the profile
+        def run(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except gr.Error as err:
+                shown = [gr.skip()] * len(outputs)
+                shown[outputs.index(view.progress)] = f"⚠️ **{html.escape(err.message, quote=False)}**"
+                return tuple(shown)
+
+        return run
+
+    # queue=False: one POST per click, answered in the response, no queue join nor event stream
+    # (Gradio takes events that do not queue on /run even where its API routes are closed, as on
+    # Spaces). A label is one short store call; it never waits behind a generation.
+    common = dict(api_visibility="private", show_progress="minimal", **LABEL_API)
+    shown, with_mine = view.outputs, [*view.outputs, view.mine]
+    rater.submit(beside(on_show, shown), [rater, view.shown_for], shown, **common)
+    rater.blur(beside(renamed, shown), [rater, view.shown_for], shown, **common)
+    verdict_inputs = [view.item_id, view.comment, view.mine, rater, view.shown_for]
+    view.buttons["good"].click(beside(on_label("good"), with_mine), verdict_inputs, with_mine, **common)
+    view.buttons["bad"].click(beside(on_label("bad"), with_mine), verdict_inputs, with_mine, **common)
+    view.buttons["skip"].click(beside(on_skip, shown), [view.item_id, rater, view.shown_for], shown, **common)
+    view.buttons["undo"].click(beside(on_undo, with_mine), [view.mine, rater], with_mine, **common)
     _add_api(ctx)
-    return dict(fn=on_show, inputs=rater, **events)
+    return dict(fn=beside(on_show, shown), inputs=[rater, view.shown_for], outputs=shown, **common)
 
 
 def _add_api(ctx: AppContext) -> None:
@@ -249,7 +258,7 @@ def _add_api(ctx: AppContext) -> None:
 
     def undo(rater: str, request: gr.Request, profile: gr.OAuthProfile | None) -> Shown:
         """Delete the rater's latest label; its item is their next item again."""
-        return undo_label(ctx, rater_for(ctx, rater, profile, request))
+        return undo_label(ctx, rater_for(ctx, rater, profile, request))[1]
 
     gr.api(next_item, api_name="next_item", **LABEL_API)
     gr.api(label, api_name="label", **LABEL_API)

@@ -10,11 +10,18 @@ tab is opened or the job queued. Typed API endpoints for scripts (`gradio_client
     /queue_status()       -> {"state", "version", "dataset", "done", "total", "rate", "eta_s", "queued", "message"}
     /cancel_queue()       -> the job's status (it stops after the current batch)
     /session_progress()   -> {"overlap", "items": [...], "raters": [...], "agreement": {...}}
+    /run_evaluation(version="base", n_turns=20, bertscore=True) -> the evaluation's status
+    /evaluation_status()  -> {"state", "version", "n_turns", "stage", "elapsed_s", "message"}
+    /cancel_evaluation()  -> the evaluation's status (it stops at once; nothing is registered)
+
+An evaluation runs `python -m eval.run` in a child process (`eval.run_job`) and fills the Results
+table's automatic metrics (BLEU, ROUGE, BERTScore, perplexity, ...) for that version.
 """
 
 # No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
 # annotations.
 
+import html
 from pathlib import Path
 
 import gradio as gr
@@ -22,10 +29,11 @@ import pandas as pd
 from gradio import FileData
 from pydantic import ValidationError
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PersonaStudioError
 from engines.engine import GreedySettings
 from eval.jobs import Dataset, JobStatus, QueueJobs, QueueRequest, Split
 from eval.progress import session_progress
+from eval.run_job import EvalJobs, EvalRequest, EvalStatus
 from ui.common import shows_errors
 from ui.context import AppContext
 
@@ -49,6 +57,25 @@ def request(version, dataset, n_turns, path, split, max_new_tokens, seed=0) -> Q
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"`{where}` {first['msg'].lower()}", "fix it and queue again") from None
+
+
+def as_text(markdown: str) -> str:
+    """A message for a Markdown box or a toast, its `<...>` shown as written: a YAML error quotes
+    `in "<unicode string>"`, which HTML would swallow (and cut the message there)."""
+    return html.escape(markdown, quote=False)
+
+
+def status_text(s: JobStatus) -> str:
+    return as_text(s.line())
+
+
+def refused_text(err: PersonaStudioError, last: JobStatus) -> str:
+    """A request that started nothing: its reason, apart from the last job's status (which it
+    must not read as part of)."""
+    text = f"**Not queued:** {err.problem}. {err.fix}" if err.fix else f"**Not queued:** {err.problem}"
+    if last.state != "idle":
+        text += f"\n\nLast job: {last.line()}"
+    return as_text(text)
 
 
 def percent(value: float | None) -> str:
@@ -100,7 +127,7 @@ def build_organise_tab(ctx: AppContext) -> dict:
     with gr.Row():
         start = gr.Button("Queue answers", variant="primary", elem_id="organise-start")
         stop = gr.Button("Cancel job", elem_id="organise-cancel")
-    status = gr.Markdown(jobs.status().line(), elem_id="organise-status")
+    status = gr.Markdown(status_text(jobs.status()), elem_id="organise-status")
     timer = gr.Timer(POLL_S, active=False)
     with gr.Row(equal_height=True):
         gr.Markdown("### Session progress")
@@ -108,6 +135,8 @@ def build_organise_tab(ctx: AppContext) -> dict:
     items = gr.Dataframe(label="Items per source and version (left: waiting for a label)", interactive=False)
     raters = gr.Dataframe(label="Labels per rater (left: items still open to them)", interactive=False)
     agreed = gr.Markdown()
+    evaluations = EvalJobs(ctx.pool, ctx.store)
+    _evaluation_section(ctx, evaluations, version)
 
     def shown_progress():
         return progress_view(session_progress(ctx.store, ctx.label_overlap))
@@ -115,21 +144,24 @@ def build_organise_tab(ctx: AppContext) -> dict:
     def polling(s: JobStatus) -> gr.Timer:
         return gr.Timer(active=s.state == "running")
 
-    @shows_errors
     def queue(version, dataset, n_turns, split, max_new_tokens, upload):
-        s = jobs.start(request(version, dataset, n_turns, upload, split, max_new_tokens))
-        return s.line(), polling(s)
+        try:
+            s = jobs.start(request(version, dataset, n_turns, upload, split, max_new_tokens))
+        except PersonaStudioError as err:  # in the status line, where the job's state is read
+            gr.Warning(as_text(f"Not queued: {err.problem}"))
+            return refused_text(err, jobs.status()), polling(jobs.status())
+        return status_text(s), polling(s)
 
     seen = gr.State(-1)  # replies done at this page's last look: tables are re-read when it moves
 
     def tick(last: int):
         s = jobs.status()
         tables = shown_progress() if s.done != last or s.state != "running" else (gr.skip(),) * 3
-        return s.line(), polling(s), *tables, s.done
+        return status_text(s), polling(s), *tables, s.done
 
     def opened():
         s = jobs.status()
-        return s.line(), polling(s), *shown_progress(), s.done
+        return status_text(s), polling(s), *shown_progress(), s.done
 
     def pick(dataset: str):
         return gr.File(visible=dataset == "upload"), gr.Dropdown(visible=dataset != "regression")
@@ -138,11 +170,12 @@ def build_organise_tab(ctx: AppContext) -> dict:
     version.focus(lambda: gr.Dropdown(choices=ctx.pool.versions()), None, version, api_name=False)
     picks = [version, dataset, n_turns, split, max_new_tokens, upload]
     start.click(queue, picks, [status, timer], api_name=False, **QUICK)
-    stop.click(lambda: jobs.cancel().line(), None, status, api_name=False, **QUICK)
+    stop.click(lambda: status_text(jobs.cancel()), None, status, api_name=False, **QUICK)
     shown = [status, timer, items, raters, agreed, seen]
     timer.tick(tick, seen, shown, api_name=False, show_progress="hidden", **QUICK)
     refresh.click(shown_progress, None, [items, raters, agreed], api_name=False, **QUICK)
     _add_api(ctx, jobs)
+    _add_evaluation_api(evaluations)
     return dict(fn=opened, inputs=None, outputs=shown, **QUICK)
 
 
@@ -180,3 +213,61 @@ def _add_api(ctx: AppContext, jobs: QueueJobs) -> None:
     gr.api(shows_errors(queue_status), api_name="queue_status", **QUICK)
     gr.api(shows_errors(cancel_queue), api_name="cancel_queue", **QUICK)
     gr.api(shows_errors(progress), api_name="session_progress", **QUICK)
+
+
+def _evaluation_section(ctx: AppContext, evaluations: EvalJobs, version: gr.Dropdown) -> None:
+    """Run the version picked above through eval.run in the background: the Results table's
+    automatic metrics, without a terminal."""
+    gr.Markdown(
+        "### Evaluate a version (automatic metrics for Results)\n"
+        "Scores the **Model version** picked above on held-out turns of the shared Synthetic-Persona-Chat file "
+        "(`python -m eval.run`, in the background): BLEU, ROUGE, BERTScore, perplexity of the reference, "
+        "persona grounding. 20 turns take a few minutes on CPU; more turns give tighter numbers."
+    )
+    with gr.Row():
+        n_turns = gr.Number(EvalRequest().n_turns, label="Held-out replies to score", precision=0, minimum=1,
+                            maximum=10_000, elem_id="evaluate-turns")  # fmt: skip
+        bertscore = gr.Checkbox(True, label="BERTScore")
+        run = gr.Button("Run evaluation", variant="primary", elem_id="evaluate-start")
+        stop = gr.Button("Cancel evaluation", elem_id="evaluate-cancel")
+    status = gr.Markdown(as_text(evaluations.status().line()), elem_id="evaluate-status")
+    timer = gr.Timer(POLL_S, active=False)
+
+    def shown(s: EvalStatus) -> tuple[str, gr.Timer]:
+        return as_text(s.line()), gr.Timer(active=s.state == "running")
+
+    def start(picked: str, turns: float, with_bertscore: bool):
+        try:
+            req = EvalRequest(version=picked or "base", n_turns=int(turns or 0), bertscore=with_bertscore)
+            return shown(evaluations.start(req))
+        except ValidationError as err:
+            problem = err.errors()[0]["msg"].lower()
+            return as_text(f"**Not started:** held-out turns: {problem}."), gr.skip()
+        except PersonaStudioError as err:
+            return as_text(
+                f"**Not started:** {err.problem}. {err.fix}\n\nLast: {evaluations.status().line()}"
+            ), gr.skip()
+
+    run.click(start, [version, n_turns, bertscore], [status, timer], api_name=False, **QUICK)
+    stop.click(lambda: shown(evaluations.cancel()), None, [status, timer], api_name=False, **QUICK)
+    timer.tick(lambda: shown(evaluations.status()), None, [status, timer], api_name=False, show_progress="hidden",
+               **QUICK)  # fmt: skip
+
+
+def _add_evaluation_api(evaluations: EvalJobs) -> None:
+    def run_evaluation(version: str = "base", n_turns: int = 20, bertscore: bool = True) -> dict:
+        """Start `python -m eval.run` on `version` with `n_turns` held-out turns in the background;
+        when it ends its metrics are in /results. Returns its status; one at a time."""
+        return evaluations.start(EvalRequest(version=version, n_turns=n_turns, bertscore=bertscore)).as_dict()
+
+    def evaluation_status() -> dict:
+        """The evaluation's state (idle, running, done, cancelled, failed), stage, seconds, message."""
+        return evaluations.status().as_dict()
+
+    def cancel_evaluation() -> dict:
+        """Stop the running evaluation at once; nothing of it is registered."""
+        return evaluations.cancel().as_dict()
+
+    gr.api(shows_errors(run_evaluation), api_name="run_evaluation", **QUICK)
+    gr.api(shows_errors(evaluation_status), api_name="evaluation_status", **QUICK)
+    gr.api(shows_errors(cancel_evaluation), api_name="cancel_evaluation", **QUICK)

@@ -24,9 +24,27 @@ from matplotlib.figure import Figure
 from core.errors import PersonaStudioError
 from core.versions import BASE
 from eval.scorecard import Scorecard, default_parent, known_versions, scorecard, scorecard_markdown
-from eval.table import METRICS, METRICS_NOTE, NO_LABELS, VersionResult, collect, format_table, metric_keys, metric_value
+from eval.table import (
+    METRICS,
+    METRICS_NOTE,
+    NO_LABELS,
+    NOT_RUN,
+    VersionResult,
+    collect,
+    format_table,
+    metric_keys,
+    metric_value,
+)
 from ui.common import shows_errors, user_error
 from ui.context import AppContext
+
+# A version never evaluated: its metric cells say where to fill them (no terminal on a Space).
+HOW_TO_RUN = f"{NOT_RUN}: Organise → Evaluate a version"
+NO_CHILD = (
+    "No trained version yet: the scorecard compares a trained version with its parent. Train one "
+    "(`python -m training.train`), then open this tab again."
+)
+PICK_CHILD = "Pick a version to see its scorecard against its parent."
 
 # Colours of a scorecard row: significant better / worse / higher-or-lower (no better way), else grey.
 CHANGE_COLOURS = {"better": "tab:green", "worse": "tab:red", "higher": "tab:blue", "lower": "tab:blue"}
@@ -103,6 +121,11 @@ def scorecard_figure(card: Scorecard) -> Figure:
     return fig
 
 
+def shown_table(results: list[VersionResult]) -> pd.DataFrame:
+    """The Results table as the app shows it: a metric never run says how to run it here."""
+    return format_table(results).replace(NOT_RUN, HOW_TO_RUN)
+
+
 def write_csv(table: pd.DataFrame) -> str:
     """The table as a CSV file in the temp folder (Gradio serves it from there)."""
     folder = Path(tempfile.gettempdir()) / "persona-studio"
@@ -114,29 +137,33 @@ def write_csv(table: pd.DataFrame) -> str:
     return str(path)
 
 
-def build_scorecard_section(ctx: AppContext) -> tuple[gr.Dropdown, gr.Dropdown, Callable]:
+def build_scorecard_section(ctx: AppContext) -> tuple[list, Callable]:
     """The scorecard under the table: a version, the version it is compared with (its parent,
     overridable), the Markdown scorecard and its plot; `/scorecard` for scripts. Returns the
-    two dropdowns and `pickers(version, against)`, their updates when the tab is opened."""
+    widgets the tab refreshes (version, parent, Compare, the scorecard text) and
+    `pickers(version, against, text)`, their updates when the tab is opened."""
     gr.Markdown("### Scorecard: a version against its parent")
     with gr.Row():
         child = gr.Dropdown(label="Version", choices=[], value=None, allow_custom_value=True)
         parent = gr.Dropdown(label="Compared with (its parent; pick another to override)", choices=[], value=None,
                              allow_custom_value=True)  # fmt: skip
-        compare_button = gr.Button("Compare", scale=0)
-    card_text = gr.Markdown("Pick a version, or press Compare.")
+        compare_button = gr.Button("Compare", scale=0, interactive=False)
+    card_text = gr.Markdown(PICK_CHILD)
     card_plot = gr.Plot(label="Scorecard: deltas with 95 % intervals")
     runs_dir = ctx.pool.cfg.runs_dir
 
-    def pickers(version: str | None, against: str | None) -> tuple[dict, dict]:
+    def pickers(version: str | None, against: str | None, text: str | None = None) -> tuple:
         """Choices from the runs and the store; the newest trained version and its parent,
-        unless one is picked already."""
+        unless one is picked already; Compare only once there is a version to compare, and a
+        hint that says what to do when there is none."""
         names = known_versions(ctx.store, runs_dir)
         children = [n for n in names if n != BASE]
         if version not in children:
             version, against = (children[0] if children else None), None
         against = against or (default_parent(runs_dir, version) if version else None)
-        return gr.update(choices=children, value=version), gr.update(choices=names, value=against)
+        hint = NO_CHILD if version is None else PICK_CHILD if text == NO_CHILD else gr.skip()  # a card stays
+        return (gr.update(choices=children, value=version), gr.update(choices=names, value=against),
+                gr.update(interactive=version is not None), hint)  # fmt: skip
 
     @shows_errors
     def show(version: str | None, against: str | None) -> tuple[str, Figure]:
@@ -161,10 +188,11 @@ def build_scorecard_section(ctx: AppContext) -> tuple[gr.Dropdown, gr.Dropdown, 
 
     private = dict(api_visibility="private")
     child.input(show_with_parent, inputs=[child], outputs=[parent, card_text, card_plot], **private)
+    child.change(lambda v: gr.update(interactive=bool(v)), child, compare_button, **private)
     for event in (parent.input, compare_button.click):
         event(show, inputs=[child, parent], outputs=[card_text, card_plot], **private)
     gr.api(scorecard_api, api_name="scorecard")
-    return child, parent, pickers
+    return [child, parent, compare_button, card_text], pickers
 
 
 def build_results_tab(ctx: AppContext) -> dict:
@@ -177,7 +205,8 @@ def build_results_tab(ctx: AppContext) -> dict:
     with gr.Row():
         refresh_button = gr.Button("⟳ Refresh")
         download = gr.DownloadButton("Download CSV", value=None)
-    child, parent, pickers = build_scorecard_section(ctx)
+    scorecard_widgets, pickers = build_scorecard_section(ctx)
+    child, parent = scorecard_widgets[:2]
 
     def current() -> list[VersionResult]:
         try:
@@ -186,17 +215,21 @@ def build_results_tab(ctx: AppContext) -> dict:
             raise user_error(err) from None
 
     @shows_errors
-    def refresh(version: str | None, against: str | None) -> tuple:
+    def refresh(version: str | None, against: str | None, text: str | None) -> tuple:
         results = current()
-        frame = format_table(results)
-        return frame, results_figure(results), write_csv(frame), *pickers(version, against)
+        frame = shown_table(results)
+        return frame, results_figure(results), write_csv(frame), *pickers(version, against, text)
 
     def results() -> list[dict]:
         """One dict per model version: human accuracy (%), its 95 % Wilson interval, labels,
         items, raters and the automatic metrics of the latest eval run."""
-        return format_table(current()).to_dict("records")
+        return format_table(current()).to_dict("records")  # scripts get the plain "not run yet"
 
-    events = dict(inputs=[child, parent], outputs=[table, plot, download, child, parent], api_visibility="private")
+    events = dict(
+        inputs=[child, parent, scorecard_widgets[3]],
+        outputs=[table, plot, download, *scorecard_widgets],
+        api_visibility="private",
+    )
     refresh_button.click(refresh, **events)
     gr.api(results, api_name="results")
     return dict(fn=refresh, **events)

@@ -162,7 +162,8 @@ def test_bad_requests_name_the_problem_and_the_fix(tiny_engine, store, tmp_path)
 def test_the_regression_suite_is_cut_at_n_user_turns():
     from eval.jobs import regression_files
 
-    files = regression_files(str(REPO / "personas"), 3)
+    files, skipped = regression_files(str(REPO / "personas"), 3)
+    assert skipped == []
     assert [f.script.name for f in files] == ["ada_identity", "ada_knowledge"]  # 2 + 1 of 2 user turns
     assert [[t.user for t in f.script.turns] for f in files] == [
         ["Who are you?", "Sorry, what was your name again?"],
@@ -188,3 +189,102 @@ def test_regression_replies_are_queued_with_the_question_and_failed_ones_first(t
     assert items[1].context[-3:-1] == first_exchange and items[0].persona_name == "Ada"
     # The tiny model's noise never names Ada: every identity check fails, so all come first.
     assert [item.priority for item in items] == [1, 1, 1]
+
+
+BROKEN_YAML = "name: Nova\nfacts:\n  - I answer the phone.\n oops: [\n"  # "while parsing a block collection"
+
+
+def test_a_broken_persona_file_skips_its_scripts_with_the_reason_shown_as_text(tmp_path):
+    import shutil
+
+    from eval.jobs import JobStatus, regression_files
+    from ui.organise import status_text
+
+    personas = tmp_path / "personas"
+    shutil.copytree(REPO / "personas", personas)
+    (personas / "nova.yaml").write_text(BROKEN_YAML)
+    files, skipped = regression_files(str(personas), 100)
+    names = [f.script.name for f in files]
+    assert "ada_identity" in names and not any("nova" in name for name in names)
+    assert skipped[0].startswith("persona nova: persona file") and '"<unicode string>"' in skipped[0]
+    assert any(s.startswith("script nova_identity.yaml: ") and "no persona 'nova'" in s for s in skipped)
+
+    line = status_text(JobStatus("running", "base", "regression", total=3, skipped=tuple(skipped)))
+    assert f"skipped {len(skipped)}: persona nova" in line
+    assert "&lt;unicode string&gt;" in line and "<unicode" not in line  # shown as text, not swallowed as a tag
+
+
+def test_requeuing_the_same_turns_adds_nothing_and_says_so(tiny_engine, store, tmp_path):
+    data = write_spc(tmp_path / "chats.csv")
+    with serving(studio_context(tmp_path, store, {"base": tiny_engine})) as url:
+        client = Client(url, verbose=False)
+        for _ in range(2):
+            client.predict("base", "upload", 3, handle_file(str(data)), "all", max_new_tokens=4,
+                           api_name="/queue_answers")  # fmt: skip
+            status = wait_for(client, "done")
+            if not status["already"]:
+                assert (status["queued"], status["already"]) == (3, 0)
+    assert (status["done"], status["queued"], status["already"]) == (3, 0, 3)
+    assert len(store.label_rows()) == 0 and store.progress("rita").total == 3  # the same three items
+
+
+def test_the_eta_counts_down_between_batches_and_a_refusal_stands_apart(tiny_engine, store, tmp_path):
+    from eval.jobs import JobError, JobStatus, QueueJobs
+    from ui.organise import refused_text
+
+    jobs = QueueJobs(studio_context(tmp_path, store, {"base": tiny_engine}).pool, store)
+    jobs._status = JobStatus("running", "base", "spc", done=8, total=16, rate=1.0, eta_s=8.0)
+    jobs._batch_at = time.monotonic() - 3  # the last batch ended 3 s ago
+    assert jobs.status().eta_s == pytest.approx(5.0, abs=0.5)
+    jobs._batch_at = time.monotonic() - 60  # a slow batch: "0 s left", never negative
+    assert jobs.status().eta_s == 0.0
+
+    last = JobStatus("done", "base", "spc", done=8, total=8, queued=8)
+    text = refused_text(JobError("a job is already running", "wait for it"), last)
+    refusal, previous = text.split("\n\n")
+    assert refusal == "**Not queued:** a job is already running. wait for it"
+    assert previous == "Last job: done: base on spc, 8/8 replies · 8 queued"
+
+
+def wait_for_evaluation(client: Client, state: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while (status := client.predict(api_name="/evaluation_status"))["state"] != state:
+        assert status["state"] in ("running", state), status
+        assert time.monotonic() < deadline, f"still {status} after {timeout} s"
+        time.sleep(0.5)
+    return status
+
+
+@pytest.mark.slow  # two `python -m eval.run` children (imports, the sentence encoder): ~90 s on 2 cores
+def test_an_evaluation_runs_in_the_background_fills_the_results_and_can_be_cancelled(
+    tiny_model_dir, tiny_engine, store, tmp_path
+):
+    from eval.table import NOT_RUN, collect
+    from ui.results import HOW_TO_RUN, shown_table
+
+    ctx = studio_context(tmp_path, store, {"base": tiny_engine})
+    ctx.pool.cfg.model = str(tiny_model_dir)  # the app's --model: what `base` is in the child
+    with serving(ctx) as url:
+        client = Client(url, verbose=False)
+        [before] = client.predict(api_name="/results")
+        assert before["automatic metrics"] == NOT_RUN
+        assert shown_table(collect(store, ["base"]))["automatic metrics"].tolist() == [HOW_TO_RUN]  # says how
+
+        client.predict("base", 4, False, api_name="/run_evaluation")
+        with pytest.raises(Exception, match="an evaluation is already running .* cancel it"):
+            client.predict("base", 4, False, api_name="/run_evaluation")
+        assert client.predict(api_name="/cancel_evaluation")["state"] in ("running", "cancelled")
+        assert wait_for_evaluation(client, "cancelled")["message"] == "cancelled; nothing was registered"
+        assert store.eval_runs() == []
+
+        started = client.predict("base", 4, False, api_name="/run_evaluation")
+        assert started["state"] == "running" and started["n_turns"] == 4
+        status = wait_for_evaluation(client, "done")
+        [row] = client.predict(api_name="/results")
+    assert "Results tab" in status["message"]
+    [run] = store.eval_runs()
+    assert run.model_version == "base" and run.summary["items"] == 4 and "bertscore_f1" not in run.summary
+    assert isinstance(row["BLEU"], float) and isinstance(row["perplexity"], float) and row["perplexity"] > 1
+    assert row["ROUGE-L"] == pytest.approx(run.summary["rougeL"], abs=1e-3)
+    items = [store.item(i) for i in range(1, 5)]  # the replies are in the label queue, as eval.run puts them
+    assert {(item.source, item.model_version, item.eval_run_id) for item in items} == {("eval", "base", run.id)}

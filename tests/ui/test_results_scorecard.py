@@ -40,3 +40,19 @@ def test_scorecard_plot_has_a_strip_per_row_coloured_when_significant(ctx):
     assert rouge.lines[0].get_color() == CHANGE_COLOURS["better"]  # the point: a significant improvement
     retention = fig.axes[-1]  # not significant: grey
     assert retention.lines[0].get_color() == "tab:gray"
+
+
+def test_the_scorecard_hint_says_what_to_do_when_there_is_no_version_to_compare(store, tmp_path):
+    import gradio as gr
+
+    from ui.results import NO_CHILD, PICK_CHILD, build_scorecard_section
+
+    with gr.Blocks():
+        _, pickers = build_scorecard_section(studio_context(tmp_path, store, {}))
+    version, parent, compare, hint = pickers(None, None)
+    assert version["value"] is None and compare["interactive"] is False and hint == NO_CHILD
+    assert "press Compare" not in hint and "train" in hint.lower()
+
+    scorecard_runs.build(tmp_path / "runs", store)  # now v1 and v2 exist
+    version, parent, compare, hint = pickers(None, None, NO_CHILD)
+    assert (version["value"], parent["value"], compare["interactive"], hint) == ("v2", "v1", True, PICK_CHILD)
