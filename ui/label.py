@@ -25,6 +25,7 @@ from typing import Literal
 import gradio as gr
 
 from core.conversation import dialogue
+from eval.blind import mask_identity, mask_messages
 from store import BlindItem, Item, Progress, StoreError
 from ui.common import for_chatbot
 from ui.context import AppContext
@@ -91,7 +92,9 @@ def _shown(item: Item | None, progress: Progress) -> Shown:
     if item is None:
         return None, "", [], "", f"{EMPTY_QUEUE} ({counts})"
     blind: BlindItem = item.blind()  # what a rater may see: no model version, no source
-    return blind.id, persona_text(blind.persona), dialogue(blind.context), blind.answer, counts
+    names = [item.model_version]  # nor a reply saying which version wrote it (eval/blind.py)
+    context, answer = mask_messages(dialogue(blind.context), names), mask_identity(blind.answer, names)
+    return blind.id, persona_text(blind.persona), context, answer, counts
 
 
 def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str, rater: str) -> Shown:

@@ -16,7 +16,7 @@ from eval.table import NO_LABELS, NOT_RUN, VersionResult, collect, results_table
 from store import NewItem, StoreError, assign
 from tests.conftest import serving, studio_context
 from ui.common import for_chatbot
-from ui.label import EMPTY_QUEUE, persona_text, save_label
+from ui.label import EMPTY_QUEUE, persona_text, save_label, show_next
 from ui.results import results_figure, write_csv
 
 PERSONA = {"name": "Ada <b>Lovelace</b>", "facts": ["I build clocks.", "I keep bees."], "style": "short and warm"}
@@ -287,3 +287,11 @@ def test_csv_download_holds_the_table(ctx):
     with open(write_csv(table), newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["model version"] == "base" and rows[0]["automatic metrics"] == NOT_RUN
+
+
+def test_an_answer_naming_its_version_or_model_is_masked_for_the_rater(ctx):
+    answer = "I'm v3-lora, a SmolLM2 model."
+    [item_id] = ctx.store.add_label_items([new_item(0, "v3-lora", answer)])
+    shown_id, _, _, shown, _ = show_next(ctx, "rita")
+    assert shown_id == item_id and "v3-lora" not in shown and "SmolLM" not in shown and "[model]" in shown
+    assert ctx.store.item(item_id).answer == answer  # the store keeps what the model wrote
