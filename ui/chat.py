@@ -86,8 +86,9 @@ def custom_persona(ctx: AppContext, fields: dict) -> Persona:
 # deflection, a reply still streaming): CSS below hides its thumbs.
 NO_THUMBS = '<span class="ps-no-thumbs"></span>'
 CHAT_CSS = """
-#chat-box .message-row:has(.ps-no-thumbs) + .message-buttons :is(button[aria-label="Like"], button[aria-label="Dislike"],
-  button[aria-label="Liked"], button[aria-label="Disliked"]) { display: none; }
+#chat-box .message-row:has(.ps-no-thumbs) + .message-buttons button:is([aria-label^="Like"], [aria-label^="Dislike"]) {
+  display: none;
+}
 @media (max-width: 640px) {  /* a phone: the message box above the fold */
   #chat-box { height: min(460px, 42vh) !important; max-height: 42vh; }
 }
