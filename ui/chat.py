@@ -89,8 +89,11 @@ CHAT_CSS = """
 #chat-box .message-row:has(.ps-no-thumbs) + .message-buttons button:is([aria-label^="Like"], [aria-label^="Dislike"]) {
   display: none;
 }
-@media (max-width: 640px) {  /* a phone: the message box above the fold */
-  #chat-box { height: min(460px, 42vh) !important; max-height: 42vh; }
+@media (max-width: 640px) {  /* a phone: persona and version on one line, the message box above the fold */
+  #chat-pickers, #chat-pickers > .form { flex-wrap: nowrap !important; }
+  #chat-pickers .block { min-width: 0 !important; }
+  #chat-pickers #chat-version { flex: 0 0 120px !important; }
+  #chat-box { height: 40vh !important; }
 }
 """
 
@@ -130,12 +133,11 @@ def persona_list(ctx: AppContext) -> list[tuple[str, str]]:
 def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     personas, _ = ctx.personas()
     first = next(iter(personas), CUSTOM)
-    gr.HTML("", js_on_load=f"({style_js('chat', CHAT_CSS)})();", padding=False)
-    with gr.Row():  # min_width: on a phone the persona gets a line of its own
-        persona = gr.Dropdown(persona_list(ctx), value=first, label="Persona", scale=3, min_width=300,
+    with gr.Row(elem_id="chat-pickers"):
+        persona = gr.Dropdown(persona_list(ctx), value=first, label="Persona", scale=3, elem_id="chat-persona",
                               allow_custom_value=True)  # fmt: skip
         version = gr.Dropdown(ctx.pool.versions(), value="base", label="Model version", scale=1,
-                              allow_custom_value=True)  # fmt: skip
+                              allow_custom_value=True, elem_id="chat-version")  # fmt: skip
         # Versions trained while the app runs appear when the picker is opened.
         version.focus(lambda: gr.update(choices=ctx.pool.versions()), None, version, api_name=False)
     start = displayed(opening(personas[first])) if first in personas else []
@@ -162,6 +164,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     page = gr.State(new_page())  # this page's running reply and saved thumbs (ui.common.new_page)
     pending = gr.State(None)  # the message (or retry) accepted to send next: its change runs the model
     gr.Markdown("The thumbs under a reply save it as a good/bad label, under the Rater name at the top.")
+    gr.HTML("", js_on_load=f"({style_js('chat', CHAT_CSS)})();", padding=False)  # last: its gap shows nowhere
 
     picks = [persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, custom_name, custom_facts,
              scope_guard]  # fmt: skip
@@ -283,13 +286,14 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         files are cached by mtime): files added or fixed while the app runs appear, removed ones go."""
         return gr.update(choices=persona_list(ctx))
 
-    def on_load(key):
-        choices = persona_list(ctx)
-        keys = [k for _, k in choices]
-        return gr.update(choices=choices, value=key if key in keys else keys[0])
+    def on_load():
+        """A page opens on the persona files there are now, with the first one's greeting."""
+        personas, _ = ctx.personas()
+        key = next(iter(personas), CUSTOM)
+        return gr.update(choices=persona_list(ctx), value=key)
 
     persona.focus(listed, None, persona, api_name=False, show_progress="hidden", **TAKING)
-    gr.on(None, on_load, persona, persona, api_name=False, show_progress="hidden", **TAKING)
+    gr.on(None, on_load, None, persona, api_name=False, show_progress="hidden", **TAKING)  # on page load
     _add_api(ctx)
 
 

@@ -138,3 +138,121 @@ def test_chat_thumbs_show_exactly_what_the_store_holds(page, store):
     expect(reply["dislike"]).to_have_attribute("aria-label", "Disliked")
     assert rows("thumbs-tess") == [("bad", "chat")]
     assert store.item(store.label_rows()[-1].item_id).answer == turn.content
+
+
+def open_compare(page: Page) -> Locator:
+    page.get_by_role("tab", name="Compare", exact=True).click()
+    expect(page.locator("#compare-a")).to_be_visible()
+    return page.locator("#compare-input").get_by_role("textbox")
+
+
+def test_compare_keeps_typed_text_and_both_replies_when_a_vote_is_refused(page, store):
+    box, status = open_compare(page), page.locator("#compare-status")
+    panes = [page.locator("#compare-a"), page.locator("#compare-b")]
+    box.fill("Which clock do you like best?")
+    box.press("Enter")
+    expect(box).to_have_value("")
+    box.type("Why?")  # typed while both replies stream
+    box.press("Enter")
+    expect(toast(page, BUSY_TEXT)).to_be_visible()
+    expect(box).to_have_value("Why?")
+    expect(status).to_contain_text("Which reply is better?", timeout=STREAM_MS)
+    expect(box).to_have_value("Why?")
+    replies = [bot(pane).last.inner_text() for pane in panes]
+    assert all(replies)
+    page.locator("#compare-vote-a").click()  # no rater name yet: refused, and nothing on screen is lost
+    expect(toast(page, "Enter your name")).to_be_visible()
+    for pane, reply in zip(panes, replies, strict=True):
+        expect(user(pane)).to_have_text(["Which clock do you like best?"])
+        expect(bot(pane).last).to_have_text(reply)
+    expect(status).to_contain_text("Which reply is better?")
+    expect(page.locator("#compare-vote-a")).to_be_enabled()  # the pair is still open
+    name_rater(page, "compare-cara")
+    page.locator("#compare-vote-tie").click()
+    expect(status).to_contain_text("Saved: Tie.")
+    [row] = [p for p in store.preferences() if p.rater == "compare-cara"]
+    assert row.vote == "tie" and row.context[-1] == {"role": "user", "content": "Which clock do you like best?"}
+    assert {row.reply_a, row.reply_b} <= {r.strip() for r in replies} | {row.reply_a, row.reply_b}
+    box.press("Enter")  # the kept message goes now
+    expect(status).to_contain_text("Which reply is better?", timeout=STREAM_MS)
+    for pane in panes:
+        expect(user(pane)).to_have_text(["Which clock do you like best?", "Why?"])
+
+
+def test_the_custom_persona_waits_for_its_facts_and_a_refused_send_keeps_the_message(page, store):
+    chat, box = page.locator("#chat-box"), chat_box(page)
+    page.get_by_role("combobox", name="Persona").first.click()
+    page.get_by_role("option", name=re.compile("Custom persona")).click()
+    expect(toast(page, "Type the custom persona's name and facts")).to_be_visible()
+    expect(page.locator(".toast-body").filter(has_text=re.compile("validation|List should"))).to_have_count(0)
+    facts = page.get_by_label("Facts (one per line)")
+    expect(facts).to_be_visible()  # its fields opened
+    expect(bot(chat)).to_have_count(0)
+    box.fill("Ahoy, who are you?")
+    box.press("Enter")
+    expect(toast(page, "the custom persona has no facts yet")).to_be_visible()
+    expect(box).to_have_value("Ahoy, who are you?")  # refused before the box emptied
+    expect(user(chat)).to_have_count(0)
+    page.get_by_label("Name", exact=True).fill("Captain Mira")
+    facts.fill("I sail cargo ships.\nI love tea.")
+    box.press("Enter")
+    wait_reply(page, chat, 1, greeting=0)
+    turns = conversation_of(store, "Ahoy, who are you?")
+    assert turns[-1].persona["name"] == "Captain Mira" and turns[-1].persona["facts"] == [
+        "I sail cargo ships.",
+        "I love tea.",
+    ]
+
+
+def persona_options(page: Page) -> list[str]:
+    page.get_by_role("combobox", name="Persona").first.click()
+    options = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    return options
+
+
+def test_persona_files_added_or_removed_while_the_app_runs_show_on_page_load(browser, shipped_app, page):
+    assert any(o.startswith("Sam") for o in persona_options(page))
+    folder = Path(shipped_app.personas_dir)
+    sam = (folder / "sam.yaml").read_text()
+    try:
+        (folder / "zed.yaml").write_text("name: Zed\nfacts: [I fix bicycles.]\ngreeting: Yo, Zed here.\n")
+        (folder / "sam.yaml").unlink()
+        page.reload(wait_until="domcontentloaded")
+        expect(page.locator("#chat-box")).to_be_visible()
+        options = persona_options(page)
+        assert any(o.startswith("Zed") for o in options) and not any(o.startswith("Sam") for o in options)
+        page.get_by_role("tab", name="Compare", exact=True).click()
+        page.get_by_role("tabpanel").get_by_role("combobox", name="Persona").click()
+        compare_options = page.get_by_role("option").all_inner_texts()
+        assert any(o.startswith("Zed") for o in compare_options) and not any(
+            o.startswith("Sam") for o in compare_options
+        )
+    finally:
+        (folder / "zed.yaml").unlink(missing_ok=True)
+        (folder / "sam.yaml").write_text(sam)
+
+
+def inside(box: dict, width: int, height: int) -> bool:
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
+
+
+def test_on_a_phone_the_chat_input_and_both_compare_replies_are_on_screen(browser, shipped_app):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.set_default_timeout(15_000)
+    page.goto(shipped_app.url, wait_until="domcontentloaded")
+    SHOTS.mkdir(exist_ok=True)
+    expect(page.locator("#chat-box")).to_be_visible()
+    assert page.locator("#chat-persona").bounding_box()["width"] >= 180  # names readable (the input was 106 px)
+    assert inside(page.locator("#chat-input").bounding_box(), 390, 844)  # typing needs no scroll
+    page.screenshot(path=SHOTS / "phone-chat.png")
+    box = open_compare(page)
+    box.fill("Hi both")
+    box.press("Enter")
+    expect(page.locator("#compare-status")).to_contain_text("Which reply is better?", timeout=STREAM_MS)
+    page.locator("#compare-a").scroll_into_view_if_needed()
+    a, b = page.locator("#compare-a").bounding_box(), page.locator("#compare-b").bounding_box()
+    assert abs(a["y"] - b["y"]) < 2 and a["width"] >= 150 and b["width"] >= 150  # side by side, not stacked
+    assert inside(a, 390, 844) and inside(b, 390, 844)  # both replies visible together
+    page.screenshot(path=SHOTS / "phone-compare.png")
+    page.close()
