@@ -256,3 +256,29 @@ def test_on_a_phone_the_chat_input_and_both_compare_replies_are_on_screen(browse
     assert inside(a, 390, 844) and inside(b, 390, 844)  # both replies visible together
     page.screenshot(path=SHOTS / "phone-compare.png")
     page.close()
+
+
+def test_the_only_base_note_goes_once_a_second_version_exists(browser, tiny_engine, tmp_path):
+    from tests.conftest import serving, studio_context
+
+    with (
+        Store(f"sqlite:///{tmp_path / 'labels.db'}") as store,
+        serving(studio_context(tmp_path, store, {"base": tiny_engine})) as url,
+    ):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15_000)
+        page.goto(url, wait_until="domcontentloaded")
+        open_compare(page)
+        note = page.locator("#compare-only-base")
+        expect(note).to_contain_text("Only base exists so far")
+        run = tmp_path / "runs" / "v1"
+        run.mkdir(parents=True)
+        (run / "version.json").write_text('{"base_model": "default", "created": "2026-12-04T20:00:00"}')
+        page.get_by_role("tabpanel").get_by_role("combobox", name="Version 2").click()  # the pickers re-read the runs
+        expect(page.get_by_role("option", name="v1", exact=True)).to_be_visible()
+        expect(note).to_be_hidden()
+        page.reload(wait_until="domcontentloaded")
+        open_compare(page)
+        expect(page.get_by_role("tabpanel").get_by_role("combobox", name="Version 2")).to_have_value("v1")
+        expect(page.locator("#compare-only-base")).to_be_hidden()
+        page.close()
