@@ -57,6 +57,16 @@ TAKING = dict(concurrency_id="instant", concurrency_limit=None)
 ChatResult = tuple[int | None, str, int | None]  # conversation_id, reply, turn_id
 
 
+# The Send button while the page's reply is written, and after: the state at a glance (Enter
+# while it says so is refused with the reason, the message kept).
+def writing() -> dict:
+    return gr.update(value="Replying…", interactive=False)
+
+
+def idle() -> dict:
+    return gr.update(value="Send", interactive=True)
+
+
 def resolve_persona(ctx: AppContext, key: str, custom_name: str = "", custom_facts: str = "") -> Persona:
     """The persona file `key`, or (key CUSTOM) the persona typed in: a name and one fact per line."""
     if key != CUSTOM:
@@ -147,7 +157,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         message = gr.Textbox(
             placeholder="Say something and press Enter", show_label=False, scale=6, elem_id="chat-input"
         )
-        send = gr.Button("Send", variant="primary", scale=1, min_width=80)
+        send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="chat-send")
     with gr.Row():
         retry, undo, clear = gr.Button("Retry"), gr.Button("Undo"), gr.Button("Clear")
     with gr.Accordion("Custom persona", open=False) as custom:
@@ -180,7 +190,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
             return gr.skip()
         page["sent"] += 1
         shown = [*shown, {"role": "user", "content": escape_html(text), "metadata": None}]
-        return "", gr.update(value=shown), {"text": text, "n": page["sent"]}
+        return "", gr.update(value=shown), {"text": text, "n": page["sent"]}, writing()
 
     @keeps_content
     def take_retry(conv, page):
@@ -188,7 +198,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
             gr.Warning("A reply is still being written: retry once it is done.", title="Not retried")
             return gr.skip()
         page["sent"] += 1
-        return {"text": None, "n": page["sent"]}
+        return {"text": None, "n": page["sent"]}, writing()
 
     def respond(sent, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard, page):
         """Stream the reply to the accepted message (or the retry); the chat is redrawn from the
@@ -207,11 +217,18 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
                 if step.deflected:
                     gr.Info("Off-topic for this persona: its deflection, the model was not asked "
                             "(Generation settings: Scope guard).")  # fmt: skip
-                yield chat_view(displayed(step.messages), page), step.conversation_id
+                saved = step.turn_id is not None
+                if saved:  # before the last update reaches the page: a send right after it is taken
+                    release(page)
+                yield chat_view(displayed(step.messages), page), step.conversation_id, (idle() if saved else gr.skip())
         except (PersonaStudioError, gr.Error) as err:
+            release(page)
             toast(err, f"Not sent: “{sent['text']}”. " if sent["text"] else "Not retried: ")
-            stored = conversations.transcript(ctx, conv, persona) if conv is not None else []
-            yield (chat_view(displayed(stored), page) if conv is not None else gr.skip()), gr.skip()
+            if conv is None:
+                yield gr.skip(), gr.skip(), idle()
+            else:  # what is stored: a message that was not answered is not shown as if it were
+                stored = conversations.stored_messages(ctx.store.conversation(int(conv)))
+                yield chat_view(displayed(stored), page), gr.skip(), idle()
         finally:
             release(page)
 
@@ -270,9 +287,10 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     generating = dict(api_name=False, concurrency_id=GENERATION)
     taking = dict(api_name=False, show_progress="hidden", **TAKING)
     for trigger in (message.submit, send.click):
-        trigger(take, [message, chat, persona, custom_name, custom_facts, page], [message, chat, pending], **taking)
-    retry.click(take_retry, [conv_id, page], pending, **taking)
-    pending.change(respond, [pending, *picks, page], [chat, conv_id], trigger_mode="multiple", **generating)
+        trigger(take, [message, chat, persona, custom_name, custom_facts, page], [message, chat, pending, send],
+                **taking)  # fmt: skip
+    retry.click(take_retry, [conv_id, page], [pending, send], **taking)
+    pending.change(respond, [pending, *picks, page], [chat, conv_id, send], trigger_mode="multiple", **generating)
     undo.click(take_back, [conv_id, persona, custom_name, custom_facts, page], chat, api_name=False)
     chat.like(like, [chat, rater, page], chat, api_name=False, show_progress="hidden", **TAKING)
     persona.change(switch, [persona, conv_id, custom_name, custom_facts, page], [chat, conv_id, custom],

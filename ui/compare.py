@@ -206,8 +206,10 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
                 messages[side], ids[side] = blind(step.messages), step.conversation_id
                 yield *panes(*messages), shown, "Both versions are answering…", *voting(False)
             ask = "Which reply is better? Vote below; the versions' names are shown after your vote."
+            release(page)  # before the last update reaches the page: a send right after it is taken
             yield *panes(*messages), Round(tuple(ids)), ask, *voting(True)
         except (PersonaStudioError, gr.Error) as err:
+            release(page)
             toast(err, f"Not sent: “{sent['text']}”. ")
             was = blind(shown.history(ctx)) if shown else blind(opening(ctx.persona(key)))
             yield *panes(was, was), shown, ASK, *voting(shown is not None and shown.vote is None)
