@@ -33,7 +33,7 @@ from core.conversation import check_message, dialogue, opening
 from core.errors import MessageError, PersonaStudioError
 from store import NewPreference, Turn
 from ui import conversations
-from ui.chat import GENERATION, TAKING
+from ui.chat_api import GENERATION, TAKING
 from ui.common import (
     BUSY_HINT,
     claim,
