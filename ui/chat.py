@@ -21,6 +21,7 @@ from ui.chat_api import CUSTOM, GENERATION, TAKING, add_chat_api, resolve_person
 from ui.common import (
     BUSY_HINT,
     claim,
+    empties_box_js,
     escape_html,
     for_chatbot,
     keeps_content,
@@ -123,18 +124,22 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     picks = [persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, custom_name, custom_facts,
              scope_guard]  # fmt: skip
 
-    @keeps_content
     def take(text, shown, key, name, facts, page):
-        """Accept a message at once (it shows in the chat, the box empties) or refuse it with
-        the reason, leaving it in the box: the model runs on `pending`'s change."""
-        text = check_message(text)
-        resolve_persona(ctx, key, name, facts)  # a custom persona without facts: refused before the box empties
+        """Accept a message at once (it shows in the chat; the page emptied the box already,
+        `empties_box_js`) or refuse it with the reason and the text back in the box: the model
+        runs on `pending`'s change."""
+        try:
+            message = check_message(text)
+            resolve_persona(ctx, key, name, facts)  # a custom persona without facts: refused here
+        except PersonaStudioError as err:
+            toast(err)
+            return text, gr.skip(), gr.skip(), gr.skip()
         if not claim(page):
             gr.Warning(BUSY_HINT, title="Not sent yet")
-            return gr.skip()
+            return text, gr.skip(), gr.skip(), gr.skip()
         page["sent"] += 1
-        shown = [*shown, {"role": "user", "content": escape_html(text), "metadata": None}]
-        return "", gr.update(value=shown), {"text": text, "n": page["sent"]}, writing()
+        shown = [*shown, {"role": "user", "content": escape_html(message), "metadata": None}]
+        return gr.skip(), gr.update(value=shown), {"text": message, "n": page["sent"]}, writing()
 
     @keeps_content
     def take_retry(conv, page):
@@ -232,7 +237,7 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     taking = dict(api_name=False, show_progress="hidden", **TAKING)
     for trigger in (message.submit, send.click):
         trigger(take, [message, chat, persona, custom_name, custom_facts, page], [message, chat, pending, send],
-                **taking)  # fmt: skip
+                js=empties_box_js("chat-input", "chat-send"), **taking)  # fmt: skip
     retry.click(take_retry, [conv_id, page], [pending, send], **taking)
     pending.change(respond, [pending, *picks, page], [chat, conv_id, send], trigger_mode="multiple", **generating)
     undo.click(take_back, [conv_id, persona, custom_name, custom_facts, page], chat, api_name=False)

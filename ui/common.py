@@ -109,6 +109,25 @@ def release(page: dict) -> None:
 BUSY_HINT = "A reply is still being written: your message stays in the box. Press Enter again once it is done."
 
 
+def empties_box_js(box_id: str, send_id: str) -> str:
+    """The `js=` of a send event: empty the message box the moment Enter is pressed (its text
+    already travels with the event), unless the Send button says a reply is being written (the
+    server refuses that send; the text stays). Emptied by the server's answer instead, a box
+    would lose what was typed in between. A refused send puts the text back."""
+    box, send = json.dumps(f"#{box_id} textarea, #{box_id} input"), json.dumps(f"#{send_id}")
+    return f"""
+(...args) => {{
+  const send = document.querySelector({send});
+  const box = document.querySelector({box});
+  if (box && !(send && send.disabled)) {{
+    box.value = "";
+    box.dispatchEvent(new Event("input", {{ bubbles: true }}));
+  }}
+  return args;
+}}
+"""
+
+
 def style_js(name: str, css: str) -> str:
     """A JS function that adds `css` to the page once (for `gr.HTML(js_on_load=...)`): a tab's
     own rules, without touching the app's `gr.Blocks(css=...)`."""

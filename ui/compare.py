@@ -37,6 +37,7 @@ from ui.chat_api import GENERATION, TAKING
 from ui.common import (
     BUSY_HINT,
     claim,
+    empties_box_js,
     escape_html,
     for_chatbot,
     keeps_content,
@@ -122,6 +123,11 @@ def blind(messages: list[dict]) -> list[dict]:
     return for_chatbot([{k: v for k, v in m.items() if k != "id"} for m in messages])
 
 
+def sendable() -> dict:
+    """The Send button once the round is saved (it says "Answering…" while both stream)."""
+    return gr.update(value="Send to both", interactive=True)
+
+
 ONLY_BASE = "Only `base` exists so far: train a version (`python -m training.train`) to compare against it."
 # A phone: A and B side by side (both replies on screen at once), each a little shorter.
 COMPARE_CSS = """
@@ -167,7 +173,7 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     with gr.Row():
         message = gr.Textbox(placeholder="The same message goes to both; press Enter", show_label=False, scale=6,
                              elem_id="compare-input")  # fmt: skip
-        send = gr.Button("Send to both", scale=1, min_width=80)
+        send = gr.Button("Send to both", scale=1, min_width=80, elem_id="compare-send")
     clear = gr.Button("New conversation")
     pair = gr.State(None)  # the Round on screen; server-side only, so A/B stays blind
     page = gr.State(new_page())  # this page's running round (ui.common.new_page)
@@ -180,17 +186,20 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     def voting(enabled: bool) -> list:
         return [gr.update(interactive=enabled) for _ in buttons]
 
-    @keeps_content
     def take(text, key, page):
-        """Accept the message at once (the box empties) or refuse it with the reason while a
-        round streams, leaving it in the box."""
-        text = check_message(text)
-        ctx.persona(key)  # a persona removed since the page loaded: refused before the box empties
+        """Accept the message at once (the page emptied the box already, `empties_box_js`) or
+        refuse it with the reason and the text back in the box, e.g. while a round streams."""
+        try:
+            message = check_message(text)
+            ctx.persona(key)  # a persona removed since the page loaded: refused here
+        except PersonaStudioError as err:
+            toast(err)
+            return text, gr.skip(), gr.skip()
         if not claim(page):
             gr.Warning(BUSY_HINT, title="Not sent yet")
-            return gr.skip()
+            return text, gr.skip(), gr.skip()
         page["sent"] += 1
-        return "", {"text": text, "n": page["sent"]}
+        return gr.skip(), {"text": message, "n": page["sent"]}, gr.update(value="Answering…", interactive=False)
 
     def compare(sent, key, v1, v2, shown: Round | None, page):
         try:
@@ -199,20 +208,20 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
             before = blind(seed if seed is not None else opening(ctx.persona(key)))
             mine = {"role": "user", "content": escape_html(sent["text"]), "metadata": None}
             messages, ids = [[*before, mine], [*before, mine]], [None, None]
-            yield *panes(*messages), shown, "Both versions are answering…", *voting(False)
+            yield *panes(*messages), shown, "Both versions are answering…", *voting(False), gr.skip()
             # The round on screen stays until both replies are saved: if one fails, the next
             # message still continues from it.
             for side, step in compare_steps(ctx, sent["text"], key, order, (None, None), seed):
                 messages[side], ids[side] = blind(step.messages), step.conversation_id
-                yield *panes(*messages), shown, "Both versions are answering…", *voting(False)
+                yield *panes(*messages), shown, "Both versions are answering…", *voting(False), gr.skip()
             ask = "Which reply is better? Vote below; the versions' names are shown after your vote."
             release(page)  # before the last update reaches the page: a send right after it is taken
-            yield *panes(*messages), Round(tuple(ids)), ask, *voting(True)
+            yield *panes(*messages), Round(tuple(ids)), ask, *voting(True), sendable()
         except (PersonaStudioError, gr.Error) as err:
             release(page)
             toast(err, f"Not sent: “{sent['text']}”. ")
             was = blind(shown.history(ctx)) if shown else blind(opening(ctx.persona(key)))
-            yield *panes(was, was), shown, ASK, *voting(shown is not None and shown.vote is None)
+            yield *panes(was, was), shown, ASK, *voting(shown is not None and shown.vote is None), sendable()
         finally:
             release(page)
 
@@ -262,8 +271,9 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     gr.on(None, on_load, None, [persona, version_1, version_2, only_base], **instant)  # on page load
     outputs = [chat_a, chat_b, pair, status, *buttons.values()]
     for trigger in (message.submit, send.click):
-        trigger(take, [message, persona, page], [message, pending], **instant)
-    pending.change(compare, [pending, persona, version_1, version_2, pair, page], outputs, api_name=False,
+        trigger(take, [message, persona, page], [message, pending, send],
+                js=empties_box_js("compare-input", "compare-send"), **instant)  # fmt: skip
+    pending.change(compare, [pending, persona, version_1, version_2, pair, page], [*outputs, send], api_name=False,
                    concurrency_id=GENERATION, trigger_mode="multiple")  # fmt: skip
     for vote, button in buttons.items():
         button.click(on_vote(vote), [pair, rater], outputs, api_visibility="private", **LABEL_QUEUE)

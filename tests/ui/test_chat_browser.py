@@ -242,10 +242,12 @@ def test_on_a_phone_the_chat_input_and_both_compare_replies_are_on_screen(browse
     page.goto(shipped_app.url, wait_until="domcontentloaded")
     SHOTS.mkdir(exist_ok=True)
     expect(page.locator("#chat-box")).to_be_visible()
+    expect(page.locator("#persona-studio-css-chat")).to_be_attached()  # the tab's CSS (ui.common.style_js)
     assert page.locator("#chat-persona").bounding_box()["width"] >= 180  # names readable (the input was 106 px)
     assert inside(page.locator("#chat-input").bounding_box(), 390, 844)  # typing needs no scroll
     page.screenshot(path=SHOTS / "phone-chat.png")
     box = open_compare(page)
+    expect(page.locator("#persona-studio-css-compare")).to_be_attached()
     box.fill("Hi both")
     box.press("Enter")
     expect(page.locator("#compare-status")).to_contain_text("Which reply is better?", timeout=STREAM_MS)
