@@ -1,12 +1,20 @@
 """Fixtures for the browser test: Debian's Chromium driven by Playwright, and the whole app
 launched in-process on the tiny model with a SQLite store under tmp_path."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from tests.conftest import serving, studio_context
+from tests.conftest import REPO, serving, studio_context
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright cannot download a browser here
 CHROMIUM_ARGS = [
@@ -62,23 +70,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def shipped_app(tiny_model_dir, tmp_path_factory):
-    """`python app.py` as it starts by default (the store in `python -m store.process`, the
-    model in its child process), on the tiny model, a SQLite store and three personas under tmp:
-    yields a `Shipped` (url, database_url, personas_dir). One app for the session: tests use
-    their own rater names and conversations. Ended (with its children) after the session."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from types import SimpleNamespace
-
-    from tests.conftest import REPO
-
-    tmp = tmp_path_factory.mktemp("shipped")
+@contextmanager
+def launched(tmp: Path, *args: str):
+    """`python app.py *args` as it starts by default (the store in `python -m store.process`, the
+    model in its child process) with a SQLite store and three short personas under `tmp`: yields
+    (url, database_url, personas_dir, log). Ended with its child processes on exit."""
     personas = tmp / "personas"
     personas.mkdir()
     # Short personas (the tiny model reads 512 tokens) without a `scope:` (no classifier to train).
@@ -88,32 +84,46 @@ def shipped_app(tiny_model_dir, tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, DATABASE_URL=database_url, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     env.pop("SPACE_ID", None)
-    # 200 greedy tokens: long enough for a person to type ahead while it streams.
-    args = ["--port", str(port), "--model", str(tiny_model_dir), "--personas_dir", str(personas), "--runs_dir",
-            str(tmp / "runs"), "--generation.temperature", "0", "--generation.max_new_tokens", "200"]  # fmt: skip
-    log = open(tmp / "app.log", "w")  # noqa: SIM115 (closed below)
-    app = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if app.poll() is not None:
-                raise RuntimeError(f"app.py exited with {app.returncode}:\n{(tmp / 'app.log').read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    tail = (tmp / "app.log").read_text()[-3000:]
-                    raise TimeoutError(f"app.py did not answer in 180 s:\n{tail}") from None
-                time.sleep(0.5)
-        yield SimpleNamespace(url=url, database_url=database_url, personas_dir=personas, log=tmp / "app.log")
-    finally:
-        os.killpg(app.pid, signal.SIGTERM)  # the app and its store and model processes
+    args = ["--port", str(port), "--personas_dir", str(personas), "--runs_dir", str(tmp / "runs"), *args]
+    log_path = tmp / "app.log"
+    with open(log_path, "w") as log:
+        app = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
         try:
-            app.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(app.pid, signal.SIGKILL)
-            app.wait()
-        log.close()
+            deadline = time.monotonic() + 300
+            while True:
+                if app.poll() is not None:
+                    raise RuntimeError(f"app.py exited with {app.returncode}:\n{log_path.read_text()[-3000:]}")
+                try:
+                    urllib.request.urlopen(url, timeout=2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"app.py did not answer in 300 s:\n{log_path.read_text()[-3000:]}") from None
+                    time.sleep(0.5)
+            yield SimpleNamespace(url=url, database_url=database_url, personas_dir=personas, log=log_path)
+        finally:
+            os.killpg(app.pid, signal.SIGTERM)  # the app and its store and model processes
+            try:
+                app.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(app.pid, signal.SIGKILL)
+                app.wait()
+
+
+@pytest.fixture(scope="session")
+def shipped_app(tiny_model_dir, tmp_path_factory):
+    """The app as `python app.py` starts it by default, on the tiny model (greedy, 200 tokens a
+    reply: long enough to type ahead while it streams). One app for the session: tests use their
+    own rater names and conversations."""
+    args = ["--model", str(tiny_model_dir), "--generation.temperature", "0", "--generation.max_new_tokens", "200"]
+    with launched(tmp_path_factory.mktemp("shipped"), *args) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def shipped_default_app(default_model_dir, tmp_path_factory):
+    """The app exactly as `python app.py` starts it: the default model too (for `slow` tests)."""
+    with launched(tmp_path_factory.mktemp("shipped-default")) as app:
+        yield app

@@ -283,3 +283,40 @@ def test_the_only_base_note_goes_once_a_second_version_exists(browser, tiny_engi
         expect(page.get_by_role("tabpanel").get_by_role("combobox", name="Version 2")).to_have_value("v1")
         expect(page.locator("#compare-only-base")).to_be_hidden()
         page.close()
+
+
+@pytest.mark.slow
+def test_a_visitor_types_ahead_and_a_rater_likes_and_unlikes_on_the_default_model(browser, shipped_default_app):
+    """The same journeys on the app exactly as shipped: the default model, replies of 5-20 s."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(15_000)
+    page.goto(shipped_default_app.url, wait_until="domcontentloaded")
+    chat, box, send = page.locator("#chat-box"), chat_box(page), page.locator("#chat-send")
+    name_rater(page, "slow-sid")
+    box.fill("What are you building these days?")
+    box.press("Enter")
+    expect(box).to_have_value("")
+    box.type("And the bees?")
+    box.press("Enter")
+    expect(toast(page, BUSY_TEXT)).to_be_visible()
+    expect(send).to_have_text("Send", timeout=120_000)  # the reply is saved
+    expect(box).to_have_value("And the bees?")
+    box.press("Enter")
+    expect(send).to_have_text("Replying…")
+    expect(send).to_have_text("Send", timeout=120_000)
+    expect(user(chat)).to_have_text(["What are you building these days?", "And the bees?"])
+    reply = thumbs(bot(chat).last)
+    reply["like"].click()
+    expect(toast(page, "Saved: good (by slow-sid)")).to_be_visible()
+    expect(reply["like"]).to_have_attribute("aria-label", "Liked")
+    with Store(shipped_default_app.database_url) as store:
+        assert [(r.rater, r.verdict) for r in store.label_rows()] == [("slow-sid", "good")]
+        reply["like"].click()
+        expect(toast(page, "Label taken back")).to_be_visible()
+        expect(reply["like"]).to_have_attribute("aria-label", "Like")
+        assert store.label_rows() == []
+        turns = conversation_of(store, "What are you building these days?")
+        assert [t.role for t in turns] == ["assistant", "user", "assistant", "user", "assistant"]
+        assert not turns[-1].content.endswith("\ufffd")
+    page.screenshot(path=SHOTS / "default-model-chat.png")
+    page.close()
