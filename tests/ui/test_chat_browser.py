@@ -141,6 +141,15 @@ def test_chat_thumbs_show_exactly_what_the_store_holds(page, store):
     assert rows("thumbs-tess") == [("bad", "chat")]
     assert store.item(store.label_rows()[-1].item_id).answer == turn.content
 
+    page.get_by_role("combobox", name="Persona").first.click()  # a switch mid-chat: its notice has no thumbs
+    page.get_by_role("option", name=re.compile(r"^Marco\b")).click()
+    box.fill("Who is this?")
+    box.press("Enter")
+    wait_reply(page, chat, 2, greeting=2)  # the greeting and the switch notice
+    expect(bot(chat).nth(2)).to_contain_text("Persona switched to Marco")
+    expect(thumbs(bot(chat).nth(2))["like"]).to_be_hidden()
+    expect(reply["dislike"]).to_have_attribute("aria-label", "Disliked")  # still what is stored
+
 
 def open_compare(page: Page) -> Locator:
     page.get_by_role("tab", name="Compare", exact=True).click()
