@@ -135,6 +135,14 @@ class TokenStreamer(TextIteratorStreamer):
         if text.endswith("\n"):  # start over: decoding stays short on long replies
             self.token_cache, self.print_len = [], 0
 
+    def end(self) -> None:
+        # A reply cut at max_new_tokens can stop inside a character: its bytes so far decode as
+        # U+FFFD, which the base class would hand out. Drop the unfinished character instead.
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs) if self.token_cache else ""
+        self.token_cache, self.print_len, printable = [], 0, text[self.print_len :].rstrip("\ufffd")
+        self.next_tokens_are_prompt = True
+        self.on_finalized_text(printable, stream_end=True)
+
 
 class TransformersEngine(ChatEngine):
     """A local transformers causal LM with its tokenizer's chat template."""

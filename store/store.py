@@ -378,6 +378,21 @@ class Store:
         # No retry: if the first try committed unseen, a second would undo one label more.
         return self._write(write, f"the last label by {rater} was NOT undone")
 
+    def unlabel(self, item_id: int, rater: str) -> bool:
+        """Take back the rater's verdict on the item (a 👍 clicked off in Chat): no label is
+        left, and they no longer hold it. False when there was none."""
+        rater = _rater_name(rater)
+
+        def write(conn: sa.Connection) -> bool:
+            rater_id = self._rater_id(conn, rater, create=False)
+            if rater_id is None:
+                return False
+            removed = conn.execute(sa.delete(labels).filter_by(item_id=item_id, rater_id=rater_id)).rowcount
+            assign.release(conn, item_id, rater_id)
+            return bool(removed)
+
+        return self._write(write, f"the label for item {item_id} by {rater} was NOT taken back", retry=True)
+
     def label_rows(self, model_version: str | None = None) -> list[LabelRow]:
         """Every label (of one model version, if given), oldest first."""
         query = sql.LABEL_QUERY.order_by(labels.c.id)

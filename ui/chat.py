@@ -2,95 +2,110 @@
 
 The conversation lives in the store (`ui/conversations.py`); the chat box shows its active
 turns, each with its stored id in the message metadata, and only the conversation id travels
-with the page. Typed API endpoints for scripts (`gradio_client`, by name):
-
-    /chat(message, persona, version="base", conversation_id=None, temperature=None, top_p=None,
-          top_k=None, max_new_tokens=None, custom_persona=None, history=None, scope_guard=True)
-        -> (conversation_id, reply, turn_id)   streamed; turn_id is set once the reply is saved
-    /retry(conversation_id, persona, version="base", ...)   -> (conversation_id, reply, turn_id)
-    /undo(conversation_id)                   -> the user message taken back ("" if none)
-    /history(conversation_id)                -> [{"turn_id", "role", "content", "persona", "deflected"}]
-    /label_reply(turn_id, verdict, comment="", rater="")   -> "saved: good (by rita)"
-
-Texts are raw in and out; HTML is escaped only for display in the chat box. Settings left
-None take the app's defaults; another persona in a running conversation switches persona
-from that turn (marked in the transcript). With `scope_guard` (default on) an off-topic
-question to a persona with a `scope:` gets its deflection, without the model (turn_id is set,
-but it cannot be labelled; `/history` marks it `deflected`).
+with the page. A page writes one reply at a time: the message box stays editable while it
+streams, and a message sent meanwhile is refused with the reason and kept in the box. The
+thumbs show exactly the verdicts saved (a thumb clicked off takes the label back). Errors are
+toasts; what is on screen stays. The typed API for scripts (`/chat`, `/retry`, ...) is
+`ui/chat_api.py`.
 """
 
-# No `from __future__ import annotations`: `gr.api` reads the endpoint types from the live
-# annotations.
-
-from collections.abc import Iterator
-from typing import Literal
+# No `from __future__ import annotations`: Gradio reads `gr.LikeData` and `gr.OAuthProfile`
+# from the live annotations.
 
 import gradio as gr
-from pydantic import ValidationError
 
-from core.conversation import has_user_turn, opening
-from core.errors import PersonaError
-from core.persona import Persona
-from engines.engine import GenerationSettings
+from core.conversation import check_message, has_user_turn, opening
+from core.errors import MessageError, PersonaStudioError
 from ui import conversations
-from ui.common import for_chatbot, shows_errors
+from ui.chat_api import CUSTOM, GENERATION, TAKING, add_chat_api, resolve_persona, settings_for
+from ui.common import (
+    BUSY_HINT,
+    claim,
+    empties_box_js,
+    escape_html,
+    for_chatbot,
+    keeps_content,
+    new_page,
+    release,
+    style_js,
+    toast,
+)
 from ui.context import AppContext
 from ui.raters import rater_for
 
-CUSTOM = "__custom__"  # persona key of the persona typed in on the spot
-GENERATION = "generation"  # concurrency group of all events that run the model
 
-ChatResult = tuple[int | None, str, int | None]  # conversation_id, reply, turn_id
-
-
-def resolve_persona(ctx: AppContext, key: str, custom_name: str = "", custom_facts: str = "") -> Persona:
-    """The persona file `key`, or (key CUSTOM) the persona typed in: a name and one fact per line."""
-    if key != CUSTOM:
-        return ctx.persona(key)
-    facts = [line.strip() for line in (custom_facts or "").splitlines() if line.strip()]
-    return custom_persona(ctx, {"name": (custom_name or "").strip() or "Custom persona", "facts": facts})
+# The Send button while the page's reply is written, and after: the state at a glance (Enter
+# while it says so is refused with the reason, the message kept).
+def writing() -> dict:
+    return gr.update(value="Replying…", interactive=False)
 
 
-def custom_persona(ctx: AppContext, fields: dict) -> Persona:
-    try:
-        return Persona.model_validate(fields)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "persona"
-        raise PersonaError(
-            f"the typed-in persona is invalid: `{where}`: {first['msg']}",
-            "give a name and at least one fact (one sentence per line)",
-        ) from None
+def idle() -> dict:
+    return gr.update(value="Send", interactive=True)
+
+
+# Marks a message in the chat box that cannot be labelled (a greeting, a switch notice, a scope
+# deflection, a reply still streaming): CSS below hides its thumbs.
+NO_THUMBS = '<span class="ps-no-thumbs"></span>'
+CHAT_CSS = """
+#chat-box .message-row:has(.ps-no-thumbs) + .message-buttons button:is([aria-label^="Like"], [aria-label^="Dislike"]) {
+  display: none;
+}
+@media (max-width: 640px) {  /* a phone: persona and version on one line, the message box above the fold */
+  #chat-pickers, #chat-pickers > .form { flex-wrap: nowrap !important; }
+  #chat-pickers .block { min-width: 0 !important; }
+  #chat-pickers #chat-version { flex: 0 0 120px !important; }
+  #chat-box { height: 40vh !important; }
+}
+"""
 
 
 def displayed(messages) -> list[dict]:
-    """`for_chatbot`, with each scope deflection titled as one: the transcript shows which
-    replies are the persona file's deflection, not the model's words."""
+    """`for_chatbot`, with each scope deflection titled as one (the transcript shows which
+    replies are the persona file's, not the model's words), and thumbs only on stored replies."""
     shown = for_chatbot(messages)
     for message, item in zip(messages, shown, strict=True):
         if message.get("deflected"):
             item["metadata"] = {**(item["metadata"] or {}), "title": "Off-topic: the persona's deflection"}
+        labellable = message["role"] == "assistant" and message.get("id") is not None and message.get("model_version")
+        if item["role"] == "assistant" and not labellable:
+            item["content"] = NO_THUMBS + item["content"]
     return shown
 
 
-def settings_for(ctx: AppContext, temperature=None, top_p=None, top_k=None, max_new_tokens=None) -> GenerationSettings:
-    """The app's generation settings with the given ones (None: the app's) in their place."""
-    given = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)
-    update = {k: (int(v) if k in ("top_k", "max_new_tokens") else v) for k, v in given.items() if v is not None}
-    return ctx.settings.model_copy(update=update)
+def chat_view(shown: list[dict], page: dict) -> dict:
+    """The chat box's value and its thumbs: exactly the verdicts this page saved (a refused or
+    taken-back thumb shows unselected)."""
+    bots = [m for m in shown if m["role"] == "assistant"]
+    feedback = [page["ratings"].get((m.get("metadata") or {}).get("id")) for m in bots]
+    return gr.update(value=shown, feedback_value=feedback)
+
+
+def persona_list(ctx: AppContext) -> list[tuple[str, str]]:
+    return ctx.persona_choices() + [("✎ Custom persona (type it below)", CUSTOM)]
 
 
 def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     personas, _ = ctx.personas()
     first = next(iter(personas), CUSTOM)
-    with gr.Row():
-        persona = gr.Dropdown(ctx.persona_choices() + [("✎ Custom persona (type it below)", CUSTOM)], value=first,
-                              label="Persona", scale=3, allow_custom_value=True)  # fmt: skip
-        version = gr.Dropdown(ctx.pool.versions(), value="base", label="Model version", scale=1,
+    with gr.Row(elem_id="chat-pickers"):
+        persona = gr.Dropdown(persona_list(ctx), value=first, label="Persona", scale=3, elem_id="chat-persona",
                               allow_custom_value=True)  # fmt: skip
+        version = gr.Dropdown(ctx.pool.versions(), value="base", label="Model version", scale=1,
+                              allow_custom_value=True, elem_id="chat-version")  # fmt: skip
         # Versions trained while the app runs appear when the picker is opened.
         version.focus(lambda: gr.update(choices=ctx.pool.versions()), None, version, api_name=False)
-    with gr.Accordion("Custom persona", open=False):
+    start = displayed(opening(personas[first])) if first in personas else []
+    chat = gr.Chatbot(start, label="Chat", height=460, feedback_options=("Like", "Dislike"),
+                      group_consecutive_messages=False, elem_id="chat-box")  # fmt: skip
+    with gr.Row():
+        message = gr.Textbox(
+            placeholder="Say something and press Enter", show_label=False, scale=6, elem_id="chat-input"
+        )
+        send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="chat-send")
+    with gr.Row():
+        retry, undo, clear = gr.Button("Retry"), gr.Button("Undo"), gr.Button("Clear")
+    with gr.Accordion("Custom persona", open=False) as custom:
         custom_name = gr.Textbox(label="Name", placeholder="e.g. Captain Mira")
         custom_facts = gr.Textbox(label="Facts (one per line)", lines=4, placeholder="I sail cargo ships.\nI love tea.")
     with gr.Accordion("Generation settings", open=False), gr.Row():
@@ -100,170 +115,150 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         top_k = gr.Slider(0, 200, value=s.top_k, step=1, label="Top-k")
         max_new_tokens = gr.Slider(8, 1024, value=s.max_new_tokens, step=8, label="Max new tokens")
         scope_guard = gr.Checkbox(True, label="Scope guard: off-topic questions get the persona's deflection")
-    start = for_chatbot(opening(personas[first])) if first in personas else []
-    chat = gr.Chatbot(start, label="Chat", height=460, feedback_options=("Like", "Dislike"),
-                      group_consecutive_messages=False)  # fmt: skip
-    with gr.Row():
-        message = gr.Textbox(
-            placeholder="Say something and press Enter", show_label=False, scale=6, elem_id="chat-input"
-        )
-        send = gr.Button("Send", variant="primary", scale=1)
-    with gr.Row():
-        retry, undo, clear = gr.Button("Retry"), gr.Button("Undo"), gr.Button("Clear")
     conv_id = gr.State(None)  # the stored conversation on screen; None until the first message
+    page = gr.State(new_page())  # this page's running reply and saved thumbs (ui.common.new_page)
+    pending = gr.State(None)  # the message (or retry) accepted to send next: its change runs the model
     gr.Markdown("The thumbs under a reply save it as a good/bad label, under the Rater name at the top.")
+    gr.HTML("", js_on_load=f"({style_js('chat', CHAT_CSS)})();", padding=False)  # last: its gap shows nowhere
 
     picks = [persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, custom_name, custom_facts,
              scope_guard]  # fmt: skip
 
-    def shown(steps: Iterator[conversations.Step]):
-        """Chat box, cleared message box and conversation id for each step of an exchange."""
-        for step in steps:
-            if step.trimmed and step.turn_id is not None:
-                gr.Info("The oldest turns were left out to fit the model's context window.")
-            if step.deflected:
-                gr.Info("Off-topic for this persona: its deflection, the model was not asked "
-                        "(Generation settings: Scope guard).")  # fmt: skip
-            yield displayed(step.messages), "", step.conversation_id
+    def take(text, shown, key, name, facts, page):
+        """Accept a message at once (it shows in the chat; the page emptied the box already,
+        `empties_box_js`) or refuse it with the reason and the text back in the box: the model
+        runs on `pending`'s change."""
+        try:
+            message = check_message(text)
+            resolve_persona(ctx, key, name, facts)  # a custom persona without facts: refused here
+        except PersonaStudioError as err:
+            toast(err)
+            return text, gr.skip(), gr.skip(), gr.skip()
+        if not claim(page):
+            gr.Warning(BUSY_HINT, title="Not sent yet")
+            return text, gr.skip(), gr.skip(), gr.skip()
+        page["sent"] += 1
+        shown = [*shown, {"role": "user", "content": escape_html(message), "metadata": None}]
+        return gr.skip(), gr.update(value=shown), {"text": message, "n": page["sent"]}, writing()
 
-    @shows_errors
-    def respond(text, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard):
-        if not (text or "").strip():
-            gr.Warning("Type a message first: nothing was sent.")
-            yield gr.skip(), "", conv
-            return
-        persona = resolve_persona(ctx, key, name, facts)
-        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-        yield from shown(conversations.exchange(ctx, text, key, persona, version, settings, conv, scope_guard=guard))
+    @keeps_content
+    def take_retry(conv, page):
+        if not claim(page):
+            gr.Warning("A reply is still being written: retry once it is done.", title="Not retried")
+            return gr.skip()
+        page["sent"] += 1
+        return {"text": None, "n": page["sent"]}, writing()
 
-    @shows_errors
-    def regenerate(key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard):
-        persona = resolve_persona(ctx, key, name, facts)
-        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-        yield from shown(conversations.retry(ctx, conv, key, persona, version, settings, guard))
+    def respond(sent, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard, page):
+        """Stream the reply to the accepted message (or the retry); the chat is redrawn from the
+        store at the end, and on an error (what was sent is named in the toast)."""
+        try:
+            persona = resolve_persona(ctx, key, name, facts)
+            settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
+            if sent["text"] is None:
+                steps = conversations.retry(ctx, conv, key, persona, version, settings, guard)
+            else:
+                steps = conversations.exchange(ctx, sent["text"], key, persona, version, settings, conv,
+                                               scope_guard=guard)  # fmt: skip
+            for step in steps:
+                if step.trimmed and step.turn_id is not None:
+                    gr.Info("The oldest turns were left out to fit the model's context window.")
+                if step.deflected:
+                    gr.Info("Off-topic for this persona: its deflection, the model was not asked "
+                            "(Generation settings: Scope guard).")  # fmt: skip
+                saved = step.turn_id is not None
+                if saved:  # before the last update reaches the page: a send right after it is taken
+                    release(page)
+                yield chat_view(displayed(step.messages), page), step.conversation_id, (idle() if saved else gr.skip())
+        except (PersonaStudioError, gr.Error) as err:
+            release(page)
+            toast(err, f"Not sent: “{sent['text']}”. " if sent["text"] else "Not retried: ")
+            if conv is None:
+                yield gr.skip(), gr.skip(), idle()
+            else:  # what is stored: a message that was not answered is not shown as if it were
+                stored = conversations.stored_messages(ctx.store.conversation(int(conv)))
+                yield chat_view(displayed(stored), page), gr.skip(), idle()
+        finally:
+            release(page)
 
-    @shows_errors
-    def take_back(conv, key, name, facts):
+    @keeps_content
+    def take_back(conv, key, name, facts, page):
+        if page["busy_since"]:
+            raise MessageError("a reply is still being written", "undo once it is done")
         conversations.undo(ctx, conv)
-        return displayed(conversations.transcript(ctx, conv, resolve_persona(ctx, key, name, facts)))
+        return chat_view(displayed(conversations.transcript(ctx, conv, resolve_persona(ctx, key, name, facts))), page)
 
-    @shows_errors
-    def switch(key, conv, name, facts):
+    @keeps_content
+    def switch(key, conv, name, facts, page):
         """Before the first message the new persona simply greets; mid-chat the switch is
-        marked in the transcript when the next message is sent."""
+        marked in the transcript when the next message is sent. The custom persona waits for
+        its facts (its fields open) instead of failing before anything was typed."""
+        if key == CUSTOM and not (facts or "").strip():
+            gr.Info("Type the custom persona's name and facts (below the chat), then send a message.")
+            if conv is not None:
+                return gr.skip(), gr.skip(), gr.update(open=True)
+            return chat_view([], page), None, gr.update(open=True)
         persona = resolve_persona(ctx, key, name, facts)
         if conv is not None and has_user_turn(conversations.transcript(ctx, conv, persona)):
-            return gr.skip(), gr.skip()
-        return for_chatbot(opening(persona)), None
+            return gr.skip(), gr.skip(), gr.skip()
+        return chat_view(displayed(opening(persona)), page), None, gr.skip()
 
-    @shows_errors
-    def new_chat(key, name, facts):
-        return for_chatbot(opening(resolve_persona(ctx, key, name, facts))), None
+    @keeps_content
+    def new_chat(key, name, facts, page):
+        if key == CUSTOM and not (facts or "").strip():
+            return chat_view([], page), None
+        return chat_view(displayed(opening(resolve_persona(ctx, key, name, facts))), page), None
 
-    @shows_errors
-    def like(data: gr.LikeData, history, typed, request: gr.Request, profile: gr.OAuthProfile | None):
+    def like(data: gr.LikeData, shown, typed, page, request: gr.Request, profile: gr.OAuthProfile | None):
+        """Save, change or take back (thumb clicked off) the rater's verdict; the thumbs then
+        show what is stored, also when the click was refused (no rater name, not a reply)."""
         index = data.index if isinstance(data.index, int) else data.index[0]
-        turn_id = (history[index].get("metadata") or {}).get("id")
-        if turn_id is None:
-            gr.Info("Only the model's replies can be labelled (greetings come from the persona file).")
-            return
-        rater = rater_for(ctx, typed, profile, request)
-        row = conversations.label_reply(ctx, turn_id, "good" if data.liked else "bad", rater)
-        gr.Info(f"Saved: {row.verdict} (by {row.rater}).")
+        turn_id = (shown[index].get("metadata") or {}).get("id")
+        try:
+            if turn_id is None:
+                raise MessageError("only the model's replies can be labelled", "greetings come from the persona file")
+            who = rater_for(ctx, typed, profile, request)
+            if data.liked in (True, False):
+                row = conversations.label_reply(ctx, turn_id, "good" if data.liked else "bad", who)
+                page["ratings"][turn_id] = "Like" if data.liked else "Dislike"
+                gr.Info(f"Saved: {row.verdict} (by {row.rater}).")
+            else:  # the selected thumb clicked again: no verdict
+                conversations.unlabel_reply(ctx, turn_id, who)
+                page["ratings"].pop(turn_id, None)
+                gr.Info(f"Label taken back: no verdict on this reply (by {who}).")
+        except (PersonaStudioError, gr.Error) as err:
+            toast(err)
+        return chat_view(shown, page)
 
     # One concurrency group for every event that generates (here, in Compare and the API): the
-    # app's --concurrency_limit then caps generations overall, not per button.
+    # app's --concurrency_limit then caps generations overall, not per button. Accepting a
+    # message is instant and never waits behind generations (TAKING).
     generating = dict(api_name=False, concurrency_id=GENERATION)
-    message.submit(respond, [message, *picks], [chat, message, conv_id], **generating)
-    send.click(respond, [message, *picks], [chat, message, conv_id], **generating)
-    retry.click(regenerate, picks, [chat, message, conv_id], **generating)
-    undo.click(take_back, [conv_id, persona, custom_name, custom_facts], chat, api_name=False)
-    chat.like(like, [chat, rater], None, api_name=False)
-    persona.change(switch, [persona, conv_id, custom_name, custom_facts], [chat, conv_id], api_name=False)
-    clear.click(new_chat, [persona, custom_name, custom_facts], [chat, conv_id], api_name=False)
+    taking = dict(api_name=False, show_progress="hidden", **TAKING)
+    for trigger in (message.submit, send.click):
+        trigger(take, [message, chat, persona, custom_name, custom_facts, page], [message, chat, pending, send],
+                js=empties_box_js("chat-input", "chat-send"), **taking)  # fmt: skip
+    retry.click(take_retry, [conv_id, page], [pending, send], **taking)
+    pending.change(respond, [pending, *picks, page], [chat, conv_id, send], trigger_mode="multiple", **generating)
+    undo.click(take_back, [conv_id, persona, custom_name, custom_facts, page], chat, api_name=False)
+    chat.like(like, [chat, rater, page], chat, api_name=False, show_progress="hidden", **TAKING)
+    persona.change(switch, [persona, conv_id, custom_name, custom_facts, page], [chat, conv_id, custom],
+                   api_name=False)  # fmt: skip
+    clear.click(new_chat, [persona, custom_name, custom_facts, page], [chat, conv_id], api_name=False)
     # The chat box's own trash icon starts a new conversation too (not more turns on the old one).
-    chat.clear(new_chat, [persona, custom_name, custom_facts], [chat, conv_id], api_name=False)
-    _add_api(ctx)
+    chat.clear(new_chat, [persona, custom_name, custom_facts, page], [chat, conv_id], api_name=False)
 
+    def listed():
+        """Persona files are re-read when a page loads and when the picker opens (cheap: parsed
+        files are cached by mtime): files added or fixed while the app runs appear, removed ones go."""
+        return gr.update(choices=persona_list(ctx))
 
-def _add_api(ctx: AppContext) -> None:
-    """Typed endpoints for scripts; the widgets above call the same functions."""
+    def on_load():
+        """A page opens on the persona files there are now, with the first one's greeting."""
+        personas, _ = ctx.personas()
+        key = next(iter(personas), CUSTOM)
+        return gr.update(choices=persona_list(ctx), value=key)
 
-    def api_persona(key: str, fields: dict | None) -> Persona:
-        return custom_persona(ctx, fields) if fields else ctx.persona(key)
-
-    def streamed(steps: Iterator[conversations.Step]) -> Iterator[ChatResult]:
-        for step in steps:
-            yield step.conversation_id, step.reply, step.turn_id
-
-    def chat(
-        message: str,
-        persona: str,
-        version: str = "base",
-        conversation_id: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        max_new_tokens: int | None = None,
-        custom_persona: dict | None = None,
-        history: list[dict] | None = None,
-        scope_guard: bool = True,
-    ) -> Iterator[ChatResult]:
-        """Send a message as the user and stream the reply: (conversation_id, reply so far,
-        turn_id once saved). `persona`: a persona file's key (or `custom_persona`, a mapping
-        like a persona file); pass the returned conversation_id to continue; another persona
-        switches from this turn; `history` (new conversations only) is the user/assistant
-        messages to start from; `scope_guard` False lets off-topic questions reach the model."""
-        speaker = api_persona(persona, custom_persona)
-        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-        seed = [{"role": m["role"], "content": m["content"]} for m in history] if history else None
-        key = persona if not custom_persona else CUSTOM
-        steps = conversations.exchange(
-            ctx, message, key, speaker, version, settings, conversation_id, seed=seed, scope_guard=scope_guard
-        )
-        yield from streamed(steps)
-
-    def retry(
-        conversation_id: int,
-        persona: str,
-        version: str = "base",
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        max_new_tokens: int | None = None,
-        custom_persona: dict | None = None,
-        scope_guard: bool = True,
-    ) -> Iterator[ChatResult]:
-        """A new reply to the conversation's last user message; the old one is withdrawn."""
-        speaker = api_persona(persona, custom_persona)
-        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-        steps = conversations.retry(ctx, conversation_id, persona, speaker, version, settings, scope_guard)
-        yield from streamed(steps)
-
-    def undo(conversation_id: int) -> str:
-        """Withdraw the last exchange; returns the user message it began with ("" if none)."""
-        return conversations.undo(ctx, conversation_id) or ""
-
-    def history(conversation_id: int) -> list[dict]:
-        """The conversation as the user sees it: its active turns, raw text, with turn ids."""
-        shown = conversations.stored_messages(ctx.store.conversation(int(conversation_id)))
-        return [{"turn_id": m["id"], "role": m["role"], "content": m["content"], "persona": m["persona_name"],
-                 "deflected": bool(m.get("deflected"))} for m in shown]  # fmt: skip
-
-    def label_reply(
-        turn_id: int,
-        verdict: Literal["good", "bad"],
-        request: gr.Request,
-        profile: gr.OAuthProfile | None,
-        comment: str = "",
-        rater: str = "",
-    ) -> str:
-        """Label a stored reply good or bad (as the signed-in user when sign-in is on)."""
-        row = conversations.label_reply(ctx, turn_id, verdict, rater_for(ctx, rater, profile, request), comment)
-        return f"saved: {row.verdict} (by {row.rater})"
-
-    gr.api(shows_errors(chat), api_name="chat", concurrency_id=GENERATION)
-    gr.api(shows_errors(retry), api_name="retry", concurrency_id=GENERATION)
-    gr.api(shows_errors(undo), api_name="undo")
-    gr.api(shows_errors(history), api_name="history")
-    gr.api(shows_errors(label_reply), api_name="label_reply")
+    persona.focus(listed, None, persona, api_name=False, show_progress="hidden", **TAKING)
+    gr.on(None, on_load, None, persona, api_name=False, show_progress="hidden", **TAKING)  # on page load
+    add_chat_api(ctx)

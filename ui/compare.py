@@ -29,12 +29,25 @@ from typing import Literal
 
 import gradio as gr
 
-from core.conversation import dialogue, opening
-from core.errors import MessageError
+from core.conversation import check_message, dialogue, opening
+from core.errors import MessageError, PersonaStudioError
 from store import NewPreference, Turn
 from ui import conversations
-from ui.chat import GENERATION
-from ui.common import for_chatbot, shortcuts_js, shows_errors
+from ui.chat_api import GENERATION, TAKING
+from ui.common import (
+    BUSY_HINT,
+    claim,
+    empties_box_js,
+    escape_html,
+    for_chatbot,
+    keeps_content,
+    new_page,
+    release,
+    shortcuts_js,
+    shows_errors,
+    style_js,
+    toast,
+)
 from ui.context import AppContext
 from ui.label import LABEL_QUEUE
 from ui.raters import rater_for
@@ -110,24 +123,39 @@ def blind(messages: list[dict]) -> list[dict]:
     return for_chatbot([{k: v for k, v in m.items() if k != "id"} for m in messages])
 
 
+def sendable() -> dict:
+    """The Send button once the round is saved (it says "Answering…" while both stream)."""
+    return gr.update(value="Send to both", interactive=True)
+
+
+ONLY_BASE = "Only `base` exists so far: train a version (`python -m training.train`) to compare against it."
+# A phone: A and B side by side (both replies on screen at once), each a little shorter.
+COMPARE_CSS = """
+@media (max-width: 640px) {
+  #compare-panes { flex-wrap: nowrap !important; gap: 6px; }
+  #compare-panes > * { min-width: 0 !important; }
+  #compare-a, #compare-b { height: 46vh !important; }
+}
+"""
+
+
 def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     personas, _ = ctx.personas()
     first = next(iter(personas), None)
     versions = ctx.pool.versions()
+    gr.HTML("", js_on_load=f"({style_js('compare', COMPARE_CSS)})();", padding=False)
     with gr.Row():
-        persona = gr.Dropdown(ctx.persona_choices(), value=first, label="Persona", scale=2, allow_custom_value=True)
+        persona = gr.Dropdown(ctx.persona_choices(), value=first, label="Persona", scale=2, min_width=300,
+                              allow_custom_value=True)  # fmt: skip
         version_1 = gr.Dropdown(versions, value="base", label="Version 1", scale=1, allow_custom_value=True)
         version_2 = gr.Dropdown(versions, value=ctx.pool.newest(), label="Version 2", scale=1,
                                 allow_custom_value=True)  # fmt: skip
-    for picker in (version_1, version_2):  # versions trained while the app runs appear on open
-        picker.focus(lambda: gr.update(choices=ctx.pool.versions()), None, picker, api_name=False)
-    if len(versions) == 1:
-        gr.Markdown("Only `base` exists so far: train a version (`python -m training.train`) to compare against it.")
+    only_base = gr.Markdown(ONLY_BASE, visible=len(versions) == 1, elem_id="compare-only-base")
     status = gr.Markdown(ASK, elem_id="compare-status")
     start = blind(opening(personas[first])) if first else []
     # No "share" button: it would post a pair outside the blind vote.
-    panes_args = dict(height=420, buttons=["copy"])
-    with gr.Row():
+    panes_args = dict(height=420, buttons=["copy"], min_width=120)
+    with gr.Row(elem_id="compare-panes"):
         chat_a = gr.Chatbot(start, label="A", elem_id="compare-a", **panes_args)
         chat_b = gr.Chatbot(start, label="B", elem_id="compare-b", **panes_args)
     with gr.Row():
@@ -137,15 +165,19 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
                 elem_id=VOTE_IDS[vote],
                 interactive=False,
                 variant="primary" if vote in ("a", "b") else "secondary",
+                min_width=80,
             )
             for vote, text in VOTE_TEXT.items()
         }
     gr.HTML(KEYS_HINT, js_on_load=f"({shortcuts_js('compare', {k: VOTE_IDS[v] for k, v in SHORTCUTS.items()})})();")
     with gr.Row():
-        message = gr.Textbox(placeholder="The same message goes to both; press Enter", show_label=False, scale=6)
-        send = gr.Button("Send to both", scale=1)
+        message = gr.Textbox(placeholder="The same message goes to both; press Enter", show_label=False, scale=6,
+                             elem_id="compare-input")  # fmt: skip
+        send = gr.Button("Send to both", scale=1, min_width=80, elem_id="compare-send")
     clear = gr.Button("New conversation")
     pair = gr.State(None)  # the Round on screen; server-side only, so A/B stays blind
+    page = gr.State(new_page())  # this page's running round (ui.common.new_page)
+    pending = gr.State(None)  # the message accepted to send next: its change runs both versions
     claiming = threading.Lock()
 
     def panes(a: list[dict], b: list[dict]) -> tuple:  # blind: labelled A and B only
@@ -154,34 +186,56 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     def voting(enabled: bool) -> list:
         return [gr.update(interactive=enabled) for _ in buttons]
 
-    @shows_errors
-    def compare(text, key, v1, v2, shown: Round | None):
-        if not (text or "").strip():
-            gr.Warning("Type a message first: nothing was sent.")
-            yield gr.skip(), gr.skip(), "", shown, gr.skip(), *[gr.skip()] * len(buttons)
-            return
-        order = (v1, v2) if random.random() < 0.5 else (v2, v1)  # which version is A, this round
-        seed = shown.history(ctx) if shown else None
-        before = blind(seed if seed is not None else opening(ctx.persona(key)))
-        messages, ids = [before, before], [None, None]
-        # The round on screen stays until both replies are saved: if one fails, the next
-        # message still continues from it.
-        for side, step in compare_steps(ctx, text, key, order, (None, None), seed):
-            messages[side], ids[side] = blind(step.messages), step.conversation_id
-            yield *panes(*messages), "", shown, "Both versions are answering…", *voting(False)
-        ask = "Which reply is better? Vote below; the versions' names are shown after your vote."
-        yield *panes(*messages), "", Round(tuple(ids)), ask, *voting(True)
+    def take(text, key, page):
+        """Accept the message at once (the page emptied the box already, `empties_box_js`) or
+        refuse it with the reason and the text back in the box, e.g. while a round streams."""
+        try:
+            message = check_message(text)
+            ctx.persona(key)  # a persona removed since the page loaded: refused here
+        except PersonaStudioError as err:
+            toast(err)
+            return text, gr.skip(), gr.skip()
+        if not claim(page):
+            gr.Warning(BUSY_HINT, title="Not sent yet")
+            return text, gr.skip(), gr.skip()
+        page["sent"] += 1
+        return gr.skip(), {"text": message, "n": page["sent"]}, gr.update(value="Answering…", interactive=False)
+
+    def compare(sent, key, v1, v2, shown: Round | None, page):
+        try:
+            order = (v1, v2) if random.random() < 0.5 else (v2, v1)  # which version is A, this round
+            seed = shown.history(ctx) if shown else None
+            before = blind(seed if seed is not None else opening(ctx.persona(key)))
+            mine = {"role": "user", "content": escape_html(sent["text"]), "metadata": None}
+            messages, ids = [[*before, mine], [*before, mine]], [None, None]
+            yield *panes(*messages), shown, "Both versions are answering…", *voting(False), gr.skip()
+            # The round on screen stays until both replies are saved: if one fails, the next
+            # message still continues from it.
+            for side, step in compare_steps(ctx, sent["text"], key, order, (None, None), seed):
+                messages[side], ids[side] = blind(step.messages), step.conversation_id
+                yield *panes(*messages), shown, "Both versions are answering…", *voting(False), gr.skip()
+            ask = "Which reply is better? Vote below; the versions' names are shown after your vote."
+            release(page)  # before the last update reaches the page: a send right after it is taken
+            yield *panes(*messages), Round(tuple(ids)), ask, *voting(True), sendable()
+        except (PersonaStudioError, gr.Error) as err:
+            release(page)
+            toast(err, f"Not sent: “{sent['text']}”. ")
+            was = blind(shown.history(ctx)) if shown else blind(opening(ctx.persona(key)))
+            yield *panes(was, was), shown, ASK, *voting(shown is not None and shown.vote is None), sendable()
+        finally:
+            release(page)
 
     def on_vote(vote: str):
         def handler(shown: Round | None, typed: str, request: gr.Request, profile: gr.OAuthProfile | None):
             # Two vote keys pressed together run at once on the same Round (a State value is
             # the session's object, not a copy): the first claims the pair, the second is refused.
+            who = rater_for(ctx, typed, profile, request)  # before the claim: a refusal leaves the pair open
             with claiming:
                 if shown is None or shown.vote is not None:
-                    raise gr.Error("There is no new pair of replies to vote on: send a message first.")
+                    raise MessageError("there is no new pair of replies to vote on", "send a message first")
                 shown.vote = vote
             try:
-                saved = record_vote(ctx, *shown.conversations, vote, rater_for(ctx, typed, profile, request))
+                saved = record_vote(ctx, *shown.conversations, vote, who)
             except BaseException:
                 shown.vote = None  # not saved: the rater may vote again
                 raise
@@ -190,20 +244,39 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
             current = [gr.update(label=f"{side} — {name}") for side, name in zip("AB", names, strict=True)]
             return *current, shown, done, *voting(False)
 
-        return shows_errors(handler)
+        return keeps_content(handler)  # a refusal (no rater name) keeps both replies on screen
 
-    @shows_errors
+    @keeps_content
     def reset(key):
         start = blind(opening(ctx.persona(key)))
         return *panes(start, start), "", None, ASK, *voting(False)
 
-    outputs = [chat_a, chat_b, message, pair, status, *buttons.values()]
-    inputs = [message, persona, version_1, version_2, pair]
-    message.submit(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
-    send.click(compare, inputs, outputs, api_name=False, concurrency_id=GENERATION)
-    vote_outputs = [chat_a, chat_b, pair, status, *buttons.values()]
+    def listed():
+        """Versions and persona files re-read (on page load, when a picker opens): a version
+        trained or a persona file added while the app runs appears, a removed file goes."""
+        names = ctx.pool.versions()
+        return gr.update(choices=names), gr.update(choices=names), gr.update(visible=len(names) == 1)
+
+    def on_load():
+        """A page opens on the persona files and versions there are now (a fresh round)."""
+        names, choices = ctx.pool.versions(), ctx.persona_choices()
+        keys = [k for _, k in choices]
+        return (gr.update(choices=choices, value=keys[0] if keys else None), gr.update(choices=names),
+                gr.update(choices=names, value=ctx.pool.newest()), gr.update(visible=len(names) == 1))  # fmt: skip
+
+    instant = dict(api_name=False, show_progress="hidden", **TAKING)
+    for picker in (version_1, version_2):
+        picker.focus(listed, None, [version_1, version_2, only_base], **instant)
+    persona.focus(lambda: gr.update(choices=ctx.persona_choices()), None, persona, **instant)
+    gr.on(None, on_load, None, [persona, version_1, version_2, only_base], **instant)  # on page load
+    outputs = [chat_a, chat_b, pair, status, *buttons.values()]
+    for trigger in (message.submit, send.click):
+        trigger(take, [message, persona, page], [message, pending, send],
+                js=empties_box_js("compare-input", "compare-send"), **instant)  # fmt: skip
+    pending.change(compare, [pending, persona, version_1, version_2, pair, page], [*outputs, send], api_name=False,
+                   concurrency_id=GENERATION, trigger_mode="multiple")  # fmt: skip
     for vote, button in buttons.items():
-        button.click(on_vote(vote), [pair, rater], vote_outputs, api_visibility="private", **LABEL_QUEUE)
+        button.click(on_vote(vote), [pair, rater], outputs, api_visibility="private", **LABEL_QUEUE)
     reset_outputs = [chat_a, chat_b, message, pair, status, *buttons.values()]
     clear.click(reset, persona, reset_outputs, api_name=False)
     persona.change(reset, persona, reset_outputs, api_name=False)

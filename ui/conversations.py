@@ -53,10 +53,17 @@ class _Pending:
 
 
 def stored_messages(turns: list[Turn]) -> Messages:
-    """The active (not withdrawn) turns as conversation messages, with their ids; a scope
-    deflection is marked `"deflected": True`."""
+    """The active (not withdrawn) turns as conversation messages, with their ids and the model
+    version that wrote each (None: the persona file's words); a scope deflection is marked
+    `"deflected": True`."""
     return [
-        {"id": t.id, "role": t.role, "content": t.content, "persona_name": t.persona_name}
+        {
+            "id": t.id,
+            "role": t.role,
+            "content": t.content,
+            "persona_name": t.persona_name,
+            "model_version": t.model_version,
+        }  # fmt: skip
         | ({"deflected": True} if t.deflected else {})
         for t in turns
         if t.withdrawn is None
@@ -177,9 +184,9 @@ def retry(
                         scope_guard=scope_guard)  # fmt: skip
 
 
-def label_reply(ctx: AppContext, turn_id: int, verdict: str, rater: str, comment: str = "") -> LabelRow:
-    """Label the stored reply `turn_id`: a label item with the persona, the model version and
-    the conversation before it exactly as they were when it was written."""
+def reply_item(ctx: AppContext, turn_id: int) -> int:
+    """The label item of the stored reply `turn_id` (registered on first use): the persona, the
+    model version and the conversation before it exactly as they were when it was written."""
     turn = ctx.store.turn(int(turn_id))
     if turn.role != "assistant" or turn.model_version is None:
         raise MessageError(
@@ -193,7 +200,17 @@ def label_reply(ctx: AppContext, turn_id: int, verdict: str, rater: str, comment
                    context=context, answer=turn.content, model_version=turn.model_version,
                    conversation_id=turn.conversation_id)  # fmt: skip
     [item_id] = ctx.store.add_label_items([item])
-    return ctx.store.label(item_id, rater, verdict, comment)
+    return item_id
+
+
+def label_reply(ctx: AppContext, turn_id: int, verdict: str, rater: str, comment: str = "") -> LabelRow:
+    """Label the stored reply `turn_id` good or bad (again: the verdict changes)."""
+    return ctx.store.label(reply_item(ctx, turn_id), rater, verdict, comment)
+
+
+def unlabel_reply(ctx: AppContext, turn_id: int, rater: str) -> bool:
+    """Take back the rater's label on the reply (its thumb clicked off); False if there was none."""
+    return ctx.store.unlabel(reply_item(ctx, turn_id), rater)
 
 
 def merge(streams: list[Iterator[Step]]) -> Iterator[tuple[int, Step]]:

@@ -181,6 +181,20 @@ def test_token_streamer_hands_out_each_token_and_holds_back_split_characters(tin
     assert "".join(emitted) == text
 
 
+def test_a_reply_cut_inside_a_character_ends_without_a_replacement_character(tiny_engine):
+    from engines.engine import TokenStreamer
+
+    tokenizer = tiny_engine.tokenizer
+    ids = tokenizer("Hello 🐝", add_special_tokens=False)["input_ids"]
+    cut = next(n for n in range(1, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd"))  # inside the bee
+    streamer = TokenStreamer(tokenizer, skip_prompt=False)
+    for i in ids[:cut]:  # generation stops here, as at max_new_tokens
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    reply = "".join(iter(streamer.text_queue.get, streamer.stop_signal))
+    assert reply == "Hello "
+
+
 def _nice_values() -> list[int]:
     """The nice value of each thread of this process (Linux: field 19 of /proc/<tid>/stat)."""
     tasks = Path("/proc/self/task")

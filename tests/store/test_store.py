@@ -323,6 +323,18 @@ def test_label_relabel_skip_undo_and_progress(store, monkeypatch):
     assert store.undo_last_label("nobody") is None
 
 
+def test_unlabel_takes_back_one_raters_verdict_only(store):
+    a, b = add_items(store, 2)
+    store.label(a, "kim", "good")
+    store.label(a, "lee", "bad")
+    store.label(b, "kim", "bad")
+    assert store.unlabel(a, "kim") is True
+    assert sorted((r.item_id, r.rater, r.verdict) for r in store.label_rows()) == [(a, "lee", "bad"), (b, "kim", "bad")]
+    assert store.unlabel(a, "kim") is False  # nothing left to take back
+    assert store.unlabel(a, "nobody") is False
+    assert store.progress("kim").done == 1  # a is neither labelled nor held by kim any more
+
+
 def test_label_and_next_saves_the_label_and_gives_the_next_item_in_one_write(store):
     a, b, c = add_items(store, 3)
     assert store.next_item("kim").id == a

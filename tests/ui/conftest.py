@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, serving, studio_context
 
@@ -27,6 +29,11 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 PERSONA = {"name": "Ada", "facts": ["I build clocks.", "I keep bees."], "style": "short and warm"}
+SHORT_PERSONAS = {
+    "ada": PERSONA | {"description": "clockmaker", "greeting": "Hello! Mind the sawdust."},
+    "marco": {"name": "Marco", "facts": ["I am a night nurse.", "I cook risotto."], "greeting": "Ciao, I'm Marco."},
+    "sam": {"name": "Sam", "facts": ["I work at a cafe.", "I paint."]},  # no greeting
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,58 +63,83 @@ def studio(tiny_engine, store, tmp_path):
         yield url, store
 
 
-def free_port() -> int:
+def _free_port() -> int:
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextmanager
-def shipped_app(folder: Path, *args: str, timeout: float = 240) -> Iterator[tuple[str, str]]:
-    """`python app.py` as it starts by default (the store in `python -m store.process`, the
-    model in `python -m engines.child`), on a SQLite file and a runs folder under `folder`;
-    yields (url, database url). `args` are more flags (`--model`, `--personas_dir`, ...)."""
-    import httpx
-
-    port, database = free_port(), f"sqlite:///{folder / 'labels.db'}"
-    env = os.environ | {"DATABASE_URL": database, "PERSONA_STUDIO_RUNS": str(folder / "runs")}
-    for name in ("SPACE_ID", "OAUTH_CLIENT_ID", "PERSONA_STUDIO_AUTH", "PERSONA_STUDIO_MODEL"):
-        env.pop(name, None)
-    log_path = folder / "app.log"
-    with log_path.open("w") as log:
-        app = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if app.poll() is not None:
-                raise RuntimeError(f"app.py exited with {app.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"app.py did not answer in {timeout} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, database
-    finally:
-        os.killpg(app.pid, signal.SIGTERM)  # the app and its store and model children
+def launched(tmp: Path, *args: str, short_personas: bool = True):
+    """`python app.py *args` as it starts by default (the store in `python -m store.process`, the
+    model in its child process) with a SQLite store under `tmp` and, with `short_personas`, three
+    short personas there (else the repo's `personas/`): yields (url, database_url, personas_dir,
+    log). Ended with its child processes on exit."""
+    personas = tmp / "personas" if short_personas else REPO / "personas"
+    if short_personas:
+        personas.mkdir()
+        # Short personas (the tiny model reads 512 tokens) without a `scope:` (no classifier to train).
+        for key, fields in SHORT_PERSONAS.items():
+            (personas / f"{key}.yaml").write_text(yaml.safe_dump(fields, allow_unicode=True), encoding="utf-8")
+    database_url = f"sqlite:///{tmp / 'labels.db'}"
+    port = _free_port()
+    env = dict(os.environ, DATABASE_URL=database_url, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env.pop("SPACE_ID", None)
+    args = ["--port", str(port), "--personas_dir", str(personas), "--runs_dir", str(tmp / "runs"), *args]
+    log_path = tmp / "app.log"
+    with open(log_path, "w") as log:
+        app = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
         try:
-            app.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(app.pid, signal.SIGKILL)
-            app.wait()
+            deadline = time.monotonic() + 300
+            while True:
+                if app.poll() is not None:
+                    raise RuntimeError(f"app.py exited with {app.returncode}:\n{log_path.read_text()[-3000:]}")
+                try:
+                    urllib.request.urlopen(url, timeout=2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"app.py did not answer in 300 s:\n{log_path.read_text()[-3000:]}") from None
+                    time.sleep(0.5)
+            yield SimpleNamespace(url=url, database_url=database_url, personas_dir=personas, log=log_path)
+        finally:
+            os.killpg(app.pid, signal.SIGTERM)  # the app and its store and model processes
+            try:
+                app.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(app.pid, signal.SIGKILL)
+                app.wait()
+
+
+@pytest.fixture(scope="session")
+def shipped_app(tiny_model_dir, tmp_path_factory):
+    """The app as `python app.py` starts it by default, on the tiny model (greedy, 200 tokens a
+    reply: long enough to type ahead while it streams). One app for the session: tests use their
+    own rater names and conversations."""
+    args = ["--model", str(tiny_model_dir), "--generation.temperature", "0", "--generation.max_new_tokens", "200"]
+    with launched(tmp_path_factory.mktemp("shipped"), *args) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def shipped_default_app(default_model_dir, tmp_path_factory):
+    """The app exactly as `python app.py` starts it: the default model too (for `slow` tests)."""
+    with launched(tmp_path_factory.mktemp("shipped-default")) as app:
+        yield app
 
 
 @pytest.fixture
 def app_as_shipped(tmp_path, tiny_model_dir):
-    """(url, store) of `python app.py` in its default process layout on the tiny model (the
-    layout is the point; tests that need the default model's replies pass --model themselves)."""
+    """(url, store) of `python app.py` in its default process layout on the tiny model, with the
+    repo's personas and a store of its own (the layout is the point)."""
     from store import Store
 
-    with shipped_app(tmp_path, "--model", str(tiny_model_dir)) as (url, database), Store(database) as store:
-        yield url, store
+    with (
+        launched(tmp_path, "--model", str(tiny_model_dir), short_personas=False) as app,
+        Store(app.database_url) as store,
+    ):
+        yield app.url, store

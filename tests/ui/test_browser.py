@@ -50,8 +50,14 @@ def send(box: Locator, text: str, where: Locator, users_after: int) -> None:
     box.fill(text)
     box.press("Enter")
     expect(user(where)).to_have_count(users_after, timeout=STREAM_MS)  # the turn is on screen
-    expect(where.locator(BUSY)).to_have_count(0, timeout=STREAM_MS)  # and no longer streaming
     expect(box).to_have_value("")
+    # The reply is saved: Chat's Send button is back; Compare asks for the vote.
+    if where.locator("#chat-send").count():
+        expect(where.locator("#chat-send")).to_have_text("Send", timeout=STREAM_MS)
+        expect(where.locator("#chat-send")).to_be_enabled()
+    else:
+        expect(where.locator("#compare-status")).to_contain_text("Which reply is better?", timeout=STREAM_MS)
+    expect(where.locator(BUSY)).to_have_count(0, timeout=STREAM_MS)
 
 
 def shoot(page: Page, folder: Path, name: str) -> None:
@@ -79,7 +85,8 @@ def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, t
     send(box, "Hello! What are you making today?", chat, users_after=1)
     send(box, "And how are the bees?", chat, users_after=2)
     expect(bot(chat)).to_have_count(3)
-    chat.get_by_role("button", name="Like", exact=True).nth(2).click()  # under the second reply
+    # Thumbs only under the model's replies (none under the greeting): the second is the second reply's.
+    chat.get_by_role("button", name="Like", exact=True).nth(1).click()
     expect(page.get_by_text("Saved: good (by rita).")).to_be_visible()
     chat.get_by_role("button", name="Undo", exact=True).click()
     expect(user(chat)).to_have_count(1)
