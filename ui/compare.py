@@ -31,6 +31,7 @@ import gradio as gr
 
 from core.conversation import check_message, dialogue, opening
 from core.errors import MessageError, PersonaStudioError
+from eval.blind import mask_messages
 from store import NewPreference, Turn
 from ui import conversations
 from ui.chat_api import GENERATION, TAKING
@@ -50,6 +51,7 @@ from ui.common import (
 )
 from ui.context import AppContext
 from ui.label import LABEL_QUEUE
+from ui.leaderboard import pick_versions
 from ui.raters import rater_for
 
 CompareResult = tuple[int | None, str, int | None, str]  # conversation_a, reply_a, conversation_b, reply_b
@@ -174,7 +176,9 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         message = gr.Textbox(placeholder="The same message goes to both; press Enter", show_label=False, scale=6,
                              elem_id="compare-input")  # fmt: skip
         send = gr.Button("Send to both", scale=1, min_width=80, elem_id="compare-send")
-    clear = gr.Button("New conversation")
+    with gr.Row():
+        clear = gr.Button("New conversation")
+        pick = gr.Button("Pick the pair for me", elem_id="compare-pick")  # eval.pairing: least certain, least voted
     pair = gr.State(None)  # the Round on screen; server-side only, so A/B stays blind
     page = gr.State(new_page())  # this page's running round (ui.common.new_page)
     pending = gr.State(None)  # the message accepted to send next: its change runs both versions
@@ -205,14 +209,15 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         try:
             order = (v1, v2) if random.random() < 0.5 else (v2, v1)  # which version is A, this round
             seed = shown.history(ctx) if shown else None
-            before = blind(seed if seed is not None else opening(ctx.persona(key)))
+            names = [*ctx.pool.versions(), v1, v2]  # no reply may say which version wrote it (eval/blind.py)
+            before = blind(mask_messages(seed if seed is not None else opening(ctx.persona(key)), names))
             mine = {"role": "user", "content": escape_html(sent["text"]), "metadata": None}
             messages, ids = [[*before, mine], [*before, mine]], [None, None]
             yield *panes(*messages), shown, "Both versions are answering…", *voting(False), gr.skip()
             # The round on screen stays until both replies are saved: if one fails, the next
             # message still continues from it.
             for side, step in compare_steps(ctx, sent["text"], key, order, (None, None), seed):
-                messages[side], ids[side] = blind(step.messages), step.conversation_id
+                messages[side], ids[side] = blind(mask_messages(step.messages, names)), step.conversation_id
                 yield *panes(*messages), shown, "Both versions are answering…", *voting(False), gr.skip()
             ask = "Which reply is better? Vote below; the versions' names are shown after your vote."
             release(page)  # before the last update reaches the page: a send right after it is taken
@@ -220,7 +225,11 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         except (PersonaStudioError, gr.Error) as err:
             release(page)
             toast(err, f"Not sent: “{sent['text']}”. ")
-            was = blind(shown.history(ctx)) if shown else blind(opening(ctx.persona(key)))
+            was = (
+                blind(mask_messages(shown.history(ctx), ctx.pool.versions()))
+                if shown
+                else blind(opening(ctx.persona(key)))
+            )
             yield *panes(was, was), shown, ASK, *voting(shown is not None and shown.vote is None), sendable()
         finally:
             release(page)
@@ -280,6 +289,9 @@ def build_compare_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     reset_outputs = [chat_a, chat_b, message, pair, status, *buttons.values()]
     clear.click(reset, persona, reset_outputs, api_name=False)
     persona.change(reset, persona, reset_outputs, api_name=False)
+    pick.click(pick_versions(ctx), persona, [version_1, version_2], api_name=False).then(
+        reset, persona, reset_outputs, api_name=False
+    )
     _add_api(ctx)
 
 
