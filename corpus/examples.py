@@ -226,7 +226,14 @@ class DataConfig(BaseModel):
         True, description="Persona files: add lower-case / 'Hi!' / 'Quick question:' / 'Thanks!' wordings."
     )
     speakers: Speakers = Field("both", description="Whose turns are targets in two-party dialogues.")
-    max_history_turns: int | None = Field(None, ge=0, description="Keep only the last K turns of history.")
+    unit: Literal["turn", "conversation"] = Field(
+        "turn",
+        description="Training sequences: one per reply (turn), or one per (conversation, speaker) with the loss "
+        "on every reply of that speaker, split at turn boundaries to fit (conversation). Validation is per turn.",
+    )
+    max_history_turns: int | None = Field(
+        None, ge=0, description="Keep only the last K turns of history (per-turn examples: unit turn, validation)."
+    )
     split_seed: int = Field(0, description="Seed of the hash that assigns conversations to splits.")
     split_fractions: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="Train, validation, test shares of conversations; sum to 1."

@@ -50,7 +50,10 @@ def source_info(cfg: DataConfig, report: LoadReport, train: list[Example], valid
 
 
 def _single(cfg: DataConfig, max_validation: int) -> tuple[list[Example], list[Example], dict]:
-    train, report = load_examples(cfg, "train")
+    # Whole-conversation training (data.unit) rebuilds each (conversation, speaker) from its last
+    # reply's example, so the train examples keep their whole history.
+    full = cfg.model_copy(update={"max_history_turns": None}) if cfg.unit == "conversation" else cfg
+    train, report = load_examples(full, "train")
     validation, _ = load_examples(cfg.model_copy(update={"limit": None}), "validation")
     validation = validation[:max_validation]
     return train, validation, source_info(cfg, report, train, validation)

@@ -22,6 +22,7 @@ from corpus.mix import load_training_data
 from training.backends import load_for_training, trainable_parameters
 from training.config import TrainConfig
 from training.records import to_records
+from training.sequences import conversation_chats, conversation_records
 
 log = logging.getLogger("training")
 
@@ -94,7 +95,13 @@ def sft_records(cfg: TrainConfig, tokenizer, parent, loaded: tuple | None) -> tu
         rows, data_info, _ = export_data(cfg, tokenizer, parent)
         return rows, [], data_info
     train, validation, data_info = loaded
-    train_records = to_records(train, tokenizer, cfg.model.max_seq_length)
+    if cfg.data.unit == "conversation":
+        chats = conversation_chats(train)
+        train_records = conversation_records(chats, tokenizer, cfg.model.max_seq_length)
+        data_info["train_sequences"] = len(train_records)
+    else:
+        train_records = to_records(train, tokenizer, cfg.model.max_seq_length)
+    data_info["unit"] = cfg.data.unit
     if not train_records:
         raise DatasetError(
             f"none of the {len(train)} train examples fits {cfg.model.max_seq_length} tokens, "
@@ -103,9 +110,10 @@ def sft_records(cfg: TrainConfig, tokenizer, parent, loaded: tuple | None) -> tu
         )
     eval_records = to_records(validation, tokenizer, cfg.model.max_seq_length)
     data_info["left_out_examples"] = {  # too long for max_seq_length even after trimming
-        "train": len(train) - len(train_records),
         "validation": len(validation) - len(eval_records),
     }
+    if cfg.data.unit == "turn":
+        data_info["left_out_examples"]["train"] = len(train) - len(train_records)
     if parent is not None:  # a continued version has seen its parent's conversations too
         seen = set(data_info["train_conversation_ids"]) | parent.train_conversation_ids()
         data_info["train_conversation_ids"] = sorted(seen)

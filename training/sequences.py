@@ -1,0 +1,124 @@
+"""Whole-conversation training sequences (`data.unit: conversation`).
+
+A per-turn example re-encodes its persona and history for a ~10-token reply; here each
+(conversation, speaker) is one sequence: that speaker's persona as the system message, the
+whole dialogue, and the loss on every one of the speaker's replies (with the template's
+end-of-turn tokens) and nothing else. The records are TRL's pre-tokenized form,
+`{"input_ids", "completion_mask"}`: `SFTTrainer` builds the labels from the mask
+(`completion_only_loss=True`), so the padded, padding-free and packed collators all apply.
+
+A reply's masked span is exactly what a per-turn example's completion is: the tokens between
+the chat rendered up to the reply's prompt (`add_generation_prompt=True`) and the chat rendered
+through the reply. So the loss on a reply matches its per-turn example's when both see the
+same history. Conversations longer than `max_seq_length` are split at turn boundaries: each
+piece is the system message, then from the user turn before its first reply to its last reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from core.conversation import Messages
+from corpus.examples import Example
+
+log = logging.getLogger("training")
+
+
+def conversation_chats(examples: list[Example]) -> list[Messages]:
+    """One chat per (conversation, speaker) of `examples`, in first-seen order: its last reply's
+    prompt and reply. The examples must carry their whole history (`max_history_turns=None`).
+    A pair drawn several times (a mix that repeats a source) appears as often, on average."""
+    last: dict[tuple[str, str], Example] = {}
+    drawn: Counter[tuple[str, str]] = Counter()
+    replies: dict[tuple[str, str], set[int]] = {}
+    for example in examples:
+        key = (example.conversation_id, example.speaker)
+        drawn[key] += 1
+        replies.setdefault(key, set()).add(example.turn_index)
+        if key not in last or example.turn_index > last[key].turn_index:
+            last[key] = example
+    chats = []
+    for key, example in last.items():
+        chats += [example.chat()] * max(1, round(drawn[key] / len(replies[key])))
+    return chats
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template holds the specials
+
+
+def tokenize_chat(tokenizer, chat: Messages) -> tuple[list[int], list[tuple[int, int]]]:
+    """(input_ids of the whole chat, [(start, end) of each assistant reply's supervised tokens]).
+
+    Each span runs from the end of the rendered prompt (generation prompt included) to the end
+    of the rendered chat through that reply: the reply and its end-of-turn tokens."""
+    replies = [i for i, message in enumerate(chat) if message["role"] == "assistant"]
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False)]
+    for i in replies:
+        texts.append(tokenizer.apply_chat_template(chat[:i], tokenize=False, add_generation_prompt=True))
+        texts.append(tokenizer.apply_chat_template(chat[: i + 1], tokenize=False))
+    full, *bounds = _ids(tokenizer, texts)
+    spans = []
+    for prompt, through in zip(bounds[::2], bounds[1::2], strict=True):
+        if full[: len(through)] != through or through[: len(prompt)] != prompt:
+            raise ValueError("the chat template does not render a chat's prefix as a prefix of the chat")
+        spans.append((len(prompt), len(through)))
+    return full, spans
+
+
+def _record(ids: list[int], spans: list[tuple[int, int]]) -> dict:
+    mask = [0] * len(ids)
+    for start, end in spans:
+        mask[start:end] = [1] * (end - start)
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def _pieces(chat: Messages, tokenizer, max_seq_length: int) -> tuple[list[dict], int]:
+    """(records of `chat` split at turn boundaries to fit, replies left out). Greedy: a piece
+    grows by whole (user turn, reply) steps while the re-rendered piece fits."""
+    head = chat[:1] if chat and chat[0]["role"] == "system" else []
+    body = chat[len(head) :]
+    replies = [i for i, message in enumerate(body) if message["role"] == "assistant"]
+    records, left_out, first = [], 0, 0  # `first`: index in `replies` of the next reply to place
+    while first < len(replies):
+        # The piece starts at the turn after the previous piece's last reply (a user turn, if any).
+        start = replies[first - 1] + 1 if first else 0
+        best = None
+        for last in range(first, len(replies)):
+            ids, spans = tokenize_chat(tokenizer, head + body[start : replies[last] + 1])
+            if len(ids) > max_seq_length:
+                break
+            best = (last, ids, spans)
+        if best is None:  # even this one reply with its prompting turn does not fit
+            left_out += 1
+            first += 1
+            continue
+        last, ids, spans = best
+        records.append(_record(ids, spans))
+        first = last + 1
+    return records, left_out
+
+
+def conversation_records(chats: list[Messages], tokenizer, max_seq_length: int) -> list[dict]:
+    """TRL pre-tokenized records, `{"input_ids", "completion_mask"}`, one per chat or per piece
+    of a chat longer than `max_seq_length` tokens."""
+    records, split, left_out = [], 0, 0
+    for chat in chats:
+        ids, spans = tokenize_chat(tokenizer, chat)
+        if len(ids) <= max_seq_length:
+            records.append(_record(ids, spans))
+            continue
+        pieces, lost = _pieces(chat, tokenizer, max_seq_length)
+        records += pieces
+        split, left_out = split + 1, left_out + lost
+    if split:
+        log.info(
+            "%d of %d conversations were split at turn boundaries to fit %d tokens (%d replies left out: "
+            "too long even alone)",
+            split,
+            len(chats),
+            max_seq_length,
+            left_out,
+        )
+    return records
