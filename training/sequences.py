@@ -12,6 +12,10 @@ the chat rendered up to the reply's prompt (`add_generation_prompt=True`) and th
 through the reply. So the loss on a reply matches its per-turn example's when both see the
 same history. Conversations longer than `max_seq_length` are split at turn boundaries: each
 piece is the system message, then from the user turn before its first reply to its last reply.
+
+    python -m training.sequences --config training/recipes/smollm2-135m-lora-cpu.yaml \
+        --data.path ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv
+    # tokens per epoch of the train split, per turn vs whole conversations (tokenizer only)
 """
 
 from __future__ import annotations
@@ -76,26 +80,34 @@ def _record(ids: list[int], spans: list[tuple[int, int]]) -> dict:
 
 def _pieces(chat: Messages, tokenizer, max_seq_length: int) -> tuple[list[dict], int]:
     """(records of `chat` split at turn boundaries to fit, replies left out). Greedy: a piece
-    grows by whole (user turn, reply) steps while the re-rendered piece fits."""
+    takes as many (user turn, reply) steps as fit by the whole chat's token boundaries, then is
+    rendered on its own and shrunk by a reply while it does not fit."""
     head = chat[:1] if chat and chat[0]["role"] == "system" else []
     body = chat[len(head) :]
     replies = [i for i, message in enumerate(body) if message["role"] == "assistant"]
+    texts = [tokenizer.apply_chat_template(chat[: m + 1], tokenize=False) for m in range(len(chat))]
+    ends = [len(ids) for ids in _ids(tokenizer, texts)]  # token count through each message
+    head_len = ends[0] if head else 0
+
+    def estimate(start: int, last: int) -> int:
+        before = ends[len(head) + start - 1] if len(head) + start > 0 else 0
+        return head_len + ends[len(head) + replies[last]] - before
+
     records, left_out, first = [], 0, 0  # `first`: index in `replies` of the next reply to place
     while first < len(replies):
         # The piece starts at the turn after the previous piece's last reply (a user turn, if any).
         start = replies[first - 1] + 1 if first else 0
-        best = None
-        for last in range(first, len(replies)):
+        last = first
+        while last + 1 < len(replies) and estimate(start, last + 1) <= max_seq_length:
+            last += 1
+        ids, spans = tokenize_chat(tokenizer, head + body[start : replies[last] + 1])
+        while len(ids) > max_seq_length and last > first:
+            last -= 1
             ids, spans = tokenize_chat(tokenizer, head + body[start : replies[last] + 1])
-            if len(ids) > max_seq_length:
-                break
-            best = (last, ids, spans)
-        if best is None:  # even this one reply with its prompting turn does not fit
+        if len(ids) <= max_seq_length:
+            records.append(_record(ids, spans))
+        else:  # even one reply with its prompting turn does not fit
             left_out += 1
-            first += 1
-            continue
-        last, ids, spans = best
-        records.append(_record(ids, spans))
         first = last + 1
     return records, left_out
 
@@ -122,3 +134,59 @@ def conversation_records(chats: list[Messages], tokenizer, max_seq_length: int) 
             left_out,
         )
     return records
+
+
+def epoch_tokens(records: list[dict]) -> dict:
+    """Tokens one epoch of `records` runs through the model, and how many of them carry the loss."""
+    tokens = sum(len(r["input_ids"]) for r in records)
+    if records and "completion_mask" in records[0]:
+        supervised = sum(sum(r["completion_mask"]) for r in records)
+    else:
+        supervised = sum(r["supervised"] for r in records)
+    return {"sequences": len(records), "tokens": tokens, "supervised_tokens": supervised}
+
+
+def _turn_token_records(examples: list[Example], tokenizer, max_seq_length: int) -> list[dict]:
+    from training.records import to_records
+
+    records = []
+    for record in to_records(examples, tokenizer, max_seq_length):
+        ids, spans = tokenize_chat(tokenizer, record["prompt"] + record["completion"])
+        start, end = spans[-1]
+        records.append({"input_ids": ids, "supervised": end - start})
+    return records
+
+
+def main(cfg) -> int:
+    """Print the tokens per epoch of `cfg`'s train split as per-turn examples and as whole
+    conversations (tokenizer only: no model is loaded)."""
+    from transformers import AutoTokenizer
+
+    from corpus.mix import load_training_data
+    from engines.loading import resolve_model
+
+    source, extra = resolve_model(cfg.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    rows = {}
+    for unit in ("turn", "conversation"):
+        data = cfg.data.model_copy(update={"unit": unit})
+        train, _, _ = load_training_data(data, 1)
+        if unit == "turn":
+            records = _turn_token_records(train, tokenizer, cfg.model.max_seq_length)
+        else:
+            records = conversation_records(conversation_chats(train), tokenizer, cfg.model.max_seq_length)
+        rows[unit] = epoch_tokens(records)
+        print(f"{unit:<13} {rows[unit]}", flush=True)
+    ratio = rows["turn"]["tokens"] / max(1, rows["conversation"]["tokens"])
+    print(f"tokens per epoch, turn / conversation: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from core.cli import entry_point
+    from training.config import TrainConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(entry_point(TrainConfig, __doc__)(main)())
