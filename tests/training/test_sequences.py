@@ -110,3 +110,40 @@ def test_a_chat_whose_template_is_not_prefix_stable_is_refused(tiny_engine):
     chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     with pytest.raises(ValueError, match="prefix"):
         tokenize_chat(Odd(), chat)
+
+
+def test_packed_loss_equals_unpacked(tiny_model_dir, tiny_engine, spc_csv):
+    """TRL's padding-free collator (what packing feeds the model): position ids restart at each
+    sequence, so no sequence attends to another and the loss is the unpacked one."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from corpus.examples import DataConfig, load_examples
+
+    examples, _ = load_examples(DataConfig(path=spc_csv, limit=2), "train")
+    records = conversation_records(conversation_chats(examples), tiny_engine.tokenizer, 200)[:3]
+    rows = [
+        {
+            "input_ids": r["input_ids"],
+            "labels": [t if m else IGNORE for t, m in zip(r["input_ids"], r["completion_mask"], strict=True)],
+        }
+        for r in records
+    ]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    assert packed["input_ids"].shape[0] == 1 and (packed["position_ids"][0] == 0).sum() == 3
+    with torch.no_grad():
+        # use_cache=False as in training: transformers reads packed sequences from position ids only without a cache
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[
+            0, :-1
+        ]
+    labels = packed["labels"][0, 1:]
+    packed_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+    unpacked_sum, count = summed_loss(model, rows)
+    assert int((labels != IGNORE).sum()) == count
+    assert packed_sum / count == pytest.approx(unpacked_sum / count, rel=1e-4)
+    # and without the restart (one long sequence) the later sequences would see the earlier ones
+    with torch.no_grad():
+        leaked = model(input_ids=packed["input_ids"], use_cache=False).logits[0, :-1]
+    leaked_sum = torch.nn.functional.cross_entropy(leaked, labels, reduction="sum").item()
+    assert leaked_sum / count != pytest.approx(unpacked_sum / count, rel=1e-3)
