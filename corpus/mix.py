@@ -24,12 +24,13 @@ from pathlib import Path
 
 from core.errors import DatasetError
 from corpus.examples import DataConfig, Example, LoadReport, fingerprint, load_examples
+from corpus.hub import is_hub
 
 
 def source_info(cfg: DataConfig, report: LoadReport, train: list[Example], validation: list[Example]) -> dict:
     """What one source gave: its fingerprint, rows, split settings and example counts."""
     info = {
-        "path": str(Path(cfg.path).resolve()),
+        "path": str(cfg.path) if is_hub(cfg.path) else str(Path(cfg.path).resolve()),
         "format": report.format,
         "sha256": fingerprint(cfg.path),
         "rows": report.rows,
