@@ -56,13 +56,27 @@ def tokenize_chat(tokenizer, chat: Messages) -> tuple[list[int], list[tuple[int,
     """(input_ids of the whole chat, [(start, end) of each assistant reply's supervised tokens]).
 
     Each span runs from the end of the rendered prompt (generation prompt included) to the end
-    of the rendered chat through that reply: the reply and its end-of-turn tokens."""
+    of the rendered chat through that reply: the reply and its end-of-turn tokens. The chat is
+    tokenised once; a boundary is where a token of it ends at the prefix's last character."""
     replies = [i for i, message in enumerate(chat) if message["role"] == "assistant"]
-    texts = [tokenizer.apply_chat_template(chat, tokenize=False)]
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    prefixes = []
     for i in replies:
-        texts.append(tokenizer.apply_chat_template(chat[:i], tokenize=False, add_generation_prompt=True))
-        texts.append(tokenizer.apply_chat_template(chat[: i + 1], tokenize=False))
-    full, *bounds = _ids(tokenizer, texts)
+        prefixes.append(tokenizer.apply_chat_template(chat[:i], tokenize=False, add_generation_prompt=True))
+        prefixes.append(tokenizer.apply_chat_template(chat[: i + 1], tokenize=False))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    tokens_through = {end: k + 1 for k, (_, end) in enumerate(encoded["offset_mapping"])}  # char end -> count
+    bounds = []
+    for prefix in prefixes:
+        if not text.startswith(prefix) or (len(prefix) not in tokens_through and prefix):
+            return _tokenize_prefixes(tokenizer, text, prefixes)  # no clean boundary: tokenise each prefix
+        bounds.append(tokens_through.get(len(prefix), 0))
+    return encoded["input_ids"], list(zip(bounds[::2], bounds[1::2], strict=True))
+
+
+def _tokenize_prefixes(tokenizer, text: str, prefixes: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """The slow path: every prefix tokenised on its own, checked to be a prefix of the chat's tokens."""
+    full, *bounds = _ids(tokenizer, [text, *prefixes])
     spans = []
     for prompt, through in zip(bounds[::2], bounds[1::2], strict=True):
         if full[: len(through)] != through or through[: len(prompt)] != prompt:
@@ -85,8 +99,11 @@ def _pieces(chat: Messages, tokenizer, max_seq_length: int) -> tuple[list[dict],
     head = chat[:1] if chat and chat[0]["role"] == "system" else []
     body = chat[len(head) :]
     replies = [i for i, message in enumerate(body) if message["role"] == "assistant"]
-    texts = [tokenizer.apply_chat_template(chat[: m + 1], tokenize=False) for m in range(len(chat))]
-    ends = [len(ids) for ids in _ids(tokenizer, texts)]  # token count through each message
+    # Token counts through each message: an estimate (re-rendered pieces are checked below).
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    char_ends = [len(tokenizer.apply_chat_template(chat[: m + 1], tokenize=False)) for m in range(len(chat))]
+    ends = [sum(1 for _, end in offsets if end <= char_end) for char_end in char_ends]
     head_len = ends[0] if head else 0
 
     def estimate(start: int, last: int) -> int:

@@ -104,7 +104,9 @@ def test_a_chat_whose_template_is_not_prefix_stable_is_refused(tiny_engine):
         def apply_chat_template(self, chat, tokenize=False, add_generation_prompt=False):
             return "|".join(m["content"] for m in reversed(chat))
 
-        def __call__(self, texts, add_special_tokens=False):
+        def __call__(self, texts, add_special_tokens=False, return_offsets_mapping=False):
+            if isinstance(texts, str):
+                return {"input_ids": [ord(c) for c in texts], "offset_mapping": [(i, i + 1) for i in range(len(texts))]}
             return {"input_ids": [[ord(c) for c in t] for t in texts]}
 
     chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
