@@ -149,3 +149,19 @@ def test_packed_loss_equals_unpacked(tiny_model_dir, tiny_engine, spc_csv):
         leaked = model(input_ids=packed["input_ids"], use_cache=False).logits[0, :-1]
     leaked_sum = torch.nn.functional.cross_entropy(leaked, labels, reduction="sum").item()
     assert leaked_sum / count != pytest.approx(unpacked_sum / count, rel=1e-3)
+
+
+def test_a_run_on_whole_conversations_writes_a_version(tiny_model_dir, tmp_path):
+    import json
+
+    from tests.conftest import REPO
+    from training.train import main
+
+    runs = tmp_path / "runs"
+    flags = ["--config", str(REPO / "training" / "recipes" / "tiny-test.yaml"), "--model.name", str(tiny_model_dir)]
+    flags += ["--data.unit", "conversation", "--model.max_seq_length", "256", "--output.dir", str(runs)]
+    assert main([*flags, "--output.version", "whole"]) == 0
+    data = json.loads((runs / "whole" / "data.json").read_text())
+    assert data["unit"] == "conversation" and data["train_sequences"] > 0
+    metrics = json.loads((runs / "whole" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["base_eval_loss"] is not None  # validation: per turn
