@@ -3,7 +3,7 @@
     data:
       mix:
         - {path: personas/nova.yaml, weight: 0.3}
-        - {path: ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv, weight: 0.7}
+        - {path: "hub:google/Synthetic-Persona-Chat", weight: 0.7}
 
 Each source is split on its own (`corpus.examples.load_examples`: its conversations' hash split,
 or a persona file's held-out wordings), so a source's splits do not depend on what it is mixed
