@@ -10,7 +10,8 @@ only) with the default model's tokenizer; `training.train` with Unsloth QLoRA an
 transformers + PEFT + bitsandbytes QLoRA (a few steps, validation at 0/2/4, checkpoints
 reloaded as the best model at the end); `training.export` (merged folder); `chatbot.chat` on
 the version and on the merged folder; the GPU tests (pytest, Unsloth in its own process);
-`benchmarks.train_throughput` (product vs bare Unsloth vs HF+PEFT+bnb, MFU); and
+`benchmarks.train_throughput` (product vs bare Unsloth vs HF+PEFT+bnb, MFU); the same for a
+Llama-3-8B-shaped model (random weights, 4-bit, the 80 GB recipe, the product only); and
 `training.export --gguf` refusing, before loading anything, because llama.cpp is missing.
 
 On the lent GPU machine (no network there; see ../shared/gpu/README.md), from the repo root:
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import REPO
-from benchmarks.models import DTYPES, LLAMA_1B_SHAPED, SHAPES, TINY
+from benchmarks.models import DTYPES, LLAMA_1B_SHAPED, LLAMA_8B_SHAPED, SHAPES, TINY
 from corpus.formats import SHARED_VALID_CSV
 
 PREPARED = REPO / ".gpu-smoke"  # written by --prepare, carried to the GPU machine
@@ -119,7 +120,7 @@ class Smoke:
         self.results[name] = status
         print(f"{status}  {name} ({time.perf_counter() - start:.0f} s): {detail}", flush=True)
 
-    def sh(self, log: str, argv: list[str], stdin: str | None = None, timeout: int = 300, ok=(0,)):
+    def sh(self, log: str, argv: list[str], *, stdin: str | None = None, timeout: int = 300, ok=(0,)):
         """Run a product command; its output goes to work/logs/<log>.log, the tail into the error."""
         done = subprocess.run(
             argv, cwd=REPO, env=self.env, input=stdin, capture_output=True, text=True, timeout=timeout
@@ -171,8 +172,16 @@ def chat(smoke: Smoke, runs: Path, model: str, log: str) -> str:
     """`chatbot.chat` piped one message, greedy: the product's chat path on CUDA (bf16) or CPU."""
     argv = [sys.executable, "-m", "chatbot.chat", "--model", model, "--runs_dir", str(runs)]
     argv += ["--generation.temperature", "0", "--generation.max_new_tokens", "12"]
-    reply = smoke.sh(log, argv, stdin="Hi! Who are you?\n").stdout.strip()
-    return f"{model}: {reply[-100:]!r}"
+    replies = [line[5:] for line in smoke.sh(log, argv, stdin="Hi! Who are you?\n").stdout.splitlines()]
+    replies = [line for line in replies if line]  # the "bot> " lines' text
+    from chatbot.chat import ChatConfig
+    from core.persona import load_persona
+
+    greeting = load_persona(REPO / ChatConfig().persona).greeting  # the persona chat.py speaks as
+    generated = replies[1:] if greeting and replies[:1] == [greeting.strip()] else replies
+    if not generated or not generated[-1].strip():  # the greeting alone is not a chat
+        raise StepFailed(f"no generated reply after the greeting: {replies!r}")
+    return f"{model}: {generated[-1][-100:]!r}"
 
 
 def gpu_tests(smoke: Smoke) -> str:
@@ -184,10 +193,12 @@ def gpu_tests(smoke: Smoke) -> str:
     return lines[-1]
 
 
-def throughput(smoke: Smoke, model: str, data: Path, out: Path) -> str:
+def throughput(smoke: Smoke, model: str, data: Path, out: Path, *extra: str, log: str = "train_throughput") -> str:
     """Product vs bare Unsloth vs HF+PEFT+bnb, short: 2 warm-up + 6 timed steps of 8 x 1024."""
+    out = out / log
     argv = [sys.executable, "-m", "benchmarks.train_throughput", "--model", model, "--data", str(data)]
-    smoke.sh("train_throughput", [*argv, "--steps", "6", "--warmup", "2", "--repeats", "1", "--out", str(out)], 600)
+    argv += ["--steps", "6", "--warmup", "2", "--repeats", "1", "--out", str(out), *extra]
+    smoke.sh(log, argv, timeout=600)
     result = json.loads((out / "train_throughput.json").read_text())
     failed = [row["note"] for row in result["rows"] if row["note"].startswith(("failed", "skipped"))]
     if failed:
@@ -257,6 +268,17 @@ def run_steps(smoke: Smoke, cuda: bool, prepared: Path, data: Path, out: Path) -
     )
     smoke.step("GPU tests (Unsloth in its own process)", lambda: gpu_tests(smoke), skip=no_gpu, needs=ready)
     smoke.step("benchmarks.train_throughput", lambda: throughput(smoke, model, data, out), skip=no_gpu, needs=ready)
+    big = str(smoke.work / "llama-8b-shaped")
+    smoke.step(
+        "build model: Llama-3-8B-shaped", lambda: build_model(LLAMA_8B_SHAPED, Path(big), prepared, cuda), skip=no_gpu
+    )
+    recipe = str(REPO / "training" / "recipes" / "llama3-8b-qlora-unsloth-80gb.yaml")
+    smoke.step(
+        "benchmarks.train_throughput: 8B-shaped QLoRA, product only",
+        lambda: throughput(smoke, big, data, out, "--recipe", recipe, "--variants", "product", log="throughput_8b"),
+        skip=no_gpu,
+        needs=("build model: Llama-3-8B-shaped",),
+    )
     smoke.step("export: GGUF refused offline", lambda: gguf_refusal(smoke, runs, version, cuda), needs=(trained,))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 TINY = "tiny"  # for --quick
 LLAMA_1B_SHAPED = "llama-1b-shaped"  # for the GPU training comparison
+LLAMA_8B_SHAPED = "llama-8b-shaped"  # Llama-3-8B's config, for the 8B throughput (CUDA, ~16 GB in bf16)
 SHAPES = {
     # tests/conftest.py's tiny_model_dir: ~1.6 M parameters, milliseconds per token.
     TINY: dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -23,8 +24,12 @@ SHAPES = {
     LLAMA_1B_SHAPED: dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                           num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
                           rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    # Meta-Llama-3-8B: 8.03 B parameters, untied embeddings.
+    LLAMA_8B_SHAPED: dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                          rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
 }  # fmt: skip
-DTYPES = {TINY: "float32", LLAMA_1B_SHAPED: "bfloat16"}
+DTYPES = {TINY: "float32", LLAMA_1B_SHAPED: "bfloat16", LLAMA_8B_SHAPED: "bfloat16"}
 
 
 def bench_dir() -> Path:

@@ -43,6 +43,7 @@ PEAK_TFLOPS = (
     ("H100 PCIe", 756),
     ("H100 NVL", 835),
     ("H100", 989),
+    ("H200 NVL", 835),  # the NVL part is clocked lower: not an H200's 989
     ("H200", 989),
     ("GH200", 989),
     ("A100", 312),
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--backend", choices=("auto", "trl", "unsloth"), default="auto", help="the product's backend")
     p.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if it is not in the built-in list")
     p.add_argument("--timeout", type=int, default=3600, help="seconds one variant may take")
+    p.add_argument(
+        "--variants", default="product,trl,unsloth,qlora", help="comma-separated subset to run (e.g. product for 8B)"
+    )
     p.add_argument(
         "--gradient-checkpointing",
         choices=("recipe", "on", "off"),
@@ -139,6 +143,17 @@ def run_variant(variant: str, config: dict, args, scratch: Path) -> dict:
     return {"variant": variant, "error": tail[-1] if tail else str(code)}
 
 
+def epoch_examples(config: dict) -> int:
+    """Training sequences in one epoch of the whole train split (the recipe's data.unit, no limit)."""
+    from corpus.examples import DataConfig
+    from corpus.mix import load_training_data
+    from training.sequences import conversation_chats
+
+    data = DataConfig.model_validate({**config["data"], "limit": None, "split_fractions": (0.8, 0.1, 0.1)})
+    train, _, _ = load_training_data(data, 1)
+    return len(conversation_chats(train)) if data.unit == "conversation" else len(train)
+
+
 def gpu_skip_reasons(cuda: bool) -> dict[str, str]:
     """Why (c) and (d) cannot run here; empty when they can."""
     reasons = {}
@@ -153,14 +168,19 @@ def gpu_skip_reasons(cuda: bool) -> dict[str, str]:
 
 def base_parameters(config) -> int:
     """N: parameters of a model built from its config on the meta device (4-bit packing would
-    halve a count taken from the loaded model); tied embeddings count once. (accelerate's
-    `init_empty_weights` leaves them untied under transformers 5: 1.50 B for Llama-3.2-1B.)"""
+        halve a count taken from the loaded model); tied embeddings count once (as the output layer),
+    an untied model's input embedding not at all (a lookup). (accelerate's
+        `init_empty_weights` leaves them untied under transformers 5: 1.50 B for Llama-3.2-1B.)"""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    if getattr(config, "tie_word_embeddings", False):
+        return total
+    # Untied: the input embedding is a lookup, no matmul FLOPs (the output layer is counted).
+    return total - model.get_input_embeddings().weight.numel()
 
 
 def mfu_percent(tokens_per_s: float, n: int, peak_flops: float) -> float:
@@ -191,7 +211,7 @@ def median_result(runs: list[dict]) -> dict:
 
 
 def build_rows(res: dict, skip: dict, cuda: bool, mfu: dict) -> list[Row]:
-    a, b = res["product"], res["trl"]
+    a, b = res.get("product", {}), res.get("trl", {})
     memory = "cuda_peak_mb" if cuda else "peak_rss_mb"
     rows = [
         Row(
@@ -214,6 +234,8 @@ def build_rows(res: dict, skip: dict, cuda: bool, mfu: dict) -> list[Row]:
         if variant in skip:
             rows.append(skipped(f"tokens/s, (a) vs {label}", skip[variant]))
             continue
+        if variant not in res:
+            continue
         other = res[variant]
         rows.append(
             Row(
@@ -226,10 +248,26 @@ def build_rows(res: dict, skip: dict, cuda: bool, mfu: dict) -> list[Row]:
         )
         rows.append(Row(f"peak CUDA memory MB, (a) vs {label}", a.get(memory), other.get(memory), "lower is better"))
     rows.append(mfu_row(mfu))
+    rows += [fair_row(variant, r) for variant, r in res.items() if r.get("tokens_per_s")]
     for variant, r in res.items():
         if "error" in r:
             rows.append(Row(f"{variant} run", None, note=f"failed: {r['error']}"))
     return rows
+
+
+def fair_row(variant: str, r: dict) -> Row:
+    """Supervised tokens/s and examples/s of one variant, with the time an epoch of the train
+    split would take at that rate and the attention / checkpointing it ran."""
+    epoch = r.get("epoch_examples")
+    per_epoch = epoch / r["examples_per_s"] if epoch and r.get("examples_per_s") else None
+    layout = "packed" if r.get("packing") else "padding-free" if r.get("padding_free") else "padded"
+    epoch_time = f"{per_epoch:.0f} s" if per_epoch else "n/a"
+    note = (
+        f"examples/s {r.get('examples_per_s') or 0:.2f}; epoch of {epoch or '?'} examples {epoch_time}; "
+        f"attention {r.get('attention')}, {layout}, "
+        f"checkpointing {'on' if r.get('gradient_checkpointing') else 'off'}"
+    )
+    return Row(f"{variant}: supervised (reply) tokens/s", r.get("supervised_tokens_per_s"), note=note)
 
 
 def _ratio(a: dict, b: dict) -> float | None:
@@ -277,14 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     config = product_config(args, cuda)
     skip = gpu_skip_reasons(cuda)
-    variants = [v for v in ("product", "trl", "unsloth", "qlora") if v not in skip]
+    chosen = args.variants.split(",")
+    skip = {v: why for v, why in skip.items() if v in chosen}
+    variants = [v for v in ("product", "trl", "unsloth", "qlora") if v in chosen and v not in skip]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="persona-studio-train-bench-") as scratch:
         for round_ in range(args.repeats):
             print(f"round {round_ + 1}/{args.repeats}: {args.warmup} warm-up + {args.steps} timed steps", flush=True)
             for variant in variants:
                 runs[variant].append(run_variant(variant, config, args, Path(scratch) / f"round{round_}"))
-    res = {v: median_result(r) for v, r in runs.items()}
+    epoch = epoch_examples(config)
+    res = {v: {**median_result(r), "epoch_examples": epoch} for v, r in runs.items()}
     mfu = mfu_of(res, config, args, cuda)
     rows = build_rows(res, skip, cuda, mfu)
     report(NAME, rows, args, {"config": config, "variants": res, "skipped": skip, "mfu": mfu})

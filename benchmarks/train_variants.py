@@ -36,7 +36,9 @@ class StepClock:
         self.ends: list[float] = []
         self.tokens: list[list] = []  # per step: real (non-padding) token counts of its micro-batches
         self.padded: list[int] = []  # per step: tokens including padding (what is computed on)
-        self._real, self._padded = [], 0
+        self.supervised: list[list] = []  # per step: tokens that carry the loss (labels != -100)
+        self.examples: list[int] = []  # per step: sequences (a packed row holds several)
+        self._real, self._padded, self._supervised, self._examples = [], 0, [], 0
         self.rss: PeakRSS | None = None
         self.cuda_peak_mb: float | None = None
 
@@ -44,6 +46,11 @@ class StepClock:
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         self._real.append(mask.sum() if mask is not None else ids.numel())
         self._padded += ids.numel()
+        if (labels := inputs.get("labels")) is not None:
+            self._supervised.append((labels[:, 1:] != -100).sum())  # shifted: the first token predicts nothing
+        positions = inputs.get("position_ids")
+        packed = positions is not None and mask is None  # padding-free: sequences start at position 0
+        self._examples += int((positions == 0).sum()) if packed else ids.shape[0]
 
     def step_end(self) -> None:
         import torch
@@ -52,7 +59,9 @@ class StepClock:
         self.ends.append(time.perf_counter())
         self.tokens.append(self._real)
         self.padded.append(self._padded)
-        self._real, self._padded = [], 0
+        self.supervised.append(self._supervised)
+        self.examples.append(self._examples)
+        self._real, self._padded, self._supervised, self._examples = [], 0, [], 0
         if len(self.ends) == self.warmup:  # memory of the timed series only
             self.rss = PeakRSS().start()
             if torch.cuda.is_available():
@@ -70,6 +79,8 @@ class StepClock:
         gaps = [b - a for a, b in zip(self.ends[self.warmup - 1 :], self.ends[self.warmup :], strict=False)]
         real = [int(sum(int(t) for t in step)) for step in self.tokens[self.warmup :]]
         padded = self.padded[self.warmup :]
+        supervised = [int(sum(int(t) for t in step)) for step in self.supervised[self.warmup :]]
+        examples = self.examples[self.warmup :]
         seconds = sum(gaps)
         return {
             "timed_steps": len(gaps),
@@ -78,6 +89,8 @@ class StepClock:
             "padded_tokens_per_step": padded,
             "tokens_per_s": sum(real) / seconds if seconds else None,
             "padded_tokens_per_s": sum(padded) / seconds if seconds else None,
+            "supervised_tokens_per_s": sum(supervised) / seconds if seconds else None,
+            "examples_per_s": sum(examples) / seconds if seconds else None,
             "peak_rss_mb": self.rss.peak_mb if self.rss else None,
             "cuda_peak_mb": self.cuda_peak_mb,
         }
@@ -270,9 +283,15 @@ def run(spec: dict) -> dict:
     instrument(trainer, clock)
     trainer.train()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    config = getattr(trainer.model, "config", None)
     return {
         "variant": spec["variant"],
         "backend": backend,
+        # per row, so a comparison shows what each variant really ran
+        "attention": getattr(config, "_attn_implementation", None),
+        "padding_free": bool(getattr(trainer.args, "padding_free", False)),
+        "packing": bool(getattr(trainer.args, "packing", False)),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "load_s": load_s,
         "trainable_parameters": trainable,
         "max_rss_mb": max_rss_mb(),

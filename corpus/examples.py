@@ -28,13 +28,13 @@ from core.persona import Persona
 from corpus.formats import (
     CHAT_SPEAKERS,
     FORMATS,
-    SHARED_VALID_CSV,
     SPC_SPEAKERS,
     Conversation,
     LoadReport,
     Turn,
     read_conversations,
 )
+from corpus.hub import DEFAULT_DATASET, cached_file, is_hub
 from corpus.persona_data import HELDOUT_SHARE, check_share, is_persona_file, persona_splits
 
 __all__ = [
@@ -172,7 +172,7 @@ def split_conversations(
 def fingerprint(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """sha256 hex digest of the file's bytes (read in 1 MiB chunks), to record what was trained on."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with open(cached_file(path) if is_hub(path) else path, "rb") as file:
         while chunk := file.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
@@ -206,7 +206,11 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(SHARED_VALID_CSV, description="Dataset file: a .csv, a .jsonl, or a persona .yaml.")
+    path: Path = Field(
+        DEFAULT_DATASET,
+        description="Dataset file: a .csv, a .jsonl, a persona .yaml, or hub:OWNER/NAME (a hub dataset's train "
+        "split, fetched once with `datasets`).",
+    )
     format: Format = Field(
         "auto",
         description="spc, qa_csv, jsonl, persona, or auto (.yaml/.yml persona, .jsonl, else the CSV header).",
@@ -226,7 +230,14 @@ class DataConfig(BaseModel):
         True, description="Persona files: add lower-case / 'Hi!' / 'Quick question:' / 'Thanks!' wordings."
     )
     speakers: Speakers = Field("both", description="Whose turns are targets in two-party dialogues.")
-    max_history_turns: int | None = Field(None, ge=0, description="Keep only the last K turns of history.")
+    unit: Literal["turn", "conversation"] = Field(
+        "turn",
+        description="Training sequences: one per reply (turn), or one per (conversation, speaker) with the loss "
+        "on every reply of that speaker, split at turn boundaries to fit (conversation). Validation is per turn.",
+    )
+    max_history_turns: int | None = Field(
+        None, ge=0, description="Keep only the last K turns of history (per-turn examples: unit turn, validation)."
+    )
     split_seed: int = Field(0, description="Seed of the hash that assigns conversations to splits.")
     split_fractions: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="Train, validation, test shares of conversations; sum to 1."

@@ -21,11 +21,13 @@ from pydantic import ValidationError
 
 from core.errors import DatasetError
 from core.persona import Persona, persona_from_facts, render_system_prompt
+from corpus.hub import cached_file, is_hub
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Where tests and CI find the one split that ships with the project (see its README).
+# Where tests and CI find the one split that ships with the project (see its README): a test
+# fixture, not a product default (that is corpus.hub.DEFAULT_DATASET).
 SHARED_VALID_CSV = REPO_ROOT.parent / "shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv"
 
 FORMATS = ("spc", "qa_csv", "jsonl")
@@ -231,8 +233,8 @@ def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DatasetError(
             f"dataset file {path} does not exist",
-            f"pass the path of a .csv or .jsonl file; the shared Synthetic-Persona-Chat "
-            f"validation split is at {SHARED_VALID_CSV}",
+            "pass the path of a .csv or .jsonl file, or leave data.path unset for the hub's "
+            "google/Synthetic-Persona-Chat",
         )
     try:
         text = path.read_bytes().decode("utf-8-sig")  # -sig: spreadsheet exports start with a BOM
@@ -326,7 +328,7 @@ def read_conversations(path: str | Path, format: str = "auto") -> Loaded:
     """
     if format not in ("auto", *FORMATS):
         raise DatasetError(f"unknown dataset format {format!r}", f"use one of: auto, {', '.join(FORMATS)}")
-    path = Path(path)
+    path = cached_file(path) if is_hub(path) else Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):  # corpus/persona_data.py reads those, by split
         raise DatasetError(
             f"{path} is a persona file, not a file of conversations",

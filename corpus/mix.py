@@ -3,7 +3,7 @@
     data:
       mix:
         - {path: personas/nova.yaml, weight: 0.3}
-        - {path: ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv, weight: 0.7}
+        - {path: "hub:google/Synthetic-Persona-Chat", weight: 0.7}
 
 Each source is split on its own (`corpus.examples.load_examples`: its conversations' hash split,
 or a persona file's held-out wordings), so a source's splits do not depend on what it is mixed
@@ -24,12 +24,13 @@ from pathlib import Path
 
 from core.errors import DatasetError
 from corpus.examples import DataConfig, Example, LoadReport, fingerprint, load_examples
+from corpus.hub import is_hub
 
 
 def source_info(cfg: DataConfig, report: LoadReport, train: list[Example], validation: list[Example]) -> dict:
     """What one source gave: its fingerprint, rows, split settings and example counts."""
     info = {
-        "path": str(Path(cfg.path).resolve()),
+        "path": str(cfg.path) if is_hub(cfg.path) else str(Path(cfg.path).resolve()),
         "format": report.format,
         "sha256": fingerprint(cfg.path),
         "rows": report.rows,
@@ -50,7 +51,10 @@ def source_info(cfg: DataConfig, report: LoadReport, train: list[Example], valid
 
 
 def _single(cfg: DataConfig, max_validation: int) -> tuple[list[Example], list[Example], dict]:
-    train, report = load_examples(cfg, "train")
+    # Whole-conversation training (data.unit) rebuilds each (conversation, speaker) from its last
+    # reply's example, so the train examples keep their whole history.
+    full = cfg.model_copy(update={"max_history_turns": None}) if cfg.unit == "conversation" else cfg
+    train, report = load_examples(full, "train")
     validation, _ = load_examples(cfg.model_copy(update={"limit": None}), "validation")
     validation = validation[:max_validation]
     return train, validation, source_info(cfg, report, train, validation)

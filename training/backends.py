@@ -60,7 +60,12 @@ def load_trl(cfg: TrainConfig):
     """(model, tokenizer, LoraConfig) for transformers + PEFT + TRL."""
     from transformers import BitsAndBytesConfig
 
+    from training.batching import plan_batching
+
     kwargs = {}
+    cuda = pick_device(cfg.device).startswith("cuda")
+    if (attention := plan_batching(cfg.sft.model_dump(), "trl", cuda).attn_implementation) is not None:
+        kwargs["attn_implementation"] = attention  # a varlen kernel for packed batches
     if (placement := device_map(cfg)) is not None:
         kwargs["device_map"] = placement
     if cfg.model.load_in_4bit:

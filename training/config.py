@@ -56,37 +56,38 @@ class LoraPart(_Part):
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train (Llama has none).")
 
 
-class SftPart(_Part):
+class SftPart(BaseModel):
     """`trl.SFTConfig` fields (TRL's own and transformers `TrainingArguments`) under their
-    upstream names, passed whole: `SFTConfig(**sft, <output_dir, use_cpu, bf16, max_length,
-    eval_strategy, ...: derived by training/trainer.py>)`. Defaults differ from TRL's where
-    the product needs it (no gradient checkpointing on CPU, eval batch = train batch)."""
+    upstream names, passed whole: `SFTConfig(**sft, <output_dir, use_cpu, max_length, ...:
+    derived by training/trainer.py>)`. ANY SFTConfig field may be set in a recipe (`packing`,
+    `packing_strategy`, `train_sampling_strategy`, `neftune_noise_alpha`, ...); it is checked by
+    building TRL's config before the model loads. Declared here, with a command-line flag each,
+    are only the fields whose product default differs from TRL's (and the batch knobs the error
+    messages name)."""
 
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    model_config = ConfigDict(extra="allow")
+
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (TRL: 2e-5, for full fine-tuning).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant).")
     optim: str = Field("adamw_torch", description="transformers optimizer name (adamw_torch, adamw_8bit, ...).")
-    per_device_train_batch_size: int = Field(4, ge=1, description="Examples per step per device.")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Sequences per step per device.")
     per_device_eval_batch_size: int | None = Field(
         None, ge=1, description="Validation examples per forward (None = per_device_train_batch_size)."
     )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
     num_train_epochs: float = Field(1.0, gt=0, description="Epochs (ignored when max_steps > 0).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (Unsloth: its offloaded kind).")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     padding_free: bool | None = Field(
         None,
-        description="Padding-free batches (flash-attention kernels); None = off with TRL, Unsloth decides itself.",
-    )
-    train_sampling_strategy: str = Field(
-        "random", description="random, or group_by_length: batches of similar length pad less (faster steps)."
+        description="Padding-free batches (needs a varlen attention kernel: training/batching.py); "
+        "None = off with TRL, Unsloth decides itself.",
     )
     eval_steps: int = Field(25, ge=1, description="Validation loss every N optimizer steps.")
     logging_steps: int = Field(5, ge=1, description="Log the training loss every N steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for resume and early stopping).")
     save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept on disk (None = all).")
-    report_to: str | list[str] = Field("none", description="none, tensorboard, wandb, or a list of them.")
 
     @model_validator(mode="after")
     def _eval_batch(self) -> SftPart:

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from core.errors import DatasetError, TrainingError
+from core.errors import ConfigError, DatasetError, TrainingError
 from core.versions import ADAPTER_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, VERSION_FILE
 from corpus.examples import Example
 from corpus.mix import load_training_data
 from training.backends import load_for_training, trainable_parameters
 from training.config import TrainConfig
 from training.records import to_records
+from training.sequences import conversation_chats, conversation_records
 
 log = logging.getLogger("training")
 
@@ -41,35 +42,76 @@ def load_data(cfg: TrainConfig) -> tuple[list[Example], list[Example], dict]:
     return train, validation, data_info
 
 
-def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool):
-    """`SFTConfig(**cfg.sft, ...)`: the section passed whole, with what the product derives."""
+# SFTConfig fields the product sets from elsewhere in TrainConfig: a recipe's `sft` section may not.
+DERIVED = {
+    "output_dir": "output.dir",
+    "max_steps": "max_steps (top level)",
+    "seed": "seed (top level)",
+    "use_cpu": "device",
+    "max_length": "model.max_seq_length",
+    "completion_only_loss": "nothing: the loss is on the replies only",
+}
+
+
+def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool, batching: dict | None = None):
+    """`SFTConfig(**cfg.sft, ...)`: the section passed whole (any SFTConfig field), the product's
+    defaults where the section is silent, the derived fields, then `batching`'s overrides
+    (`training/batching.py`). A field TRL does not know fails here as a `ConfigError`."""
     from trl import SFTConfig
 
+    sft = {**cfg.sft.model_dump(), **(batching or {})}
+    if taken := sorted(set(sft) & set(DERIVED)):
+        raise ConfigError(
+            f"sft.{taken[0]} is set by the product, not the sft section",
+            f"remove it from sft and set {DERIVED[taken[0]]}",
+        )
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     bf16 = not cpu and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
     early_stopping = has_validation and cfg.validation.early_stopping_patience is not None
-    return SFTConfig(
-        **cfg.sft.model_dump(),
-        output_dir=str(partial / "checkpoints"),
-        max_steps=cfg.max_steps,
-        seed=cfg.seed,
+    defaults = {
         # TRL's defaults turn bf16 on; on CPU it is ~20x slower (gradient checkpointing is the recipe's choice).
-        use_cpu=cpu,
-        bf16=bf16,
-        # Records are fitted to max_seq_length already (to_records); padding-free batches refuse
-        # a max_length they cannot enforce.
-        max_length=None if cfg.sft.padding_free else cfg.model.max_seq_length,
-        completion_only_loss=True,
-        eval_strategy="steps" if has_validation else "no",
-        eval_on_start=has_validation,  # step 0 = the base model's validation loss
-        load_best_model_at_end=early_stopping,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        save_strategy="steps",
-        logging_first_step=True,
-        disable_tqdm=False,
-        ddp_find_unused_parameters=False,  # LoRA: every adapter weight is used in every step
-    )
+        "bf16": bf16,
+        "eval_strategy": "steps" if has_validation else "no",
+        "eval_on_start": has_validation,  # step 0 = the base model's validation loss
+        "load_best_model_at_end": early_stopping,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "save_strategy": "steps",
+        "logging_first_step": True,
+        "disable_tqdm": False,
+        "report_to": "none",
+        "ddp_find_unused_parameters": False,  # LoRA: every adapter weight is used in every step
+    }
+    # Records are fitted to max_seq_length already (to_records, training/sequences.py); padding-free
+    # batches without packing refuse a max_length they cannot enforce, packing needs one (its bin size).
+    unbounded = sft.get("padding_free") and not sft.get("packing")
+    derived = {
+        "output_dir": str(partial / "checkpoints"),
+        "max_steps": cfg.max_steps,
+        "seed": cfg.seed,
+        "use_cpu": cpu,
+        "max_length": None if unbounded else cfg.model.max_seq_length,
+        "completion_only_loss": True,
+    }
+    try:
+        return SFTConfig(**{**defaults, **sft, **derived})
+    except TypeError as err:  # an unknown keyword: name it
+        name = str(err).rsplit("'", 2)[-2] if "'" in str(err) else str(err)
+        raise ConfigError(
+            f"sft.{name} is not a trl.SFTConfig field", "fix its spelling; TRL's SFTConfig docs list the fields"
+        ) from None
+    except ValueError as err:
+        raise ConfigError(f"TRL refused the sft section: {err}", "fix the sft values it names") from None
+
+
+def batching_plan(cfg: TrainConfig, backend: str):
+    """The batch layout and attention of this run (`training/batching.py`), logged."""
+    from training.batching import log_batching, plan_batching
+
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    plan = plan_batching(cfg.sft.model_dump(), backend, cuda)
+    log_batching(plan, explicit=bool(cfg.sft.model_dump().get("packing") or cfg.sft.padding_free))
+    return plan
 
 
 def check_disk(path: Path, trainable: int) -> None:
@@ -94,7 +136,13 @@ def sft_records(cfg: TrainConfig, tokenizer, parent, loaded: tuple | None) -> tu
         rows, data_info, _ = export_data(cfg, tokenizer, parent)
         return rows, [], data_info
     train, validation, data_info = loaded
-    train_records = to_records(train, tokenizer, cfg.model.max_seq_length)
+    if cfg.data.unit == "conversation":
+        chats = conversation_chats(train)
+        train_records = conversation_records(chats, tokenizer, cfg.model.max_seq_length)
+        data_info["train_sequences"] = len(train_records)
+    else:
+        train_records = to_records(train, tokenizer, cfg.model.max_seq_length)
+    data_info["unit"] = cfg.data.unit
     if not train_records:
         raise DatasetError(
             f"none of the {len(train)} train examples fits {cfg.model.max_seq_length} tokens, "
@@ -103,9 +151,10 @@ def sft_records(cfg: TrainConfig, tokenizer, parent, loaded: tuple | None) -> tu
         )
     eval_records = to_records(validation, tokenizer, cfg.model.max_seq_length)
     data_info["left_out_examples"] = {  # too long for max_seq_length even after trimming
-        "train": len(train) - len(train_records),
         "validation": len(validation) - len(eval_records),
     }
+    if cfg.data.unit == "turn":
+        data_info["left_out_examples"]["train"] = len(train) - len(train_records)
     if parent is not None:  # a continued version has seen its parent's conversations too
         seen = set(data_info["train_conversation_ids"]) | parent.train_conversation_ids()
         data_info["train_conversation_ids"] = sorted(seen)
@@ -121,6 +170,9 @@ def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
     from training.preference import build_preference_trainer, is_export, parent_version
 
     parent = parent_version(cfg)
+    plan = batching_plan(cfg, backend)
+    if cfg.method == "sft":  # a bad sft field fails before the data and the model load
+        sft_args(cfg, partial, True, plan.sft_overrides)
     # A dataset file is read before the model loads, so a bad file fails fast.
     loaded = load_data(cfg) if cfg.method == "sft" and not is_export(cfg.data.path) else None
     model, tokenizer, peft_config = load_for_training(cfg, backend, parent.adapter_dir if parent else None)
@@ -133,7 +185,7 @@ def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.validation.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(cfg, partial, bool(eval_records)),
+        args=sft_args(cfg, partial, bool(eval_records), plan.sft_overrides),
         train_dataset=Dataset.from_list(train_records),
         eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
         processing_class=tokenizer,

@@ -259,7 +259,7 @@ def test_missing_file_names_path_and_fix(tmp_path):
     with pytest.raises(DatasetError) as err:
         read_conversations(tmp_path / "nope.csv")
     assert str(tmp_path / "nope.csv") in err.value.problem
-    assert "Synthetic-Persona-Chat_valid.csv" in err.value.fix
+    assert "leave data.path unset for the hub's google/Synthetic-Persona-Chat" in err.value.fix
 
 
 @pytest.mark.parametrize("name", ["garbage.csv", "garbage.jsonl", "garbage.bin"])

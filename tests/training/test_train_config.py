@@ -23,14 +23,18 @@ SFT_VALUES = {
     "gradient_accumulation_steps": 2,
     "num_train_epochs": 2.0,
     "gradient_checkpointing": True,
-    "max_grad_norm": 0.5,
     "padding_free": True,
+    # Undeclared SFTConfig fields pass too (one of each kind).
+    "max_grad_norm": 0.5,
     "train_sampling_strategy": "group_by_length",
+    "report_to": ["tensorboard"],  # checked only when the trainer starts
+    "packing": True,
+    "packing_strategy": "wrapped",
+    "neftune_noise_alpha": 5.0,
     "eval_steps": 3,
     "logging_steps": 2,
     "save_steps": 6,
     "save_total_limit": 4,
-    "report_to": ["tensorboard"],  # checked only when the trainer starts
 }
 
 
@@ -40,7 +44,30 @@ def test_every_section_field_is_an_upstream_field():
 
     assert set(SftPart.model_fields) - {f.name for f in dataclasses.fields(SFTConfig)} == set()
     assert set(LoraPart.model_fields) - {f.name for f in dataclasses.fields(LoraConfig)} == set()
-    assert set(SFT_VALUES) == set(SftPart.model_fields)  # the next test sets every field
+    assert set(SftPart.model_fields) < set(SFT_VALUES)  # the next test sets every field
+
+
+# Declared although TRL's default is the same or close: the error messages name their flags.
+SAME_AS_TRL = {"gradient_accumulation_steps", "per_device_eval_batch_size", "padding_free"}
+
+
+def test_only_the_products_own_defaults_are_declared(tmp_path):
+    from trl import SFTConfig
+
+    trl = SFTConfig(output_dir=str(tmp_path), use_cpu=True)
+    ours = SftPart()
+    for name in set(SftPart.model_fields) - SAME_AS_TRL:
+        theirs = getattr(trl, name)
+        assert (theirs.value if hasattr(theirs, "value") else theirs) != getattr(ours, name), name
+
+
+def test_an_unknown_sft_field_is_named_before_anything_loads(tmp_path):
+    cfg = TrainConfig.model_validate({"device": "cpu", "sft": {"learnig_rate": 1e-4}})
+    with pytest.raises(ConfigError, match=r"sft.learnig_rate is not a trl.SFTConfig field"):
+        sft_args(cfg, tmp_path, has_validation=False)
+    cfg = TrainConfig.model_validate({"device": "cpu", "sft": {"max_steps": 3}})
+    with pytest.raises(ConfigError, match=r"(?s)sft.max_steps is set by the product.*max_steps \(top level\)"):
+        sft_args(cfg, tmp_path, has_validation=False)
 
 
 def test_values_in_the_sft_section_arrive_on_sft_config(tmp_path):
@@ -50,6 +77,7 @@ def test_values_in_the_sft_section_arrive_on_sft_config(tmp_path):
         arrived = getattr(args, name)
         assert (arrived.value if hasattr(arrived, "value") else arrived) == value, name  # enums: their value
     assert (args.max_steps, args.seed, args.output_dir) == (9, 7, str(tmp_path / "checkpoints"))
+    assert args.max_length == 512  # packing needs one: its bin size
 
 
 def test_a_field_added_to_the_section_reaches_trl_with_no_other_edit(tmp_path):
@@ -78,16 +106,44 @@ def test_padding_free_is_left_to_unsloth_unless_set(tmp_path):
     assert on.padding_free is True and on.max_length is None  # records are fitted already
 
 
-def test_padding_free_builds_a_trainer_on_the_trl_backend(tiny_model_dir, spc_csv, tmp_path):
+def test_without_a_varlen_kernel_packing_becomes_padded_batches_grouped_by_length(
+    tiny_model_dir, spc_csv, tmp_path, caplog
+):
     from training.trainer import build_trainer
 
     cfg = TrainConfig.model_validate(
         {"device": "cpu", "model": {"name": str(tiny_model_dir), "max_seq_length": 128},
-         "data": {"path": str(spc_csv), "limit": 2}, "sft": {"padding_free": True}}
+         "data": {"path": str(spc_csv), "limit": 2}, "sft": {"packing": True, "padding_free": True}}
     )  # fmt: skip
-    trainer, _ = build_trainer(cfg, "trl", tmp_path / "partial")  # TRL refuses padding_free + max_length
+    with caplog.at_level("INFO", logger="training"):
+        trainer, _ = build_trainer(cfg, "trl", tmp_path / "partial")
+    assert "attention: sdpa, padded batches grouped by length" in caplog.text
+    assert not trainer.args.packing and not trainer.args.padding_free
+    assert trainer.args.train_sampling_strategy == "group_by_length"
     batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
-    assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # one flat row, no padding
+    assert batch["input_ids"].shape[0] == 2 and "attention_mask" in batch  # padded rows, no dense flat mask
+
+
+def test_with_a_varlen_kernel_packed_batches_are_kept(tiny_model_dir, spc_csv, tmp_path, monkeypatch, caplog):
+    from training import batching
+    from training.trainer import build_trainer
+
+    # Stands in for a varlen kernel on a GPU (CPU tests): the layout is what is checked, not the kernel
+    # (a real flash_attention_2 would also be asked of from_pretrained, which fails without flash-attn).
+    monkeypatch.setattr(batching, "varlen_kernel", lambda backend, cuda: "xformers")
+    cfg = TrainConfig.model_validate(
+        {"device": "cpu", "model": {"name": str(tiny_model_dir), "max_seq_length": 512},
+         "data": {"path": str(spc_csv), "limit": 2, "unit": "conversation"},
+         "sft": {"packing": True, "packing_strategy": "bfd"}}
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="training"):
+        trainer, _ = build_trainer(cfg, "trl", tmp_path / "partial")
+    assert "attention: xformers, packed" in caplog.text
+    row = trainer.train_dataset[0]
+    assert len(row["seq_lengths"]) >= 1 and sum(row["seq_lengths"]) == len(row["input_ids"]) <= 512
+    batch = trainer.data_collator([row])
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == len(row["seq_lengths"])  # position ids restart at every packed sequence
 
 
 def test_early_stopping_needs_a_checkpoint_at_every_evaluation(tmp_path):
