@@ -31,6 +31,7 @@ from chatbot.session import warm
 from core.cli import entry_point
 from core.default_model import base_model, on_space
 from core.errors import ConfigError
+from corpus.hub import DEFAULT_DATASET
 from engines.engine import GenerationSettings
 from engines.factory import (
     engine_loader,  # first of ours: on ZeroGPU it imports `spaces` before torch
@@ -73,6 +74,11 @@ class AppConfig(BaseSettings, EngineConfig):
     )
     port: int = Field(7860, validation_alias="GRADIO_SERVER_PORT", description="Port; env GRADIO_SERVER_PORT.")
     personas_dir: str = Field("personas", description="Folder of persona YAML files.")
+    dataset: str = Field(
+        str(DEFAULT_DATASET),
+        description="What Organise queues and evaluates from: a Synthetic-Persona-Chat CSV or hub:OWNER/NAME (fetched "
+        "once with `datasets`; offline, pass a file).",
+    )
     database_url: str | None = Field(
         None,
         validation_alias="DATABASE_URL",
@@ -201,7 +207,7 @@ def main(cfg: AppConfig) -> int:
     served = serve_store(cfg, store)
     pool = EnginePool(cfg, loader=engine_loader(cfg.model_process, cfg.device, cfg.model_threads))
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
-    ctx = AppContext(pool, served, cfg.personas_dir, cfg.generation, cfg.label_overlap, auth=bool(auth),
+    ctx = AppContext(pool, served, cfg.personas_dir, cfg.dataset, cfg.generation, cfg.label_overlap, auth=bool(auth),
                      oauth=cfg.oauth, storage_warning=storage_warning)  # fmt: skip
     personas = ctx.personas()[0]
     if not personas:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import DatasetError, PersonaStudioError
 from corpus.examples import DataConfig
-from corpus.formats import SHARED_VALID_CSV
+from corpus.hub import DEFAULT_DATASET
 from engines.engine import GreedySettings
 from engines.pool import EnginePool
 from engines.priority import JOB_NICE, lower_priority
@@ -44,7 +44,7 @@ class QueueRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     version: str = Field("base", description="Model version that answers (`base` or a trained one).")
-    dataset: Dataset = Field("spc", description="spc (the shared file), upload (`path`) or regression (the suite).")
+    dataset: Dataset = Field("spc", description="spc (the app's --dataset), upload (`path`) or regression (the suite).")
     path: Path | None = Field(None, description="The uploaded CSV/JSONL (dataset=upload).")
     n_turns: int = Field(20, ge=1, le=10_000, description="Replies to generate (a seeded sample of turns).")
     split: Split = Field("test", description="Conversations of this split (as eval.run), or all of the file.")
@@ -97,9 +97,10 @@ class Cancelled(Exception):
     pass
 
 
-def eval_config(req: QueueRequest, runs_dir: str) -> EvalConfig:
-    """The `eval.run` config of the request: its data, split, sample and decoding."""
-    path = req.path if req.dataset == "upload" else SHARED_VALID_CSV
+def eval_config(req: QueueRequest, runs_dir: str, dataset: str | Path = DEFAULT_DATASET) -> EvalConfig:
+    """The `eval.run` config of the request: its data (`dataset` unless a file was uploaded), split,
+    sample and decoding."""
+    path = req.path if req.dataset == "upload" else Path(dataset)
     if req.dataset == "upload" and path is None:
         raise DatasetError("dataset 'upload' was chosen but no file was uploaded", "upload a .csv or .jsonl file")
     # `all`: every conversation lands in the test split (the overlap check with the version's
@@ -163,8 +164,9 @@ def regression_files(personas_dir: str, n_turns: int) -> tuple[list, list[str]]:
 class QueueJobs:
     """The one background job of the app, its status, and its cancel switch."""
 
-    def __init__(self, pool: EnginePool, store: Store, personas_dir: str = "personas"):
-        self.pool, self.store, self.personas_dir = pool, store, personas_dir
+    def __init__(self, pool: EnginePool, store: Store, personas_dir: str = "personas",
+                 dataset: str | Path = DEFAULT_DATASET):  # fmt: skip
+        self.pool, self.store, self.personas_dir, self.dataset = pool, store, personas_dir, dataset
         self._lock = threading.Lock()  # one start at a time
         self._status_lock = threading.Lock()
         self._status = JobStatus()
@@ -194,7 +196,7 @@ class QueueJobs:
                 work, skipped = regression_files(self.personas_dir, req.n_turns)
                 total = sum(1 for f in work for t in f.script.turns if t.user is not None)
             else:
-                cfg = eval_config(req, self.pool.cfg.runs_dir)
+                cfg = eval_config(req, self.pool.cfg.runs_dir, self.dataset)
                 work = (cfg, *select_turns(cfg, req.split))
                 total = len(work[1])
             self._cancel.clear()

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import PersonaStudioError
 from core.versions import BASE, results_dir
+from corpus.hub import DEFAULT_DATASET
 from engines.pool import EnginePool
 from engines.priority import JOB_NICE
 from store import Store
@@ -78,15 +79,15 @@ class EvalJobError(PersonaStudioError):
     """An evaluation that cannot start now (one is running)."""
 
 
-def eval_args(pool: EnginePool, req: EvalRequest, out: Path) -> list[str]:
+def eval_args(pool: EnginePool, req: EvalRequest, out: Path, dataset: str | Path = DEFAULT_DATASET) -> list[str]:
     """The `python -m eval.run` flags of the request, with the app's model settings. A small
     evaluation: the swap probe on at most 8 turns (eval.run's quick.yaml), no Hits@1 (20
     likelihood scorings per turn: the slowest metric on CPU; `python -m eval.run` has it)."""
     cfg = pool.cfg
     model = cfg.model if req.version == BASE else req.version
     probe = str(min(8, req.n_turns))
-    args = ["--model", model, "--runs_dir", cfg.runs_dir, "--dtype", cfg.dtype, "--device", cfg.device,
-            "--limit", str(req.n_turns), "--swap_probe_items", probe, "--hits_items", "0",
+    args = ["--model", model, "--data.path", str(dataset), "--runs_dir", cfg.runs_dir, "--dtype", cfg.dtype,
+            "--device", cfg.device, "--limit", str(req.n_turns), "--swap_probe_items", probe, "--hits_items", "0",
             "--bertscore", str(req.bertscore).lower(), "--register_labels", "false", "--out", str(out)]  # fmt: skip
     if req.version == BASE and cfg.adapter:
         args += ["--adapter", cfg.adapter]
@@ -96,8 +97,8 @@ def eval_args(pool: EnginePool, req: EvalRequest, out: Path) -> list[str]:
 class EvalJobs:
     """The app's one background evaluation, its status and its cancel switch."""
 
-    def __init__(self, pool: EnginePool, store: Store):
-        self.pool, self.store = pool, store
+    def __init__(self, pool: EnginePool, store: Store, dataset: str | Path = DEFAULT_DATASET):
+        self.pool, self.store, self.dataset = pool, store, dataset
         self._lock = threading.Lock()
         self._status = EvalStatus()
         self._process: subprocess.Popen | None = None
@@ -119,7 +120,7 @@ class EvalJobs:
             if req.version != BASE and req.version not in self.pool.versions():
                 self.pool.get(req.version)  # ModelLoadError naming the versions there are
             out = results_dir(self.pool.cfg.runs_dir, req.version, "eval")
-            command = [sys.executable, "-m", "eval.run", *eval_args(self.pool, req, out)]
+            command = [sys.executable, "-m", "eval.run", *eval_args(self.pool, req, out, self.dataset)]
             # In the app's process group: Ctrl-C on the app (or a kill of its group) ends it too.
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                              stderr=subprocess.STDOUT)  # fmt: skip

@@ -127,7 +127,10 @@ def studio_context(tmp_path: Path, store, engines: dict, settings=None, personas
     for version, engine in engines.items():
         pool.put(version, engine)
     settings = settings or GenerationSettings(temperature=0, max_new_tokens=8)
-    return AppContext(pool, store, str(personas_dir), settings)
+    # The dataset Organise reads: the project's shared split (a test fixture; the product's default is the hub's).
+    from corpus.formats import SHARED_VALID_CSV
+
+    return AppContext(pool, store, str(personas_dir), dataset=str(SHARED_VALID_CSV), settings=settings)
 
 
 @contextmanager

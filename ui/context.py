@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from core.errors import PersonaError
 from core.persona import Persona, scan_personas
+from corpus.hub import DEFAULT_DATASET
 from engines.engine import GenerationSettings
 from engines.pool import EnginePool
 from store import StoreAPI
@@ -16,6 +17,8 @@ class AppContext:
     pool: EnginePool
     store: StoreAPI  # a Store, or the StoreProcess serving it (app.py serve_store)
     personas_dir: str = "personas"
+    # What Organise queues and evaluates from (its "Synthetic-Persona-Chat" choice): a file or hub:OWNER/NAME.
+    dataset: str = str(DEFAULT_DATASET)
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     label_overlap: int = 1  # raters per label item, so agreement can be measured
     auth: bool = False  # raters are the logged-in users (basic auth, PERSONA_STUDIO_AUTH)

@@ -110,7 +110,7 @@ def progress_view(progress: dict) -> tuple[pd.DataFrame, pd.DataFrame, str]:
 
 def build_organise_tab(ctx: AppContext) -> dict:
     """The tab's widgets and events; returns the event to run when the tab is opened."""
-    jobs = QueueJobs(ctx.pool, ctx.store, ctx.personas_dir)
+    jobs = QueueJobs(ctx.pool, ctx.store, ctx.personas_dir, ctx.dataset)
     gr.Markdown(
         "Generate a model version's answers and put them in the **Label** queue. The job runs in the "
         "background (chat and labelling go on); one job at a time. The answers are those of "
@@ -135,7 +135,7 @@ def build_organise_tab(ctx: AppContext) -> dict:
     items = gr.Dataframe(label="Items per source and version (left: waiting for a label)", interactive=False)
     raters = gr.Dataframe(label="Labels per rater (left: items still open to them)", interactive=False)
     agreed = gr.Markdown()
-    evaluations = EvalJobs(ctx.pool, ctx.store)
+    evaluations = EvalJobs(ctx.pool, ctx.store, ctx.dataset)
     _evaluation_section(ctx, evaluations, version)
 
     def shown_progress():

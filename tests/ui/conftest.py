@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from corpus.formats import SHARED_VALID_CSV
 from tests.conftest import REPO, serving, studio_context
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright cannot download a browser here
@@ -87,7 +88,9 @@ def launched(tmp: Path, *args: str, short_personas: bool = True):
     port = _free_port()
     env = dict(os.environ, DATABASE_URL=database_url, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     env.pop("SPACE_ID", None)
-    args = ["--port", str(port), "--personas_dir", str(personas), "--runs_dir", str(tmp / "runs"), *args]
+    # The shared split Organise reads (a test fixture: the product reads the hub dataset, offline here).
+    args = ["--port", str(port), "--personas_dir", str(personas), "--runs_dir", str(tmp / "runs"),
+            "--dataset", str(SHARED_VALID_CSV), *args]  # fmt: skip
     log_path = tmp / "app.log"
     with open(log_path, "w") as log:
         app = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO, env=env, stdout=log,
