@@ -345,9 +345,8 @@ class Store:
         rater_id = self._rater_id(conn, rater, create=True)
         t = now()
         if quality.answer_repeat(conn, item_id, rater_id, verdict):  # the item shown again: kept apart
-            row = LabelRow(item_id=item_id, rater=rater, verdict=verdict, comment=comment,
-                           model_version=item.model_version, source=item.source, created_at=t, updated_at=t)  # fmt: skip
-            return row, rater_id
+            versions = dict(model_version=item.model_version, source=item.source, created_at=t, updated_at=t)
+            return LabelRow(item_id=item_id, rater=rater, verdict=verdict, comment=comment, **versions), rater_id
         pair = dict(item_id=item_id, rater_id=rater_id)
         assign.hold(conn, item_id, rater_id)
         stmt = sql.dialect_insert(conn, labels).values(pair | dict(verdict=verdict, comment=comment, created_at=t,
