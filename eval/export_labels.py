@@ -14,10 +14,14 @@
 
 An item's verdict is its raters' verdict: items with fewer than `min_raters` labels are left
 out; where raters disagree the item is dropped, or takes the strict majority (a tie is dropped).
-Votes on the same two replies to the same prompt are resolved the same way. `OUT/` gets the
-`datasets` dataset (`dataset/`, `save_to_disk`), the same rows as JSONL and `manifest.json`:
-the label item ids, vote ids and prompt keys used (so the trained version is never scored on
-them), the counts, and a fingerprint of the rows.
+Votes on the same two replies to the same prompt are resolved the same way. With
+`--min_gold_accuracy 0.7`, the labels of raters below that gold accuracy are left out first
+(eval.rater_quality.left_out). `OUT/` gets the `datasets` dataset (`dataset/`, `save_to_disk`),
+the same rows as JSONL and `manifest.json`: the label item ids, vote ids and prompt keys used
+(so the trained version is never scored on them), the counts, a fingerprint of the rows, the
+raters left out, and each label behind the rows (`labels`: item, rater, verdict, seconds from
+shown to labelled or null when not timed, the item's gold verdict or null, the rater's verdict
+on a repeat of it or null), so a training set says which verdicts it trusted.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from core.cli import entry_point
 from core.conversation import build_messages
 from core.errors import DatasetError
 from core.persona import Persona, persona_from_facts
+from eval.rater_quality import trusted_rows
 from store import Store
 from store.records import prompt_key
 
@@ -56,6 +61,9 @@ class ExportConfig(BaseModel):
     min_raters: int = Field(1, ge=1, description="Leave out items (and vote pairs) with fewer raters than this.")
     disagreement: Literal["drop", "majority"] = Field(
         "drop", description="Raters disagree: drop the item, or take the strict majority (a tie is dropped)."
+    )
+    min_gold_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Leave out raters whose gold accuracy is below this (eval.rater_quality)."
     )
     database_url: str | None = Field(None, description="Label store (default: DATABASE_URL or SQLite in data/).")
     push_to_hub: str | None = Field(None, description="Also push the dataset to this hub repo (USER/REPO; network).")
@@ -104,10 +112,10 @@ def prompt_messages(persona: dict, context: list[dict]) -> list[dict]:
     return build_messages(persona_of(persona), context)
 
 
-def rated_items(store: Store, cfg: ExportConfig, counts: Counter) -> list[Rated]:
-    """Every labelled item (of `cfg.version`) with a resolved verdict, oldest item first."""
+def rated_items(store: Store, cfg: ExportConfig, counts: Counter, labels: list) -> list[Rated]:
+    """Every item with `labels` (of `cfg.version`) with a resolved verdict, oldest item first."""
     verdicts: dict[int, list[str]] = defaultdict(list)
-    for row in store.label_rows(cfg.version):
+    for row in labels:
         verdicts[row.item_id].append(row.verdict)
     counts["items_labelled"] = len(verdicts)
     rated, items = [], store.items(verdicts)
@@ -201,15 +209,40 @@ def _dpo_row(prompt: list[dict], chosen: str, rejected: str) -> dict:
 def build_rows(store: Store, cfg: ExportConfig) -> tuple[list[dict], dict, Counter]:
     """(rows, provenance {item_ids, preference_ids, prompt_keys}, counts) for `cfg.format`."""
     counts: Counter = Counter()
-    rated = rated_items(store, cfg, counts)
+    labels, dropped = trusted_rows(store, cfg.min_gold_accuracy)
+    labels = [r for r in labels if cfg.version is None or r.model_version == cfg.version]
+    counts["raters_left_out"] = len(dropped)
+    rated = rated_items(store, cfg, counts, labels)
     if cfg.format == "dpo":
         rows, used = dpo_rows(store, cfg, rated, counts)
-        return rows, used, counts
-    kept = rated if cfg.format == "kto" else [r for r in rated if r.good]
-    rows = kto_rows(kept) if cfg.format == "kto" else sft_rows(kept)
-    counts["good"], counts["bad"] = sum(r.good for r in kept), sum(not r.good for r in kept)
-    used = {"item_ids": {r.item_id for r in kept}, "preference_ids": set(), "prompt_keys": {r.key for r in kept}}
+    else:
+        kept = rated if cfg.format == "kto" else [r for r in rated if r.good]
+        rows = kto_rows(kept) if cfg.format == "kto" else sft_rows(kept)
+        counts["good"], counts["bad"] = sum(r.good for r in kept), sum(not r.good for r in kept)
+        used = {"item_ids": {r.item_id for r in kept}, "preference_ids": set(), "prompt_keys": {r.key for r in kept}}
+    used["left_out"] = dropped
+    used["labels"] = label_provenance(store, [r for r in labels if r.item_id in used["item_ids"]])
     return rows, used, counts
+
+
+def label_provenance(store: Store, labels: list) -> list[dict]:
+    """Each label behind the rows: item, rater, verdict, seconds (shown -> labelled; null: not
+    handed out by the queue), gold (the item's known verdict) and repeat (the rater's verdict when
+    the item was shown to them again), null where there is none."""
+    seconds = {(t.item_id, t.rater): round(t.seconds, 3) for t in store.label_times()}
+    gold = store.gold_items()
+    again = {(r.item_id, r.rater): r.again for r in store.repeat_rows()}
+    return [
+        {
+            "item_id": r.item_id,
+            "rater": r.rater,
+            "verdict": r.verdict,
+            "seconds": seconds.get((r.item_id, r.rater)),
+            "gold": gold.get(r.item_id),
+            "repeat": again.get((r.item_id, r.rater)),
+        }  # fmt: skip
+        for r in sorted(labels, key=lambda r: (r.item_id, r.rater))
+    ]
 
 
 def fingerprint(rows: list[dict]) -> str:
@@ -256,11 +289,14 @@ def write_export(cfg: ExportConfig, rows: list[dict], used: dict, counts: Counte
         "version": cfg.version,
         "min_raters": cfg.min_raters,
         "disagreement": cfg.disagreement,
+        "min_gold_accuracy": cfg.min_gold_accuracy,
+        "raters_left_out": used["left_out"],
         "counts": {"rows": len(rows), **dict(sorted(counts.items()))},
         "fingerprint": fingerprint(rows),
         "item_ids": sorted(used["item_ids"]),
         "preference_ids": sorted(used["preference_ids"]),
         "prompt_keys": sorted(used["prompt_keys"]),
+        "labels": used["labels"],
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest

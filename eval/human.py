@@ -11,7 +11,7 @@ inside [0, 1] and is honest with the few dozen labels a version typically gets.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 BASE = "base"  # core.versions.BASE; not imported so this module stays dependency-free
@@ -35,13 +35,17 @@ def _field(row: Any, name: str) -> Any:
     return row[name] if isinstance(row, Mapping) else getattr(row, name)
 
 
-def human_accuracy(rows: Iterable[Any], z: float = 1.96) -> list[dict]:
+def human_accuracy(rows: Iterable[Any], z: float = 1.96, leave_out: Collection[str] = ()) -> list[dict]:
     """One row per model version: good, labelled, accuracy, wilson_low, wilson_high, items
-    (distinct items labelled), raters (distinct raters). `rows` are `Store.label_rows()`
-    (or mappings with model_version, verdict, item_id, rater); `base` first, then by name."""
+    (distinct items labelled), raters (distinct raters), raters_left_out and labels_left_out
+    (the labels of the `leave_out` raters, e.g. eval.rater_quality.left_out: below a gold-accuracy
+    threshold, are not counted). `rows` are `Store.label_rows()` (or mappings with model_version,
+    verdict, item_id, rater); `base` first, then by name."""
     groups: dict[str, list] = {}
+    dropped: dict[str, list] = {}
     for row in rows:
-        groups.setdefault(_field(row, "model_version"), []).append(row)
+        version = _field(row, "model_version")
+        (dropped if _field(row, "rater") in leave_out else groups).setdefault(version, []).append(row)
     table = []
     for version in sorted(groups, key=lambda v: (v != BASE, v)):
         labels = groups[version]
@@ -57,6 +61,8 @@ def human_accuracy(rows: Iterable[Any], z: float = 1.96) -> list[dict]:
                 "wilson_high": high,
                 "items": len({_field(r, "item_id") for r in labels}),
                 "raters": len({_field(r, "rater") for r in labels}),
+                "raters_left_out": len({_field(r, "rater") for r in dropped.get(version, [])}),
+                "labels_left_out": len(dropped.get(version, [])),
             }
         )
     return table

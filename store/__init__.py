@@ -11,14 +11,16 @@ start) or `python -m store.migrate`, and refused by everything else.
 
 Modules: `schema` (the tables, each declared once, and the records built from them), `records`
 (the other values), `upgrade` (create or migrate on open), `store` (`Store`), `assign` (the
-queue), `history` (turns), `votes` (A/B preferences), `timing` (seconds per label), `sql` (shared
-query pieces), `db` (engine, SQLite settings), `migrate` (the command), `migrations` (Alembic's
-revisions), `boundary` (`StoreAPI`: what the app calls, and the check that refuses what cannot cross
-to a child process), `process` (a store served by a child process: the app's).
+queue), `quality` (gold items, repeats, what to label next), `history` (turns), `votes` (A/B
+preferences), `timing` (seconds per label), `sql` (shared query pieces), `db` (engine, SQLite
+settings), `migrate` (the command), `migrations` (Alembic's revisions), `boundary` (`StoreAPI`:
+what the app calls, and the check that refuses what cannot cross to a child process), `process`
+(a store served by a child process: the app's).
 """
 
 from store.boundary import CheckedStore, StoreAPI
 from store.db import StoreError, database_url, mask_url
+from store.quality import QUEUE_ORDER, QueueMix
 from store.records import (
     VOTES,
     BlindItem,
@@ -27,6 +29,7 @@ from store.records import (
     NewPreference,
     PreferenceRow,
     Progress,
+    RepeatRow,
     Verdict,
     Vote,
     prompt_key,
@@ -45,6 +48,9 @@ __all__ = [
     "NewPreference",
     "PreferenceRow",
     "Progress",
+    "QUEUE_ORDER",
+    "QueueMix",
+    "RepeatRow",
     "Store",
     "StoreAPI",
     "StoreError",

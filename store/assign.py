@@ -4,15 +4,18 @@ An item is *open* to a rater when they have not labelled or skipped it and eithe
 already or fewer than `overlap` raters hold it. Holders are raters with an assignment:
 `next_item` assigns, a label keeps the assignment, a skip gives it back; every change goes
 through `hold` / `release`, which keep the item's `holders` column equal to its assignments.
-Open items go out by `priority` (highest first), then by age (lowest id first).
+Open items go out by `boost` (store.quality.QUEUE_ORDER), then `priority` (highest first),
+then by age (lowest id first). Gold items stay out of this shared queue; with a `QueueMix`,
+gold items and repeats are mixed into each rater's items (store.quality).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
+from store import quality
 from store.db import StoreError
-from store.schema import assignments, label_items, labels, skips
+from store.schema import assignments, label_items, labels, repeats, skips
 from store.sql import dialect_insert
 
 _CLAIM_TRIES = 100  # items other raters took while we looked, before we give up
@@ -36,11 +39,15 @@ def _unfinished(rater_id: int | None, source: str | None) -> list:
 
 
 def pending(conn: sa.Connection, rater_id: int | None, source: str | None) -> sa.Row | None:
-    """The item the rater holds and has not finished; the latest assigned first, so an
-    undone label (re-assigned by `undo_last_label`) comes back before anything else. None for a
-    rater not in the store yet (`rater_id` None): they hold nothing."""
+    """The item shown again to the rater (a repeat) and not answered, else the item the rater
+    holds and has not finished; the latest assigned first, so an undone label (re-assigned by
+    `undo_last_label`) comes back before anything else. None for a rater not in the store yet
+    (`rater_id` None): they hold nothing."""
     if rater_id is None:
         return None
+    repeat = quality.pending_repeat(conn, rater_id, source)
+    if repeat is not None:
+        return repeat
     query = (
         sa.select(label_items)
         .join(assignments, assignments.c.item_id == label_items.c.id)
@@ -51,18 +58,29 @@ def pending(conn: sa.Connection, rater_id: int | None, source: str | None) -> sa
     return conn.execute(query).first()
 
 
-def next_for(conn: sa.Connection, rater_id: int, overlap: int, source: str | None) -> sa.Row | None:
-    """The item the rater holds and has not finished, else a newly claimed one (None: nothing left)."""
-    return pending(conn, rater_id, source) or claim(conn, rater_id, overlap, source)
+def next_for(
+    conn: sa.Connection, rater_id: int, overlap: int, source: str | None, mix: quality.QueueMix | None = None
+) -> sa.Row | None:
+    """The item the rater holds and has not finished, else a gold item or a repeat if `mix` draws
+    one, else a newly claimed one (None: nothing left)."""
+    found = pending(conn, rater_id, source)
+    if found is None and mix is not None:
+        found = quality.mixed(conn, rater_id, mix, source, hold)
+    return found or claim(conn, rater_id, overlap, source)
 
 
 def claim(conn: sa.Connection, rater_id: int, overlap: int, source: str | None) -> sa.Row | None:
-    """Assign the item with a free place and the highest priority (the oldest of those) to
-    the rater, or None if there is none."""
+    """Assign the item (not gold) with a free place and the highest boost and priority (the
+    oldest of those) to the rater, or None if there is none."""
     query = (
         sa.select(label_items)
-        .where(label_items.c.holders < overlap, *_unfinished(rater_id, source), ~_held_by(rater_id))
-        .order_by(label_items.c.priority.desc(), label_items.c.id)
+        .where(
+            label_items.c.holders < overlap,
+            label_items.c.gold.is_(None),
+            *_unfinished(rater_id, source),
+            ~_held_by(rater_id),
+        )
+        .order_by(label_items.c.boost.desc(), label_items.c.priority.desc(), label_items.c.id)
         .limit(1)
     )
     for _ in range(_CLAIM_TRIES):
@@ -109,7 +127,11 @@ def count_open(conn: sa.Connection, rater_id: int | None, overlap: int, source: 
     holders). Unfinished ones with a free place = all with a free place - the rater's finished
     ones among them: a count over the queue's index and one over the rater's few finished items
     (testing every free item against the finished ones: 1.5 ms per call at 10k items)."""
-    with_place = [label_items.c.holders < overlap, *([label_items.c.source == source] if source else [])]
+    with_place = [
+        label_items.c.holders < overlap,
+        label_items.c.gold.is_(None),
+        *([label_items.c.source == source] if source else []),
+    ]
     free = sa.select(sa.func.count()).select_from(label_items).where(*with_place)
     finished = sa.select(sa.func.count()).select_from(label_items)
     finished = finished.where(*with_place, label_items.c.id.in_(_finished(rater_id)))
@@ -124,9 +146,10 @@ def count_open(conn: sa.Connection, rater_id: int | None, overlap: int, source: 
 
 
 def count_labelled(conn: sa.Connection, rater_id: int | None, source: str | None) -> int:
-    query = (
-        sa.select(sa.func.count())
-        .select_from(labels.join(label_items, labels.c.item_id == label_items.c.id))
-        .where(labels.c.rater_id == rater_id, *([label_items.c.source == source] if source else []))
-    )
-    return conn.execute(query).scalar_one()
+    """The rater's labels and answered repeats (what they see as done)."""
+    where = [label_items.c.source == source] if source else []
+    done = 0
+    for table, answered in ((labels, []), (repeats, [repeats.c.answered_at.is_not(None)])):
+        query = sa.select(sa.func.count()).select_from(table.join(label_items, table.c.item_id == label_items.c.id))
+        done += conn.execute(query.where(table.c.rater_id == rater_id, *answered, *where)).scalar_one()
+    return done

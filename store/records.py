@@ -77,6 +77,18 @@ class LabelRow:
     updated_at: datetime  # last change (a relabel moves it)
 
 
+@dataclass(frozen=True)
+class RepeatRow:
+    """A rater's two verdicts on an item shown to them twice (store.quality): `first` is their
+    label, `again` the verdict on the repeat."""
+
+    item_id: int
+    rater: str
+    first: Verdict
+    again: Verdict
+    answered_at: datetime
+
+
 class Progress(NamedTuple):
     done: int  # items this rater labelled
     total: int  # done + items still available to them

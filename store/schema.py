@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, MappedCol
 
 from store.records import CONVERSATION_SOURCES, ITEM_SOURCES, ROLES, VERDICTS, VOTES, WITHDRAW_REASONS, BlindItem
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -167,6 +167,12 @@ class Item(Base):
     # every item's holders (at 10k items that count made `next_item` ~20 ms and `progress` ~11 ms).
     # `info["derived"]`: not data of its own (store.backup leaves it out).
     holders: Mapped[int] = mapped_column(insert_default=0, server_default=sa.text("0"), info={"derived": True})
+    # The known verdict of a gold item (None: not gold). Gold items stay out of the shared queue;
+    # each rater gets them mixed in at the organiser's share (store.quality).
+    gold: Mapped[str | None] = mapped_column(default=None)
+    # Which items go first, ahead of `priority` (store.quality.QUEUE_ORDER states the rule), set by
+    # `Store.order_queue` once per queue refill, not per click. Derived: store.backup leaves it out.
+    boost: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"), info={"derived": True})
 
     def blind(self) -> BlindItem:
         return BlindItem(id=self.id, persona=self.persona, context=self.context, answer=self.answer)
@@ -174,7 +180,13 @@ class Item(Base):
 
 # The order the queue hands items out in, holders included: `next_item` walks this index to
 # the first item with a free place and stops there (no per-item lookups, no sort).
-sa.Index("ix_label_items_queue", Item.__table__.c.priority.desc(), Item.__table__.c.id, Item.__table__.c.holders)
+sa.Index(
+    "ix_label_items_queue",
+    Item.__table__.c.boost.desc(),
+    Item.__table__.c.priority.desc(),
+    Item.__table__.c.id,
+    Item.__table__.c.holders,
+)
 
 
 class Assignment(Base):
@@ -213,6 +225,22 @@ class Skip(Base):
     created_at: Mapped[Created]
 
 
+class Repeat(Base):
+    """An item shown again to a rater who labelled it (store.quality): their second verdict, kept
+    apart from `labels` so a repeat never counts twice in accuracy or exports. Pending while
+    `answered_at` is None; answered with no verdict: skipped."""
+
+    __tablename__ = "repeats"
+    __table_args__ = (sa.UniqueConstraint("item_id", "rater_id"), _in("verdict", VERDICTS))
+
+    id: Mapped[Id]
+    item_id: Mapped[int] = _fk("label_items")
+    rater_id: Mapped[int] = _fk("raters")
+    shown_at: Mapped[Created]
+    answered_at: Mapped[datetime | None] = mapped_column(default=None)
+    verdict: Mapped[str | None] = mapped_column(default=None)
+
+
 class Preference(Base):
     """A blind A/B vote (`NewPreference` records one). Like an item, it holds everything the
     rater saw, so it outlives the Compare tab's conversations it came from."""
@@ -245,4 +273,5 @@ label_items = Item.__table__
 assignments = Assignment.__table__
 labels = Label.__table__
 skips = Skip.__table__
+repeats = Repeat.__table__
 preferences = Preference.__table__

@@ -17,9 +17,10 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from store import assign, history, sql, timing, votes
+from store import assign, history, quality, sql, timing, votes
 from store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, WriterQueue, create_engine, database_url, mask_url, reason
 from store.db import transaction as _transaction
+from store.quality import QueueMix
 from store.records import (
     CONVERSATION_SOURCES,
     ITEM_SOURCES,
@@ -30,6 +31,7 @@ from store.records import (
     NewPreference,
     PreferenceRow,
     Progress,
+    RepeatRow,
     Verdict,
     WithdrawReason,
 )
@@ -42,6 +44,8 @@ from store.schema import (
     label_items,
     labels,
     now,
+    raters,
+    repeats,
     skips,
     turns,
 )
@@ -241,10 +245,13 @@ class Store:
         rows = self._read(lambda c: [dict(row._mapping) for row in c.execute(query)], "the label item counts")
         return [row | {"left": row["items"] - row["complete"]} for row in rows]
 
-    def next_item(self, rater: str, overlap: int = 1, source: str | None = None) -> Item | None:
-        """The rater's next item: one they hold but have not finished, else, of the items fewer
-        than `overlap` raters hold, the one with the highest priority, the oldest of those (now
-        assigned to them). None when nothing is left."""
+    def next_item(
+        self, rater: str, overlap: int = 1, source: str | None = None, *, mix: QueueMix | None = None
+    ) -> Item | None:
+        """The rater's next item: one they hold but have not finished, else (with `mix`) maybe a
+        gold item or a repeat (store.quality), else, of the items fewer than `overlap` raters hold,
+        the one with the highest boost and priority, the oldest of those (now assigned to them).
+        None when nothing is left."""
         rater = _rater_name(rater)
         _check_overlap(overlap)
 
@@ -254,7 +261,7 @@ class Store:
 
         def write(conn: sa.Connection) -> sa.Row | None:
             rater_id = self._rater_id(conn, rater, create=True)
-            return assign.next_for(conn, rater_id, overlap, source)
+            return assign.next_for(conn, rater_id, overlap, source, mix)
 
         # The item the rater holds comes from a read, which does not queue behind other raters'
         # writes (after each label the app shows the next item, and the client then asks again).
@@ -274,7 +281,7 @@ class Store:
         return self._read(read, f"the progress of {rater}")
 
     def next_with_progress(
-        self, rater: str, overlap: int = 1, source: str | None = None
+        self, rater: str, overlap: int = 1, source: str | None = None, *, mix: QueueMix | None = None
     ) -> tuple[Item | None, Progress]:
         """`next_item` and `progress` (what the Label tab shows), in one read when the rater
         holds an item already (after `label_and_next` they do): a transaction less per click."""
@@ -289,7 +296,9 @@ class Store:
         found = self._read(read, f"the items held by {rater}")
         if found is not None:
             return Item(**found[0]._mapping), found[1]
-        return self.next_item(rater, overlap, source), self.progress(rater, overlap, source)
+        # `mix` only when given: callers that stand in for next_item (tests/ui) take the old arguments.
+        following = self.next_item(rater, overlap, source, mix=mix) if mix else self.next_item(rater, overlap, source)
+        return following, self.progress(rater, overlap, source)
 
     # -- labels -----------------------------------------------------------------------
 
@@ -304,7 +313,15 @@ class Store:
         )
 
     def label_and_next(
-        self, item_id: int, rater: str, verdict: Verdict, comment: str = "", overlap: int = 1, source: str | None = None
+        self,
+        item_id: int,
+        rater: str,
+        verdict: Verdict,
+        comment: str = "",
+        overlap: int = 1,
+        source: str | None = None,
+        *,
+        mix: QueueMix | None = None,
     ) -> Labelled:
         """`label`, then `next_item`, in one write transaction: what the Label tab does on each
         click, with half the writes (on SQLite writes go one at a time, and 100 raters' label
@@ -317,7 +334,7 @@ class Store:
         def write(conn: sa.Connection) -> Labelled:
             row, rater_id = self._label(conn, item_id, rater, verdict, comment)
             try:  # assign's own refusal, before it changed anything: the label still commits
-                following = assign.next_for(conn, rater_id, overlap, source)
+                following = assign.next_for(conn, rater_id, overlap, source, mix)
             except StoreError as err:
                 return Labelled(row, None, err)
             return Labelled(row, Item(**following._mapping) if following else None)
@@ -328,9 +345,12 @@ class Store:
         item = sql.require(conn, label_items, item_id, "label item", columns=[label_items.c.model_version,
                                                                               label_items.c.source])  # fmt: skip
         rater_id = self._rater_id(conn, rater, create=True)
+        t = now()
+        if quality.answer_repeat(conn, item_id, rater_id, verdict):  # the item shown again: kept apart
+            versions = dict(model_version=item.model_version, source=item.source, created_at=t, updated_at=t)
+            return LabelRow(item_id=item_id, rater=rater, verdict=verdict, comment=comment, **versions), rater_id
         pair = dict(item_id=item_id, rater_id=rater_id)
         assign.hold(conn, item_id, rater_id)
-        t = now()
         stmt = sql.dialect_insert(conn, labels).values(pair | dict(verdict=verdict, comment=comment, created_at=t,
                                                                    updated_at=t))  # fmt: skip
         update = dict(verdict=verdict, comment=comment, updated_at=t)
@@ -348,6 +368,8 @@ class Store:
         def write(conn: sa.Connection) -> None:
             sql.require(conn, label_items, item_id, "label item")
             rater_id = self._rater_id(conn, rater, create=True)
+            if quality.answer_repeat(conn, item_id, rater_id, None):  # a skipped repeat: answered, no verdict
+                return
             pair = dict(item_id=item_id, rater_id=rater_id)
             conn.execute(sql.dialect_insert(conn, skips).values(pair).on_conflict_do_nothing())
             assign.release(conn, item_id, rater_id)
@@ -355,18 +377,22 @@ class Store:
         self._write(write, f"the skip of item {item_id} by {rater} was NOT saved", retry=True)
 
     def undo_last_label(self, rater: str) -> int | None:
-        """Delete the rater's most recently written label; its item is first in their queue
-        again. Returns that item's id, or None when the rater has no labels."""
+        """Delete the rater's most recently written label (or answer to a repeat); its item is
+        first in their queue again. Returns that item's id, or None when the rater has no labels."""
         rater = _rater_name(rater)
 
         def write(conn: sa.Connection) -> int | None:
             rater_id = self._rater_id(conn, rater, create=False)
+            repeat = quality.last_answered_repeat(conn, rater_id)
             last = conn.execute(
-                sa.select(labels.c.id, labels.c.item_id)
+                sa.select(labels.c.id, labels.c.item_id, labels.c.updated_at)
                 .where(labels.c.rater_id == rater_id)
                 .order_by(labels.c.updated_at.desc(), labels.c.id.desc())
                 .limit(1)
             ).first()
+            if repeat is not None and (last is None or repeat.answered_at >= last.updated_at):
+                conn.execute(sa.update(repeats).where(repeats.c.id == repeat.id).values(verdict=None, answered_at=None))
+                return repeat.item_id
             if last is None:
                 return None
             conn.execute(sa.delete(labels).where(labels.c.id == last.id))
@@ -403,6 +429,50 @@ class Store:
     def label_times(self) -> list[timing.LabelTime]:
         """Every label the queue handed out, with when it was shown and labelled (`store.timing`)."""
         return self._read(lambda c: [timing.LabelTime(**r._mapping) for r in c.execute(timing.QUERY)], "label times")
+
+    # -- rater quality (store.quality) ----------------------------------------------------
+
+    def set_gold(self, item_ids: list[int], verdict: Verdict | None) -> int:
+        """Mark the items gold with their known verdict (None: no longer gold). Gold items leave
+        the shared queue and are mixed into each rater's items (`next_item(mix=...)`). Returns how
+        many items there were."""
+        if verdict is not None:
+            _check_verdict(verdict)
+        ids = list(item_ids)
+        query = sa.update(label_items).where(label_items.c.id.in_(ids)).values(gold=verdict)
+        return self._write(lambda c: c.execute(query).rowcount, f"gold verdicts of {len(ids)} items were NOT saved")
+
+    def gold_items(self) -> dict[int, str]:
+        """Gold item id -> its known verdict."""
+        query = sa.select(label_items.c.id, label_items.c.gold).where(label_items.c.gold.is_not(None))
+        return self._read(lambda c: {r.id: r.gold for r in c.execute(query)}, "the gold items")
+
+    def repeat_rows(self) -> list[RepeatRow]:
+        """Every answered repeat with the rater's first verdict on the item, oldest first."""
+        query = (
+            sa.select(
+                repeats.c.item_id,
+                raters.c.name.label("rater"),
+                labels.c.verdict.label("first"),
+                repeats.c.verdict.label("again"),
+                repeats.c.answered_at,
+            )  # fmt: skip
+            .select_from(
+                repeats.join(raters, raters.c.id == repeats.c.rater_id).join(
+                    labels, sa.and_(labels.c.item_id == repeats.c.item_id, labels.c.rater_id == repeats.c.rater_id)
+                )
+            )
+            .where(repeats.c.verdict.is_not(None))
+            .order_by(repeats.c.answered_at, repeats.c.id)
+        )
+        return self._read(lambda c: [RepeatRow(**r._mapping) for r in c.execute(query)], "the repeats")
+
+    def order_queue(self, open_versions: list[str]) -> int:
+        """Reorder the queue by `store.quality.QUEUE_ORDER` (items whose labels disagree first,
+        then items of `open_versions`); call it per queue refill, not per label. Returns how
+        many items changed place."""
+        versions = list(open_versions)
+        return self._write(lambda c: quality.order_queue(c, versions), "the queue order was NOT saved", retry=True)
 
     def model_versions_with_labels(self) -> list[str]:
         query = (
