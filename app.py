@@ -38,7 +38,7 @@ from engines.factory import (
 )
 from engines.loading import EngineConfig
 from engines.pool import EnginePool
-from store import Store, StoreAPI
+from store import QueueMix, Store, StoreAPI
 from store.backup import start_backup
 from store.process import StoreProcess
 from ui.chat import build_chat_tab
@@ -96,6 +96,16 @@ class AppConfig(BaseSettings, EngineConfig):
     )
     backup_minutes: float = Field(5, gt=0, description="Minutes between pushes to --backup_repo.")
     label_overlap: int = Field(1, ge=1, description="Raters per label item (2+ lets agreement be measured).")
+    label_gold_share: float = Field(
+        0.0, ge=0, le=1, description="Share of each rater's items that are gold (a known verdict), unmarked to them."
+    )
+    label_repeat_share: float = Field(
+        0.0, ge=0, le=1, description="Share of each rater's items shown to them again later (self-agreement)."
+    )
+    min_gold_accuracy: float | None = Field(
+        None, ge=0, le=1,
+        description="Leave raters below this accuracy on gold items (5+ of them) out of Results' human accuracy.",
+    )  # fmt: skip
     # One generate per chat does best at 4 at once on 2 cores; batched chats decode together, so every
     # chat should reach the batch (benchmarks/README.md, "Many users at once").
     concurrency_limit: int | None = Field(
@@ -207,8 +217,11 @@ def main(cfg: AppConfig) -> int:
     served = serve_store(cfg, store)
     pool = EnginePool(cfg, loader=engine_loader(cfg.model_process, cfg.device, cfg.model_threads))
     base = pool.get("base")  # load now: a bad --model fails here, not in the first chat
+    mix = QueueMix(cfg.label_gold_share, cfg.label_repeat_share)
+    mix = mix if mix.gold_share or mix.repeat_share else None  # None: the plain queue, as before
     ctx = AppContext(pool, served, cfg.personas_dir, cfg.dataset, cfg.generation, cfg.label_overlap, auth=bool(auth),
-                     oauth=cfg.oauth, storage_warning=storage_warning)  # fmt: skip
+                     oauth=cfg.oauth, storage_warning=storage_warning, label_mix=mix,
+                     min_gold_accuracy=cfg.min_gold_accuracy)  # fmt: skip
     personas = ctx.personas()[0]
     if not personas:
         raise ConfigError(f"no valid persona files in {cfg.personas_dir}", "add a *.yaml persona there")

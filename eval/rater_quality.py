@@ -127,11 +127,15 @@ def left_out(table: pd.DataFrame, min_gold_accuracy: float | None) -> list[str]:
     return sorted(judged.loc[judged["gold accuracy"] < min_gold_accuracy, "rater"])
 
 
-def trusted_rows(store: StoreAPI, min_gold_accuracy: float | None) -> tuple[list, list[str]]:
-    """(label rows of the raters kept, raters left out) for human accuracy and exports."""
-    rows = store.label_rows()
+def raters_left_out(store: StoreAPI, rows: list, min_gold_accuracy: float | None) -> list[str]:
+    """The raters of `rows` (Store.label_rows()) below `min_gold_accuracy` on their gold items."""
     if min_gold_accuracy is None:
-        return rows, []
-    table = rater_table(rows, store.gold_items(), store.repeat_rows(), store.label_times())
-    dropped = left_out(table, min_gold_accuracy)
-    return [r for r in rows if r.rater not in set(dropped)], dropped
+        return []
+    return left_out(rater_table(rows, store.gold_items(), store.repeat_rows(), store.label_times()), min_gold_accuracy)
+
+
+def trusted_rows(store: StoreAPI, min_gold_accuracy: float | None) -> tuple[list, list[str]]:
+    """(label rows of the raters kept, raters left out) for exports."""
+    rows = store.label_rows()
+    dropped = set(raters_left_out(store, rows, min_gold_accuracy))
+    return [r for r in rows if r.rater not in dropped], sorted(dropped)

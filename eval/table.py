@@ -9,6 +9,7 @@ import pandas as pd
 
 from eval.human import BASE, human_accuracy
 from eval.leaderboard import leaderboard
+from eval.rater_quality import raters_left_out
 from store import Store
 
 # Summary key written by the evaluation -> column name.
@@ -49,9 +50,12 @@ class VersionResult:
     arena: dict | None = None  # its `eval.leaderboard` row (A/B votes); None: no votes
 
 
-def collect(store: Store, versions: list[str]) -> list[VersionResult]:
-    """`versions` (e.g. the pool's) plus every version with labels or eval runs, `base` first."""
-    human = {row["model_version"]: row for row in human_accuracy(store.label_rows())}
+def collect(store: Store, versions: list[str], min_gold_accuracy: float | None = None) -> list[VersionResult]:
+    """`versions` (e.g. the pool's) plus every version with labels or eval runs, `base` first; raters
+    below `min_gold_accuracy` on their gold items are left out of human accuracy (and counted)."""
+    rows = store.label_rows()  # all of them: human_accuracy counts the labels it leaves out
+    dropped = raters_left_out(store, rows, min_gold_accuracy)
+    human = {row["model_version"]: row for row in human_accuracy(rows, leave_out=dropped)}
     latest, identity = {}, {}
     for run in store.eval_runs():  # oldest first: the last one wins
         # An eval.identity run adds its one number; it must not hide the eval.run metrics.
@@ -79,6 +83,7 @@ def metric_keys(results: list[VersionResult]) -> list[str]:
 def format_table(results: list[VersionResult]) -> pd.DataFrame:
     keys = metric_keys(results)
     voted = any(r.arena for r in results)  # the A/B columns appear with the first vote
+    dropped = any((r.human or {}).get("raters_left_out") for r in results)  # below the gold threshold
     rows = []
     for r in results:
         row = {"model version": r.model_version}
@@ -90,6 +95,8 @@ def format_table(results: list[VersionResult]) -> pd.DataFrame:
             row["human accuracy (%)"], row["95 % interval (%)"] = NO_LABELS, ""
         counts = r.human or {}
         row |= {"labels": counts.get("labelled", 0), "items": counts.get("items", 0), "raters": counts.get("raters", 0)}
+        if dropped:
+            row["raters left out"] = counts.get("raters_left_out", 0)
         if voted:
             row |= ab_columns(r.arena)
         if not keys:  # nothing measured anywhere: one column says so
@@ -99,6 +106,7 @@ def format_table(results: list[VersionResult]) -> pd.DataFrame:
             row[METRICS[key]] = NOT_RUN if r.metrics is None else MISSING if value is None else round(value, 3)
         rows.append(row)
     columns = ["model version", "human accuracy (%)", "95 % interval (%)", "labels", "items", "raters"]
+    columns += ["raters left out"] if dropped else []
     columns += AB_COLUMNS if voted else []
     return pd.DataFrame(rows, columns=columns + ([METRICS[k] for k in keys] or ["automatic metrics"]))
 
@@ -113,6 +121,6 @@ def ab_columns(arena: dict | None) -> dict:
     )
 
 
-def results_table(store: Store, versions: list[str]) -> pd.DataFrame:
+def results_table(store: Store, versions: list[str], min_gold_accuracy: float | None = None) -> pd.DataFrame:
     """One row per model version: human accuracy, its Wilson interval, counts, the metrics."""
-    return format_table(collect(store, versions))
+    return format_table(collect(store, versions, min_gold_accuracy))

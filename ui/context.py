@@ -9,7 +9,7 @@ from core.persona import Persona, scan_personas
 from corpus.hub import DEFAULT_DATASET
 from engines.engine import GenerationSettings
 from engines.pool import EnginePool
-from store import StoreAPI
+from store import QueueMix, StoreAPI
 
 
 @dataclass
@@ -21,6 +21,8 @@ class AppContext:
     dataset: str = str(DEFAULT_DATASET)
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     label_overlap: int = 1  # raters per label item, so agreement can be measured
+    label_mix: QueueMix | None = None  # shares of gold and repeated items in each rater's queue (store/quality.py)
+    min_gold_accuracy: float | None = None  # raters below it on gold items are left out of human accuracy
     auth: bool = False  # raters are the logged-in users (basic auth, PERSONA_STUDIO_AUTH)
     oauth: bool = False  # raters sign in with Hugging Face (a Space with hf_oauth: true)
     # Shown on every tab when labels will not survive a restart (a Space without /data or

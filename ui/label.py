@@ -81,7 +81,7 @@ def _store_error(what: str, err: StoreError) -> gr.Error:
 def show_next(ctx: AppContext, rater: str) -> Shown:
     """The rater's next item (assigned to them now) and their progress."""
     try:
-        return _shown(*ctx.store.next_with_progress(rater, ctx.label_overlap))
+        return _shown(*ctx.store.next_with_progress(rater, ctx.label_overlap, mix=ctx.label_mix))
     except StoreError as err:
         raise _store_error("Could not load the next item", err) from None
 
@@ -101,7 +101,8 @@ def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str,
     if item_id is None:
         raise gr.Error("There is no answer on screen to label.")
     try:  # the label and the next item in one write (Store.label_and_next)
-        done = ctx.store.label_and_next(int(item_id), rater, verdict, (comment or "").strip(), ctx.label_overlap)
+        done = ctx.store.label_and_next(int(item_id), rater, verdict, (comment or "").strip(), ctx.label_overlap,
+                                          mix=ctx.label_mix)  # fmt: skip
     except StoreError as err:
         raise _store_error("Your label was NOT saved", err) from None
     if done.next_error is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from store import QUEUE_ORDER
 from ui.common import shortcuts_js
 from ui.context import AppContext
 
@@ -103,6 +104,8 @@ def layout(ctx: AppContext) -> LabelView:
             # js_on_load also installs the shortcuts, so they work even if app.py does not pass
             # LABEL_SHORTCUTS_JS to launch().
             gr.HTML(KEYS_HINT, js_on_load=LABEL_LOAD_JS)
+            with gr.Accordion("Which answers come first?", open=False):
+                gr.Markdown(QUEUE_ORDER)
     return LabelView(progress, item_id, shown_for, persona_box, persona, chat, answer, comment, buttons, mine)
 
 

@@ -36,6 +36,7 @@ from eval.progress import session_progress
 from eval.run_job import EvalJobs, EvalRequest, EvalStatus
 from ui.common import shows_errors
 from ui.context import AppContext
+from ui.quality import build_quality_section
 
 DATASET_CHOICES = [
     ("Shared Synthetic-Persona-Chat (validation file)", "spc"),
@@ -135,6 +136,7 @@ def build_organise_tab(ctx: AppContext) -> dict:
     items = gr.Dataframe(label="Items per source and version (left: waiting for a label)", interactive=False)
     raters = gr.Dataframe(label="Labels per rater (left: items still open to them)", interactive=False)
     agreed = gr.Markdown()
+    on_quality = build_quality_section(ctx, refresh)
     evaluations = EvalJobs(ctx.pool, ctx.store, ctx.dataset)
     _evaluation_section(ctx, evaluations, version)
 
@@ -176,7 +178,11 @@ def build_organise_tab(ctx: AppContext) -> dict:
     refresh.click(shown_progress, None, [items, raters, agreed], api_name=False, **QUICK)
     _add_api(ctx, jobs)
     _add_evaluation_api(evaluations)
-    return dict(fn=opened, inputs=None, outputs=shown, **QUICK)
+
+    def opened_with_raters():
+        return *opened(), *on_quality["fn"]()
+
+    return dict(fn=opened_with_raters, inputs=None, outputs=[*shown, *on_quality["outputs"]], **QUICK)
 
 
 def _add_api(ctx: AppContext, jobs: QueueJobs) -> None:

@@ -210,7 +210,7 @@ def build_results_tab(ctx: AppContext) -> dict:
 
     def current() -> list[VersionResult]:
         try:
-            return collect(ctx.store, ctx.pool.versions())
+            return collect(ctx.store, ctx.pool.versions(), ctx.min_gold_accuracy)
         except PersonaStudioError as err:
             raise user_error(err) from None
 
