@@ -23,6 +23,7 @@ JOBS = {
     "report": ("eval.report", "the scorecard of a version against its parent"),
     "label-export": ("eval.export_labels", "raters' labels and votes as a training dataset"),
     "leaderboard": ("eval.leaderboard", "Bradley-Terry leaderboard of the blind A/B votes, with intervals"),
+    "label-next": ("eval.label_next", "reorder the label queue: disagreements and open versions first"),
     "serve": ("engines.serve", "serve versions on vLLM, llama.cpp or `transformers serve`"),
     "scope": ("chatbot.scope", "train and check a persona's scope guard"),
     "setup": ("core.default_model", "prepare the packaged default model (once, offline)"),
