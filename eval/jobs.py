@@ -29,6 +29,7 @@ from engines.engine import GreedySettings
 from engines.pool import EnginePool
 from engines.priority import JOB_NICE, lower_priority
 from eval.config import EvalConfig
+from eval.label_next import refresh_queue
 from store import Store
 
 log = logging.getLogger("eval.jobs")
@@ -254,6 +255,7 @@ class QueueJobs:
                 self._regression(engine, req, work)
             else:
                 self._turns(engine, req.version, *work)
+            refresh_queue(self.store, self.pool.cfg.runs_dir)  # the refilled queue: open versions first
             self._update(state="done", eta_s=0.0, message="")  # a cancel during the last batch came too late
         except Cancelled:
             self._update(state="cancelled", eta_s=None, message="cancelled; the replies queued so far stay queued")
