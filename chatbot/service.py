@@ -46,6 +46,7 @@ def exchange(
     seed: Messages | None = None,
     replacing: list[int] | None = None,
     scope_guard: bool = True,
+    loaded: list[dict] | None = None,
 ) -> Iterator[Step]:
     """Stream the reply of `persona` (on `version`, from `engine()`) to `message`, then save it.
 
@@ -54,7 +55,8 @@ def exchange(
     in effect is marked with a notice and speaks from this turn. `replacing`: the turn ids of the
     exchange a retry replaces, withdrawn in the same save. `scope_guard`: an off-topic message to
     a persona with a scope gets its deflection, saved like a greeting (no model version: nothing
-    to label); the engine is not even asked for.
+    to label); the engine is not even asked for. `loaded`: the history's active turns, when the
+    caller has just read them (retry), so they are not read again.
     """
     message = check_message(message)
     canned = deflection(persona, message) if scope_guard else None
@@ -64,7 +66,8 @@ def exchange(
             pending.append(turn(m["role"], m["content"], persona if m["role"] == "assistant" else None))
         before: list[dict] = []
     else:
-        before = history.load(replacing)
+        gone = set(replacing or [])
+        before = history.load(replacing) if loaded is None else [t for t in loaded if t["id"] not in gone]
         if persona_in_effect(before) not in (None, persona.model_dump()):
             pending.append(turn("notice", notice(persona)["content"], persona))
     pending.append(turn("user", message, persona, version))
@@ -89,18 +92,15 @@ def exchange(
     yield Step(shown(saved), history.conversation_id, reply, ids[-1], trimmed, deflected=canned is not None)
 
 
-def last_exchange(history: History) -> tuple[list[int], str | None]:
+def last_exchange(turns: list[dict]) -> tuple[list[int], str | None]:
     """(turn ids undo and retry take back, the user message they begin with)."""
-    if not history.started:
-        return [], None
-    messages = shown(history.load())
-    gone = taken_back(messages)
-    return [messages[i]["id"] for i in gone], (messages[gone[0]]["content"] if gone else None)
+    gone = taken_back(turns)
+    return [turns[i]["id"] for i in gone], (turns[gone[0]]["content"] if gone else None)
 
 
 def undo(history: History) -> str | None:
     """Withdraw the last exchange; the user message it began with (None: nothing to undo)."""
-    ids, user = last_exchange(history)
+    ids, user = last_exchange(history.load() if history.started else [])
     if ids:
         history.withdraw(ids, "undo")
     return user
@@ -109,10 +109,12 @@ def undo(history: History) -> str | None:
 def retry(history: History, engine: Callable[[], ChatEngine], persona: Persona, version: str | None,
           settings: GenerationSettings, scope_guard: bool = True) -> Iterator[Step]:  # fmt: skip
     """A new reply to the last user message; the old exchange is withdrawn when it is saved."""
-    ids, user = last_exchange(history)
+    turns = history.load() if history.started else []
+    ids, user = last_exchange(turns)
     if not ids:
         raise MessageError("there is no reply to retry yet", "send a message first")
-    yield from exchange(history, engine, user, persona, version, settings, replacing=ids, scope_guard=scope_guard)
+    yield from exchange(history, engine, user, persona, version, settings, replacing=ids, scope_guard=scope_guard,
+                        loaded=turns)  # fmt: skip
 
 
 def switch(history: History, persona: Persona) -> None:

@@ -2,8 +2,8 @@
 
 A message is `{"role": "user" | "assistant" | "notice", "content": str}` (extra keys such as
 a stored turn's `id` ride along untouched). A `notice` marks a persona switch in the
-transcript; it is shown, never sent to the model. The terminal chat (`ChatSession`), the app
-(over the turns in the store) and the regression scripts all go through these functions, so
+transcript; it is shown, never sent to the model. The conversation service (`chatbot.service`,
+over a history in memory or in the store), training and eval all go through these functions, so
 greeting, undo, retry, persona switch and history trimming behave the same everywhere.
 """
 
