@@ -25,7 +25,17 @@ from engines.engine import GenerationSettings
 from store import LabelRow, Turn
 from ui.context import AppContext
 
-__all__ = ["Step", "exchange", "retry", "undo", "label_reply", "unlabel_reply", "stored_messages", "transcript"]
+__all__ = [
+    "Step",
+    "exchange",
+    "retry",
+    "undo",
+    "label_reply",
+    "unlabel_reply",
+    "stored_messages",
+    "transcript",
+    "merge",
+]
 
 
 def stored_messages(turns: list[Turn]) -> Messages:
