@@ -1,17 +1,17 @@
 """A chat under a persona in memory: send, undo, retry, switch, reset over any `ChatEngine`.
 
-The terminal chat and local regression scripts use it; the app keeps the same history in the
-store instead. Both are the pure functions of `core.conversation` over a message list.
+The terminal chat and local regression runs use it: the conversation service
+(`chatbot.service`) over a `MemoryHistory`, as the app is the same service over the store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from chatbot.scope import classifier, deflection
-from core import conversation
-from core.conversation import Messages, build_messages, check_message, opening
-from core.errors import MessageError
+from chatbot import service
+from chatbot.history import MemoryHistory
+from chatbot.scope import classifier
+from core.conversation import Messages, build_messages, opening
 from core.persona import Persona
 from engines.engine import ChatEngine, GenerationSettings
 
@@ -44,28 +44,30 @@ class ChatSession:
         self.persona = persona
         self.settings = settings or GenerationSettings()
         self.scope_guard = scope_guard
-        self.history: Messages = opening(persona)
+        self.reset()
+
+    @property
+    def history(self) -> Messages:
+        """The conversation as `{"role", "content"}` messages (a deflection marked `"deflected"`)."""
+        return [{"role": t["role"], "content": t["content"]} | ({"deflected": True} if t["deflected"] else {})
+                for t in self._history.turns]  # fmt: skip
+
+    def _pieces(self, steps: Iterator[service.Step]) -> Iterator[str]:
+        """The reply's new text at each step; a deflection (one saved step) whole."""
+        said = ""
+        for step in steps:
+            if step.turn_id is None:
+                yield step.reply[len(said) :]
+                said = step.reply
+            elif not said:
+                yield step.reply
 
     def send(self, text: str) -> Iterator[str]:
         """Yield reply pieces; the exchange joins the history only when the reply finished,
         so an error or an abandoned stream leaves the history as it was."""
-        message = check_message(text)
-        deflected = deflection(self.persona, message) if self.scope_guard else None
-        if deflected is not None:
-            yield deflected
-            self.history += [
-                {"role": "user", "content": message},
-                {"role": "assistant", "content": deflected, "deflected": True},
-            ]
-            return
-        pieces: list[str] = []
-        for piece in self.engine.stream(build_messages(self.persona, self.history, message), self.settings):
-            pieces.append(piece)
-            yield piece
-        self.history += [
-            {"role": "user", "content": message},
-            {"role": "assistant", "content": "".join(pieces).strip()},
-        ]
+        steps = service.exchange(self._history, lambda: self.engine, text, self.persona, self.engine.name,
+                                 self.settings, scope_guard=self.scope_guard)  # fmt: skip
+        yield from self._pieces(steps)
 
     def reply(self, text: str) -> str:
         """`send`, collected."""
@@ -74,33 +76,23 @@ class ChatSession:
     @property
     def deflected(self) -> bool:
         """Whether the last reply was the persona's scope deflection (the model not called)."""
-        return bool(self.history and self.history[-1].get("deflected"))
+        return bool(self._history.turns and self._history.turns[-1]["deflected"])
 
     def switch_persona(self, persona: Persona) -> None:
         """The new persona speaks from the next turn on; its prompt replaces the old one."""
         self.persona = persona
-        self.history = conversation.switched(self.history, persona)
+        service.switch(self._history, persona)
 
     def undo(self) -> str | None:
         """Remove the last exchange; return the user message it began with."""
-        self.history, user = conversation.undone(self.history)
-        return user
+        return service.undo(self._history)
 
     def retry(self) -> Iterator[str]:
-        """Regenerate the last reply (with sampling it will usually differ). If the new
-        reply fails or is abandoned, the old exchange is put back."""
-        before = self.history
-        self.history, user = conversation.undone(before)
-        if user is None:
-            raise MessageError("there is no reply to retry yet", "send a message first")
-        done = False
-        try:
-            yield from self.send(user)
-            done = True
-        finally:
-            if not done:
-                self.history = before
+        """Regenerate the last reply (with sampling it will usually differ). The old exchange is
+        replaced only when the new reply is complete: a failed or abandoned one leaves it."""
+        yield from self._pieces(service.retry(self._history, lambda: self.engine, self.persona, self.engine.name,
+                                              self.settings, self.scope_guard))  # fmt: skip
 
     def reset(self) -> None:
         """Start over under the current persona (its greeting, if any, opens the chat)."""
-        self.history = opening(self.persona)
+        self._history = MemoryHistory(opening(self.persona), self.persona)

@@ -2,8 +2,8 @@
 
 A message is `{"role": "user" | "assistant" | "notice", "content": str}` (extra keys such as
 a stored turn's `id` ride along untouched). A `notice` marks a persona switch in the
-transcript; it is shown, never sent to the model. The terminal chat (`ChatSession`), the app
-(over the turns in the store) and the regression scripts all go through these functions, so
+transcript; it is shown, never sent to the model. The conversation service (`chatbot.service`,
+over a history in memory or in the store), training and eval all go through these functions, so
 greeting, undo, retry, persona switch and history trimming behave the same everywhere.
 """
 
@@ -103,15 +103,16 @@ def fit(messages: Messages, count_tokens: Callable[[Messages], int], budget: int
     """
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     rest = messages[len(system) :]
-    if len(rest) <= 1:
+    if len(rest) <= 1 or count_tokens(messages) <= budget:  # the usual case: it all fits, one count
         return list(messages)
-    # Where the kept dialogue may start, shortest drop first: the whole, then each later user
-    # turn, then the last message alone. Fewer messages never count more tokens, so the first
-    # start that fits is found by bisection (a few tokenisations instead of one per turn).
+    # Where the kept dialogue may start, shortest drop first: the whole (over budget, above),
+    # then each later user turn, then the last message alone. Fewer messages never count more
+    # tokens, so the first start that fits is found by bisection (a few tokenisations instead
+    # of one per turn).
     starts = [0, *(i for i in range(1, len(rest)) if rest[i]["role"] == "user")]
     if starts[-1] != len(rest) - 1:
         starts.append(len(rest) - 1)
-    lo, hi = 0, len(starts) - 1
+    lo, hi = 1, len(starts) - 1
     while lo < hi:
         mid = (lo + hi) // 2
         if count_tokens(system + rest[starts[mid] :]) <= budget:

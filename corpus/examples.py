@@ -29,9 +29,9 @@ from corpus.formats import (
     CHAT_SPEAKERS,
     FORMATS,
     SPC_SPEAKERS,
-    Conversation,
+    DialogueRow,
     LoadReport,
-    Turn,
+    Utterance,
     read_conversations,
 )
 from corpus.hub import DEFAULT_DATASET, cached_file, is_hub
@@ -39,12 +39,12 @@ from corpus.persona_data import HELDOUT_SHARE, check_share, is_persona_file, per
 
 __all__ = [
     "SPLITS",
-    "Conversation",
+    "DialogueRow",
     "DataConfig",
     "Example",
     "LoadReport",
     "MixSource",
-    "Turn",
+    "Utterance",
     "fingerprint",
     "load_examples",
     "read_conversations",
@@ -60,7 +60,7 @@ Speakers = Literal["both", "User 1", "User 2"]
 class Example:
     conversation_id: str
     speaker: str  # whose reply `target` is
-    turn_index: int  # index of the target turn in `Conversation.turns`
+    turn_index: int  # index of the target turn in `DialogueRow.turns`
     # System (if any), then the history from `speaker`'s side. Read-only: the dicts are shared
     # by the examples of one conversation (a copy per example adds seconds on the ~9k-row file).
     messages: list[dict[str, str]]
@@ -71,7 +71,7 @@ class Example:
         return [*self.messages, {"role": "assistant", "content": self.target}]
 
 
-def _target_speakers(conversation: Conversation, speakers: str) -> set[str]:
+def _target_speakers(conversation: DialogueRow, speakers: str) -> set[str]:
     # Q&A and JSONL chats have one side to learn: the assistant. `speakers` picks the side only
     # in two-party dialogues, where either persona can be the model.
     if {turn.speaker for turn in conversation.turns} <= set(CHAT_SPEAKERS):
@@ -80,7 +80,7 @@ def _target_speakers(conversation: Conversation, speakers: str) -> set[str]:
 
 
 def _conversation_examples(
-    conversation: Conversation,
+    conversation: DialogueRow,
     targets: set[str],
     max_history_turns: int | None,
     default_persona: Persona | None,
@@ -104,7 +104,7 @@ def _conversation_examples(
 
 
 def turn_examples(
-    conversations: Sequence[Conversation],
+    conversations: Sequence[DialogueRow],
     speakers: str = "both",
     max_history_turns: int | None = None,
     default_persona: Persona | None = None,
@@ -152,8 +152,8 @@ def _split_of(unit: float, fractions: tuple[float, float, float]) -> str:
 
 
 def split_conversations(
-    conversations: Sequence[Conversation], seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1)
-) -> dict[str, list[Conversation]]:
+    conversations: Sequence[DialogueRow], seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1)
+) -> dict[str, list[DialogueRow]]:
     """{"train", "validation", "test"} -> conversations, file order kept within each split.
 
     Split by conversation, never by turn, so no dialogue is in two splits. Each conversation's
@@ -161,7 +161,7 @@ def split_conversations(
     rows never moves the others, and identical dialogues (same id) always land together.
     """
     fractions = check_fractions(fractions)
-    splits: dict[str, list[Conversation]] = {name: [] for name in SPLITS}
+    splits: dict[str, list[DialogueRow]] = {name: [] for name in SPLITS}
     for conversation in conversations:
         digest = hashlib.sha256(f"{seed}:{conversation.id}".encode()).digest()
         unit = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
@@ -267,7 +267,7 @@ class DataConfig(BaseModel):
         return self.format == "persona" or (self.format == "auto" and is_persona_file(self.path))
 
 
-def read_splits(cfg: DataConfig) -> tuple[dict[str, list[Conversation]], LoadReport]:
+def read_splits(cfg: DataConfig) -> tuple[dict[str, list[DialogueRow]], LoadReport]:
     """{"train", "validation", "test"} -> conversations of `cfg.path`: hashed by conversation for
     dialogue files, by held-out wording for persona files (`corpus/persona_data.py`)."""
     if cfg.is_persona():

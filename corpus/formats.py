@@ -1,4 +1,4 @@
-"""Dataset files -> `Conversation`s: Synthetic-Persona-Chat CSV, Q&A CSV, chat-messages JSONL.
+"""Dataset files -> `DialogueRow`s: Synthetic-Persona-Chat CSV, Q&A CSV, chat-messages JSONL.
 
 `read_conversations(path)` detects the format, skips malformed rows (counted in a `LoadReport`,
 never fatal) and raises `DatasetError` only when the file as a whole cannot be used.
@@ -51,16 +51,16 @@ _MAX_REPORTED = 5  # skipped rows listed by number in the report; the rest are o
 
 
 @dataclass(frozen=True)
-class Turn:
+class Utterance:
     speaker: str  # "User 1" / "User 2" (Synthetic-Persona-Chat) or "user" / "assistant"
     text: str
 
 
 @dataclass(frozen=True)
-class Conversation:
+class DialogueRow:
     id: str  # content hash: the same dialogue gets the same id wherever it sits in the file
     row: int  # 1-based data row (CSV) or line number (JSONL) it was read from
-    turns: tuple[Turn, ...]  # speakers alternate: consecutive lines by one speaker are merged
+    turns: tuple[Utterance, ...]  # speakers alternate: consecutive lines by one speaker are merged
     personas: dict[str, Persona] = field(default_factory=dict)  # speaker -> persona
     system: str | None = None  # explicit system prompt (Q&A `system` column, JSONL)
 
@@ -93,7 +93,7 @@ class LoadReport:
         return f"{text}, skipped {self.skipped} malformed {unit}s (first: {first})"
 
 
-Loaded = tuple[list[Conversation], LoadReport]
+Loaded = tuple[list[DialogueRow], LoadReport]
 
 
 class _BadRow(Exception):
@@ -103,7 +103,7 @@ class _BadRow(Exception):
 # --- building conversations --------------------------------------------------------------------
 
 
-def _merge_turns(lines: list[tuple[str, str]]) -> list[Turn]:
+def _merge_turns(lines: list[tuple[str, str]]) -> list[Utterance]:
     """(speaker, text) lines -> turns; consecutive lines by one speaker become one turn, so roles
     alternate as chat templates require."""
     merged: list[tuple[str, list[str]]] = []
@@ -112,15 +112,15 @@ def _merge_turns(lines: list[tuple[str, str]]) -> list[Turn]:
             merged[-1][1].append(text)
         else:
             merged.append((speaker, [text]))
-    return [Turn(speaker, "\n".join(texts)) for speaker, texts in merged]
+    return [Utterance(speaker, "\n".join(texts)) for speaker, texts in merged]
 
 
 def _conversation(
     row: int,
-    turns: list[Turn],
+    turns: list[Utterance],
     personas: dict[str, Persona],
     system: str | None,
-) -> Conversation:
+) -> DialogueRow:
     # Hash only what came from the file: defaults (and the placeholder name of an anonymous
     # persona) are left out, so a new Persona field or name does not change ids and splits.
     persona_data = {
@@ -129,7 +129,7 @@ def _conversation(
     }
     payload = {"turns": [[t.speaker, t.text] for t in turns], "personas": persona_data, "system": system}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    return Conversation(id=digest[:16], row=row, turns=tuple(turns), personas=personas, system=system)
+    return DialogueRow(id=digest[:16], row=row, turns=tuple(turns), personas=personas, system=system)
 
 
 def _cell(cells: dict[str, str | None], column: str) -> str:
@@ -139,7 +139,7 @@ def _cell(cells: dict[str, str | None], column: str) -> str:
     return value
 
 
-def _spc_turns(dialogue: str) -> list[Turn]:
+def _spc_turns(dialogue: str) -> list[Utterance]:
     lines = []
     for number, line in enumerate(dialogue.splitlines(), 1):  # line numbers as seen in the cell
         if not line.strip():
@@ -156,7 +156,7 @@ def _spc_turns(dialogue: str) -> list[Turn]:
     return _merge_turns(lines)
 
 
-def _parse_spc(row: int, cells: dict[str, str | None]) -> Conversation:
+def _parse_spc(row: int, cells: dict[str, str | None]) -> DialogueRow:
     personas = {}
     for speaker, column in zip(SPC_SPEAKERS, _CSV_COLUMNS["spc"][:2], strict=True):
         facts = [line.strip() for line in _cell(cells, column).splitlines() if line.strip()]
@@ -165,10 +165,10 @@ def _parse_spc(row: int, cells: dict[str, str | None]) -> Conversation:
     return _conversation(row, turns, personas, None)
 
 
-def _parse_qa(row: int, cells: dict[str, str | None]) -> Conversation:
+def _parse_qa(row: int, cells: dict[str, str | None]) -> DialogueRow:
     turns = [
-        Turn("user", _cell(cells, "question").strip()),
-        Turn("assistant", _cell(cells, "answer").strip()),
+        Utterance("user", _cell(cells, "question").strip()),
+        Utterance("assistant", _cell(cells, "answer").strip()),
     ]
     system = (cells.get("system") or "").strip() or None
     return _conversation(row, turns, {}, system)
@@ -187,7 +187,7 @@ def _jsonl_persona(value: object) -> Persona:
     raise _BadRow("'persona' must be a mapping of Persona fields or a list of fact strings")
 
 
-def _jsonl_messages(messages: list) -> tuple[list[Turn], str | None]:
+def _jsonl_messages(messages: list) -> tuple[list[Utterance], str | None]:
     lines = []
     system = None
     for number, message in enumerate(messages, 1):
@@ -205,7 +205,7 @@ def _jsonl_messages(messages: list) -> tuple[list[Turn], str | None]:
     return _merge_turns(lines), system
 
 
-def _parse_jsonl(row: int, line: str) -> Conversation:
+def _parse_jsonl(row: int, line: str) -> DialogueRow:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:

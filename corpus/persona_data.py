@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.persona import Persona, QAPair, load_persona, render_system_prompt
-from corpus.formats import Conversation, LoadReport, Turn
+from corpus.formats import DialogueRow, LoadReport, Utterance
 
 PERSONA_SUFFIXES = (".yaml", ".yml")
 HELDOUT_SHARE = 0.25
@@ -114,21 +114,21 @@ def phrasings(persona: Persona, seed: int = 0, heldout_share: float = HELDOUT_SH
     return kept
 
 
-def _conversation(persona: Persona, system: str, number: int, p: Phrasing) -> Conversation:
+def _conversation(persona: Persona, system: str, number: int, p: Phrasing) -> DialogueRow:
     # The id hashes the persona's name and the normalised wording only: editing an answer or a
     # fact keeps ids stable, and eval's overlap check (ids) also catches a case/punctuation twin.
     digest = hashlib.sha256(f"persona:{persona.name}:{normalize(p.text)}".encode()).hexdigest()
-    turns = (Turn("user", p.text), Turn("assistant", p.answer))
-    return Conversation(id=digest[:16], row=number, turns=turns, system=system)
+    turns = (Utterance("user", p.text), Utterance("assistant", p.answer))
+    return DialogueRow(id=digest[:16], row=number, turns=turns, system=system)
 
 
 def persona_splits(
     path: str | Path, seed: int = 0, heldout_share: float = HELDOUT_SHARE, variations: bool = True
-) -> tuple[dict[str, list[Conversation]], LoadReport]:
+) -> tuple[dict[str, list[DialogueRow]], LoadReport]:
     """{"train": trained wordings, "validation": [], "test": held-out wordings} of a persona file."""
     persona = load_persona(path)
     system = render_system_prompt(persona)
-    splits: dict[str, list[Conversation]] = {"train": [], "validation": [], "test": []}
+    splits: dict[str, list[DialogueRow]] = {"train": [], "validation": [], "test": []}
     for number, p in enumerate(phrasings(persona, seed, heldout_share, variations), 1):
         splits["test" if p.heldout else "train"].append(_conversation(persona, system, number, p))
     rows = sum(map(len, splits.values()))

@@ -61,6 +61,17 @@ def prompt_tokens(tokenizer, messages: Messages) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+class Fitted(list):
+    """Messages an engine fitted to its context window (`ChatEngine.fit_messages`): `stream`
+    trusts them as they are, so a prompt the app fitted (to tell the user what was trimmed) is
+    not counted again. A list, so it goes wherever messages go (a process pipe, a server)."""
+
+    def __init__(self, messages: Messages, tokens: int, trimmed: int):
+        super().__init__(messages)
+        self.tokens = tokens  # prompt tokens after the chat template, generation prompt included
+        self.trimmed = trimmed  # oldest messages left out
+
+
 class ChatEngine(ABC):
     """A generation backend. Subclasses give tokens counts and generation; trimming the
     history to the context window is shared here so every backend trims the same way."""
@@ -86,18 +97,28 @@ class ChatEngine(ABC):
         A no-op unless the backend keeps prompt caches; remote servers cache on their own."""
         return None
 
-    def fit_messages(self, messages: Messages, settings: GenerationSettings) -> Messages:
+    def fit_messages(self, messages: Messages, settings: GenerationSettings) -> Fitted:
         """`messages` trimmed (`core.conversation.fit`) so prompt + max_new_tokens fit the
         context window; at most half the window is held back for the reply, so a huge
         max_new_tokens cannot starve the prompt. A message too long on its own is refused, and
-        a persona whose system prompt alone overflows gets an error of its own (`too_long`)."""
+        a persona whose system prompt alone overflows gets an error of its own (`too_long`).
+        Already `Fitted` messages are returned as they are (fitted once, counted once)."""
+        if isinstance(messages, Fitted):
+            return messages
         budget = self.context_window - min(settings.max_new_tokens, self.context_window // 2)
-        fitted = fit(messages, self.count_tokens, budget)
-        if self.count_tokens(fitted) > budget:
+        counts: dict[int, int] = {}  # fit's candidates are suffixes: their length names them
+
+        def count(candidate: Messages) -> int:
+            if len(candidate) not in counts:
+                counts[len(candidate)] = self.count_tokens(candidate)
+            return counts[len(candidate)]
+
+        fitted = fit(messages, count, budget)
+        if count(fitted) > budget:
             raise too_long(fitted, self.count_tokens, budget, self.context_window)
         if len(fitted) < len(messages):
             log.info("trimmed %d old messages to fit the context", len(messages) - len(fitted))
-        return fitted
+        return Fitted(fitted, count(fitted), len(messages) - len(fitted))
 
 
 class _StopOnEvent(StoppingCriteria):

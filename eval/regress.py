@@ -21,15 +21,14 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import yaml
 from pydantic import Field, field_validator
 
-from chatbot.scope import is_deflection
 from chatbot.session import ChatSession
 from core.cli import entry_point
-from core.conversation import dialogue, opening, switched
+from core.conversation import dialogue
 from core.default_model import DEFAULT_MODEL
 from core.errors import ConfigError, GenerationError
 from core.persona import Persona, load_personas
@@ -84,8 +83,17 @@ def version_name(cfg: RegressConfig) -> str:
 # -- chatting ------------------------------------------------------------------------------
 
 
+class Sent(NamedTuple):
+    """A reply, the dialogue it answered (before its user message), whether it was the persona's
+    scope deflection (the model not asked)."""
+
+    reply: str
+    context: list[dict]
+    deflected: bool
+
+
 class LocalChat:
-    """A `ChatSession` on a local engine."""
+    """A `ChatSession` on a local engine: the conversation service over a history in memory."""
 
     def __init__(self, engine, settings: GenerationSettings):
         self.engine, self.settings = engine, settings
@@ -96,11 +104,9 @@ class LocalChat:
     def switch(self, key: str, persona: Persona) -> None:
         self.session.switch_persona(persona)
 
-    def context(self) -> list[dict]:
-        return dialogue(self.session.history)
-
-    def send(self, text: str) -> str:
-        return self.session.reply(text)
+    def send(self, text: str) -> Sent:
+        reply = self.session.reply(text)
+        return Sent(reply, dialogue(self.session.history)[:-2], self.session.deflected)
 
 
 class AppChat:
@@ -108,8 +114,8 @@ class AppChat:
 
     The app keeps the conversation in its store (source "chat", like any other) and decodes
     with temperature, top_p, top_k and max_new_tokens from here and its own repetition_penalty
-    and seed. The history here mirrors the app's with the same conversation functions, for
-    the records' context."""
+    and seed. Only the conversation id it returns is held here; the context and the deflection
+    flag of a reply are read back from its `/history`."""
 
     def __init__(self, url: str, version: str, settings: GenerationSettings):
         from gradio_client import Client
@@ -123,17 +129,12 @@ class AppChat:
         self.version, self.settings = version, settings
 
     def start(self, key: str, persona: Persona, scope_guard: bool = True) -> None:
-        self.key, self.persona, self.conversation_id, self.scope_guard = key, persona, None, scope_guard
-        self.history = opening(persona)
+        self.key, self.conversation_id, self.scope_guard = key, None, scope_guard
 
     def switch(self, key: str, persona: Persona) -> None:
-        self.key, self.persona = key, persona  # the app marks the switch on the next message
-        self.history = switched(self.history, persona)
+        self.key = key  # the app marks the switch on the next message (a new chat simply greets as it)
 
-    def context(self) -> list[dict]:
-        return dialogue(self.history)
-
-    def send(self, text: str) -> str:
+    def send(self, text: str) -> Sent:
         s = self.settings
         # Sent only to turn the guard off: an app from before the guard knows no such parameter.
         guard = {} if self.scope_guard else {"scope_guard": False}
@@ -143,10 +144,10 @@ class AppChat:
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
                 api_name="/chat", **guard,
             )  # fmt: skip
+            shown = self.client.predict(conversation_id=self.conversation_id, api_name="/history")
         except Exception as err:  # the app's gr.Error arrives as gradio_client's AppError
             raise GenerationError(f"the app's /chat failed: {err}", "check the app's log and --model") from None
-        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
-        return reply
+        return Sent(reply, dialogue(shown)[:-2], bool(shown[-1].get("deflected")))
 
 
 def run_script(
@@ -162,15 +163,14 @@ def run_script(
             key = turn.switch_persona
             chat.switch(key, personas[key])
             continue
-        context = chat.context()
-        reply = chat.send(turn.user)
+        reply, context, deflected = chat.send(turn.user)
         checks = run_checks(turn.checks, reply, key, personas[key], scorer, threshold)
         scores = scorer(reply)
         records.append({
             "script": script.name, "file": str(file.path), "turn": number, "line": line, "persona": key,
             "persona_name": personas[key].name, "user": turn.user, "reply": reply, "context": context,
             "checks": checks, "passed": all(c["passed"] for c in checks),
-            "deflected": is_deflection(personas[key], reply),
+            "deflected": deflected,
             "persona_similarity": scores[key], "closest_persona": max(scores, key=scores.get) == key,
         })  # fmt: skip
     return records

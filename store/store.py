@@ -166,6 +166,44 @@ class Store:
 
         return self._write(write, f"withdrawing turns {turn_ids} of conversation {conversation_id} was NOT saved")
 
+    def add_exchange(
+        self,
+        conversation_id: int | None,
+        turns: list[dict],
+        *,
+        start: dict | None = None,
+        replacing: list[int] | None = None,
+    ) -> tuple[int, list[int]]:
+        """A chat message's one write: (conversation id, the turns' ids). Starts the conversation
+        when `conversation_id` is None (`start`: `start_conversation`'s arguments), appends `turns`
+        (as `add_turns`) and withdraws `replacing` (the exchange a retry replaces) in one
+        transaction: the new exchange and the old one's withdrawal are saved together or not at all."""
+        rows = [history.turn_values(turn) for turn in turns]
+        replacing = list(replacing or [])
+        if conversation_id is None:
+            if start is None:
+                raise StoreError("a new conversation needs `start`", "pass start=dict(source, persona_key, persona, "
+                                 "model_version), or the id of a stored conversation")  # fmt: skip
+            _check(start.get("source"), CONVERSATION_SOURCES, "conversation source")
+            missing = sorted({"persona_key", "persona", "model_version"} - set(start))
+            if missing:
+                raise StoreError(f"`start` lacks {', '.join(missing)}", "pass start_conversation's four arguments")
+            values = dict(source=start["source"], persona_key=start["persona_key"], persona=_as_dict(start["persona"]),
+                          model_version=start["model_version"])  # fmt: skip
+
+        def write(conn: sa.Connection) -> tuple[int, list[int]]:
+            if conversation_id is None:
+                opened = sql.insert_id(conn, conversations, values)
+            else:  # the row lock: a second writer to this conversation waits (see add_turns)
+                opened = sql.require(conn, conversations, conversation_id, "conversation", lock=True).id
+            ids = history.insert_turns(conn, opened, rows)
+            if replacing:
+                history.withdraw(conn, opened, replacing, "retry")
+            return opened, ids
+
+        where = "a new conversation" if conversation_id is None else f"conversation {conversation_id}"
+        return self._write(write, f"the exchange was NOT saved in {where}")
+
     def turn(self, turn_id: int) -> Turn:
         return self._read(lambda c: sql.record(c, Turn, turn_id, "turn"), f"turn {turn_id}")
 
@@ -191,20 +229,7 @@ class Store:
                 raise StoreError(f"a label item priority must be an integer, not {item.priority!r}", "pass 0, 1, ...")
 
         def write(conn: sa.Connection) -> list[int]:
-            ids = []
-            for item in items:
-                values = asdict(item) | {"dedupe_key": item.key}
-                stmt = sql.dialect_insert(conn, label_items).values(values)
-                raise_priority = stmt.on_conflict_do_update(
-                    index_elements=["dedupe_key"],
-                    set_={"priority": stmt.excluded.priority},
-                    where=stmt.excluded.priority > label_items.c.priority,
-                )
-                conn.execute(raise_priority)
-                ids.append(
-                    conn.execute(sa.select(label_items.c.id).where(label_items.c.dedupe_key == item.key)).scalar_one()
-                )
-            return ids
+            return [_register(conn, item) for item in items]
 
         return self._write(write, f"{len(items)} label items were NOT saved", retry=True)
 
@@ -409,15 +434,37 @@ class Store:
         left, and they no longer hold it. False when there was none."""
         rater = _rater_name(rater)
 
-        def write(conn: sa.Connection) -> bool:
-            rater_id = self._rater_id(conn, rater, create=False)
-            if rater_id is None:
-                return False
-            removed = conn.execute(sa.delete(labels).filter_by(item_id=item_id, rater_id=rater_id)).rowcount
-            assign.release(conn, item_id, rater_id)
-            return bool(removed)
+        return self._write(
+            lambda conn: self._unlabel(conn, item_id, rater),
+            f"the label for item {item_id} by {rater} was NOT taken back",
+            retry=True,
+        )
 
-        return self._write(write, f"the label for item {item_id} by {rater} was NOT taken back", retry=True)
+    def _unlabel(self, conn: sa.Connection, item_id: int, rater: str) -> bool:
+        rater_id = self._rater_id(conn, rater, create=False)
+        if rater_id is None:
+            return False
+        removed = conn.execute(sa.delete(labels).filter_by(item_id=item_id, rater_id=rater_id)).rowcount
+        assign.release(conn, item_id, rater_id)
+        return bool(removed)
+
+    def thumb(self, turn_id: int, rater: str, verdict: Verdict | None, comment: str = "") -> LabelRow | None:
+        """A 👍/👎 under the stored reply `turn_id`, in one transaction: its label item is registered
+        (first use: the persona, model version and conversation before it, as when it was written)
+        and the rater's verdict set, changed, or taken back (`verdict` None: the thumb clicked off).
+        The label, or None when none is left."""
+        rater, comment = _rater_name(rater), comment or ""
+        if verdict is not None:
+            _check_verdict(verdict)
+
+        def write(conn: sa.Connection) -> LabelRow | None:
+            item_id = _register(conn, _reply_item(conn, turn_id))
+            if verdict is None:
+                self._unlabel(conn, item_id, rater)
+                return None
+            return self._label(conn, item_id, rater, verdict, comment)[0]
+
+        return self._write(write, f"the label on turn {turn_id} by {rater} was NOT saved", retry=True)
 
     def label_rows(self, model_version: str | None = None) -> list[LabelRow]:
         """Every label (of one model version, if given), oldest first."""
@@ -547,6 +594,39 @@ class Store:
             raise StoreError(f"{not_saved}: {self.url}: {reason(err, self._full_url)}", URL_FIX) from None
         except sa.exc.DBAPIError as err:  # a constraint violation: retrying would fail again
             raise StoreError(f"{not_saved}: {reason(err, self._full_url)}", "report this as a bug") from None
+
+
+def _register(conn: sa.Connection, item: NewItem) -> int:
+    """The id of `item`, registered now unless an equal one (same `NewItem.key`) was; a higher
+    priority than the stored one raises it."""
+    values = asdict(item) | {"dedupe_key": item.key}
+    stmt = sql.dialect_insert(conn, label_items).values(values)
+    raise_priority = stmt.on_conflict_do_update(
+        index_elements=["dedupe_key"],
+        set_={"priority": stmt.excluded.priority},
+        where=stmt.excluded.priority > label_items.c.priority,
+    )
+    conn.execute(raise_priority)
+    return conn.execute(sa.select(label_items.c.id).where(label_items.c.dedupe_key == item.key)).scalar_one()
+
+
+def _reply_item(conn: sa.Connection, turn_id: int) -> NewItem:
+    """The label item of the stored reply `turn_id`: only a reply a model wrote is one."""
+    turn = sql.record(conn, Turn, turn_id, "turn")
+    if turn.role != "assistant" or turn.model_version is None:
+        raise StoreError(
+            "only the model's replies can be labelled (greetings and scope deflections come from the persona file)",
+            "use the thumbs under a reply the model wrote",
+        )
+    before = conn.execute(
+        sa.select(turns.c.role, turns.c.content)
+        .where(turns.c.conversation_id == turn.conversation_id, turns.c.index < turn.index,
+               turns.c.withdrawn.is_(None), turns.c.role.in_(("user", "assistant")))
+        .order_by(turns.c.index)
+    )  # fmt: skip
+    return NewItem(source="chat", persona_name=turn.persona_name, persona=turn.persona or {"name": turn.persona_name},
+                   context=[{"role": r.role, "content": r.content} for r in before], answer=turn.content,
+                   model_version=turn.model_version, conversation_id=turn.conversation_id)  # fmt: skip
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:

@@ -17,7 +17,7 @@ from core.errors import DatasetError
 from core.persona import Persona, persona_from_facts, render_system_prompt
 from corpus.examples import (
     DataConfig,
-    Turn,
+    Utterance,
     fingerprint,
     load_examples,
     read_conversations,
@@ -80,7 +80,7 @@ def test_real_file_counts_and_skipped_rows(spc):
 def test_real_first_conversation(spc):
     first = spc[0][0]
     assert first.row == 1 and len(first.turns) == 25
-    assert first.turns[:2] == (Turn("User 1", "Hi!"), Turn("User 2", "Hello!"))
+    assert first.turns[:2] == (Utterance("User 1", "Hi!"), Utterance("User 2", "Hello!"))
     assert first.personas["User 2"] == persona_from_facts(
         ["I am a boy.", "I can move objects with my mind.", "I had to have a transplant.",
          "I was born with my heart outside my body."]
@@ -222,7 +222,7 @@ def test_bad_rows_are_counted_and_reported(tmp_path, caplog):
     )
     assert report.summary() in caplog.text and caplog.records[0].levelno == logging.WARNING
     assert [c.row for c in conversations] == [1, 6]
-    assert conversations[1].turns == (Turn("User 1", "Hi\nagain"), Turn("User 2", "Hello"))
+    assert conversations[1].turns == (Utterance("User 1", "Hi\nagain"), Utterance("User 2", "Hello"))
 
 
 def test_only_first_five_skipped_rows_are_listed(tmp_path):
@@ -236,7 +236,7 @@ def test_header_is_case_and_space_insensitive_and_extra_columns_ignored(tmp_path
     row = [["0", "I run.", "I swim.", "User 1: Hi\nUser 2: Yo", "9"]][0]
     path = write_csv(tmp_path / "upstream.csv", header, [row])
     (conversation,), report = read_conversations(path)
-    assert report.format == "spc" and conversation.turns == (Turn("User 1", "Hi"), Turn("User 2", "Yo"))
+    assert report.format == "spc" and conversation.turns == (Utterance("User 1", "Hi"), Utterance("User 2", "Yo"))
     assert conversation.personas["User 1"].facts == ["I run."]
 
 
@@ -311,7 +311,7 @@ def test_jsonl_persona_mapping_list_and_system(tmp_path):
     assert systems[0] == render_system_prompt(Persona(name="Ada", facts=["I love maths."]))
     assert systems[1] == render_system_prompt(persona_from_facts(["I love tea.", "I live in Leeds."]))
     assert systems[2:] == ["Be brief.", "Be kind."]
-    assert conversations[3].turns[-1] == Turn("user", "Bye") and len(turn_examples(conversations)) == 4
+    assert conversations[3].turns[-1] == Utterance("user", "Bye") and len(turn_examples(conversations)) == 4
     assert len({c.id for c in conversations}) == 4
 
 
@@ -339,7 +339,7 @@ def test_jsonl_malformed_lines_are_skipped(tmp_path):
         "persona field 'facts'",
     ):
         assert text in reasons
-    assert conversations[1].turns[-1] == Turn("assistant", "Hello!\nMore.")
+    assert conversations[1].turns[-1] == Utterance("assistant", "Hello!\nMore.")
     assert report.summary().startswith("read 7 lines") and "line 2: not valid JSON" in report.summary()
 
 

@@ -227,7 +227,10 @@ def test_diff_against_the_newest_run_of_another_version(run, store, tmp_path, ca
 def test_persona_switch_changes_the_system_prompt(run, tmp_path, tiny_engine, monkeypatch):
     seen = []
 
-    class Spy:  # records what the session sends to the engine
+    class Spy:  # records what the session sends to the engine; the rest is the tiny engine's
+        def __getattr__(self, name):
+            return getattr(tiny_engine, name)
+
         def stream(self, messages, settings):
             seen.append(messages)
             yield from tiny_engine.stream(messages, settings)

@@ -124,6 +124,58 @@ def test_withdrawn_turns_stay_marked_and_new_turns_follow_them(store, ada):
     assert store.turn(foreign).withdrawn is None
 
 
+def test_add_exchange_starts_appends_and_withdraws_in_one_transaction(store, ada):
+    start = dict(source="chat", persona_key="ada", persona=ada, model_version="base")
+    greeting = dict(role="assistant", content="Hello!", persona_name="Ada", persona=ada)
+    first = [dict(role="user", content="Hi"), dict(role="assistant", content="Hey", model_version="base")]
+    conversation, ids = store.add_exchange(None, [greeting, *first], start=start)
+    assert [t.id for t in store.conversation(conversation)] == ids
+    # A retry's new exchange with the old one withdrawn; a bad turn saves neither.
+    again = [dict(role="user", content="Hi"), dict(role="assistant", content="Hello", model_version="base")]
+    with pytest.raises(StoreError, match="unknown fields"):
+        store.add_exchange(conversation, [*again, dict(role="user", content="x", colour="red")], replacing=ids[1:])
+    with pytest.raises(StoreError, match=r"turns \[9999\] are not turns"):
+        store.add_exchange(conversation, again, replacing=[9999])
+    assert [t.withdrawn for t in store.conversation(conversation)] == [None, None, None]
+    same, new_ids = store.add_exchange(conversation, again, replacing=ids[1:])
+    assert same == conversation
+    assert [(t.content, t.withdrawn) for t in store.conversation(conversation)] == [
+        ("Hello!", None), ("Hi", "retry"), ("Hey", "retry"), ("Hi", None), ("Hello", None),
+    ]  # fmt: skip
+    assert new_ids == [t.id for t in store.conversation(conversation)][3:]
+    with pytest.raises(StoreError, match="needs `start`"):
+        store.add_exchange(None, first)
+    with pytest.raises(StoreError, match="conversation source 'web'"):
+        store.add_exchange(None, first, start=start | {"source": "web"})
+
+
+def test_thumb_registers_the_reply_and_labels_or_unlabels_it_in_one_call(store, ada):
+    conversation, (greeting, user, reply) = store.add_exchange(
+        None,
+        [dict(role="assistant", content="Hello!", persona_name="Ada", persona=ada), dict(role="user", content="Hi"),
+         dict(role="assistant", content="Hey", model_version="v1", persona_name="Ada", persona=ada)],
+        start=dict(source="chat", persona_key="ada", persona=ada, model_version="v1"),
+    )  # fmt: skip
+    row = store.thumb(reply, "kim", "good")
+    assert (row.rater, row.verdict, row.model_version, row.source) == ("kim", "good", "v1", "chat")
+    item = store.item(row.item_id)
+    assert (item.answer, item.persona, item.conversation_id) == ("Hey", ada.model_dump(), conversation)
+    assert item.context == [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Hi"}]
+    assert store.thumb(reply, "kim", "bad", "too short").item_id == row.item_id  # the same item, relabelled
+    assert [(r.verdict, r.comment) for r in store.label_rows()] == [("bad", "too short")]
+    assert store.thumb(reply, "kim", None) is None
+    assert store.label_rows() == []
+    assert store.thumb(reply, "kim", None) is None  # nothing left: still fine
+    for not_a_reply in (greeting, user):
+        with pytest.raises(StoreError, match="only the model's replies can be labelled"):
+            store.thumb(not_a_reply, "kim", "good")
+    with pytest.raises(StoreError, match="verdict"):
+        store.thumb(reply, "kim", "meh")
+    with pytest.raises(StoreError, match="no turn 9999"):
+        store.thumb(9999, "kim", "good")
+    assert store.label_rows() == []
+
+
 def test_records_are_plain_values_after_the_store_is_closed(db_url, ada):
     with Store(db_url) as store:
         conversation = store.start_conversation("chat", "ada", ada, "base")
