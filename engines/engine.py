@@ -274,7 +274,7 @@ class TransformersEngine(ChatEngine):
                 raise _explain(err, batch_size) from err
             new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, new) after the left-padded prompt
             for i, text in zip(idx, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-                replies[i] = text.strip()
+                replies[i] = text.rstrip("\ufffd").strip()  # whole characters only, as streamed (TokenStreamer.end)
         return replies
 
 
