@@ -88,7 +88,7 @@ class OpenAIEngine(ChatEngine):
     def _params(self, messages: Messages, settings: GenerationSettings) -> dict:
         """The request for `messages` fitted to the window, the reply capped to the room left."""
         fitted = self.fit_messages(messages, settings)
-        room = max(1, self.context_window - self.count_tokens(fitted))
+        room = max(1, self.context_window - fitted.tokens)  # counted once, by the fit
         return {"model": self.model, "messages": fitted, **request_params(settings, room)}
 
     def _create(self, params: dict, **kw):
