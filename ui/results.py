@@ -199,7 +199,7 @@ def build_results_tab(ctx: AppContext) -> dict:
     """The Results tab's contents; call inside `with gr.Tab("Results")`. Returns the arguments
     for that tab's `.select(**...)`, which refreshes the table when the tab is opened."""
     gr.Markdown("Human accuracy per model version beside the automatic metrics of its latest evaluation run.")
-    table = gr.Dataframe(label="Results", interactive=False, wrap=True)
+    table = gr.Dataframe(label="Results", interactive=False, wrap=True, elem_id="results-table")
     gr.Markdown(METRICS_NOTE)
     plot = gr.Plot(label="Human accuracy and automatic metrics")
     with gr.Row():

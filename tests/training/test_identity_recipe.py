@@ -22,7 +22,8 @@ def test_identity_recipe_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch
     flags = ["--config", str(RECIPE), "--model.name", str(tiny_model_dir), "--max_steps", "2"]
     flags += ["--sft.eval_steps", "2", "--sft.save_steps", "2", "--validation.max_examples", "4"]
     # The recipe's dialogue source is the hub dataset; the shared file stands in for it offline.
-    flags += ["--data.mix", f"[{{path: personas/nova.yaml, weight: 0.5}}, {{path: '{SPC_CSV}', weight: 0.5}}]"]
+    mix = [{"path": "personas/nova.yaml", "weight": 0.5}, {"path": str(SPC_CSV), "weight": 0.5}]
+    flags += ["--data.mix", json.dumps(mix)]  # a list flag takes JSON
     flags += ["--data.limit", "40"]  # per source: 40 persona wordings, 40 dialogues (tokenising is the cost)
     assert train_main([*flags, "--output.dir", str(runs), "--output.version", "tiny-nova"]) == 0
 

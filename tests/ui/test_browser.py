@@ -130,7 +130,7 @@ def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, t
     shoot(page, shots, "4-label-done")
 
     # Results: the table shows the four labels for `base`.
-    results = open_tab(page, "Results")
+    results = open_tab(page, "Results").locator("#results-table")  # the leaderboard's tables are below it
     row = results.get_by_role("row").filter(has_text=re.compile(r"^\s*base\b"))
     expect(row).to_contain_text("75")  # 3 of 4 good
     columns = [re.sub(r"[\s⋮]+$", "", text).strip() for text in results.get_by_role("columnheader").all_inner_texts()]

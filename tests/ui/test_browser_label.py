@@ -176,6 +176,7 @@ def test_a_researcher_evaluates_a_version_from_organise_and_results_shows_its_me
     expect(status).to_contain_text("the metrics are in the Results tab")
 
     page.get_by_role("tab", name="Results", exact=True).click()
+    results = page.locator("#results-table")  # the leaderboard's tables are below it
     row = results.get_by_role("row").filter(has_text=re.compile(r"^\s*base\b"))
     expect(row).not_to_contain_text("not run yet")
     columns = [re.sub(r"[\s⋮]+$", "", text).strip() for text in results.get_by_role("columnheader").all_inner_texts()]
