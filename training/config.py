@@ -96,10 +96,44 @@ class SftPart(BaseModel):
         return self
 
 
+# TRL fields the product sets itself (from other keys): a section must not set them.
+DERIVED = {
+    "output_dir": "output.dir",
+    "max_steps": "max_steps (top level)",
+    "seed": "seed (top level)",
+    "use_cpu": "device",
+    "max_length": "model.max_seq_length",
+    "completion_only_loss": "nothing: the loss is on the replies only",
+}
+
+
+def trl_config(config_class: type, section: str, values: dict, derived: dict):
+    """`config_class(**values, **derived)` (TRL's SFTConfig, KTOConfig or DPOConfig): a section's
+    field TRL does not know, or one the product derives, fails as a ConfigError naming it."""
+    if taken := sorted(set(values) & set(DERIVED)):
+        raise ConfigError(
+            f"{section}.{taken[0]} is set by the product, not the {section} section",
+            f"remove it from {section} and set {DERIVED[taken[0]]}",
+        )
+    try:
+        return config_class(**values, **derived)
+    except TypeError as err:  # an unknown keyword: name it
+        name = str(err).rsplit("'", 2)[-2] if "'" in str(err) else str(err)
+        raise ConfigError(
+            f"{section}.{name} is not a trl.{config_class.__name__} field",
+            f"fix its spelling; TRL's {config_class.__name__} docs list the fields",
+        ) from None
+    except ValueError as err:
+        raise ConfigError(f"TRL refused the {section} section: {err}", f"fix the {section} values it names") from None
+
+
 class PreferencePart(_Part):
     """What `trl.KTOConfig` and `trl.DPOConfig` share (TRL's and transformers `TrainingArguments`
     fields), under their upstream names. The learning rate is LoRA's (TRL's 1e-6 default is for
-    full fine-tuning: a LoRA adapter barely moves at it)."""
+    full fine-tuning: a LoRA adapter barely moves at it). Any other field of TRL's config may be set
+    in a recipe too (checked when the config is built, `trl_config`)."""
+
+    model_config = ConfigDict(extra="allow")
 
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
     beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (higher: less).")

@@ -21,7 +21,7 @@ import torch
 from core.errors import ConfigError, DatasetError
 from core.versions import BASE, ModelVersion, find_version, list_versions, write_lineage
 from corpus.examples import Example
-from training.config import TrainConfig
+from training.config import TrainConfig, trl_config
 from training.records import chat_tokens, fit_example
 
 log = logging.getLogger("training")
@@ -157,20 +157,22 @@ def preference_args(cfg: TrainConfig, partial: Path):
     config_class, section = (KTOConfig, cfg.kto) if cfg.method == "kto" else (DPOConfig, cfg.dpo)
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     bf16 = not cpu and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
-    return config_class(
-        **section.model_dump(),
+    derived = dict(
         output_dir=str(partial / "checkpoints"),
         max_steps=cfg.max_steps,
         seed=cfg.seed,
         use_cpu=cpu,
-        bf16=bf16,  # TRL turns bf16 on by default: ~20x slower on CPU
         max_length=cfg.model.max_seq_length,  # rows are fitted already (fit_rows): nothing is truncated
+    )
+    defaults = dict(
+        bf16=bf16,  # TRL turns bf16 on by default: ~20x slower on CPU
         eval_strategy="no",
         save_strategy="steps",
         logging_first_step=True,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
     )
+    return trl_config(config_class, cfg.method, {**defaults, **section.model_dump()}, derived)
 
 
 def build_preference_trainer(cfg: TrainConfig, model, tokenizer, parent: ModelVersion, partial: Path):

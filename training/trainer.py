@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from core.errors import ConfigError, DatasetError, TrainingError
+from core.errors import DatasetError, TrainingError
 from core.versions import ADAPTER_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, VERSION_FILE
 from corpus.examples import Example
 from corpus.mix import load_training_data
 from training.backends import load_for_training, trainable_parameters
-from training.config import TrainConfig
+from training.config import TrainConfig, trl_config
 from training.records import to_records
 from training.sequences import conversation_chats, conversation_records
 
@@ -43,16 +43,6 @@ def load_data(cfg: TrainConfig) -> tuple[list[Example], list[Example], dict]:
 
 
 # SFTConfig fields the product sets from elsewhere in TrainConfig: a recipe's `sft` section may not.
-DERIVED = {
-    "output_dir": "output.dir",
-    "max_steps": "max_steps (top level)",
-    "seed": "seed (top level)",
-    "use_cpu": "device",
-    "max_length": "model.max_seq_length",
-    "completion_only_loss": "nothing: the loss is on the replies only",
-}
-
-
 def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool, batching: dict | None = None):
     """`SFTConfig(**cfg.sft, ...)`: the section passed whole (any SFTConfig field), the product's
     defaults where the section is silent, the derived fields, then `batching`'s overrides
@@ -60,11 +50,6 @@ def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool, batching: di
     from trl import SFTConfig
 
     sft = {**cfg.sft.model_dump(), **(batching or {})}
-    if taken := sorted(set(sft) & set(DERIVED)):
-        raise ConfigError(
-            f"sft.{taken[0]} is set by the product, not the sft section",
-            f"remove it from sft and set {DERIVED[taken[0]]}",
-        )
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     bf16 = not cpu and cfg.model.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
     early_stopping = has_validation and cfg.validation.early_stopping_patience is not None
@@ -93,15 +78,7 @@ def sft_args(cfg: TrainConfig, partial: Path, has_validation: bool, batching: di
         "max_length": None if unbounded else cfg.model.max_seq_length,
         "completion_only_loss": True,
     }
-    try:
-        return SFTConfig(**{**defaults, **sft, **derived})
-    except TypeError as err:  # an unknown keyword: name it
-        name = str(err).rsplit("'", 2)[-2] if "'" in str(err) else str(err)
-        raise ConfigError(
-            f"sft.{name} is not a trl.SFTConfig field", "fix its spelling; TRL's SFTConfig docs list the fields"
-        ) from None
-    except ValueError as err:
-        raise ConfigError(f"TRL refused the sft section: {err}", "fix the sft values it names") from None
+    return trl_config(SFTConfig, "sft", {**defaults, **sft}, derived)
 
 
 def batching_plan(cfg: TrainConfig, backend: str):
@@ -167,12 +144,15 @@ def build_trainer(cfg: TrainConfig, backend: str, partial: Path):
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
-    from training.preference import build_preference_trainer, is_export, parent_version
+    from training.preference import build_preference_trainer, is_export, parent_version, preference_args
 
     parent = parent_version(cfg)
     plan = batching_plan(cfg, backend)
-    if cfg.method == "sft":  # a bad sft field fails before the data and the model load
+    # A bad sft/kto/dpo field fails before the data and the model load.
+    if cfg.method == "sft":
         sft_args(cfg, partial, True, plan.sft_overrides)
+    else:
+        preference_args(cfg, partial)
     # A dataset file is read before the model loads, so a bad file fails fast.
     loaded = load_data(cfg) if cfg.method == "sft" and not is_export(cfg.data.path) else None
     model, tokenizer, peft_config = load_for_training(cfg, backend, parent.adapter_dir if parent else None)

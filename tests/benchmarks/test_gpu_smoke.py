@@ -9,6 +9,7 @@ import pytest
 from benchmarks import gpu_smoke
 
 
+@pytest.mark.slow  # ~60 s: the whole smoke on CPU
 def test_cpu_steps_pass_and_cuda_steps_say_why_not(tmp_path, spc_csv, capsys):
     assert gpu_smoke.main(["--cpu", "--work", str(tmp_path), "--prepared", str(tmp_path / "not-prepared")]) == 0
     out = capsys.readouterr().out

@@ -162,3 +162,17 @@ def test_every_recipe_takes_early_stopping(recipe, tmp_path):
     values["validation"] = {**values.get("validation", {}), "early_stopping_patience": 3}
     values["device"] = "cpu"
     sft_args(validate_config(TrainConfig, values, source=str(recipe)), tmp_path, has_validation=True)
+
+
+@pytest.mark.parametrize("method", ["kto", "dpo"])
+def test_any_trl_field_passes_from_a_preference_section_and_a_typo_is_named(method, tmp_path):
+    from training.preference import preference_args
+
+    cfg = TrainConfig.model_validate({"device": "cpu", "method": method, method: {"adam_beta2": 0.95}})
+    assert preference_args(cfg, tmp_path).adam_beta2 == 0.95  # a TrainingArguments field nobody declared
+    typo = TrainConfig.model_validate({"device": "cpu", "method": method, method: {"bta": 0.2}})
+    with pytest.raises(ConfigError, match=rf"{method}.bta is not a trl.{method.upper()}Config field"):
+        preference_args(typo, tmp_path)
+    derived = TrainConfig.model_validate({"device": "cpu", "method": method, method: {"output_dir": "x"}})
+    with pytest.raises(ConfigError, match="set by the product"):
+        preference_args(derived, tmp_path)
