@@ -21,10 +21,15 @@ class Refused(Exception):
     """HTTP 503: the app turned the request away."""
 
 
+def host(url: str) -> str:
+    """`127.0.0.1:7860` of `http://127.0.0.1:7860/`."""
+    return url.removeprefix("http://").rstrip("/")
+
+
 def label_events(url: str) -> dict:
     """{event: (fn_index, trigger_id)} of the Label tab's own events, read from the page's
     `/config` as the browser reads it; also the output positions of the answer and progress."""
-    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+    conn = http.client.HTTPConnection(host(url), timeout=60)
     conn.request("GET", "/config")
     config = json.loads(conn.getresponse().read())
     conn.close()
@@ -57,7 +62,7 @@ class LabelTab:
     fires them. `answer` is the answer on screen ("" when nothing is left)."""
 
     def __init__(self, url: str, events: dict, timeout: float = 120):
-        self.conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=timeout)
+        self.conn = http.client.HTTPConnection(host(url), timeout=timeout)
         self.events = events
         self.session_hash = uuid.uuid4().hex[:10]  # the JS client's are 10 characters
         self.answer = ""

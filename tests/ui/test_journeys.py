@@ -168,3 +168,41 @@ def test_an_unreadable_upload_is_named_by_its_own_file_name(page, tmp_path):
     expect(page.locator(".toast-body").filter(has_text="my-chats.csv").first).to_be_visible()
     expect(page.locator(".toast-body").filter(has_text="gradio/")).to_have_count(0)
     shoot(page, "journey-upload-error")
+
+
+def test_the_label_load_browser_client_sends_what_chromium_sends(page, researcher_app):
+    """benchmarks.label_browser stands for a rater's tab in `label_load --routes browser`: its
+    requests must be the page's own (same event, trigger and inputs), and its verdicts stored."""
+    from benchmarks.label_browser import LabelTab, label_events
+    from store import NewItem
+
+    app, store, _ = researcher_app
+    persona = {"name": "Ada", "facts": ["I build clocks."]}
+    context = [{"role": "user", "content": "Hi?"}]
+    store.add_label_items([NewItem("eval", "Ada", persona, context, f"Answer {i}.", "base") for i in range(4)])
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/run/predict") else None)
+    open_tab(page, "Label")
+    name = page.locator("#rater-name").get_by_role("textbox")
+    name.fill("tess")
+    name.press("Enter")
+    expect(page.locator("#label-progress")).to_have_text("0 of 4 labelled")
+    page.locator("#label-good").click()
+    expect(page.locator("#label-progress")).to_have_text("1 of 4 labelled")
+
+    events = label_events(app.url)
+    clicked = next(body for body in sent if body["fn_index"] == events["good"][0])
+    assert clicked["trigger_id"] == events["good"][1]
+    assert clicked["data"] == [None, "", None, "tess", None]  # State inputs travel as null
+    tab = LabelTab(app.url, events)
+    try:
+        tab.open("bench")
+        first = tab.answer
+        assert first.startswith("Answer ")
+        tab.verdict("bad", "bench")
+        assert tab.answer != first  # the verdict's reply holds the next item
+    finally:
+        tab.close()
+    assert [(r.rater, r.verdict, store.item(r.item_id).answer) for r in store.label_rows() if r.rater == "bench"] == [
+        ("bench", "bad", first)
+    ]
