@@ -4,6 +4,7 @@
     python -m benchmarks.label_load --raters 100 --chatters 16 --duration 30
     python -m benchmarks.label_load --before 1a63e13           # the app of that commit too, same run
     python -m benchmarks.label_load --routes run --chatters 0  # raters only, the direct route only
+    python -m benchmarks.label_load --routes browser --raters 100 --chatters 16   # as browser tabs do
     python -m benchmarks.label_load --quick                    # tiny model, 4 raters (+ 2 chatters), 4 s
 
 The real `app.py` is started as a subprocess on a SQLite store in a temp folder, with enough
@@ -12,7 +13,10 @@ label items registered beforehand. Each rater is a thread with ONE keep-alive HT
 calling Gradio's HTTP API as a script would, by one of two routes (`--routes`): `call`,
 `POST /gradio_api/call/<api_name>` (the queue, as gradio_client uses it) then
 `GET .../<event_id>` for the server-sent result; or `run`, `POST /gradio_api/run/<api_name>`,
-answered in the response, past the queue (ui/label.py opens it). A rater loops
+answered in the response, past the queue (ui/label.py opens it); or `browser`, the Label tab's
+own events as a browser tab fires them (`benchmarks.label_browser`: one session, the tab
+opened and the name entered once, then one `POST /gradio_api/run/predict` per Good/Bad whose
+reply holds the next item: that POST is the round trip). A `call`/`run` rater loops
 `/next_item` -> pause (`--pause`, jittered +-25 %) -> `/label`, for `--duration` seconds; the
 round trip is what a rater waits between two pauses: `/label` + the following `/next_item`.
 Chatters (typed `/chat`, `--max-new-tokens` each, a new conversation every 3 messages) keep
@@ -43,6 +47,8 @@ from pathlib import Path
 
 from benchmarks.common import REPO, Row, Sizes, add_model_args, at_most, describe, report, sse_events
 from benchmarks.concurrent_chat import free_port, stop_app, wait_ready
+from benchmarks.label_browser import LabelTab, label_events
+from benchmarks.label_browser import Refused as BrowserRefused
 from benchmarks.models import model_source
 
 NAME = "label_load"
@@ -63,7 +69,10 @@ def parse_args(argv):
     sizes.add("--duration", 60.0, 4.0, "seconds each scenario runs", type=float)
     sizes.add("--pause", 2.0, 0.5, "seconds a rater reads before labelling (jittered +-25 %%)", type=float)
     sizes.add("--max-new-tokens", 32, 4, "tokens per chat reply")
-    routes = "raters' routes, one scenario each: call = through the queue (as gradio_client); run = a direct POST"
+    routes = (
+        "raters' routes, one scenario each: call = through the queue (as gradio_client); run = a direct POST; "
+        "browser = the Label tab's own events, as Chromium sends them"
+    )
     sizes.add("--routes", "call,run", "call,run", routes, type=str)
     sizes.parser.add_argument("--before", help="also measure the app of this commit (git archive) as the alternative")
     sizes.parser.add_argument("--startup-timeout", type=int, default=300, help="seconds for the app to come up")
@@ -72,8 +81,8 @@ def parse_args(argv):
     args = sizes.parse(argv)
     args.raters = [int(n) for n in str(args.raters).split(",")]
     args.routes = str(args.routes).split(",")
-    if set(args.routes) - {"call", "run"}:
-        sizes.parser.error(f"--routes: call and/or run, not {args.routes}")
+    if set(args.routes) - {"call", "run", "browser"}:
+        sizes.parser.error(f"--routes: call, run and/or browser, not {args.routes}")
     return args
 
 
@@ -142,6 +151,8 @@ def rater_name(scenario_tag: str, index: int) -> str:
 
 
 def rater(url: str, name: str, route: str, args, stop_at: float, out: dict) -> None:
+    if route == "browser":
+        return browser_rater(url, name, args, stop_at, out)
     rng = random.Random(name)
     api = Api(url, route=route)
     out.update(round_trips=[], started_s=[], label_s=[], next_s=[], acked=[], refused=0, errors=[])
@@ -169,6 +180,45 @@ def rater(url: str, name: str, route: str, args, stop_at: float, out: dict) -> N
         out["errors"].append(f"{type(err).__name__}: {err}"[:300])
     finally:
         api.close()
+
+
+def browser_rater(url: str, name: str, args, stop_at: float, out: dict) -> None:
+    """A rater's browser tab: the Label tab opened, the name entered, then Good/Bad at the pace;
+    what is acknowledged is the answer that was on screen (its item id is looked up afterwards)."""
+    rng = random.Random(name)
+    out.update(round_trips=[], started_s=[], label_s=[], next_s=[], acked=[], refused=0, errors=[])
+    start = stop_at - args.duration
+    tab = LabelTab(url, args.label_events)
+    try:
+        time.sleep(rng.uniform(0, args.pause))
+        t0 = time.perf_counter()
+        browser_patient(lambda: tab.open(name), stop_at, out)
+        out["next_s"].append(time.perf_counter() - t0)
+        while tab.answer and time.perf_counter() < stop_at:
+            time.sleep(args.pause * rng.uniform(0.75, 1.25))
+            shown, t0 = tab.answer, time.perf_counter()
+            if not browser_patient(lambda: tab.verdict(rng.choice(["good", "bad"]), name), stop_at, out):
+                break
+            out["acked"].append(shown)
+            out["label_s"].append(time.perf_counter() - t0)
+            out["round_trips"].append(time.perf_counter() - t0)  # the label and the next item, one POST
+            out["started_s"].append(t0 - start)
+    except Exception as err:
+        out["errors"].append(f"{type(err).__name__}: {err}"[:300])
+    finally:
+        tab.close()
+
+
+def browser_patient(press, stop_at: float, counts: dict) -> bool:
+    """`press()`, pressed again after 1 s while refused; False once the scenario is over."""
+    while time.perf_counter() < stop_at + 30:
+        try:
+            press()
+            return True
+        except BrowserRefused:
+            counts["refused"] += 1
+            time.sleep(1.0)
+    return False
 
 
 def chatter(url: str, index: int, args, stop_at: float, out: dict) -> None:
@@ -271,8 +321,12 @@ def stored_exactly_once(db: Path, tag: str, result: dict) -> dict:
     with closing(sqlite3.connect(db)) as conn:
         query = "SELECT r.name, l.item_id FROM labels l JOIN raters r ON r.id = l.rater_id WHERE r.name LIKE ?"
         rows = conn.execute(query, (f"{tag}-%",)).fetchall()
+        by_answer = dict(conn.execute("SELECT answer, id FROM label_items").fetchall())
     stored = set(rows)
-    acked = {tuple(pair) for pair in result.pop("_acked")}
+    # A browser rater knows the answer it judged, not the item id (the page never shows it).
+    acked = {
+        (name, by_answer.get(item, item) if isinstance(item, str) else item) for name, item in result.pop("_acked")
+    }
     return {"rows": len(rows), "acked": len(acked), "missing": len(acked - stored), "extra": len(stored - acked),
             "items_labelled_twice": len(rows) - len({item_id for _, item_id in rows})}  # fmt: skip
 
@@ -317,6 +371,7 @@ def measure_app(app_dir: Path, model: str, args, folder: Path, tag: str) -> dict
     try:
         wait_ready(proc, url, log, args.startup_timeout)
         warm_up(url, args)
+        args.label_events = label_events(url) if "browser" in args.routes else None
         by_scenario["idle"] = {"app_cores": settle(proc.pid)}  # the queue's own polling
         for k, (n_raters, n_chatters, route) in enumerate(plan):
             result = scenario(url, proc.pid, f"s{k}", n_raters, n_chatters, route, args)

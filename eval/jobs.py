@@ -113,6 +113,15 @@ def eval_config(req: QueueRequest, runs_dir: str, dataset: str | Path = DEFAULT_
                       seed=req.seed, batch_size=req.batch_size, generation=req.generation)  # fmt: skip
 
 
+def as_uploaded(err: PersonaStudioError, path: Path | None) -> PersonaStudioError:
+    """`err` naming the uploaded file by its name: the path is the server's temp copy
+    (`/tmp/gradio/<hash>/<name>`), which the person who uploaded it never saw."""
+    if path is None or str(path) not in f"{err.problem}{err.fix}":
+        return err
+    shown = f"“{path.name}”"
+    return type(err)(err.problem.replace(str(path), shown), err.fix.replace(str(path), shown))
+
+
 def select_turns(cfg: EvalConfig, split: str):
     """`eval.run.select_turns`, its CLI advice replaced by the app's."""
     from eval.run import select_turns as eval_turns
@@ -197,8 +206,11 @@ class QueueJobs:
                 work, skipped = regression_files(self.personas_dir, req.n_turns)
                 total = sum(1 for f in work for t in f.script.turns if t.user is not None)
             else:
-                cfg = eval_config(req, self.pool.cfg.runs_dir, self.dataset)
-                work = (cfg, *select_turns(cfg, req.split))
+                try:
+                    cfg = eval_config(req, self.pool.cfg.runs_dir, self.dataset)
+                    work = (cfg, *select_turns(cfg, req.split))
+                except PersonaStudioError as err:
+                    raise as_uploaded(err, req.path if req.dataset == "upload" else None) from None
                 total = len(work[1])
             self._cancel.clear()
             self._status = JobStatus("running", req.version, req.dataset, total=total, skipped=tuple(skipped),

@@ -163,7 +163,9 @@ def test_compare_keeps_typed_text_and_both_replies_when_a_vote_is_refused(page, 
     box.fill("Which clock do you like best?")
     box.press("Enter")
     expect(box).to_have_value("")
+    expect(status).to_contain_text("Both versions are answering")  # the round has started on the server
     box.type("Why?")  # typed while both replies stream
+    expect(page.locator("#compare-send")).to_have_text("Answering…")
     box.press("Enter")
     expect(toast(page, BUSY_TEXT)).to_be_visible()
     expect(box).to_have_value("Why?")
