@@ -39,7 +39,7 @@ from ui.context import AppContext
 from ui.quality import build_quality_section
 
 DATASET_CHOICES = [
-    ("Shared Synthetic-Persona-Chat (validation file)", "spc"),
+    ("Synthetic-Persona-Chat (the app's --dataset)", "spc"),
     ("Upload a CSV / JSONL", "upload"),
     ("Regression suite (eval/regression)", "regression"),
 ]
@@ -196,7 +196,7 @@ def _add_api(ctx: AppContext, jobs: QueueJobs) -> None:
         max_new_tokens: int = MAX_NEW_TOKENS,
     ) -> dict:
         """Start generating `n_turns` replies of `version` in the background; they are queued for
-        raters batch by batch. dataset: spc (the shared Synthetic-Persona-Chat file), upload (a
+        raters batch by batch. dataset: spc (the app's --dataset, Synthetic-Persona-Chat by default), upload (a
         CSV/JSONL in `upload`), regression (the regression suite's chats). Returns the job's
         status; a job already running is refused. Decoding is eval.run's (greedy)."""
         path = Path(upload["path"]) if upload else None
@@ -226,9 +226,10 @@ def _evaluation_section(ctx: AppContext, evaluations: EvalJobs, version: gr.Drop
     automatic metrics, without a terminal."""
     gr.Markdown(
         "### Evaluate a version (automatic metrics for Results)\n"
-        "Scores the **Model version** picked above on held-out turns of the shared Synthetic-Persona-Chat file "
-        "(`python -m eval.run`, in the background): BLEU, ROUGE, BERTScore, perplexity of the reference, "
-        "persona grounding. 20 turns take a few minutes on CPU; more turns give tighter numbers."
+        "Scores the **Model version** picked above on held-out turns of the app's dataset (`--dataset`; "
+        "Synthetic-Persona-Chat by default) (`python -m eval.run`, in the background): BLEU, ROUGE, BERTScore, "
+        "perplexity of the reference, persona grounding. 20 turns take a few minutes on CPU; more turns give "
+        "tighter numbers."
     )
     with gr.Row():
         n_turns = gr.Number(EvalRequest().n_turns, label="Held-out replies to score", precision=0, minimum=1,
