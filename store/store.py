@@ -321,8 +321,7 @@ class Store:
         found = self._read(read, f"the items held by {rater}")
         if found is not None:
             return Item(**found[0]._mapping), found[1]
-        # `mix` only when given: callers that stand in for next_item (tests/ui) take the old arguments.
-        following = self.next_item(rater, overlap, source, mix=mix) if mix else self.next_item(rater, overlap, source)
+        following = self.next_item(rater, overlap, source, mix=mix)
         return following, self.progress(rater, overlap, source)
 
     # -- labels -----------------------------------------------------------------------

@@ -136,9 +136,9 @@ def test_raters_calls_run_side_by_side(store, tmp_path, monkeypatch):
     together = threading.Barrier(2, timeout=20)  # breaks unless both calls are inside at the same time
     next_item = store.next_item
 
-    def meet_then_next(rater, overlap=1, source=None):
+    def meet_then_next(rater, overlap=1, source=None, *, mix=None):
         together.wait()
-        return next_item(rater, overlap, source)
+        return next_item(rater, overlap, source, mix=mix)
 
     monkeypatch.setattr(store, "next_item", meet_then_next)
     with serving(studio_context(tmp_path, store, {})) as url:
