@@ -81,17 +81,40 @@ def conversation_of(store: Store, first_message: str) -> list:
     raise AssertionError(f"no stored conversation starts with {first_message!r}")
 
 
+def hold_replies(page: Page) -> list:
+    """Hold the page's reply events (a message accepted, the model not yet asked) until the
+    test lets them go: the tiny model writes 200 tokens in well under a second, faster than a
+    test types, so "while a reply is being written" is made to last instead of raced. A reply
+    event is the queue join whose first input is the accepted message, a `gr.State` the server
+    keeps (sent as null); a message send carries the box's text first."""
+    held = []
+
+    def hold(route):
+        body = route.request.post_data_json or {}
+        if (body.get("data") or ["not a reply"])[0] is None:
+            held.append(route)  # let go by the test: a handler must not block Playwright's loop
+        else:
+            route.continue_()
+
+    page.route("**/gradio_api/queue/join*", hold)
+    return held
+
+
 def test_text_typed_while_a_reply_streams_stays_and_an_early_send_is_refused_aloud(page, store):
     chat, box = page.locator("#chat-box"), chat_box(page)
+    held = hold_replies(page)
     box.fill("Tell me a long story about clocks")
     box.press("Enter")
     expect(user(chat)).to_have_count(1)  # the message shows at once
     expect(box).to_have_value("")
-    box.type("And bees?")  # typed while the reply streams
+    box.type("And bees?")  # typed while the reply is being written
     expect(page.locator("#chat-send")).to_have_text("Replying…")
     box.press("Enter")
     expect(toast(page, BUSY_TEXT)).to_be_visible()
-    expect(box).to_have_value("And bees?")  # kept, not wiped by the stream
+    expect(box).to_have_value("And bees?")  # kept
+    assert len(held) == 1
+    held.pop().continue_()  # the reply streams now: the stream must not wipe the box either
+    page.unroute("**/gradio_api/queue/join*")
     wait_reply(page, chat, 1)
     expect(box).to_have_value("And bees?")
     box.press("Enter")  # now it goes
@@ -160,15 +183,18 @@ def open_compare(page: Page) -> Locator:
 def test_compare_keeps_typed_text_and_both_replies_when_a_vote_is_refused(page, store):
     box, status = open_compare(page), page.locator("#compare-status")
     panes = [page.locator("#compare-a"), page.locator("#compare-b")]
+    held = hold_replies(page)
     box.fill("Which clock do you like best?")
     box.press("Enter")
     expect(box).to_have_value("")
-    expect(status).to_contain_text("Both versions are answering")  # the round has started on the server
-    box.type("Why?")  # typed while both replies stream
+    box.type("Why?")  # typed while both replies are being written
     expect(page.locator("#compare-send")).to_have_text("Answering…")
     box.press("Enter")
     expect(toast(page, BUSY_TEXT)).to_be_visible()
     expect(box).to_have_value("Why?")
+    assert len(held) == 1
+    held.pop().continue_()  # both replies stream now
+    page.unroute("**/gradio_api/queue/join*")
     expect(status).to_contain_text("Which reply is better?", timeout=STREAM_MS)
     expect(box).to_have_value("Why?")
     replies = [bot(pane).last.inner_text() for pane in panes]
