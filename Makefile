@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# The slowest tests are listed after every run, so a test that grew slow is seen in CI's log.
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: app test setup lint browser
 
