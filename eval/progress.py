@@ -20,11 +20,11 @@ from store import Store
 def rater_counts(store: Store, rows, overlap: int) -> list[dict]:
     """Per rater: labels, how many good, items still open to them; most labels first."""
     given, good = Counter(r.rater for r in rows), Counter(r.rater for r in rows if r.verdict == "good")
-    table = []
-    for rater, count in given.most_common():
-        done, total = store.progress(rater, overlap)
-        table.append({"rater": rater, "labels": count, "good": good[rater], "left": total - done})
-    return table
+    progress = store.rater_progress(overlap)
+    return [
+        {"rater": rater, "labels": count, "good": good[rater], "left": progress[rater].total - progress[rater].done}
+        for rater, count in given.most_common()
+    ]
 
 
 def agreement_summary(stats: dict) -> dict:

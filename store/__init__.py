@@ -2,16 +2,17 @@
 
     from store import Store
     store = Store()  # $DATABASE_URL, else sqlite:///data/persona_studio.db
-    item = store.next_item("kim")
-    store.label(item.id, "kim", "good")
+    item, progress = store.next_item("kim")   # what kim labels next (None: nothing left), how far they are
+    done = store.label(item.id, "kim", "good", and_next=True)   # done.label, done.next: the same, after it
 
 SQLite (default) or PostgreSQL (`DATABASE_URL=postgresql://user:pw@host:5432/db`). An empty
 database gets the tables; an older one is upgraded only by `Store(migrate=True)` (the app on
 start) or `python -m store.migrate`, and refused by everything else.
 
 Modules: `schema` (the tables, each declared once, and the records built from them), `records`
-(the other values), `upgrade` (create or migrate on open), `store` (`Store`), `assign` (the
-queue), `quality` (gold items, repeats, what to label next), `history` (turns), `votes` (A/B
+(the other values), `upgrade` (create or migrate on open), `store` (`Store`), `raters` (its
+methods for the organiser: gold items, repeats, queue order, label times, progress), `assign`
+(the queue), `quality` (gold items, repeats, what to label next), `history` (turns), `votes` (A/B
 preferences), `timing` (seconds per label), `sql` (shared query pieces), `db` (engine, SQLite
 settings), `migrate` (the command), `migrations` (Alembic's revisions), `boundary` (`StoreAPI`:
 what the app calls, and the check that refuses what cannot cross to a child process), `process`
@@ -24,9 +25,11 @@ from store.quality import QUEUE_ORDER, QueueMix
 from store.records import (
     VOTES,
     BlindItem,
+    Labelled,
     LabelRow,
     NewItem,
     NewPreference,
+    Next,
     PreferenceRow,
     Progress,
     RepeatRow,
@@ -35,7 +38,7 @@ from store.records import (
     prompt_key,
 )
 from store.schema import EvalRun, Item, Turn
-from store.store import Labelled, Store
+from store.store import Store
 
 __all__ = [
     "BlindItem",
@@ -46,6 +49,7 @@ __all__ = [
     "LabelRow",
     "NewItem",
     "NewPreference",
+    "Next",
     "PreferenceRow",
     "Progress",
     "QUEUE_ORDER",

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from store import quality
 from store.db import StoreError
+from store.records import Progress
 from store.schema import assignments, label_items, labels, repeats, skips
 from store.sql import dialect_insert
 
@@ -153,3 +154,9 @@ def count_labelled(conn: sa.Connection, rater_id: int | None, source: str | None
         query = sa.select(sa.func.count()).select_from(table.join(label_items, table.c.item_id == label_items.c.id))
         done += conn.execute(query.where(table.c.rater_id == rater_id, *answered, *where)).scalar_one()
     return done
+
+
+def progress(conn: sa.Connection, rater_id: int | None, overlap: int, source: str | None) -> Progress:
+    """(labelled by the rater, labelled + still open to them)."""
+    done = count_labelled(conn, rater_id, source)
+    return Progress(done, done + count_open(conn, rater_id, overlap, source))

@@ -1,7 +1,7 @@
 """The app's store in its own process: raters' writes do not wait on the app's interpreter lock.
 
     store = StoreProcess(Store(url, migrate=True))   # starts `python -m store.process` on its database
-    store.label_and_next(item_id, "kim", "good")   # StoreAPI's methods (store/boundary.py)
+    store.label(item_id, "kim", "good")   # StoreAPI's methods (store/boundary.py)
 
 Why: SQLite has one writer at a time, and in the app's process a label's write transaction (ten
 statements, each releasing and retaking the interpreter lock around SQLite) held SQLite's write

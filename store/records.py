@@ -1,7 +1,8 @@
 """The allowed values, and what the store takes or hands back that is not one table row:
-`NewItem` (an answer to register), `BlindItem`, `LabelRow` (a join), `Progress`,
-`NewPreference` (an A/B vote to record) and `PreferenceRow` (a join). The rows
-(`Turn`, `Item`, `EvalRun`) are declared once, in `store.schema`."""
+`NewItem` (an answer to register), `BlindItem`, `LabelRow` (a join), `Progress`, `Next` (what a
+rater labels next), `Labelled` (what a label did), `NewPreference` (an A/B vote to record) and
+`PreferenceRow` (a join); and the checks of the allowed values. The rows (`Turn`, `Item`,
+`EvalRun`) are declared once, in `store.schema`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from store.db import StoreError
+
+if TYPE_CHECKING:  # store.schema builds its records on this module's values
+    from store.schema import Item
 
 Verdict = Literal["good", "bad"]
 VERDICTS = ("good", "bad")
@@ -94,6 +100,23 @@ class Progress(NamedTuple):
     total: int  # done + items still available to them
 
 
+class Next(NamedTuple):
+    """What the rater labels next (None: nothing left) and how far they are: what the Label tab shows."""
+
+    item: Item | None
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What `Store.label` did: the label (committed); with `and_next`, the rater's next item and
+    progress (`next`) or, when none could be assigned, why (`next_error`)."""
+
+    label: LabelRow
+    next: Next | None = None
+    next_error: StoreError | None = None
+
+
 @dataclass(frozen=True)
 class NewPreference:
     """A rater's vote between two versions' replies to the same persona and messages. A and B
@@ -128,3 +151,25 @@ class PreferenceRow:
     version_b: str
     vote: Vote
     created_at: datetime
+
+
+def check(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise StoreError(f"{what} {value!r} is not one of {', '.join(allowed)}", f"pass one of {', '.join(allowed)}")
+
+
+def check_verdict(verdict: str) -> None:
+    if verdict not in VERDICTS:
+        raise StoreError(f"a verdict must be 'good' or 'bad', not {verdict!r}", "label the answer good or bad")
+
+
+def check_overlap(overlap: int) -> None:
+    if overlap < 1:
+        raise StoreError(f"overlap must be at least 1, not {overlap}", "ask for 1 (each item labelled once) or more")
+
+
+def rater_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise StoreError("the rater name is empty", "type your name before labelling")
+    return name

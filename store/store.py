@@ -11,29 +11,33 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
 import sqlalchemy as sa
 
-from store import assign, history, quality, sql, timing, votes
+from store import assign, history, quality, sql, votes
 from store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, WriterQueue, create_engine, database_url, mask_url, reason
 from store.db import transaction as _transaction
 from store.quality import QueueMix
+from store.raters import RaterQuality
 from store.records import (
     CONVERSATION_SOURCES,
     ITEM_SOURCES,
-    VERDICTS,
     WITHDRAW_REASONS,
+    Labelled,
     LabelRow,
     NewItem,
     NewPreference,
+    Next,
     PreferenceRow,
-    Progress,
-    RepeatRow,
     Verdict,
     WithdrawReason,
+    check,
+    check_overlap,
+    check_verdict,
+    rater_name,
 )
 from store.schema import (
     EvalRun,
@@ -44,7 +48,6 @@ from store.schema import (
     label_items,
     labels,
     now,
-    raters,
     repeats,
     skips,
     turns,
@@ -55,17 +58,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Labelled:
-    """What `Store.label_and_next` did: the label (committed), then the rater's next item
-    (None: nothing left), or, when none could be assigned, why (`next_error`)."""
-
-    label: LabelRow
-    next_item: Item | None
-    next_error: StoreError | None = None
-
-
-class Store:
+class Store(RaterQuality):
     """The one way the app, eval and scripts read and write persisted data.
 
     `Store()` opens `$DATABASE_URL`, else `sqlite:///data/persona_studio.db`, and creates the
@@ -118,7 +111,7 @@ class Store:
     # -- conversations ----------------------------------------------------------------
 
     def start_conversation(self, source: str, persona_key: str, persona: dict, model_version: str) -> int:
-        _check(source, CONVERSATION_SOURCES, "conversation source")
+        check(source, CONVERSATION_SOURCES, "conversation source")
         values = dict(source=source, persona_key=persona_key, persona=_as_dict(persona), model_version=model_version)
         return self._write(lambda c: sql.insert_id(c, conversations, values), "the conversation was NOT saved")
 
@@ -157,7 +150,7 @@ class Store:
     def withdraw_turns(self, conversation_id: int, turn_ids: list[int], reason: WithdrawReason) -> int:
         """Mark turns of the conversation as taken back by the user (`reason` "undo" or "retry");
         they stay in `conversation`, with `withdrawn` set. Returns how many were not withdrawn yet."""
-        _check(reason, WITHDRAW_REASONS, "withdraw reason")
+        check(reason, WITHDRAW_REASONS, "withdraw reason")
         turn_ids = list(turn_ids)
 
         def write(conn: sa.Connection) -> int:
@@ -184,7 +177,7 @@ class Store:
             if start is None:
                 raise StoreError("a new conversation needs `start`", "pass start=dict(source, persona_key, persona, "
                                  "model_version), or the id of a stored conversation")  # fmt: skip
-            _check(start.get("source"), CONVERSATION_SOURCES, "conversation source")
+            check(start.get("source"), CONVERSATION_SOURCES, "conversation source")
             missing = sorted({"persona_key", "persona", "model_version"} - set(start))
             if missing:
                 raise StoreError(f"`start` lacks {', '.join(missing)}", "pass start_conversation's four arguments")
@@ -224,7 +217,7 @@ class Store:
         (same `NewItem.key`) keeps its id and its labels; a higher `priority` than the stored
         one raises it (a lower one leaves it as it is)."""
         for item in items:
-            _check(item.source, ITEM_SOURCES, "label item source")
+            check(item.source, ITEM_SOURCES, "label item source")
             if not isinstance(item.priority, int) or isinstance(item.priority, bool):
                 raise StoreError(f"a label item priority must be an integer, not {item.priority!r}", "pass 0, 1, ...")
 
@@ -250,118 +243,65 @@ class Store:
 
         return self._read(read, "the label items")
 
-    def item_counts(self, overlap: int = 1) -> list[dict]:
-        """Per (source, model version), in that order: items, labels, items labelled by
-        `overlap` raters (complete) and items left (the organiser's session progress)."""
-        per_item = sa.select(labels.c.item_id, sa.func.count().label("n")).group_by(labels.c.item_id).subquery()
-        n = sa.func.coalesce(per_item.c.n, 0)
-        query = (
-            sa.select(
-                label_items.c.source,
-                label_items.c.model_version,
-                sa.func.count().label("items"),
-                sa.func.coalesce(sa.func.sum(n), 0).label("labels"),
-                sa.func.coalesce(sa.func.sum(sa.case((n >= overlap, 1), else_=0)), 0).label("complete"),
-            )
-            .select_from(label_items.outerjoin(per_item, per_item.c.item_id == label_items.c.id))
-            .group_by(label_items.c.source, label_items.c.model_version)
-            .order_by(label_items.c.source, label_items.c.model_version)
-        )
-        rows = self._read(lambda c: [dict(row._mapping) for row in c.execute(query)], "the label item counts")
-        return [row | {"left": row["items"] - row["complete"]} for row in rows]
-
     def next_item(
         self, rater: str, overlap: int = 1, source: str | None = None, *, mix: QueueMix | None = None
-    ) -> Item | None:
-        """The rater's next item: one they hold but have not finished, else (with `mix`) maybe a
+    ) -> Next:
+        """What the rater labels next, and how far they are (`Next(item, progress)`: what the Label
+        tab shows). The item is the one they hold but have not finished, else (with `mix`) maybe a
         gold item or a repeat (store.quality), else, of the items fewer than `overlap` raters hold,
-        the one with the highest boost and priority, the oldest of those (now assigned to them).
-        None when nothing is left."""
-        rater = _rater_name(rater)
-        _check_overlap(overlap)
+        the one with the highest boost and priority, the oldest of those (now assigned to them);
+        None when nothing is left. Progress: (labelled by the rater, labelled + still open to them)."""
+        rater = rater_name(rater)
+        check_overlap(overlap)
 
-        def read(conn: sa.Connection) -> sa.Row | None:
-            rater_id = self._rater_id(conn, rater, create=False)
-            return assign.pending(conn, rater_id, source)
-
-        def write(conn: sa.Connection) -> sa.Row | None:
-            rater_id = self._rater_id(conn, rater, create=True)
-            return assign.next_for(conn, rater_id, overlap, source, mix)
-
-        # The item the rater holds comes from a read, which does not queue behind other raters'
-        # writes (after each label the app shows the next item, and the client then asks again).
-        row = self._read(read, f"the items held by {rater}") or self._write(
-            write, f"no item could be assigned to {rater}", retry=True
-        )
-        return Item(**row._mapping) if row else None
-
-    def progress(self, rater: str, overlap: int = 1, source: str | None = None) -> Progress:
-        """(labelled by the rater, labelled + still open to them)."""
-        rater = _rater_name(rater)
-        _check_overlap(overlap)
-
-        def read(conn: sa.Connection) -> Progress:
-            return _progress(conn, self._rater_id(conn, rater, create=False), overlap, source)
-
-        return self._read(read, f"the progress of {rater}")
-
-    def next_with_progress(
-        self, rater: str, overlap: int = 1, source: str | None = None, *, mix: QueueMix | None = None
-    ) -> tuple[Item | None, Progress]:
-        """`next_item` and `progress` (what the Label tab shows), in one read when the rater
-        holds an item already (after `label_and_next` they do): a transaction less per click."""
-        rater = _rater_name(rater)
-        _check_overlap(overlap)
-
-        def read(conn: sa.Connection) -> tuple[sa.Row, Progress] | None:
+        def read(conn: sa.Connection) -> Next | None:
             rater_id = self._rater_id(conn, rater, create=False)
             held = assign.pending(conn, rater_id, source)
-            return (held, _progress(conn, rater_id, overlap, source)) if held else None
+            return _next(conn, held, rater_id, overlap, source) if held else None
 
-        found = self._read(read, f"the items held by {rater}")
-        if found is not None:
-            return Item(**found[0]._mapping), found[1]
-        following = self.next_item(rater, overlap, source, mix=mix)
-        return following, self.progress(rater, overlap, source)
+        def write(conn: sa.Connection) -> Next:
+            rater_id = self._rater_id(conn, rater, create=True)
+            return _next(conn, assign.next_for(conn, rater_id, overlap, source, mix), rater_id, overlap, source)
+
+        # The item the rater holds (after `label(and_next=True)` they do) comes from one read, which
+        # does not queue behind other raters' writes; only a rater who holds none needs the write.
+        return self._read(read, f"the items held by {rater}") or self._write(
+            write, f"no item could be assigned to {rater}", retry=True
+        )
 
     # -- labels -----------------------------------------------------------------------
 
-    def label(self, item_id: int, rater: str, verdict: Verdict, comment: str = "") -> LabelRow:
-        """Record (or change) the rater's verdict on an item; on disk when this returns."""
-        rater, comment = _rater_name(rater), comment or ""
-        _check_verdict(verdict)
-        return self._write(
-            lambda conn: self._label(conn, item_id, rater, verdict, comment)[0],
-            f"the label for item {item_id} by {rater} was NOT saved",
-            retry=True,
-        )
-
-    def label_and_next(
+    def label(
         self,
         item_id: int,
         rater: str,
         verdict: Verdict,
         comment: str = "",
+        *,
+        and_next: bool = False,
         overlap: int = 1,
         source: str | None = None,
-        *,
         mix: QueueMix | None = None,
     ) -> Labelled:
-        """`label`, then `next_item`, in one write transaction: what the Label tab does on each
-        click, with half the writes (on SQLite writes go one at a time, and 100 raters' label
-        round trips queued on them). The label does not depend on the next item: when none can
-        be assigned (a busy queue), the label is committed and `next_error` says why."""
-        rater, comment = _rater_name(rater), comment or ""
-        _check_verdict(verdict)
-        _check_overlap(overlap)
+        """Record (or change) the rater's verdict on an item; on disk when this returns.
+        `and_next` (the Label tab's click): in the same write, hand the rater their next item (as
+        `next_item` with `overlap`, `source` and `mix`) and count their progress, in `Labelled.next`:
+        one write per click (on SQLite writes go one at a time, and 100 raters' label round trips
+        queued on them). The label does not depend on the next item: when none can be assigned
+        (a busy queue), the label is committed and `next_error` says why."""
+        rater, comment = rater_name(rater), comment or ""
+        check_verdict(verdict)
+        check_overlap(overlap)
 
         def write(conn: sa.Connection) -> Labelled:
             row, rater_id = self._label(conn, item_id, rater, verdict, comment)
+            if not and_next:
+                return Labelled(row)
             try:  # assign's own refusal, before it changed anything: the label still commits
                 following = assign.next_for(conn, rater_id, overlap, source, mix)
             except StoreError as err:
-                return Labelled(row, None, err)
-            return Labelled(row, Item(**following._mapping) if following else None)
+                return Labelled(row, next_error=err)
+            return Labelled(row, _next(conn, following, rater_id, overlap, source))
 
         return self._write(write, f"the label for item {item_id} by {rater} was NOT saved", retry=True)
 
@@ -387,7 +327,7 @@ class Store:
 
     def skip(self, item_id: int, rater: str) -> None:
         """The rater will not be shown this item again; their place on it goes to others."""
-        rater = _rater_name(rater)
+        rater = rater_name(rater)
 
         def write(conn: sa.Connection) -> None:
             sql.require(conn, label_items, item_id, "label item")
@@ -403,7 +343,7 @@ class Store:
     def undo_last_label(self, rater: str) -> int | None:
         """Delete the rater's most recently written label (or answer to a repeat); its item is
         first in their queue again. Returns that item's id, or None when the rater has no labels."""
-        rater = _rater_name(rater)
+        rater = rater_name(rater)
 
         def write(conn: sa.Connection) -> int | None:
             rater_id = self._rater_id(conn, rater, create=False)
@@ -431,7 +371,7 @@ class Store:
     def unlabel(self, item_id: int, rater: str) -> bool:
         """Take back the rater's verdict on the item (a 👍 clicked off in Chat): no label is
         left, and they no longer hold it. False when there was none."""
-        rater = _rater_name(rater)
+        rater = rater_name(rater)
 
         return self._write(
             lambda conn: self._unlabel(conn, item_id, rater),
@@ -452,9 +392,9 @@ class Store:
         (first use: the persona, model version and conversation before it, as when it was written)
         and the rater's verdict set, changed, or taken back (`verdict` None: the thumb clicked off).
         The label, or None when none is left."""
-        rater, comment = _rater_name(rater), comment or ""
+        rater, comment = rater_name(rater), comment or ""
         if verdict is not None:
-            _check_verdict(verdict)
+            check_verdict(verdict)
 
         def write(conn: sa.Connection) -> LabelRow | None:
             item_id = _register(conn, _reply_item(conn, turn_id))
@@ -472,54 +412,6 @@ class Store:
             query = query.where(label_items.c.model_version == model_version)
         return self._read(lambda c: [LabelRow(**row._mapping) for row in c.execute(query)], "the labels")
 
-    def label_times(self) -> list[timing.LabelTime]:
-        """Every label the queue handed out, with when it was shown and labelled (`store.timing`)."""
-        return self._read(lambda c: [timing.LabelTime(**r._mapping) for r in c.execute(timing.QUERY)], "label times")
-
-    # -- rater quality (store.quality) ----------------------------------------------------
-
-    def set_gold(self, item_ids: list[int], verdict: Verdict | None) -> int:
-        """Mark the items gold with their known verdict (None: no longer gold). Gold items leave
-        the shared queue and are mixed into each rater's items (`next_item(mix=...)`). Returns how
-        many items there were."""
-        if verdict is not None:
-            _check_verdict(verdict)
-        ids = list(item_ids)
-        query = sa.update(label_items).where(label_items.c.id.in_(ids)).values(gold=verdict)
-        return self._write(lambda c: c.execute(query).rowcount, f"gold verdicts of {len(ids)} items were NOT saved")
-
-    def gold_items(self) -> dict[int, str]:
-        """Gold item id -> its known verdict."""
-        query = sa.select(label_items.c.id, label_items.c.gold).where(label_items.c.gold.is_not(None))
-        return self._read(lambda c: {r.id: r.gold for r in c.execute(query)}, "the gold items")
-
-    def repeat_rows(self) -> list[RepeatRow]:
-        """Every answered repeat with the rater's first verdict on the item, oldest first."""
-        query = (
-            sa.select(
-                repeats.c.item_id,
-                raters.c.name.label("rater"),
-                labels.c.verdict.label("first"),
-                repeats.c.verdict.label("again"),
-                repeats.c.answered_at,
-            )  # fmt: skip
-            .select_from(
-                repeats.join(raters, raters.c.id == repeats.c.rater_id).join(
-                    labels, sa.and_(labels.c.item_id == repeats.c.item_id, labels.c.rater_id == repeats.c.rater_id)
-                )
-            )
-            .where(repeats.c.verdict.is_not(None))
-            .order_by(repeats.c.answered_at, repeats.c.id)
-        )
-        return self._read(lambda c: [RepeatRow(**r._mapping) for r in c.execute(query)], "the repeats")
-
-    def order_queue(self, open_versions: list[str]) -> int:
-        """Reorder the queue by `store.quality.QUEUE_ORDER` (items whose labels disagree first,
-        then items of `open_versions`); call it per queue refill, not per label. Returns how
-        many items changed place."""
-        versions = list(open_versions)
-        return self._write(lambda c: quality.order_queue(c, versions), "the queue order was NOT saved", retry=True)
-
     def model_versions_with_labels(self) -> list[str]:
         query = (
             sa.select(label_items.c.model_version)
@@ -533,7 +425,7 @@ class Store:
 
     def add_preference(self, p: NewPreference) -> int:
         """Record a rater's blind A/B vote; on disk when this returns. Returns its id."""
-        rater, row = _rater_name(p.rater), votes.values(p)
+        rater, row = rater_name(p.rater), votes.values(p)
 
         def write(conn: sa.Connection) -> int:
             for side in ("a", "b"):
@@ -628,31 +520,8 @@ def _reply_item(conn: sa.Connection, turn_id: int) -> NewItem:
                    model_version=turn.model_version, conversation_id=turn.conversation_id)  # fmt: skip
 
 
-def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise StoreError(f"{what} {value!r} is not one of {', '.join(allowed)}", f"pass one of {', '.join(allowed)}")
-
-
-def _progress(conn: sa.Connection, rater_id: int | None, overlap: int, source: str | None) -> Progress:
-    done = assign.count_labelled(conn, rater_id, source)
-    return Progress(done, done + assign.count_open(conn, rater_id, overlap, source))
-
-
-def _check_verdict(verdict: str) -> None:
-    if verdict not in VERDICTS:
-        raise StoreError(f"a verdict must be 'good' or 'bad', not {verdict!r}", "label the answer good or bad")
-
-
-def _check_overlap(overlap: int) -> None:
-    if overlap < 1:
-        raise StoreError(f"overlap must be at least 1, not {overlap}", "ask for 1 (each item labelled once) or more")
-
-
-def _rater_name(name: str) -> str:
-    name = (name or "").strip()
-    if not name:
-        raise StoreError("the rater name is empty", "type your name before labelling")
-    return name
+def _next(conn: sa.Connection, row: sa.Row | None, rater_id: int | None, overlap: int, source: str | None) -> Next:
+    return Next(Item(**row._mapping) if row else None, assign.progress(conn, rater_id, overlap, source))
 
 
 def _as_dict(persona) -> dict:

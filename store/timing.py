@@ -1,8 +1,8 @@
 """How long each label took, as the server saw it: from the item handed to the rater (its
-assignment, written by `next_item` / `label_and_next` when the Label tab shows it) to their
-verdict (the label's first write). A label with no assignment (a script's `label`, a chat
-thumb) was never shown by the queue and has no time. After an undo the item is handed out
-again, so the new verdict is timed from the undo."""
+assignment, written by `next_item` / `label(and_next=True)` when the Label tab shows it) to
+their verdict (the label's first write). A label with no assignment (a script's `label`, a
+chat thumb) was never shown by the queue and has no time. After an undo the item is handed
+out again, so the new verdict is timed from the undo."""
 
 from __future__ import annotations
 

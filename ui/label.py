@@ -81,7 +81,7 @@ def _store_error(what: str, err: StoreError) -> gr.Error:
 def show_next(ctx: AppContext, rater: str) -> Shown:
     """The rater's next item (assigned to them now) and their progress."""
     try:
-        return _shown(*ctx.store.next_with_progress(rater, ctx.label_overlap, mix=ctx.label_mix))
+        return _shown(*ctx.store.next_item(rater, ctx.label_overlap, mix=ctx.label_mix))
     except StoreError as err:
         raise _store_error("Could not load the next item", err) from None
 
@@ -100,21 +100,14 @@ def _shown(item: Item | None, progress: Progress) -> Shown:
 def save_label(ctx: AppContext, item_id: int | None, verdict: str, comment: str, rater: str) -> Shown:
     if item_id is None:
         raise gr.Error("There is no answer on screen to label.")
-    try:  # the label and the next item in one write (Store.label_and_next)
-        done = ctx.store.label_and_next(int(item_id), rater, verdict, (comment or "").strip(), ctx.label_overlap,
-                                          mix=ctx.label_mix)  # fmt: skip
+    try:  # the label, the next item and the progress in one write
+        done = ctx.store.label(int(item_id), rater, verdict, (comment or "").strip(), and_next=True,
+                               overlap=ctx.label_overlap, mix=ctx.label_mix)  # fmt: skip
     except StoreError as err:
         raise _store_error("Your label was NOT saved", err) from None
-    if done.next_error is not None:
-        return _after("Your label was saved", lambda: show_next(ctx, rater))  # ask again, on its own
-    return _after("Your label was saved", lambda: _shown(done.next_item, _progress(ctx, rater)))
-
-
-def _progress(ctx: AppContext, rater: str) -> Progress:
-    try:
-        return ctx.store.progress(rater, ctx.label_overlap)
-    except StoreError as err:
-        raise _store_error("Could not load the next item", err) from None
+    if done.next is None:  # no next item could be assigned (`done.next_error`): ask again, on its own
+        return _after("Your label was saved", lambda: show_next(ctx, rater))
+    return _after("Your label was saved", lambda: _shown(*done.next))
 
 
 def save_skip(ctx: AppContext, item_id: int | None, rater: str) -> Shown:
