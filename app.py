@@ -21,37 +21,35 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import gradio as gr
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chatbot.session import warm
 from core.cli import entry_point
 from core.default_model import base_model, on_space
 from core.errors import ConfigError
 from corpus.hub import DEFAULT_DATASET
-from engines.engine import GenerationSettings
-from engines.factory import (
-    engine_loader,  # first of ours: on ZeroGPU it imports `spaces` before torch
-)
-from engines.loading import EngineConfig
-from engines.pool import EnginePool
-from store import QueueMix, Store, StoreAPI
-from store.backup import start_backup
-from store.process import StoreProcess
-from ui.chat import build_chat_tab
-from ui.compare import build_compare_tab
-from ui.context import AppContext
-from ui.label import LABEL_SHORTCUTS_JS, build_label_tab
-from ui.leaderboard import build_leaderboard
-from ui.organise import build_organise_tab
-from ui.raters import oauth_available
-from ui.results import build_results_tab
+from engines.config import EngineConfig, GenerationSettings
+
+# Only what reading the flags needs is imported above: torch, transformers and Gradio take 10-20 s
+# to import on 2 cores, and `--help` or a mistyped flag should answer at once (tests/test_app.py
+# checks). Each function below imports what it runs on.
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from store import Store, StoreAPI
+    from ui.context import AppContext
 
 UNBATCHED_LIMIT = 4  # one generate per chat: more at once only share 2 cores worse
 BATCHED_LIMIT = 32  # chats decoded together: each one let in joins the batch
+
+
+def oauth_available() -> bool:
+    """Hugging Face sign-in works here (`--oauth`'s default): a Space whose README front matter has
+    `hf_oauth: true` (the Space then sets OAUTH_CLIENT_ID). Elsewhere Gradio's LoginButton would
+    pretend to sign in with the machine's own HF token, so it is not offered."""
+    return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
 
 
 class AppConfig(BaseSettings, EngineConfig):
@@ -174,12 +172,23 @@ def open_store(cfg: AppConfig) -> tuple[Store, str | None]:
 def serve_store(cfg: AppConfig, store: Store) -> StoreAPI:
     """The store the app's handlers call: `store` itself, or its database served by a child
     process (`store_process`; store/process.py says why)."""
+    from store.process import StoreProcess
+
     if cfg.store_process == "app" or (cfg.store_process == "auto" and sys.platform == "win32"):
         return store  # Windows: multiprocessing's Unix socket is not there
     return StoreProcess(store)
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
+    import gradio as gr
+
+    from ui.chat import build_chat_tab
+    from ui.compare import build_compare_tab
+    from ui.label import build_label_tab
+    from ui.leaderboard import build_leaderboard
+    from ui.organise import build_organise_tab
+    from ui.results import build_results_tab
+
     with gr.Blocks(title="Persona Studio") as demo:
         gr.Markdown("# Persona Studio\nChat with personas, compare model versions, label answers.")
         if ctx.storage_warning:  # above the tabs: seen on every tab
@@ -209,6 +218,14 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 
 @entry_point(AppConfig, __doc__)
 def main(cfg: AppConfig) -> int:
+    from chatbot.session import warm
+    from engines.factory import engine_loader  # on ZeroGPU it imports `spaces` before torch is used
+    from engines.pool import EnginePool
+    from store import QueueMix
+    from store.backup import start_backup
+    from ui.context import AppContext
+    from ui.label import LABEL_SHORTCUTS_JS
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     auth = parse_auth(cfg.auth)
     store, storage_warning = open_store(cfg)

@@ -330,9 +330,8 @@ def variants(engine, chat: Chat, settings, args) -> tuple[dict[str, Method], dic
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import log_quietly
     from core.persona import load_persona
-    from engines.engine import GenerationSettings
+    from engines.config import EngineConfig, GenerationSettings
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     log_quietly()
     args = parse_args(argv)

@@ -199,7 +199,7 @@ def time_perplexity(args, engine, examples) -> dict:
 
 
 def time_generation(args, engine, examples) -> dict:
-    from engines.engine import GreedySettings
+    from engines.config import GreedySettings
 
     settings = GreedySettings(max_new_tokens=args.max_new_tokens)
     conversations = [ex.messages for ex in examples]
@@ -294,8 +294,8 @@ def build_rows(args, gen: dict, text: dict, ppl: dict) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import log_quietly
+    from engines.config import EngineConfig
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     log_quietly()
     args = parse_args(argv)

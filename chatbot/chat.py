@@ -17,9 +17,8 @@ from chatbot.session import ChatSession
 from core.cli import entry_point
 from core.errors import PersonaStudioError
 from core.persona import load_persona
-from engines.engine import GenerationSettings
+from engines.config import EngineConfig, GenerationSettings
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 
 HELP = "/persona FILE  switch persona | /undo | /retry | /reset | /help | /quit"
 

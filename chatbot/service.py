@@ -20,7 +20,8 @@ from chatbot.scope import deflection
 from core.conversation import Messages, build_messages, check_message, has_user_turn, notice, opening, taken_back
 from core.errors import MessageError
 from core.persona import Persona
-from engines.engine import ChatEngine, GenerationSettings
+from engines.config import GenerationSettings
+from engines.engine import ChatEngine
 
 
 @dataclass(frozen=True)

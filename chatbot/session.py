@@ -13,7 +13,8 @@ from chatbot.history import MemoryHistory
 from chatbot.scope import classifier
 from core.conversation import Messages, build_messages, opening
 from core.persona import Persona
-from engines.engine import ChatEngine, GenerationSettings
+from engines.config import GenerationSettings
+from engines.engine import ChatEngine
 
 
 def warm(engine: ChatEngine, personas: Iterable[Persona]) -> None:

@@ -50,7 +50,8 @@ from transformers.generation.logits_process import (
 
 from core.conversation import Messages
 from core.errors import GenerationError
-from engines.engine import GenerationSettings, TokenStreamer, TransformersEngine, out_of_memory
+from engines.config import GenerationSettings
+from engines.engine import TokenStreamer, TransformersEngine, out_of_memory
 from engines.kv_cache import reusable
 from engines.priority import CHAT_NICE, lower_priority
 

@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from core.child import Child, Restarting
 from core.conversation import Messages
 from core.errors import GenerationError, ModelLoadError, PersonaStudioError
-from engines.engine import ChatEngine, GenerationSettings, prompt_tokens
-from engines.loading import EngineConfig
+from engines.config import EngineConfig, GenerationSettings
+from engines.engine import ChatEngine, prompt_tokens
 
 log = logging.getLogger(__name__)
 

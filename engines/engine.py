@@ -15,43 +15,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
 from core.conversation import Messages, fit, too_long
 from core.errors import GenerationError, ModelLoadError
-from engines.kv_cache import PREFIX_CACHE_TOKENS, PrefixCache
+from engines.config import PREFIX_CACHE_TOKENS, GenerationSettings
+from engines.kv_cache import PrefixCache
 from engines.priority import CHAT_NICE, lower_priority
 
 log = logging.getLogger(__name__)
-
-
-class GenerationSettings(BaseModel):
-    """Decoding settings; names match `transformers.GenerationConfig`."""
-
-    model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 means greedy decoding.")
-    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    top_k: int = Field(50, ge=0, description="Sample from the k most likely tokens; 0 = off.")
-    max_new_tokens: int = Field(128, ge=1, le=8192, description="Most tokens in one reply.")
-    repetition_penalty: float = Field(1.1, gt=0.0, description="1.0 = no penalty.")
-    seed: int | None = Field(None, description="Fix the sampling seed for reproducible replies.")
-
-    def generate_kwargs(self) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
-        if self.temperature == 0:
-            return {**kwargs, "do_sample": False}
-        return {**kwargs, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-
-
-class GreedySettings(GenerationSettings):
-    """Greedy and short: reproducible replies, comparable across versions (`eval.run`,
-    `eval.regress`; recorded with their results). A subclass with its own field defaults, not
-    a default instance, so `--generation.max_new_tokens 32` keeps temperature 0."""
-
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
-    max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens in one reply.")
 
 
 def prompt_tokens(tokenizer, messages: Messages) -> int:

@@ -16,8 +16,9 @@ from typing import Literal
 
 from engines import zerogpu  # first: on ZeroGPU it imports `spaces` before torch is used
 from engines.batched import BatchedEngine, batchable
+from engines.config import EngineConfig
 from engines.engine import ChatEngine, TransformersEngine
-from engines.loading import EngineConfig, load_model_and_tokenizer, pick_device, resolve_version
+from engines.loading import load_model_and_tokenizer, pick_device, resolve_version
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-# Default budget (tokens in all entries): ~375 MB of fp32 KV for SmolLM2-135M, ~1 GB bf16 for Llama-3-8B.
-PREFIX_CACHE_TOKENS = 8192
-
 
 @dataclass
 class _Entry:

@@ -14,12 +14,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.default_model import (
     DEFAULT_MODEL,
@@ -31,56 +28,8 @@ from core.default_model import (
 )
 from core.errors import ModelLoadError
 from core.versions import BASE, find_version
-from engines.kv_cache import PREFIX_CACHE_TOKENS
 
 log = logging.getLogger(__name__)
-
-
-class EngineConfig(BaseModel):
-    """Which model answers. Shared by the chat CLI, the app and eval."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(
-        DEFAULT_MODEL,
-        description="`default` (embedded SmolLM2-135M), a trained version name, a folder, a .gguf, or a hub id.",
-    )
-    adapter: str | None = Field(None, description="LoRA adapter folder to put on top of the model.")
-    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    max_context_tokens: int | None = Field(
-        None, ge=16, description="Cap the context window (default: the model's config, else its tokenizer's)."
-    )
-    runs_dir: str = Field("runs", description="Folder of trained model versions; --model may name one.")
-    prefix_cache_tokens: int = Field(
-        PREFIX_CACHE_TOKENS, ge=0, description="KV cache of recent chat turns kept for reuse, in tokens (0 = off)."
-    )
-    # Chats decode together (`engines.batched`), each from its prefix cache: measured faster than
-    # one `generate` per chat at 1, 4, 16 and 32 users (benchmarks/README.md, "Many users at once").
-    batching: Literal["off", "auto"] = Field(
-        "auto",
-        description="auto: concurrent chats share decoding steps (one forward for all), each prefilling only what "
-        "its prefix cache lacks (full-attention models; others and ZeroGPU run as off); off: each chat runs its "
-        "own generate. In-process models only.",
-    )
-    # A model server instead of a model in this process (`engines.remote`); the settings above
-    # that place weights (dtype, device, prefix cache) are then the server's business.
-    engine_url: str | None = Field(
-        default_factory=lambda: os.environ.get("PERSONA_STUDIO_ENGINE_URL") or None,
-        description="OpenAI-compatible server to generate with (`transformers serve`, vLLM, llama.cpp), e.g. "
-        "http://localhost:8011; env PERSONA_STUDIO_ENGINE_URL.",
-    )
-    # Read from the environment by the engine, not here: `--help` and saved configs would show it.
-    engine_api_key: str | None = Field(
-        None, exclude=True, description="API key for --engine_url; env PERSONA_STUDIO_ENGINE_API_KEY."
-    )
-    engine_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the model server per request.")
-    engine_max_retries: int = Field(2, ge=0, description="Retries of a failed request to the model server.")
-
-    @field_validator("batching", mode="before")
-    @classmethod
-    def _off_is_not_false(cls, value):
-        # Flags and YAML files are read as YAML 1.1, where a bare `off` is the boolean false.
-        return "off" if value is False else value
 
 
 def resolve_version(model: str, adapter: str | None, runs_dir: str) -> tuple[str, str | None]:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from core.errors import ModelLoadError
 from core.versions import BASE, list_versions
+from engines.config import EngineConfig
 from engines.engine import ChatEngine
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 
 
 class EnginePool:

@@ -27,8 +27,9 @@ from core.conversation import Messages
 from core.default_model import DEFAULT_MODEL, HUB_ID, default_model_dir, tokenizer_source
 from core.errors import ConfigError, GenerationError, ModelLoadError, PersonaStudioError
 from core.versions import BASE
-from engines.engine import ChatEngine, GenerationSettings, prompt_tokens
-from engines.loading import EngineConfig, resolve_model, resolve_version
+from engines.config import EngineConfig, GenerationSettings
+from engines.engine import ChatEngine, prompt_tokens
+from engines.loading import resolve_model, resolve_version
 
 log = logging.getLogger(__name__)
 # The openai client's HTTP library logs every request at INFO, the level eval.run logs at.

@@ -12,8 +12,8 @@ from multiprocessing.connection import Connection
 from core.child import connect, fail, ready
 from core.errors import PersonaStudioError
 from engines.child import END, JOB_NICE, _portable
+from engines.config import EngineConfig
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 from engines.priority import lower_priority
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ else:
     spaces = None
 
 from core.conversation import Messages  # noqa: E402
-from engines.engine import ChatEngine, GenerationSettings  # noqa: E402
-from engines.loading import EngineConfig  # noqa: E402
+from engines.config import EngineConfig, GenerationSettings  # noqa: E402
+from engines.engine import ChatEngine  # noqa: E402
 
 # Seconds of GPU a request asks for. ZeroGPU queues long requests behind short ones, so ask
 # for what the reply can take: a 135M-8B model decodes well above 20 tok/s on an H200 slice,

@@ -7,8 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from corpus.examples import DataConfig
-from engines.engine import GreedySettings
-from engines.loading import EngineConfig
+from engines.config import EngineConfig, GreedySettings
 
 
 class EvalConfig(EngineConfig):

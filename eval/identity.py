@@ -32,9 +32,8 @@ from core.persona import Persona, load_persona
 from core.versions import DATA_FILE, find_version, results_dir
 from corpus.examples import DataConfig, Example, load_examples
 from corpus.persona_data import HELDOUT_SHARE
-from engines.engine import GreedySettings
+from engines.config import EngineConfig, GreedySettings
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 from eval.config import EvalConfig
 from eval.run import version_name
 from store import NewItem, Store

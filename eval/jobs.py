@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.errors import DatasetError, PersonaStudioError
 from corpus.examples import DataConfig
 from corpus.hub import DEFAULT_DATASET
-from engines.engine import GreedySettings
+from engines.config import GreedySettings
 from engines.pool import EnginePool
 from engines.priority import JOB_NICE, lower_priority
 from eval.config import EvalConfig

@@ -33,9 +33,8 @@ from core.default_model import DEFAULT_MODEL
 from core.errors import ConfigError, GenerationError
 from core.persona import Persona, load_personas
 from core.versions import BASE, results_dir, results_files
-from engines.engine import GenerationSettings, GreedySettings
+from engines.config import EngineConfig, GenerationSettings, GreedySettings
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 from eval.drift import drift, drift_lines, drift_plot
 from eval.regress_checks import ScriptFile, diff, diff_summary, junit_xml, load_scripts, run_checks, table
 from store import NewItem, Store

@@ -26,7 +26,8 @@ from pydantic import Field, field_validator
 
 from core.cli import entry_point
 from core.errors import ConfigError, DatasetError
-from engines.loading import EngineConfig, load_model_and_tokenizer, resolve_version
+from engines.config import EngineConfig
+from engines.loading import load_model_and_tokenizer, resolve_version
 
 log = logging.getLogger("eval.retention")
 

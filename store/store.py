@@ -1,6 +1,11 @@
-"""`Store`: conversations, label items, the labelling queue, labels, A/B preferences and eval runs.
+"""`Store`: conversations, label items, the labelling queue, labels, A/B preferences and eval runs
+(and, from `store.raters`, the organiser's methods: gold items, repeats, queue order, progress).
 
-Every method is one transaction; a write is committed (on disk) when the method returns.
+A rater's two calls: `next_item` (what to label next, and how far they are) and `label` (save a
+verdict; with `and_next=True`, also the next item, in the same write). A 👍/👎 in Chat is `thumb`.
+
+Every method is one transaction (`next_item` first reads, without waiting for the write lock,
+and writes only when the rater holds no item); a write is committed (on disk) when the method returns.
 Methods take and return plain values and records built from rows outside any ORM session
 (nothing loads lazily, nothing is shared between calls), so any thread may call them.
 """

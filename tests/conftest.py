@@ -64,16 +64,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
+    from engines.config import EngineConfig
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     return load_engine(EngineConfig(model=str(tiny_model_dir)))
 
 
 @pytest.fixture(scope="session")
 def default_engine(default_model_dir):
+    from engines.config import EngineConfig
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     return load_engine(EngineConfig(model="default"))
 
@@ -114,8 +114,7 @@ def studio_context(tmp_path: Path, store, engines: dict, settings=None, personas
     The in-process `store` is wrapped in `CheckedStore`: each call's arguments and result make the
     pickle round trip they make to the app's store process, so a generator or a lambda passed to
     the store fails here as it would in the served app (store/boundary.py)."""
-    from engines.engine import GenerationSettings
-    from engines.loading import EngineConfig
+    from engines.config import EngineConfig, GenerationSettings
     from engines.pool import EnginePool
     from store import CheckedStore, Store
     from ui.context import AppContext

@@ -1,5 +1,8 @@
 """The app through its public API (gradio_client), on the tiny model and a SQLite store."""
 
+import subprocess
+import sys
+
 import pytest
 from gradio_client import Client
 
@@ -18,6 +21,27 @@ def app(tiny_engine, tmp_path_factory):
         ctx = studio_context(tmp, store, {"base": tiny_engine, "tuned": tiny_engine})
         with serving(ctx) as url:
             yield Client(url, verbose=False), store
+
+
+HEAVY = ("torch", "transformers", "gradio")
+
+
+@pytest.mark.parametrize("command", [["app.py"], ["-m", "persona_studio", "app"]])
+def test_help_and_a_bad_flag_answer_before_torch_transformers_and_gradio_are_imported(command):
+    # Those take 10-20 s to import on 2 cores; `-X importtime` lists every module imported.
+    def run(*flags):
+        return subprocess.run([sys.executable, "-X", "importtime", *command, *flags], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    def imported(stderr: str) -> set[str]:
+        names = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+        return {name.split(".")[0] for name in names} & set(HEAVY)
+
+    shown = run("--help")
+    assert shown.returncode == 0 and "--label_overlap" in shown.stdout and "--generation.max_new_tokens" in shown.stdout
+    assert imported(shown.stderr) == set()
+    typo = run("--prot", "8000")
+    assert typo.returncode == 2 and "prot" in typo.stderr and imported(typo.stderr) == set()
 
 
 def chat(client, message, persona="ada", conversation_id=None, **kwargs):
@@ -268,7 +292,7 @@ def test_the_store_is_served_by_a_child_process_unless_asked_not_to(store, monke
     served = serve_store(AppConfig(), store)
     try:
         assert isinstance(served, StoreProcess)
-        assert served.progress("kim").total == store.progress("kim").total
+        assert served.next_item("kim").progress == store.next_item("kim").progress
     finally:
         served.close()
     assert serve_store(AppConfig(store_process="app"), store) is store

@@ -26,8 +26,8 @@ import pytest
 
 from core.default_model import HUB_ID
 from core.errors import ModelLoadError
-from engines.engine import GenerationSettings, TransformersEngine
-from engines.loading import EngineConfig
+from engines.config import EngineConfig, GenerationSettings
+from engines.engine import TransformersEngine
 from engines.pool import EnginePool
 from store import NewItem
 from store.backup import export_tables

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from core.errors import PersonaError
 from core.persona import Persona
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from ui import conversations
 from ui.common import shows_errors
 from ui.context import AppContext

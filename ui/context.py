@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from core.errors import PersonaError
 from core.persona import Persona, scan_personas
 from corpus.hub import DEFAULT_DATASET
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from engines.pool import EnginePool
 from store import QueueMix, StoreAPI
 

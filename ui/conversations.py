@@ -21,7 +21,7 @@ from chatbot.history import StoreHistory, shown, stored
 from chatbot.service import Step
 from core.conversation import Messages, opening
 from core.persona import Persona
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from store import LabelRow, Turn
 from ui.context import AppContext
 

@@ -30,7 +30,7 @@ from gradio import FileData
 from pydantic import ValidationError
 
 from core.errors import ConfigError, PersonaStudioError
-from engines.engine import GreedySettings
+from engines.config import GreedySettings
 from eval.jobs import Dataset, JobStatus, QueueJobs, QueueRequest, Split
 from eval.progress import session_progress
 from eval.run_job import EvalJobs, EvalRequest, EvalStatus

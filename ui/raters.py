@@ -12,19 +12,11 @@ ignored, and a call without a signed-in user is refused.
 # No `from __future__ import annotations`: handlers built on this take `gr.OAuthProfile | None`,
 # which Gradio recognises from the live annotation to inject the signed-in profile.
 
-import os
 
 import gradio as gr
 
 SIGN_IN_HINT = "Sign in with Hugging Face (button at the top): labels are saved under your username."
 TYPE_NAME_HINT = "Enter your name in the 'Rater' box at the top first: labels are saved under it."
-
-
-def oauth_available() -> bool:
-    """Hugging Face sign-in works here: a Space whose README front matter has `hf_oauth: true`
-    (the Space then sets OAUTH_CLIENT_ID). Elsewhere Gradio's LoginButton would pretend to sign
-    in with the machine's own HF token, so it is not offered."""
-    return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
 
 
 def rater_for(ctx, typed: str | None, profile: gr.OAuthProfile | None, request: gr.Request | None) -> str:

@@ -7,7 +7,7 @@ from chatbot import chat
 from chatbot.session import ChatSession
 from core.cli import parse_config
 from core.persona import load_persona
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from tests.conftest import REPO
 
 GRACE = REPO / "personas" / "lovelace_guide.yaml"

@@ -7,7 +7,8 @@ from chatbot import service
 from chatbot.history import MemoryHistory, StoreHistory, shown
 from core.conversation import opening
 from core.persona import load_persona
-from engines.engine import Fitted, GenerationSettings
+from engines.config import GenerationSettings
+from engines.engine import Fitted
 from tests.conftest import REPO, studio_context
 from ui import conversations
 
@@ -83,8 +84,8 @@ def test_the_prompt_is_counted_once_and_streamed_as_fitted(ctx, tiny_engine, ada
 
 
 def test_a_long_history_is_trimmed_once_and_the_step_says_so(tmp_path, store, tiny_model_dir, ada):
+    from engines.config import EngineConfig
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     small = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=400))
     ctx = studio_context(tmp_path, store, {"base": small})

@@ -8,7 +8,7 @@ from chatbot.session import ChatSession
 from core.conversation import MAX_MESSAGE_CHARS, build_messages
 from core.errors import MessageError, PersonaError
 from core.persona import Persona, load_persona, render_system_prompt
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from tests.conftest import REPO
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)
@@ -58,8 +58,8 @@ def test_huge_message_is_refused(session):
 
 
 def test_message_too_long_for_context_names_tokens(tiny_model_dir, ada):
+    from engines.config import EngineConfig
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=512))
     session = ChatSession(engine, ada, GREEDY)
@@ -74,8 +74,8 @@ def test_message_too_long_for_context_names_tokens(tiny_model_dir, ada):
 
 def test_persona_too_long_for_the_context_window_says_it_is_the_persona(tiny_model_dir, ada):
     """Ada's system prompt alone overflows a 256-token window: no message could be short enough."""
+    from engines.config import EngineConfig
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     engine = load_engine(EngineConfig(model=str(tiny_model_dir), max_context_tokens=256))
     persona_tokens = engine.count_tokens(build_messages(ada, [])[:1])

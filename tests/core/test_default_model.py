@@ -9,7 +9,7 @@ from chatbot.session import ChatSession
 from core.conversation import build_messages
 from core.default_model import default_model_dir, gguf_path
 from core.persona import load_persona
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

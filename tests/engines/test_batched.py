@@ -8,7 +8,7 @@ import pytest
 from core.errors import GenerationError
 from core.persona import render_system_prompt
 from engines.batched import BatchedEngine, _explain
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 
 # The app's repetition penalty (1.1), applied per request over prompt and reply.
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
@@ -51,8 +51,8 @@ def wait_idle(engine, seconds=10):
 
 
 def test_load_engine_builds_it_and_one_chat_equals_the_direct_path(tiny_engine, tiny_model_dir):
+    from engines.config import EngineConfig
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     alone = load_engine(EngineConfig(model=str(tiny_model_dir), batching="auto"))
     assert isinstance(alone, BatchedEngine)
@@ -195,9 +195,9 @@ def test_auto_batches_full_attention_models_only(tiny_model_dir):
     from transformers import MistralConfig, MistralForCausalLM
 
     from engines.batched import batchable
+    from engines.config import EngineConfig
     from engines.engine import TransformersEngine
     from engines.factory import load_engine
-    from engines.loading import EngineConfig
 
     assert EngineConfig().batching == "auto"
     off = load_engine(EngineConfig(model=str(tiny_model_dir), batching="off"))
@@ -210,7 +210,7 @@ def test_auto_batches_full_attention_models_only(tiny_model_dir):
 
 def test_batching_off_from_the_command_line_is_off():
     from core.cli import parse_config
-    from engines.loading import EngineConfig
+    from engines.config import EngineConfig
 
     assert parse_config(EngineConfig, ["--batching", "off"]).batching == "off"
 

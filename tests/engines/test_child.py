@@ -10,8 +10,7 @@ import pytest
 
 from core.errors import GenerationError, MessageError, ModelLoadError
 from engines.child import MODEL_NICE, ProcessEngine, spare_threads
-from engines.engine import GreedySettings
-from engines.loading import EngineConfig
+from engines.config import EngineConfig, GreedySettings
 
 GREEDY = GreedySettings(max_new_tokens=12)
 

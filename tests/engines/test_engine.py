@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from core.errors import MessageError, ModelLoadError
-from engines.engine import GenerationSettings, TransformersEngine
+from engines.config import EngineConfig, GenerationSettings
+from engines.engine import TransformersEngine
 from engines.factory import load_engine
-from engines.loading import EngineConfig, resolve_model
+from engines.loading import resolve_model
 from engines.priority import CHAT_NICE
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)

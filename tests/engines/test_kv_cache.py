@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from engines.engine import GenerationSettings, TransformersEngine
+from engines.config import GenerationSettings
+from engines.engine import TransformersEngine
 from engines.kv_cache import PrefixCache, common_prefix
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=10, repetition_penalty=1.0)

@@ -19,9 +19,8 @@ import pytest
 from chatbot.session import ChatSession
 from core.errors import ConfigError, GenerationError, ModelLoadError
 from core.persona import load_persona, render_system_prompt
-from engines.engine import GenerationSettings
+from engines.config import EngineConfig, GenerationSettings
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 from engines.remote import OpenAIEngine, api_base, request_params
 from tests.conftest import REPO
 

@@ -10,7 +10,8 @@ import torch
 
 from core.conversation import build_messages
 from corpus.examples import read_conversations, turn_examples
-from engines.engine import GenerationSettings, TransformersEngine
+from engines.config import GenerationSettings
+from engines.engine import TransformersEngine
 from eval.perplexity import perplexity, prefix_groups, reference_nll
 
 PERSONA = "You are Ada, a retired physics teacher who builds clocks and keeps bees."

@@ -36,11 +36,11 @@ def rated(store):
         store.set_gold([i for i in gold if truth[i] == verdict], verdict)
     mix = QueueMix(gold_share=0.2, repeat_share=0.2)
     for rater, accuracy in ACCURACY.items():
-        shown = store.next_item(rater, 3, mix=mix)
+        shown = store.next_item(rater, 3, mix=mix).item
         while shown is not None:
             right = rng.random() < accuracy
             verdict = truth[shown.id] if right else {"good": "bad", "bad": "good"}[truth[shown.id]]
-            shown = store.label_and_next(shown.id, rater, verdict, overlap=3, mix=mix).next_item
+            shown = store.label(shown.id, rater, verdict, and_next=True, overlap=3, mix=mix).next.item
     return truth
 
 
@@ -112,4 +112,4 @@ def test_open_versions_and_the_queue_they_reorder(store):
     ids = store.add_label_items([item(i, "base" if i < 2 else "v1") for i in range(4)])
     still_open, moved = refresh_queue(store, "no-runs-here")
     assert still_open == ["v1"] and moved == 2  # no labels of v1 yet: open; its two items go first
-    assert store.next_item("kim").id == ids[2]
+    assert store.next_item("kim").item.id == ids[2]

@@ -173,7 +173,7 @@ def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
     code, out = run(write(tmp_path / "scripts", "mixed.yaml", MIXED), extra=("--labels", "all"))
     passed, failed = results(out)["turns"]
     assert code == 1 and older < failed["label_item"] < passed["label_item"]
-    first = store.next_item("rita", source="eval")
+    first = store.next_item("rita", source="eval").item
     assert (first.id, first.answer, first.persona_name) == (failed["label_item"], failed["reply"], "Sam")
     assert first.source == "eval" and first.model_version == results(out)["model_version"]
     assert first.context[-2:] == [
@@ -182,7 +182,7 @@ def test_failed_replies_are_queued_before_the_rest(run, store, tmp_path):
     ]
     assert (first.priority, store.item(passed["label_item"]).priority) == (1, 0)
     order = []
-    while (item := store.next_item("rita", source="eval")) is not None:
+    while (item := store.next_item("rita", source="eval").item) is not None:
         order.append(item.id)
         store.label(item.id, "rita", "good")
     assert order == [failed["label_item"], older, passed["label_item"]]  # flagged first, then by age
@@ -193,7 +193,7 @@ def test_only_flagged_replies_are_queued_by_default(run, store, tmp_path):
     passed, failed = results(out)["turns"]
     assert "label_item" not in passed
     assert store.item(failed["label_item"]).answer == failed["reply"]
-    assert store.progress("rita").total == 1
+    assert store.next_item("rita").progress.total == 1
 
 
 def test_diff_against_the_newest_run_of_another_version(run, store, tmp_path, capsys):
@@ -307,7 +307,7 @@ def test_the_suite_covers_every_persona():
 
 @pytest.mark.slow
 def test_shipped_scripts_through_the_app_api_match_a_local_run(default_engine, store, tmp_path, monkeypatch):
-    from engines.engine import GenerationSettings
+    from engines.config import GenerationSettings
 
     monkeypatch.setattr(regress, "load_engine", lambda cfg: default_engine)
     scripts = [REPO / "eval" / "regression" / f"{name}.yaml" for name in ("nova_identity", "switch_ada_to_nova")]

@@ -60,7 +60,7 @@ def test_end_to_end_on_the_default_model(tmp_path, store, spc_csv, capsys):
     run = store.latest_eval_run("base")  # the `store` fixture opens the same labels.db
     assert run is not None and run.summary["items"] == 4
     assert store.item(int(rows["item_id"][0])).answer == rows["reply"][0]  # replies are in the label queue
-    first = store.next_item("rita")
+    first = store.next_item("rita").item
     store.label(first.id, "rita", "good")
     capsys.readouterr()
     assert report_main(args(tmp_path)[:4] + ["--format", "md"]) == 0

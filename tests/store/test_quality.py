@@ -11,10 +11,10 @@ MIX = QueueMix(gold_share=0.2, repeat_share=0.2)
 
 def label_all(store, rater, mix, overlap=1, limit=200) -> list[int]:
     """Label good until the rater's queue is empty; the ids shown, in order."""
-    shown, item = [], store.next_item(rater, overlap, mix=mix)
+    shown, item = [], store.next_item(rater, overlap, mix=mix).item
     while item is not None and len(shown) < limit:
         shown.append(item.id)
-        item = store.label_and_next(item.id, rater, "good", overlap=overlap, mix=mix).next_item
+        item = store.label(item.id, rater, "good", and_next=True, overlap=overlap, mix=mix).next.item
     return shown
 
 
@@ -24,7 +24,7 @@ def test_gold_items_leave_the_shared_queue_and_reach_every_rater_at_the_share(st
     assert store.set_gold(gold, "bad") == 20
     assert store.gold_items() == dict.fromkeys(gold, "bad")
     # Without a mix nobody is handed a gold item (they are not part of the shared queue).
-    assert store.next_item("ann").id == ids[20]
+    assert store.next_item("ann").item.id == ids[20]
     seen = {}
     for rater in ("kim", "lee"):
         shown = label_all(store, rater, QueueMix(gold_share=0.15), overlap=3)
@@ -54,26 +54,26 @@ def test_repeats_come_back_later_and_keep_their_own_verdict(store):
     assert len(store.label_rows()) == len(ids)
     assert sorted((r.item_id, r.first, r.again) for r in store.repeat_rows()) == [(i, "good", "good") for i in
                                                                                  sorted(again)]  # fmt: skip
-    assert store.progress("kim") == (len(shown), len(shown))
+    assert store.rater_progress() == {"kim": (len(shown), len(shown))}
 
 
 def test_a_repeat_can_be_answered_differently_skipped_and_undone(store):
     add_items(store, 12)
     mix = QueueMix(repeat_share=1.0)  # a repeat whenever one is due
     for _ in range(REPEAT_GAP + 1):  # item 1 needs REPEAT_GAP labels after it
-        item = store.next_item("kim", mix=mix)
+        item = store.next_item("kim", mix=mix).item
         store.label(item.id, "kim", "good")
-    repeat = store.next_item("kim", mix=mix)
-    assert repeat.id == 1 and store.next_item("kim", mix=mix).id == 1  # pending until answered
-    done = store.label_and_next(repeat.id, "kim", "bad", mix=mix)
+    repeat = store.next_item("kim", mix=mix).item
+    assert repeat.id == 1 and store.next_item("kim", mix=mix).item.id == 1  # pending until answered
+    done = store.label(repeat.id, "kim", "bad", and_next=True, mix=mix)
     assert [(r.item_id, r.first, r.again) for r in store.repeat_rows()] == [(1, "good", "bad")]
     assert store.label_rows()[0].verdict == "good"  # the first label is untouched
     assert store.undo_last_label("kim") == 1  # undoes the repeat's answer, not a label
-    assert store.repeat_rows() == [] and store.next_item("kim", mix=mix).id == 1
+    assert store.repeat_rows() == [] and store.next_item("kim", mix=mix).item.id == 1
     store.skip(1, "kim")  # a skipped repeat: answered without a verdict, the item keeps its holder
     assert store.repeat_rows() == [] and store.item(1).holders == 1
     # Item 2 has too few labels after it: the next after the repeat came from the shared queue.
-    assert done.next_item.id == 7 and store.next_item("kim", mix=mix).id == 7  # item 1 is not shown again
+    assert done.next.item.id == 7 and store.next_item("kim", mix=mix).item.id == 7  # item 1 is not shown again
 
 
 def test_the_draw_is_fixed_per_rater_and_count_and_the_shares_are_checked():
@@ -92,8 +92,8 @@ def test_the_queue_puts_disagreement_then_open_versions_first(store):
     assert store.order_queue(["v2"]) == 4  # v2's items 4, 5 (open) and 6 (disagreement) and 7 (open)
     assert [store.item(i).boost for i in ids] == [0, 0, 0, 0, 1, 1, 2, 1]
     assert store.order_queue(["v2"]) == 0  # nothing changed: nothing written
-    assert store.next_item("max", overlap=3).id == ids[6]  # disagreeing, with a free place (now full)
-    order = [store.next_item(rater).id for rater in ("ann", "bob")]  # one rater per item from here
+    assert store.next_item("max", overlap=3).item.id == ids[6]  # disagreeing, with a free place (now full)
+    order = [store.next_item(rater).item.id for rater in ("ann", "bob")]  # one rater per item from here
     assert order == [ids[4], ids[5]]  # then the open version's, oldest first
     assert store.order_queue([]) == 3  # v2 is decided: its items go back to their place
-    assert store.next_item("dan").id == ids[0]
+    assert store.next_item("dan").item.id == ids[0]

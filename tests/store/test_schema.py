@@ -313,8 +313,8 @@ def test_an_old_database_is_upgraded_with_its_rows(db_url, version):
             (3, None),
             (4, None),
         ]
-        assert store.next_item("lee").id == 3  # lee skipped item 2; kim holds item 1
-        assert store.progress("kim") == (1, 2)
+        assert store.next_item("lee").item.id == 3  # lee skipped item 2; kim holds item 1
+        assert store.rater_progress()["kim"] == (1, 2)
         # Version 4's preferences: none yet; a vote by an old rater on an old conversation.
         assert store.preferences() == []
         vote = NewPreference("Ada", {"name": "Ada"}, [{"role": "user", "content": "Hi"}], "A", "B", "base", "v1",

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from store import BlindItem, NewItem, NewPreference, Store, StoreError, database_url, sql
+from store import BlindItem, Labelled, NewItem, NewPreference, Next, Progress, Store, StoreError, database_url, sql
 from store.schema import assignments, label_items
 from tests.conftest import REPO
 from tests.store.conftest import add_items, new_item
@@ -229,20 +229,20 @@ def test_new_item_key_is_the_question_to_raters():
 
 def test_queue_gives_each_item_to_one_rater_with_overlap_1(store):
     a, b, c = add_items(store, 3)
-    assert store.next_item("kim").id == a
-    assert store.next_item("kim").id == a  # held until labelled or skipped
-    assert store.next_item("lee").id == b
+    assert store.next_item("kim").item.id == a
+    assert store.next_item("kim").item.id == a  # held until labelled or skipped
+    assert store.next_item("lee").item.id == b
     store.label(a, "kim", "good")
-    assert store.next_item("kim").id == c
-    assert store.next_item("max") is None  # a labelled by kim, b and c held
+    assert store.next_item("kim").item.id == c
+    assert store.next_item("max").item is None  # a labelled by kim, b and c held
 
 
 def test_overlap_2_lets_two_raters_label_an_item_and_not_a_third(store):
     (a,) = add_items(store, 1)
-    assert store.next_item("kim", overlap=2).id == a
-    assert store.next_item("lee", overlap=1) is None
-    assert store.next_item("lee", overlap=2).id == a
-    assert store.next_item("max", overlap=2) is None
+    assert store.next_item("kim", overlap=2).item.id == a
+    assert store.next_item("lee", overlap=1).item is None
+    assert store.next_item("lee", overlap=2).item.id == a
+    assert store.next_item("max", overlap=2).item is None
     store.label(a, "kim", "good")
     store.label(a, "lee", "bad")
     assert {(r.rater, r.verdict) for r in store.label_rows()} == {("kim", "good"), ("lee", "bad")}
@@ -252,16 +252,16 @@ def test_priority_items_come_before_older_normal_ones(store):
     a, b = add_items(store, 2)
     c, d = store.add_label_items([new_item(2, priority=1), new_item(3, priority=2)])
     assert (store.item(c).priority, store.item(d).priority) == (1, 2)
-    assert store.next_item("kim").id == d  # highest priority first
-    assert store.next_item("lee").id == c
+    assert store.next_item("kim").item.id == d  # highest priority first
+    assert store.next_item("lee").item.id == c
     (e,) = store.add_label_items([new_item(4, priority=5)])
-    assert store.next_item("kim").id == d  # a rater's own pending item still comes first
+    assert store.next_item("kim").item.id == d  # a rater's own pending item still comes first
     store.label(d, "kim", "good")
-    assert store.next_item("kim").id == e
+    assert store.next_item("kim").item.id == e
     store.label(e, "kim", "bad")
-    assert store.next_item("kim").id == a  # then the normal ones, oldest first
+    assert store.next_item("kim").item.id == a  # then the normal ones, oldest first
     store.skip(a, "kim")
-    assert store.next_item("kim").id == b
+    assert store.next_item("kim").item.id == b
     with pytest.raises(StoreError, match="priority must be an integer"):
         store.add_label_items([new_item(5, priority="high")])
 
@@ -275,15 +275,15 @@ def test_registering_again_raises_the_priority_but_never_lowers_it(store):
     assert (store.item(a).priority, store.item(b).priority) == (3, 1)
     assert [(r.item_id, r.verdict) for r in store.label_rows()] == [(a, "good")]  # labels kept
     (c,) = add_items(store, 3)[2:]
-    assert store.next_item("lee").id == b  # raised above c, which came later with priority 0
-    assert store.next_item("max").id == c
+    assert store.next_item("lee").item.id == b  # raised above c, which came later with priority 0
+    assert store.next_item("max").item.id == c
 
 
 def test_queue_filters_by_source(store):
     (chat,) = store.add_label_items([new_item(0, source="chat")])
     (evaluated,) = store.add_label_items([new_item(1, source="eval")])
-    assert store.next_item("kim", source="eval").id == evaluated
-    assert store.next_item("kim", source="chat").id == chat
+    assert store.next_item("kim", source="eval").item.id == evaluated
+    assert store.next_item("kim", source="chat").item.id == chat
 
 
 def test_concurrent_next_item_never_double_assigns(store):
@@ -294,7 +294,7 @@ def test_concurrent_next_item_never_double_assigns(store):
 
     def ask(rater: str) -> None:
         barrier.wait()
-        item = store.next_item(rater, overlap=1)
+        item = store.next_item(rater, overlap=1).item
         got[rater] = item.id if item else None
 
     threads = [threading.Thread(target=ask, args=(r,)) for r in raters]
@@ -305,6 +305,11 @@ def test_concurrent_next_item_never_double_assigns(store):
     assert len(got) == len(raters)
     taken = [item_id for item_id in got.values() if item_id is not None]
     assert sorted(taken) == sorted(ids)  # every item once, nobody got one twice
+
+
+def shown(following: Next) -> tuple[int | None, Progress]:
+    """The id of the rater's next item (None: nothing left) and their progress."""
+    return (following.item.id if following.item else None), following.progress
 
 
 def _holders_match_assignments(store) -> None:
@@ -323,7 +328,7 @@ def test_holders_follow_every_assignment_change_under_concurrent_raters(store):
 
     def work(rater: str, steps: list[str]) -> None:
         for step in steps:
-            item = store.next_item(rater, overlap=2)
+            item = store.next_item(rater, overlap=2).item
             if item is None:
                 return
             if step in ("label", "undo"):
@@ -349,28 +354,24 @@ def test_holders_follow_every_assignment_change_under_concurrent_raters(store):
 
 def test_label_relabel_skip_undo_and_progress(store, monkeypatch):
     a, b, c = add_items(store, 3)
-    assert store.progress("kim") == (0, 3)
-    assert store.next_item("kim").id == a
+    assert shown(store.next_item("kim")) == (a, (0, 3))
     t1, t2 = datetime(2024, 5, 1, 12, tzinfo=UTC), datetime(2024, 5, 1, 13, tzinfo=UTC)
     monkeypatch.setattr("store.store.now", lambda: t1)
     store.label(a, "kim", "good")
-    assert store.progress("kim") == (1, 3)
+    assert store.rater_progress()["kim"] == (1, 3)
     monkeypatch.setattr("store.store.now", lambda: t2)
-    relabel = store.label(a, "kim", "bad", "off persona")
+    relabel = store.label(a, "kim", "bad", "off persona").label
     assert (relabel.verdict, relabel.comment, relabel.created_at, relabel.updated_at) == ("bad", "off persona", t1, t2)
     assert len(store.label_rows()) == 1
 
-    assert store.next_item("kim").id == b
+    assert store.next_item("kim").item.id == b
     store.skip(b, "kim")
-    assert store.next_item("kim").id == c
-    assert store.progress("kim") == (1, 2)  # a labelled, c held; b skipped
-    assert store.progress("lee") == (0, 1)  # b was given back by the skip
-    assert store.next_item("lee").id == b
+    assert shown(store.next_item("kim")) == (c, (1, 2))  # a labelled, c held; b skipped
+    assert shown(store.next_item("lee")) == (b, (0, 1))  # b was given back by the skip
 
     assert store.undo_last_label("kim") == a
     assert store.label_rows() == []
-    assert store.next_item("kim").id == a  # before c, which kim also holds
-    assert store.progress("kim") == (0, 2)
+    assert shown(store.next_item("kim")) == (a, (0, 2))  # before c, which kim also holds
     assert store.undo_last_label("kim") is None
     assert store.undo_last_label("nobody") is None
 
@@ -384,49 +385,53 @@ def test_unlabel_takes_back_one_raters_verdict_only(store):
     assert sorted((r.item_id, r.rater, r.verdict) for r in store.label_rows()) == [(a, "lee", "bad"), (b, "kim", "bad")]
     assert store.unlabel(a, "kim") is False  # nothing left to take back
     assert store.unlabel(a, "nobody") is False
-    assert store.progress("kim").done == 1  # a is neither labelled nor held by kim any more
+    assert store.rater_progress()["kim"].done == 1  # a is neither labelled nor held by kim any more
 
 
 def test_label_and_next_saves_the_label_and_gives_the_next_item_in_one_write(store):
     a, b, c = add_items(store, 3)
-    assert store.next_item("kim").id == a
-    assert store.next_item("lee").id == b
-    done = store.label_and_next(a, "kim", "good", "fine")
+    assert store.next_item("kim").item.id == a
+    assert store.next_item("lee").item.id == b
+    done = store.label(a, "kim", "good", "fine", and_next=True)
     assert (done.label.item_id, done.label.rater, done.label.verdict, done.label.comment) == (a, "kim", "good", "fine")
     assert done.label == store.label_rows()[0]  # what is stored, model version and times included
-    assert (done.next_item.id, done.next_error) == (c, None)  # b is lee's
-    assert store.label_and_next(c, "kim", "bad").next_item is None  # nothing left for kim
+    assert (shown(done.next), done.next_error) == ((c, (1, 2)), None)  # b is lee's
+    assert store.label(c, "kim", "bad", and_next=True).next == (None, (2, 2))  # nothing left for kim
     assert store.undo_last_label("kim") == c
-    assert store.label_and_next(a, "kim", "bad").next_item.id == c  # the undone item comes back first
-    assert store.progress("kim") == (1, 2)
+    assert store.label(a, "kim", "bad", and_next=True).next.item.id == c  # the undone item comes back first
+    assert store.rater_progress()["kim"] == (1, 2)
     _holders_match_assignments(store)
     with pytest.raises(StoreError, match="'good' or 'bad'"):
-        store.label_and_next(c, "kim", "great")
+        store.label(c, "kim", "great", and_next=True)
     with pytest.raises(StoreError, match="no label item 999"):
-        store.label_and_next(999, "kim", "good")
+        store.label(999, "kim", "good", and_next=True)
 
 
-def test_next_with_progress_is_next_item_and_progress(store):
+def test_label_without_and_next_hands_out_nothing(store):
     a, b = add_items(store, 2)
-    item, progress = store.next_with_progress("kim")  # claims a
-    assert (item.id, progress) == (a, (0, 2)) == (store.next_item("kim").id, store.progress("kim"))
-    assert store.next_with_progress("kim")[0].id == a  # held: one read
+    assert store.label(a, "kim", "good") == Labelled(store.label_rows()[0])  # no next item, no progress
+    assert store.next_item("lee").item.id == b  # kim was not handed b
+
+
+def test_next_item_gives_the_item_with_the_raters_progress(store):
+    a, b = add_items(store, 2)
+    assert shown(store.next_item("kim")) == (a, Progress(0, 2))  # claims a
+    assert store.next_item("kim").item.id == a  # held: one read
     store.label(a, "kim", "good")
-    item, progress = store.next_with_progress("kim")
-    assert (item.id, progress) == (b, (1, 2))
+    assert shown(store.next_item("kim")) == (b, (1, 2))
     store.label(b, "kim", "good")
-    assert store.next_with_progress("kim") == (None, (2, 2))
-    assert store.next_with_progress("nobody") == (None, (0, 0))
+    assert store.next_item("kim") == (None, (2, 2))
+    assert store.next_item("nobody") == (None, (0, 0))
 
 
 def test_concurrent_label_and_next_labels_every_item_once(store):
     add_items(store, 40)
 
     def work(rater: str) -> list[int]:
-        item, labelled = store.next_item(rater), []
+        item, labelled = store.next_item(rater).item, []
         while item is not None:
             labelled.append(item.id)
-            item = store.label_and_next(item.id, rater, "good").next_item
+            item = store.label(item.id, rater, "good", and_next=True).next.item
         return labelled
 
     with ThreadPoolExecutor(4) as pool:
@@ -441,9 +446,9 @@ def test_progress_counts_an_item_labelled_and_skipped_once(store):
     a, b = add_items(store, 2)
     store.label(a, "kim", "good")
     store.skip(a, "kim")  # both a label and a skip of a: finished once
-    assert store.progress("kim", overlap=2) == (1, 2)
-    assert store.progress("lee", overlap=2) == (0, 2)
-    assert store.progress("kim", overlap=2, source="chat") == (0, 0)
+    assert store.rater_progress(overlap=2) == {"kim": (1, 2)}
+    assert store.next_item("lee", overlap=2).progress == (0, 2)
+    assert store.rater_progress(overlap=2, source="chat") == {"kim": (0, 0), "lee": (0, 0)}
 
 
 def test_a_rater_id_is_remembered_only_once_committed(store):
@@ -633,7 +638,7 @@ def _break_label_writes(store: Store, times: int) -> None:
 def test_label_write_is_retried_once_then_reported_not_saved(store):
     a, b = add_items(store, 2)
     _break_label_writes(store, times=1)
-    assert store.label(a, "kim", "good").verdict == "good"
+    assert store.label(a, "kim", "good").label.verdict == "good"
     _break_label_writes(store, times=2)
     with pytest.raises(StoreError, match=f"label for item {b} by kim was NOT saved"):
         store.label(b, "kim", "bad")

@@ -48,10 +48,10 @@ def gone(pid: int, within_s: float = 5.0) -> bool:
 
 def test_calls_run_in_the_child_and_errors_cross_with_problem_and_fix(local, served):
     assert served.pid not in (None, os.getpid())
-    first = served.next_item("kim")
-    done = served.label_and_next(first.id, "kim", "good", "clear")
-    assert done.next_item is not None and done.next_item.id != first.id
-    assert served.progress("kim").done == 1
+    first = served.next_item("kim").item
+    done = served.label(first.id, "kim", "good", "clear", and_next=True)
+    assert done.next.item is not None and done.next.item.id != first.id and done.next.progress.done == 1
+    assert served.rater_progress()["kim"].done == 1
     assert [(r.item_id, r.rater, r.verdict) for r in local.label_rows()] == [(first.id, "kim", "good")]
 
     with pytest.raises(StoreError) as err:
@@ -62,7 +62,7 @@ def test_calls_run_in_the_child_and_errors_cross_with_problem_and_fix(local, ser
 
 
 def test_a_child_killed_mid_write_fails_that_write_and_the_next_call_starts_a_new_one(tmp_path, local, served):
-    first = served.next_item("kim")
+    first = served.next_item("kim").item
     served.label(first.id, "kim", "good")
     blocker = sqlite3.connect(tmp_path / "labels.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the child's next write waits for this lock...
@@ -86,7 +86,7 @@ def test_a_child_killed_mid_write_fails_that_write_and_the_next_call_starts_a_ne
     assert "the store process ended during label (killed, perhaps for memory)" in failed[0].problem
     assert "NOT saved" in failed[0].problem and "try again" in failed[0].fix
 
-    assert served.progress("kim").done == 1  # a new child answers
+    assert served.rater_progress()["kim"].done == 1  # a new child answers
     assert served.pid != old
     assert [r.verdict for r in local.label_rows()] == ["good"]  # the committed label, not the lost one
 
@@ -120,7 +120,7 @@ def test_store_api_is_stores_own_signatures():
         assert list(declared.parameters) == list(actual.parameters), name
         assert [p.default for p in declared.parameters.values()] == [p.default for p in actual.parameters.values()]
         assert getattr(StoreProcess, name) is not getattr(StoreAPI, name), f"StoreProcess lacks {name}"
-    assert {"label_and_next", "items", "next_with_progress", "add_turns"} <= set(METHODS)
+    assert {"label", "items", "next_item", "rater_progress", "add_turns"} <= set(METHODS)
 
 
 def test_what_cannot_cross_is_refused_by_name_in_the_process_and_in_tests(local, served):

@@ -8,9 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from core.versions import find_version
-from engines.engine import GenerationSettings
+from engines.config import EngineConfig, GenerationSettings
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 from eval.export_labels import main as export_main
 from store import NewItem, NewPreference, Store
 from tests.conftest import REPO

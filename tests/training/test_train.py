@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from core.versions import list_versions
 from corpus.examples import Example
-from engines.engine import GenerationSettings, TransformersEngine
+from engines.config import EngineConfig, GenerationSettings
+from engines.engine import TransformersEngine
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 from tests.conftest import REPO
 from training import trainer
 from training.config import TrainConfig

@@ -10,9 +10,8 @@ import torch
 
 from core.conversation import build_messages
 from core.persona import load_persona
-from engines.engine import GenerationSettings
+from engines.config import EngineConfig, GenerationSettings
 from engines.factory import load_engine
-from engines.loading import EngineConfig
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -51,7 +51,7 @@ def browser():
 @pytest.fixture
 def studio(tiny_engine, store, tmp_path):
     """(url, store) of the full app on the tiny model, with 3 eval answers waiting for raters."""
-    from engines.engine import GenerationSettings
+    from engines.config import GenerationSettings
     from store import NewItem
 
     items = [

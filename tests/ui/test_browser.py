@@ -164,7 +164,7 @@ def test_a_person_chats_compares_labels_and_reads_the_results(browser, studio, t
 
 
 def test_a_rater_votes_blind_between_two_versions_and_then_sees_their_names(browser, tiny_engine, store, tmp_path):
-    from engines.engine import GenerationSettings
+    from engines.config import GenerationSettings
     from tests.conftest import serving, studio_context
 
     ctx = studio_context(tmp_path, store, {"base": tiny_engine, "tuned": tiny_engine},
@@ -259,4 +259,4 @@ def test_an_organiser_queues_answers_and_watches_the_job_and_the_session(browser
         expect(organise.get_by_role("row").filter(has_text="eval")).to_contain_text("slow")
         shoot(page, tmp_path, "7-organise-done")
     page.close()
-    assert store.progress("rita").total == 3 and {store.item(i).model_version for i in (1, 2, 3)} == {"slow"}
+    assert store.next_item("rita").progress.total == 3 and {store.item(i).model_version for i in (1, 2, 3)} == {"slow"}

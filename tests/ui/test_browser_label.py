@@ -146,7 +146,7 @@ def test_a_label_that_was_not_saved_says_so_beside_the_answer_it_keeps(browser, 
     routes = []
     page.on("request", lambda request: routes.append(request.url.split("/gradio_api/")[-1]))
     open_label(page, url, "rita")
-    monkeypatch.setattr(store, "label_and_next", down)
+    monkeypatch.setattr(store, "label", down)
     page.keyboard.press("g")
     progress = page.locator("#label-progress")
     expect(progress).to_contain_text("Your label was NOT saved: database is locked. try again")

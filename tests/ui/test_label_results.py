@@ -183,7 +183,7 @@ def test_a_database_failure_says_the_label_was_not_saved(client, ctx, monkeypatc
     def down(*args, **kwargs):
         raise StoreError("the label for item 1 by rita was NOT saved: database is locked", "try again")
 
-    monkeypatch.setattr(ctx.store, "label_and_next", down)
+    monkeypatch.setattr(ctx.store, "label", down)
     with pytest.raises(Exception, match="Your label was NOT saved"):
         client.predict(item_id, "good", "", "rita", api_name="/label")
     assert ctx.store.label_rows() == []
@@ -192,17 +192,17 @@ def test_a_database_failure_says_the_label_was_not_saved(client, ctx, monkeypatc
 def test_a_saved_label_is_not_reported_lost_when_the_next_item_fails(ctx, monkeypatch):
     [item_id] = ctx.store.add_label_items([new_item(0, "base")])
 
-    def down(*args, **kwargs):
-        raise StoreError("could not read the queue", "try again")
+    def busy(*args, **kwargs):  # the label's write and the tab's second try both meet a busy queue
+        raise StoreError("the label queue is too busy right now", "ask for the next item again")
 
-    monkeypatch.setattr(ctx.store, "progress", down)
+    monkeypatch.setattr(assign, "claim", busy)
     with pytest.raises(gr.Error, match="Your label was saved, but could not load the next item"):
         save_label(ctx, item_id, "good", "", "rita")
     assert [r.verdict for r in ctx.store.label_rows()] == ["good"]
 
 
 def test_a_busy_queue_after_a_label_asks_for_the_next_item_again(ctx, monkeypatch):
-    # label_and_next commits the label when no next item could be assigned (assign.claim's
+    # label(and_next=True) commits the label when no next item could be assigned (assign.claim's
     # "too busy" on PostgreSQL); the tab then asks for the next item on its own.
     first, second = ctx.store.add_label_items([new_item(0, "base"), new_item(1, "base")])
     real_claim = assign.claim

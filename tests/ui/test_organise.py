@@ -225,7 +225,7 @@ def test_requeuing_the_same_turns_adds_nothing_and_says_so(tiny_engine, store, t
             if not status["already"]:
                 assert (status["queued"], status["already"]) == (3, 0)
     assert (status["done"], status["queued"], status["already"]) == (3, 0, 3)
-    assert len(store.label_rows()) == 0 and store.progress("rita").total == 3  # the same three items
+    assert len(store.label_rows()) == 0 and store.next_item("rita").progress.total == 3  # the same three items
 
 
 def test_the_eta_counts_down_between_batches_and_a_refusal_stands_apart(tiny_engine, store, tmp_path):
