@@ -154,6 +154,8 @@ def open_store(cfg: AppConfig) -> tuple[Store, str | None]:
     Locally: DATABASE_URL, else data/persona_studio.db, as always. On a Space, whose disk is
     wiped at every restart: DATABASE_URL, else SQLite on the volume (`--volume`, /data) when one
     is mounted there writable, else data/ with the warning."""
+    from store import Store
+
     if cfg.database_url or not on_space():
         return Store(cfg.database_url, migrate=True), None  # the app brings an older database up to date
     volume = Path(cfg.volume)
