@@ -12,7 +12,6 @@ ignored, and a call without a signed-in user is refused.
 # No `from __future__ import annotations`: handlers built on this take `gr.OAuthProfile | None`,
 # which Gradio recognises from the live annotation to inject the signed-in profile.
 
-
 import gradio as gr
 
 SIGN_IN_HINT = "Sign in with Hugging Face (button at the top): labels are saved under your username."
