@@ -2,8 +2,8 @@
 
     from store import Store
     store = Store()  # $DATABASE_URL, else sqlite:///data/persona_studio.db
-    item, progress = store.next_item("kim")   # what kim labels next (None: nothing left), how far they are
-    done = store.label(item.id, "kim", "good", and_next=True)   # done.label, done.next: the same, after it
+    item, progress = store.next_item("kim")  # what kim labels next (None: nothing left), how far they are
+    done = store.label(item.id, "kim", "good", and_next=True)  # done.label; done.next: kim's next (item, progress)
 
 SQLite (default) or PostgreSQL (`DATABASE_URL=postgresql://user:pw@host:5432/db`). An empty
 database gets the tables; an older one is upgraded only by `Store(migrate=True)` (the app on
