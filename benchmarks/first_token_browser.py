@@ -68,7 +68,8 @@ TIMER_JS = r"""
     const fresh = p.kind === "send" ? texts.length > p.bots.length : last !== p.bots[p.bots.length - 1];
     if (fresh && last && !last.startsWith("Persona switched")) {
       const joins = (window.__joins || []).filter((t) => t >= p.t0).map((t) => t - p.t0);
-      ft.done.push({kind: p.kind, first_text_ms: now - p.t0, accepted_ms: p.accepted ?? null, joins_ms: joins});
+      ft.done.push({kind: p.kind, first_text_ms: now - p.t0, accepted_ms: p.accepted ?? null, joins_ms: joins,
+                    t0_wall_ms: performance.timeOrigin + p.t0});
       ft.pending = null;
     }
   };

@@ -2,7 +2,8 @@
 
 A message is `{"role": "user" | "assistant" | "notice", "content": str}` (extra keys such as
 a stored turn's `id` ride along untouched). A `notice` marks a persona switch in the
-transcript; it is shown, never sent to the model. The conversation service (`chatbot.service`,
+transcript; it is shown, never sent to the model, which sees only the turns after the last one
+(`dialogue`). The conversation service (`chatbot.service`,
 over a history in memory or in the store), training and eval all go through these functions, so
 greeting, undo, retry, persona switch and history trimming behave the same everywhere.
 """
@@ -41,17 +42,23 @@ def opening(persona: Persona) -> Messages:
 
 def notice(persona: Persona) -> dict:
     """The transcript marker of a switch to `persona` (never sent to the model)."""
-    return {"role": "notice", "content": f"From here on the model speaks as {persona.name}."}
+    return {"role": "notice", "content": f"From here on the model speaks as {persona.name}, starting afresh."}
 
 
 def dialogue(history: Messages) -> Messages:
-    """The user/assistant turns the model sees, as plain `{"role", "content"}` dicts."""
-    return [{"role": m["role"], "content": m["content"]} for m in history if m["role"] in DIALOGUE_ROLES]
+    """The user/assistant turns the model sees, as plain `{"role", "content"}` dicts: those since
+    the last persona switch (notice). The new persona starts afresh: the old persona's replies
+    under the new system prompt kept it talking like the old one (swap probe: ~65 % of replies
+    closer to the old persona), and the new prompt before them made the first reply prefill the
+    whole conversation cold (3-8 s on 2 CPU cores) where the switched-to persona's cached system
+    prompt now serves. Notices are never sent."""
+    start = next((i + 1 for i in range(len(history) - 1, -1, -1) if history[i]["role"] == "notice"), 0)
+    return [{"role": m["role"], "content": m["content"]} for m in history[start:] if m["role"] in DIALOGUE_ROLES]
 
 
 def build_messages(persona: Persona, history: Messages, user_message: str | None = None) -> Messages:
-    """System prompt for `persona`, then the dialogue, then the new message. Rebuilt from
-    scratch every turn, so after a switch nothing of the old persona's prompt remains."""
+    """System prompt for `persona`, then the dialogue (since the last switch), then the new message.
+    Rebuilt from scratch every turn, so after a switch nothing of the old persona remains."""
     messages = [{"role": "system", "content": render_system_prompt(persona)}, *dialogue(history)]
     if user_message is not None:
         messages.append({"role": "user", "content": user_message})
@@ -64,7 +71,8 @@ def has_user_turn(history: Messages) -> bool:
 
 def switched(history: Messages, persona: Persona) -> Messages:
     """The history after switching to `persona`: before anyone spoke, the new persona's
-    opening; mid-chat, the dialogue kept and a notice added (it speaks from the next turn)."""
+    opening; mid-chat, the transcript kept and a notice added (it speaks from the next turn, and
+    the model sees only the turns after the notice: `dialogue`)."""
     return [*history, notice(persona)] if has_user_turn(history) else opening(persona)
 
 

@@ -54,6 +54,11 @@ class EnginePool:
                 self._engines.popitem(last=False)
             return engine
 
+    def loaded(self, version: str = BASE) -> ChatEngine | None:
+        """The version's engine if it is loaded now (None: `get` would load it, seconds)."""
+        with self._lock:
+            return self._engines.get(version)
+
     def put(self, version: str, engine: ChatEngine) -> None:
         """Register an already loaded engine (the app's start-up model, tests)."""
         with self._lock:

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
+from core.conversation import dialogue
 from store import assign, history, quality, sql, votes
 from store.db import DEFAULT_DATA_DIR, URL_FIX, StoreError, WriterQueue, create_engine, database_url, mask_url, reason
 from store.db import transaction as _transaction
@@ -517,11 +518,13 @@ def _reply_item(conn: sa.Connection, turn_id: int) -> NewItem:
     before = conn.execute(
         sa.select(turns.c.role, turns.c.content)
         .where(turns.c.conversation_id == turn.conversation_id, turns.c.index < turn.index,
-               turns.c.withdrawn.is_(None), turns.c.role.in_(("user", "assistant")))
+               turns.c.withdrawn.is_(None))
         .order_by(turns.c.index)
     )  # fmt: skip
+    # The context is what the model was given (`dialogue`: the turns since the last persona switch).
+    context = dialogue([{"role": r.role, "content": r.content} for r in before])
     return NewItem(source="chat", persona_name=turn.persona_name, persona=turn.persona or {"name": turn.persona_name},
-                   context=[{"role": r.role, "content": r.content} for r in before], answer=turn.content,
+                   context=context, answer=turn.content,
                    model_version=turn.model_version, conversation_id=turn.conversation_id)  # fmt: skip
 
 

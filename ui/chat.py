@@ -124,10 +124,30 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     picks = [persona, version, temperature, top_p, top_k, max_new_tokens, conv_id, custom_name, custom_facts,
              scope_guard]  # fmt: skip
 
-    def take(text, shown, key, name, facts, page):
+    def reply_steps(text, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard):
+        """The reply to `text` (None: a retry of the last exchange), as `conversations` steps."""
+        persona = resolve_persona(ctx, key, name, facts)
+        settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
+        if text is None:
+            return conversations.retry(ctx, conv, key, persona, version, settings, guard)
+        return conversations.exchange(ctx, text, key, persona, version, settings, conv, scope_guard=guard)
+
+    def start(page, text, *chosen):
+        """Accepted: ask the model now (`conversations.Started`), so its prefill overlaps the
+        reply event's round trip; `respond` reads it. Only on a loaded engine that decodes chats
+        together: its scheduler admits them, where another engine would run a generation beside
+        the app's --concurrency_limit (and a version still to load would hold up the accept)."""
+        page["sent"] += 1
+        engine = ctx.pool.loaded(chosen[1])
+        if engine is not None and engine.batches:
+            page["started"] = (page["sent"], conversations.Started(reply_steps(text, *chosen)))
+        return {"text": text, "n": page["sent"]}
+
+    def take(text, shown, page, *chosen):
         """Accept a message at once (it shows in the chat; the page emptied the box already,
         `empties_box_js`) or refuse it with the reason and the text back in the box: the model
-        runs on `pending`'s change."""
+        is asked now (`start`), its reply streams on `pending`'s change."""
+        key, name, facts = chosen[0], chosen[7], chosen[8]
         try:
             message = check_message(text)
             resolve_persona(ctx, key, name, facts)  # a custom persona without facts: refused here
@@ -137,29 +157,26 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
         if not claim(page):
             gr.Warning(BUSY_HINT, title="Not sent yet")
             return text, gr.skip(), gr.skip(), gr.skip()
-        page["sent"] += 1
         shown = [*shown, {"role": "user", "content": escape_html(message), "metadata": None}]
-        return gr.skip(), gr.update(value=shown), {"text": message, "n": page["sent"]}, writing()
+        return gr.skip(), gr.update(value=shown), start(page, message, *chosen), writing()
 
     @keeps_content
-    def take_retry(conv, page):
+    def take_retry(page, *chosen):
         if not claim(page):
             gr.Warning("A reply is still being written: retry once it is done.", title="Not retried")
             return gr.skip()
-        page["sent"] += 1
-        return {"text": None, "n": page["sent"]}, writing()
+        return start(page, None, *chosen), writing()
 
     def respond(sent, key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard, page):
-        """Stream the reply to the accepted message (or the retry); the chat is redrawn from the
-        store at the end, and on an error (what was sent is named in the toast)."""
+        """Stream the reply to the accepted message (or the retry), started by `start` or now;
+        the chat is redrawn from the store at the end, and on an error (what was sent is named in
+        the toast)."""
+        chosen = (key, version, temperature, top_p, top_k, max_new_tokens, conv, name, facts, guard)
         try:
-            persona = resolve_persona(ctx, key, name, facts)
-            settings = settings_for(ctx, temperature, top_p, top_k, max_new_tokens)
-            if sent["text"] is None:
-                steps = conversations.retry(ctx, conv, key, persona, version, settings, guard)
-            else:
-                steps = conversations.exchange(ctx, sent["text"], key, persona, version, settings, conv,
-                                               scope_guard=guard)  # fmt: skip
+            n, started = page.pop("started", (None, None))
+            steps = started.steps() if n == sent["n"] else None  # None: not started, or given up on
+            if steps is None:
+                steps = reply_steps(sent["text"], *chosen)
             for step in steps:
                 if step.trimmed and step.turn_id is not None:
                     gr.Info("The oldest turns were left out to fit the model's context window.")
@@ -236,9 +253,9 @@ def build_chat_tab(ctx: AppContext, rater: gr.Textbox) -> None:
     generating = dict(api_name=False, concurrency_id=GENERATION)
     taking = dict(api_name=False, show_progress="hidden", **TAKING)
     for trigger in (message.submit, send.click):
-        trigger(take, [message, chat, persona, custom_name, custom_facts, page], [message, chat, pending, send],
+        trigger(take, [message, chat, page, *picks], [message, chat, pending, send],
                 js=empties_box_js("chat-input", "chat-send"), **taking)  # fmt: skip
-    retry.click(take_retry, [conv_id, page], [pending, send], **taking)
+    retry.click(take_retry, [page, *picks], [pending, send], **taking)
     pending.change(respond, [pending, *picks, page], [chat, conv_id, send], trigger_mode="multiple", **generating)
     undo.click(take_back, [conv_id, persona, custom_name, custom_facts, page], chat, api_name=False)
     chat.like(like, [chat, rater, page], chat, api_name=False, show_progress="hidden", **TAKING)

@@ -35,6 +35,7 @@ __all__ = [
     "stored_messages",
     "transcript",
     "merge",
+    "Started",
 ]
 
 
@@ -100,6 +101,52 @@ def label_reply(ctx: AppContext, turn_id: int, verdict: str, rater: str, comment
 def unlabel_reply(ctx: AppContext, turn_id: int, rater: str) -> None:
     """Take back the rater's label on the reply (its thumb clicked off); one store call."""
     ctx.store.thumb(int(turn_id), rater, None)
+
+
+class Started:
+    """A reply asked for now and read later: its first step (the model's prefill and first token,
+    or a deflection) is fetched in a thread at once, the rest as the reader pulls (`steps`). The
+    Chat tab starts the model when it accepts a message, so the prefill overlaps the round trip
+    of the event that streams the reply (Enter → message shown → reply event joins the queue:
+    0.03-0.14 s measured). No reader within `wait_s` (the page went away, or its event waits
+    behind busy generations): the exchange is closed there, nothing saved, and `steps` gives None
+    (the reader asks again)."""
+
+    def __init__(self, steps: Iterator[Step], wait_s: float = 30.0):
+        self._steps, self._first = steps, queue.Queue(maxsize=1)
+        self._read, self._lock, self._closed = threading.Event(), threading.Lock(), False
+        threading.Thread(target=self._fetch, args=(wait_s,), daemon=True, name="reply-start").start()
+
+    def _fetch(self, wait_s: float) -> None:
+        try:
+            self._first.put(next(self._steps, None))
+        except Exception as err:  # raised in the reader's thread
+            self._first.put(err)
+        if not self._read.wait(wait_s):
+            with self._lock:
+                if not self._read.is_set():
+                    self._closed = True
+                    self._steps.close()  # the engine's stream ends (the model drops the chat), no save
+
+    def steps(self) -> Iterator[Step] | None:
+        """The reply's steps, the first one fetched already (once: a second reader gets None)."""
+        with self._lock:
+            if self._closed or self._read.is_set():
+                return None
+            self._read.set()
+        return self._rest()
+
+    def _rest(self) -> Iterator[Step]:
+        try:
+            first = self._first.get()
+            if isinstance(first, Exception):
+                raise first
+            if first is None:
+                return
+            yield first
+            yield from self._steps
+        finally:
+            self._steps.close()  # a reader that stops early ends the exchange, as a plain one would
 
 
 def merge(streams: list[Iterator[Step]]) -> Iterator[tuple[int, Step]]:

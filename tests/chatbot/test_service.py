@@ -5,7 +5,7 @@ import pytest
 
 from chatbot import service
 from chatbot.history import MemoryHistory, StoreHistory, shown
-from core.conversation import opening
+from core.conversation import build_messages, opening
 from core.persona import load_persona
 from engines.config import GenerationSettings
 from engines.engine import Fitted
@@ -49,7 +49,25 @@ def test_memory_and_store_histories_hold_the_same_conversation(ctx, tiny_engine,
                                                          model_version="base")), tiny_engine, ada, nova)  # fmt: skip
     assert in_memory == in_store
     assert [role for role, _ in in_store[1]] == ["assistant", "user", "assistant", "notice", "user", "assistant"]
-    assert in_store[-1] == in_store[0] + [("notice", "From here on the model speaks as Nova.")]
+    assert in_store[-1] == in_store[0] + [("notice", "From here on the model speaks as Nova, starting afresh.")]
+
+
+def test_after_a_switch_the_model_is_given_only_the_turns_since_it(ctx, tiny_engine, ada, monkeypatch):
+    """The new persona's system prompt and the turns since the switch: the old persona's replies
+    are not in its prompt (nor the cold prefill of the whole conversation under a new prompt)."""
+    nova = load_persona(REPO / "personas" / "nova.yaml")
+    streamed, stream = [], tiny_engine.stream
+    monkeypatch.setattr(tiny_engine, "stream", lambda m, s: streamed.append(list(m)) or stream(m, s))
+    *_, step = conversations.exchange(ctx, "Hi Ada", "ada", ada, "base", GREEDY)
+    conv = step.conversation_id
+    *_, step = conversations.exchange(ctx, "Who are you?", "nova", nova, "base", GREEDY, conv)
+    assert streamed[-1] == build_messages(nova, [], "Who are you?")
+    reply = step.messages[-1]["content"]
+    *_, step = conversations.exchange(ctx, "And Ada?", "nova", nova, "base", GREEDY, conv)
+    assert [(m["role"], m["content"]) for m in streamed[-1][1:]] == [
+        ("user", "Who are you?"), ("assistant", reply), ("user", "And Ada?")]  # fmt: skip
+    list(conversations.retry(ctx, conv, "nova", nova, "base", GREEDY))
+    assert streamed[-1] == streamed[-2]  # a retry asks the same
 
 
 def test_a_message_is_one_store_read_and_one_write_and_a_thumb_one_call(ctx, ada):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from chatbot.session import ChatSession
-from core.conversation import MAX_MESSAGE_CHARS, build_messages
+from core.conversation import MAX_MESSAGE_CHARS, build_messages, notice
 from core.errors import MessageError, PersonaError
 from core.persona import Persona, load_persona, render_system_prompt
 from engines.config import GenerationSettings
@@ -37,8 +37,10 @@ def test_persona_switch_leaves_nothing_of_the_old_persona_prompt(session, ada):
     assert not any(fact in system for fact in ada.facts)
     assert "Ada" not in system
     assert [m["role"] for m in messages].count("system") == 1
-    assert messages[2]["content"] == "Hi Ada"  # the dialogue itself is kept
-    assert session.history[-1] == {"role": "notice", "content": "From here on the model speaks as Nova."}
+    assert messages[1:] == [{"role": "user", "content": "Who are you?"}]  # Nova starts afresh
+    assert session.history[-1] == {"role": "notice", "content": notice(nova)["content"]}
+    assert notice(nova)["content"] == "From here on the model speaks as Nova, starting afresh."
+    assert session.history[1]["content"] == "Hi Ada"  # the transcript keeps what came before
     session.reply("Who are you?")
     assert session.history[-2]["content"] == "Who are you?"
     assert session.undo() == "Who are you?" and session.history[-1]["role"] == "notice"  # the switch stays

@@ -18,8 +18,18 @@ def test_switch_before_anyone_spoke_greets_mid_chat_marks_the_transcript():
     history = opening(ADA) + say("Hi", "Hello!")
     after = switched(history, NOVA)
     assert after[:-1] == history and after[-1] == notice(NOVA) and after[-1]["role"] == "notice"
-    assert dialogue(after) == dialogue(history)  # a notice is never sent to the model
+    assert dialogue(after) == []  # the new persona starts afresh; a notice is never sent to the model
     assert build_messages(NOVA, after, "Who are you?")[0]["content"].startswith("You are Nova")
+
+
+def test_the_model_sees_only_the_turns_since_the_last_switch():
+    history = opening(ADA) + say("Hi", "Hello!") + [notice(NOVA)] + say("Who are you?", "Nova.")
+    messages = build_messages(NOVA, history, "And Ada?")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert [m["content"] for m in messages[1:]] == ["Who are you?", "Nova.", "And Ada?"]
+    back = history + [notice(ADA)]  # switched back: Ada starts afresh too
+    assert build_messages(ADA, back, "Hi again")[1:] == [{"role": "user", "content": "Hi again"}]
+    assert dialogue(opening(ADA) + say("Hi", "Hello!")) == opening(ADA) + say("Hi", "Hello!")  # no switch: all
 
 
 def test_undo_takes_back_the_last_exchange_and_keeps_notices():

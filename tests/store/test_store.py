@@ -176,6 +176,21 @@ def test_thumb_registers_the_reply_and_labels_or_unlabels_it_in_one_call(store, 
     assert store.label_rows() == []
 
 
+def test_a_reply_after_a_persona_switch_is_labelled_with_what_the_model_was_given(store, ada):
+    nova = {"name": "Nova", "facts": ["I answer for Acme."]}
+    conversation, _ = store.add_exchange(
+        None, [dict(role="user", content="Hi"), dict(role="assistant", content="Hey", model_version="v1",
+                                                      persona_name="Ada", persona=ada)],
+        start=dict(source="chat", persona_key="ada", persona=ada, model_version="v1"),
+    )  # fmt: skip
+    _, (_, _, reply) = store.add_exchange(conversation, [
+        dict(role="notice", content="From here on the model speaks as Nova, starting afresh.", persona=nova),
+        dict(role="user", content="Who are you?"),
+        dict(role="assistant", content="Nova.", model_version="v1", persona_name="Nova", persona=nova)])  # fmt: skip
+    item = store.item(store.thumb(reply, "kim", "good").item_id)
+    assert item.context == [{"role": "user", "content": "Who are you?"}]  # not Ada's turns before the switch
+
+
 def test_records_are_plain_values_after_the_store_is_closed(db_url, ada):
     with Store(db_url) as store:
         conversation = store.start_conversation("chat", "ada", ada, "base")
