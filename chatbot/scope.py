@@ -9,6 +9,11 @@ A persona with a `scope:` (see personas/lovelace_guide.yaml) gets a logistic reg
   (`chatbot/scope_questions/small_talk.txt`: greetings, thanks, "who are you?", which no persona deflects);
 - out of scope: the shipped pool of generic questions (`chatbot/scope_questions/generic.txt`:
   weather, sport, code, recipes, politics, homework...) and its `scope.out_of_scope` examples.
+A knowledge entry marked `route: true` (personas/nova.yaml: the opening hours, a gas leak) is a
+class of its own, learnt from its question and paraphrases: a message most likely of that class
+gets the entry's `answer` verbatim, the model not asked (a small model paraphrases such answers
+wrong, and a safety answer must not depend on it). A route beats a deflection: a gas leak asked
+oddly is never answered "only energy questions, please".
 The command reports precision/recall/F1 per class on a seeded held-out split, then trains on
 everything and saves the model to the cache (`~/.cache/persona-studio/scope/`, named by the
 persona and a hash of its training questions, so an edited persona retrains). Chat loads it
@@ -26,6 +31,8 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,16 +40,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.cli import entry_point
 from core.default_model import cache_dir
 from core.errors import PersonaError
-from core.persona import Persona, load_persona
+from core.persona import Persona, QAPair, load_persona
 
 log = logging.getLogger("chatbot.scope")
 
 DATA = Path(__file__).parent / "scope_questions"  # not data/: .gitignore keeps that for the store
 GENERIC_QUESTIONS = DATA / "generic.txt"
 SMALL_TALK = DATA / "small_talk.txt"
-CLASSES = ("in_scope", "out_of_scope")  # label 0, label 1
+CLASSES = ("in_scope", "out_of_scope")  # label 0, label 1; routed entries are 2, 3, ...
 # Bumped when the features or the model change, so cached models of the old kind retrain.
-MODEL_KIND = "all-MiniLM-L6-v2+logreg-balanced-C10-v1"
+MODEL_KIND = "all-MiniLM-L6-v2+logreg-balanced-C10-v2-routes"
 
 
 def read_questions(path: Path) -> list[str]:
@@ -51,18 +58,34 @@ def read_questions(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def examples(persona: Persona) -> tuple[list[str], list[int]]:
-    """(questions, labels: 1 = out of scope) the persona's classifier learns from. A question
-    in both sets counts as in scope: the persona's own word beats the generic pool."""
+def routes(persona: Persona) -> list[QAPair]:
+    """The knowledge entries the guard answers itself (`route: true`), class 2, 3, ... in order."""
+    return [qa for qa in persona.knowledge if qa.route]
+
+
+def class_names(persona: Persona) -> list[str]:
+    return [*CLASSES, *(f"route: {qa.question}" for qa in routes(persona))]
+
+
+def examples(persona: Persona, exclude: Collection[str] = ()) -> tuple[list[str], list[int]]:
+    """(questions, labels: 0 in scope, 1 out of scope, 2+k the k-th routed entry) the persona's
+    classifier learns from. A question in two sets goes to the first of: a routed entry, in
+    scope, out of scope (the persona's own word beats the generic pool). `exclude`: wordings left
+    out (eval.identity's held-out ones, so the guard it measures never saw them)."""
     if persona.scope is None:
         raise PersonaError(f"persona {persona.name} has no `scope:`", "add one (see personas/lovelace_guide.yaml)")
-    own = [qa.question for qa in persona.knowledge]
-    own += [p for qa in persona.knowledge for p in getattr(qa, "paraphrases", None) or []]
-    positives = _unique(own + list(persona.scope.in_scope) + read_questions(SMALL_TALK))
-    seen = {_norm(q) for q in positives}
+    skip = {_norm(q) for q in exclude}
+    routed = [[w for w in _unique([qa.question, *qa.paraphrases]) if _norm(w) not in skip] for qa in routes(persona)]
+    seen = {_norm(w) for wordings in routed for w in wordings} | skip
+    own = [w for qa in persona.knowledge if not qa.route for w in [qa.question, *qa.paraphrases]]
+    positives = [q for q in _unique(own + list(persona.scope.in_scope) + read_questions(SMALL_TALK))
+                 if _norm(q) not in seen]  # fmt: skip
+    seen |= {_norm(q) for q in positives}
     negatives = [q for q in _unique(list(persona.scope.out_of_scope) + read_questions(GENERIC_QUESTIONS))
                  if _norm(q) not in seen]  # fmt: skip
-    return positives + negatives, [0] * len(positives) + [1] * len(negatives)
+    texts = positives + negatives + [w for wordings in routed for w in wordings]  # routes last: old splits stay
+    labels = [0] * len(positives) + [1] * len(negatives) + [2 + k for k, ws in enumerate(routed) for _ in ws]
+    return texts, labels
 
 
 def _norm(text: str) -> str:
@@ -111,25 +134,38 @@ def build_classifier():
     return LogisticRegression(class_weight="balanced", C=10.0, max_iter=1000)
 
 
+def decide(probabilities, threshold: float):
+    """The guard's class per message from the classifier's probabilities (N, classes): a routed
+    entry when it is the most likely class, else out of scope when P(out) >= `threshold`, else in."""
+    import numpy as np
+
+    best = probabilities.argmax(axis=1)
+    return np.where(best >= 2, best, (probabilities[:, 1] >= threshold).astype(int))
+
+
 def evaluate(persona: Persona, test_size: float = 0.25, seed: int = 0, vectors=None) -> dict:
     """Precision/recall/F1 per class (sklearn's `classification_report`) on a stratified,
-    seeded held-out split, the classifier trained on the rest and deciding at the persona's
-    `scope.threshold`. `vectors`: `embed` of the
-    persona's `examples`, when the caller has them already."""
+    seeded held-out split, the classifier trained on the rest and deciding as the guard does
+    (`decide`, at the persona's `scope.threshold`): a routed entry's held-out wordings are its
+    recall. `vectors`: `embed` of the persona's `examples`, when the caller has them already."""
     import numpy as np
     from sklearn.metrics import classification_report
     from sklearn.model_selection import train_test_split
 
     texts, labels = examples(persona)
+    names = class_names(persona)
     train_i, test_i = train_test_split(np.arange(len(texts)), test_size=test_size, random_state=seed, stratify=labels)
     vectors, y = embed_examples(texts) if vectors is None else vectors, np.array(labels)
     fitted = build_classifier().fit(vectors[train_i], y[train_i])
-    # At the persona's threshold, as the guard decides (not predict's fixed 0.5).
-    predicted = (fitted.predict_proba(vectors[test_i])[:, 1] >= persona.scope.threshold).astype(int)
-    report = classification_report(y[test_i], predicted, target_names=CLASSES, output_dict=True, zero_division=0)
-    report["sizes"] = {"train": len(train_i), "test": len(test_i), "in_scope": labels.count(0),
-                       "out_of_scope": labels.count(1)}  # fmt: skip
-    report["mistakes"] = [(texts[i], CLASSES[y[i]]) for i, p in zip(test_i, predicted, strict=True) if y[i] != p]
+    predicted = decide(fitted.predict_proba(vectors[test_i]), persona.scope.threshold)
+    report = classification_report(y[test_i], predicted, labels=list(range(len(names))), target_names=names,
+                                   output_dict=True, zero_division=0)  # fmt: skip
+    inside, outside = labels.count(0), labels.count(1)
+    report["sizes"] = {"train": len(train_i), "test": len(test_i), "in_scope": inside, "out_of_scope": outside,
+                       "routed": len(labels) - inside - outside}  # fmt: skip
+    report["mistakes"] = [
+        (texts[i], names[y[i]], names[p]) for i, p in zip(test_i, predicted, strict=True) if y[i] != p
+    ]
     return report
 
 
@@ -145,14 +181,19 @@ def model_path(persona: Persona) -> Path:
     return cache_dir() / "scope" / f"{slug}-{digest}.joblib"
 
 
+def fit(persona: Persona, exclude: Collection[str] = (), vectors=None):
+    """The classifier trained on the persona's examples but `exclude` (not saved)."""
+    texts, labels = examples(persona, exclude)
+    return build_classifier().fit(embed_examples(texts) if vectors is None else vectors, labels)
+
+
 def train(persona: Persona, path: Path | None = None, vectors=None) -> tuple[object, Path]:
     """Train on all of the persona's examples and save (atomically: a chat process reading
     the cache never sees half a file). Returns (classifier, path)."""
     import joblib
 
     path = path or model_path(persona)
-    texts, labels = examples(persona)
-    classifier = build_classifier().fit(embed_examples(texts) if vectors is None else vectors, labels)
+    classifier = fit(persona, vectors=vectors)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     joblib.dump(classifier, partial)
@@ -186,18 +227,31 @@ def classifier(persona: Persona):
         return _classifier(persona.model_dump_json())
 
 
-def out_of_scope_probability(persona: Persona, message: str) -> float:
-    return float(classifier(persona).predict_proba(embed([message]))[0][1])
+@dataclass(frozen=True)
+class Guarded:
+    """The guard's own reply to a message: a routed entry's answer, or the deflection."""
+
+    reply: str
+    routed: bool  # True: a `route: true` entry's answer; False: the scope's deflection
+
+
+def guard(persona: Persona, message: str, fitted=None) -> Guarded | None:
+    """The guard's reply to `message` (`decide`), or None when the model should answer (always
+    None for a persona without a scope). `fitted`: a classifier to use instead of the persona's
+    (eval.identity's, trained without its held-out wordings)."""
+    if persona.scope is None:
+        return None
+    fitted = classifier(persona) if fitted is None else fitted
+    choice = int(decide(fitted.predict_proba(embed([message])), persona.scope.threshold)[0])
+    if choice >= 2:
+        return Guarded(routes(persona)[choice - 2].answer, routed=True)
+    return Guarded(persona.scope.deflection, routed=False) if choice == 1 else None
 
 
 def deflection(persona: Persona, message: str) -> str | None:
-    """The persona's deflection when `message` is out of its scope, else None (always None
-    for a persona without a scope)."""
-    if persona.scope is None:
-        return None
-    if out_of_scope_probability(persona, message) >= persona.scope.threshold:
-        return persona.scope.deflection
-    return None
+    """The persona's deflection when the guard deflects `message`, else None."""
+    guarded = guard(persona, message)
+    return guarded.reply if guarded is not None and not guarded.routed else None
 
 
 def is_deflection(persona: Persona | dict | None, reply: str) -> bool:
@@ -219,13 +273,17 @@ class ScopeConfig(BaseModel):
 
 def report_lines(report: dict) -> list[str]:
     s = report["sizes"]
-    lines = [f"{s['in_scope']} in-scope and {s['out_of_scope']} out-of-scope questions; "
-             f"held out {s['test']} (seeded), trained on {s['train']}",
-             f"{'class':<14}{'precision':>10}{'recall':>8}{'f1':>7}{'support':>9}"]  # fmt: skip
-    for name in CLASSES:
+    lines = [f"{s['in_scope']} in-scope, {s['out_of_scope']} out-of-scope and {s['routed']} routed questions; "
+             f"held out {s['test']} (seeded), trained on {s['train']}"]  # fmt: skip
+    names = [n for n in report if n not in ("accuracy", "macro avg", "weighted avg", "sizes", "mistakes")]
+    width = max(map(len, names)) + 2
+    lines.append(f"{'class':<{width}}{'precision':>10}{'recall':>8}{'f1':>7}{'support':>9}")
+    for name in names:
         r = report[name]
-        lines.append(f"{name:<14}{r['precision']:>10.3f}{r['recall']:>8.3f}{r['f1-score']:>7.3f}{r['support']:>9.0f}")
-    lines += [f"  wrong: {text!r} (is {truth})" for text, truth in report["mistakes"]]
+        lines.append(
+            f"{name:<{width}}{r['precision']:>10.3f}{r['recall']:>8.3f}{r['f1-score']:>7.3f}{r['support']:>9.0f}"
+        )
+    lines += [f"  wrong: {text!r} (is {truth}, guard: {chosen})" for text, truth, chosen in report["mistakes"]]
     return lines
 
 

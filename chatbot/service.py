@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from chatbot.history import History, persona_in_effect, shown, turn
-from chatbot.scope import deflection
+from chatbot.scope import guard
 from core.conversation import Messages, build_messages, check_message, has_user_turn, notice, opening, taken_back
 from core.errors import MessageError
 from core.persona import Persona
@@ -55,12 +55,14 @@ def exchange(
     assistant messages an API client starts from). Mid-conversation, a persona other than the one
     in effect is marked with a notice and speaks from this turn. `replacing`: the turn ids of the
     exchange a retry replaces, withdrawn in the same save. `scope_guard`: an off-topic message to
-    a persona with a scope gets its deflection, saved like a greeting (no model version: nothing
-    to label); the engine is not even asked for. `loaded`: the history's active turns, when the
+    a persona with a scope gets its deflection, and a question of a `route: true` knowledge entry
+    its answer, each saved like a greeting (no model version: nothing to label); the engine is not
+    even asked for. `loaded`: the history's active turns, when the
     caller has just read them (retry), so they are not read again.
     """
     message = check_message(message)
-    canned = deflection(persona, message) if scope_guard else None
+    guarded = guard(persona, message) if scope_guard else None
+    deflected = guarded is not None and not guarded.routed
     pending: list[dict] = []
     if not history.started:
         for m in seed if seed is not None else opening(persona):
@@ -74,9 +76,9 @@ def exchange(
     pending.append(turn("user", message, persona, version))
     so_far = before + pending
     trimmed = False
-    if canned is not None:
-        reply = canned  # no model wrote it: no version, nothing to label
-        pending.append(turn("assistant", reply, persona, deflected=True))
+    if guarded is not None:
+        reply = guarded.reply  # no model wrote it: no version, nothing to label
+        pending.append(turn("assistant", reply, persona, deflected=deflected))
     else:
         chat = engine()
         fitted = chat.fit_messages(build_messages(persona, so_far[:-1], message), settings)
@@ -90,7 +92,7 @@ def exchange(
         pending.append(turn("assistant", reply, persona, version))
     ids = history.save(pending, replacing)
     saved = before + [t | {"id": i} for t, i in zip(pending, ids, strict=True)]
-    yield Step(shown(saved), history.conversation_id, reply, ids[-1], trimmed, deflected=canned is not None)
+    yield Step(shown(saved), history.conversation_id, reply, ids[-1], trimmed, deflected=deflected)
 
 
 def last_exchange(turns: list[dict]) -> tuple[list[int], str | None]:

@@ -10,7 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from core.errors import PersonaError
 
@@ -38,6 +47,10 @@ class QAPair(BaseModel):
     # Other wordings of `question`, for identity training (corpus/persona_data.py): a seeded
     # share of them is held out of training and used only by `eval.identity`.
     paraphrases: list[str] = Field(default_factory=list, description="Other wordings of the question.")
+    # A small model paraphrases exact answers wrong (it invented opening hours and gave a gas
+    # leak the billing list): the scope guard learns this entry's wordings as a class of its own
+    # and answers them with `answer` itself, the model not asked. Needs the persona's `scope:`.
+    route: bool = Field(False, description="The scope guard answers its wordings with `answer`, verbatim.")
 
     @field_validator("paraphrases")
     @classmethod
@@ -46,6 +59,14 @@ class QAPair(BaseModel):
         if any(not p for p in cleaned):
             raise ValueError("every paraphrase must be a non-empty question")
         return cleaned
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        # Unrouted entries dump as before `route` existed: stored personas compare equal.
+        data = handler(self)
+        if not data.get("route", True):
+            del data["route"]
+        return data
 
 
 class Scope(BaseModel):
@@ -102,6 +123,13 @@ class Persona(BaseModel):
         if scope is not None and not scope.in_scope and not info.data.get("knowledge"):
             raise ValueError("a scope needs example questions the persona answers, and there are none")
         return scope
+
+    @model_validator(mode="after")
+    def _routes_need_a_scope(self) -> Persona:
+        # The guard that answers a routed question is the scope's classifier.
+        if self.scope is None and any(qa.route for qa in self.knowledge):
+            raise ValueError("`route: true` needs a `scope:` (the scope guard answers routed questions)")
+        return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler) -> dict:

@@ -14,6 +14,11 @@ aside; matched in any case, a plural "s" ignored): an answer passes when it name
 reference without proper names ("Bills, meter readings, ...") needs a third of its content
 words instead. `identity_accuracy` is the share that pass. Every answer also goes to
 the label queue so raters judge the same answers. Writes `runs/<version>/eval/<timestamp>/identity.json`.
+
+As in chat, the persona's scope guard (`chatbot.scope`) sees each wording first (`--scope_guard`):
+a wording of a `route: true` entry (Nova's opening hours, a gas leak) gets that entry's answer and
+an off-topic one the deflection, the model not asked; each row says which (`guard`). The guard
+is trained here without the held-out wordings, so they stay held out from it too.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from chatbot import scope
 from core.cli import entry_point
 from core.errors import DatasetError
 from core.persona import Persona, load_persona
@@ -53,6 +59,7 @@ class IdentityConfig(EngineConfig):
     heldout_share: float = Field(HELDOUT_SHARE, description="Held-out share (a version's own setting wins).")
     batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
     generation: GreedySettings = Field(default_factory=GreedySettings)
+    scope_guard: bool = Field(True, description="Ask the persona's scope guard first, as chat does.")
     register_labels: bool = Field(True, description="Put every answer in the label queue.")
     database_url: str | None = Field(None, description="Label store (default: DATABASE_URL or SQLite in data/).")
     out: str | None = Field(None, description="Output folder (default: runs/<version>/eval/<timestamp>/).")
@@ -126,10 +133,24 @@ def heldout_examples(cfg: IdentityConfig) -> tuple[list[Example], dict]:
     return examples, {"split_seed": data.split_seed, "heldout_share": data.persona_heldout_share}
 
 
-def score(examples: list[Example], answers: list[str], persona_name: str) -> tuple[list[dict], dict]:
-    """(one row per wording, the summary with `identity_accuracy` and its share per question)."""
+def guard_replies(persona: Persona, examples: list[Example]) -> list[scope.Guarded | None]:
+    """The scope guard's reply to each wording (None: the model answers), from a classifier
+    trained without these wordings; all None for a persona without a scope."""
+    if persona.scope is None:
+        return [None] * len(examples)
+    questions = [ex.messages[-1]["content"] for ex in examples]
+    fitted = scope.fit(persona, exclude=questions)
+    return [scope.guard(persona, question, fitted) for question in questions]
+
+
+def score(
+    examples: list[Example], answers: list[str], persona_name: str, guarded: list[scope.Guarded | None] | None = None
+) -> tuple[list[dict], dict]:
+    """(one row per wording, the summary with `identity_accuracy` and its share per question).
+    `guarded`: the guard's replies (`guard_replies`), to say per row who answered."""
+    guarded = guarded or [None] * len(examples)
     rows = []
-    for ex, answer in zip(examples, answers, strict=True):
+    for ex, answer, by in zip(examples, answers, guarded, strict=True):
         question = ex.messages[-1]["content"]
         rows.append(
             {
@@ -137,6 +158,7 @@ def score(examples: list[Example], answers: list[str], persona_name: str) -> tup
                 "reference": ex.target,
                 "answer": answer,
                 "passed": states_identity(answer, ex.target, persona_name),
+                "guard": None if by is None else ("routed" if by.routed else "deflected"),
             }
         )
     by_reference: dict[str, list[bool]] = {}
@@ -146,6 +168,7 @@ def score(examples: list[Example], answers: list[str], persona_name: str) -> tup
         "identity_accuracy": sum(r["passed"] for r in rows) / len(rows),
         "items": len(rows),
         "per_answer": {ref: sum(passed) / len(passed) for ref, passed in by_reference.items()},
+        "guard": {kind: sum(r["guard"] == kind for r in rows) for kind in ("routed", "deflected")},
     }
     return rows, summary
 
@@ -182,12 +205,14 @@ def main(cfg: IdentityConfig) -> int:
     name = version_name(EvalConfig(model=cfg.model, runs_dir=cfg.runs_dir))
     persona = load_persona(cfg.persona)
     examples, heldout = heldout_examples(cfg)
+    guarded = guard_replies(persona, examples) if cfg.scope_guard else [None] * len(examples)
+    asked = [ex.messages for ex, by in zip(examples, guarded, strict=True) if by is None]
     engine = load_engine(cfg)
-    log.info("asking %s %d held-out wordings of %s's questions", engine.name, len(examples), persona.name)
-    answers = engine.generate(
-        [ex.messages for ex in examples], cfg.generation, batch_size=cfg.batch_size, progress=True
-    )
-    rows, summary = score(examples, answers, persona.name)
+    log.info("asking %s %d held-out wordings of %s's questions (%d answered by the scope guard)",
+             engine.name, len(asked), persona.name, len(examples) - len(asked))  # fmt: skip
+    generated = iter(engine.generate(asked, cfg.generation, batch_size=cfg.batch_size, progress=True) if asked else [])
+    answers = [next(generated) if by is None else by.reply for by in guarded]
+    rows, summary = score(examples, answers, persona.name, guarded)
     summary |= {"model_version": name, "persona": persona.name, "heldout": heldout}
     out = Path(cfg.out) if cfg.out else results_dir(cfg.runs_dir, name, "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +222,8 @@ def main(cfg: IdentityConfig) -> int:
         register(cfg, name, persona, rows, out, summary)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False))  # with the item ids
     passed = sum(r["passed"] for r in rows)
-    print(f"{name}: identity accuracy {summary['identity_accuracy']:.1%} ({passed}/{len(rows)} held-out wordings)")
+    print(f"{name}: identity accuracy {summary['identity_accuracy']:.1%} ({passed}/{len(rows)} held-out wordings; "
+          f"scope guard: {summary['guard']['routed']} routed, {summary['guard']['deflected']} deflected)")  # fmt: skip
     for reference, share in summary["per_answer"].items():
         print(f"  {share:6.1%}  {reference}")
     print(f"written to {out / RESULT_FILE}")
