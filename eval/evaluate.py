@@ -13,7 +13,7 @@ import statistics
 
 import pandas as pd
 
-from core.conversation import build_messages
+from core.conversation import build_messages, notice
 from core.persona import persona_from_facts
 from corpus.examples import Example
 from engines.engine import TransformersEngine
@@ -79,6 +79,12 @@ def ranking_scores(cfg: EvalConfig, engine, examples, conversations) -> tuple[di
     return hits_summary(hits), per_item, {"hits_at_1": info}
 
 
+def switched_to(persona, dialogue: list[dict]) -> list[dict]:
+    """The prompt of `dialogue`'s last user turn after a switch to `persona` just before it."""
+    *before, last = dialogue
+    return build_messages(persona, [*before, notice(persona)], last["content"])
+
+
 def persona_scores(cfg: EvalConfig, engine, examples, replies, own, other) -> tuple[dict, dict]:
     """Grounding of each reply in its persona vs another persona, and the swap probe."""
     from eval.consistency import ENCODER_NAME, grounding, swap_retention
@@ -90,8 +96,10 @@ def persona_scores(cfg: EvalConfig, engine, examples, replies, own, other) -> tu
     }
     n = min(cfg.swap_probe_items, len(examples))
     if n:
-        # The same user turn and history, now under the other persona: does the reply follow it?
-        swapped = [build_messages(persona_from_facts(other[i]), ex.messages[1:]) for i, ex in enumerate(examples[:n])]
+        # The same conversation, switched to the other persona before its last user turn, as the
+        # Chat tab switches (core.conversation: the new persona starts afresh after the notice):
+        # does the reply follow the new persona?
+        swapped = [switched_to(persona_from_facts(other[i]), ex.messages[1:]) for i, ex in enumerate(examples[:n])]
         replies_b = engine.generate(swapped, cfg.generation, batch_size=cfg.batch_size)
         summary["swap_retention"] = swap_retention(replies_b, own[:n], other[:n])
         summary["swap_probe_items"] = n
