@@ -80,7 +80,10 @@ def ranking_scores(cfg: EvalConfig, engine, examples, conversations) -> tuple[di
 
 
 def switched_to(persona, dialogue: list[dict]) -> list[dict]:
-    """The prompt of `dialogue`'s last user turn after a switch to `persona` just before it."""
+    """The prompt of `dialogue`'s last user turn after a switch to `persona` just before it (a
+    speaker's opening line has no user turn: the new persona's system prompt alone)."""
+    if not dialogue or dialogue[-1]["role"] != "user":
+        return build_messages(persona, [*dialogue, notice(persona)])
     *before, last = dialogue
     return build_messages(persona, [*before, notice(persona)], last["content"])
 
