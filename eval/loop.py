@@ -100,9 +100,29 @@ def make_start(cfg: LoopConfig, runs: Path) -> str:
     from training.train import main as train_main
 
     if not (runs / START).is_dir():
-        run_step(train_main, ["--config", str(cfg.start_recipe), "--model.name", cfg.model, "--data.path", str(cfg.data),
-                              "--data.limit", "4", "--max_steps", "1", "--sft.learning_rate", "1e-9",
-                              "--sft.warmup_steps", "0", "--output.dir", str(runs), "--output.version", START])  # fmt: skip
+        run_step(
+            train_main,
+            [
+                "--config",
+                str(cfg.start_recipe),
+                "--model.name",
+                cfg.model,
+                "--data.path",
+                str(cfg.data),
+                "--data.limit",
+                "4",
+                "--max_steps",
+                "1",
+                "--sft.learning_rate",
+                "1e-9",
+                "--sft.warmup_steps",
+                "0",
+                "--output.dir",
+                str(runs),
+                "--output.version",
+                START,
+            ],
+        )
     return START
 
 
@@ -112,8 +132,16 @@ def eval_config(cfg: LoopConfig, runs: Path, version: str, rnd: int):
 
     data = DataConfig(path=cfg.data, max_history_turns=cfg.max_history_turns)
     sampling = GreedySettings(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + rnd)
-    return EvalConfig(model=version, runs_dir=str(runs), data=data, split="validation", limit=cfg.train_prompts,
-                      seed=cfg.seed + rnd, batch_size=cfg.batch_size, generation=sampling)  # fmt: skip
+    return EvalConfig(
+        model=version,
+        runs_dir=str(runs),
+        data=data,
+        split="validation",
+        limit=cfg.train_prompts,
+        seed=cfg.seed + rnd,
+        batch_size=cfg.batch_size,
+        generation=sampling,
+    )
 
 
 def rule_vote(facts: str, reply_a: str, reply_b: str) -> str:
@@ -150,11 +178,19 @@ def sample_and_rate(cfg: LoopConfig, runs: Path, parent: str, rnd: int, store: S
             continue
         a, b = items[first], items[first + 1]
         vote = rule_vote("\n".join(facts[first]), a.answer, b.answer)
-        store.add_preference(NewPreference(a.persona_name, a.persona, a.context, a.answer, b.answer,
-                                           parent, parent, vote, cfg.rater))  # fmt: skip
+        store.add_preference(
+            NewPreference(a.persona_name, a.persona, a.context, a.answer, b.answer, parent, parent, vote, cfg.rater)
+        )
         votes.append(vote)
-    return {"prompts": len(examples), "replies": len(replies), "labels": len(set(ids)), "good": good,
-            "votes": len(votes), "votes_decided": sum(v != "tie" for v in votes), "generate_s": round(generate_s)}  # fmt: skip
+    return {
+        "prompts": len(examples),
+        "replies": len(replies),
+        "labels": len(set(ids)),
+        "good": good,
+        "votes": len(votes),
+        "votes_decided": sum(v != "tie" for v in votes),
+        "generate_s": round(generate_s),
+    }
 
 
 def heldout(cfg: LoopConfig, runs: Path, version: str, out: Path, db: str) -> Path:
@@ -162,11 +198,39 @@ def heldout(cfg: LoopConfig, runs: Path, version: str, out: Path, db: str) -> Pa
     from eval.run import main as eval_main
     from eval.simulated_rater import main as rater_main
 
-    run_step(eval_main, ["--model", version, "--runs_dir", str(runs), "--data", str(cfg.data), "--split", "test",
-                         "--data.max_history_turns", json.dumps(cfg.max_history_turns), "--limit",
-                         str(cfg.heldout_prompts), "--seed", str(cfg.seed), "--batch_size", str(cfg.batch_size),
-                         "--generation.max_new_tokens", str(cfg.max_new_tokens), "--swap_probe_items", "0",
-                         "--hits_items", "0", "--consistency", "false", "--database_url", db, "--out", str(out)])  # fmt: skip
+    run_step(
+        eval_main,
+        [
+            "--model",
+            version,
+            "--runs_dir",
+            str(runs),
+            "--data",
+            str(cfg.data),
+            "--split",
+            "test",
+            "--data.max_history_turns",
+            json.dumps(cfg.max_history_turns),
+            "--limit",
+            str(cfg.heldout_prompts),
+            "--seed",
+            str(cfg.seed),
+            "--batch_size",
+            str(cfg.batch_size),
+            "--generation.max_new_tokens",
+            str(cfg.max_new_tokens),
+            "--swap_probe_items",
+            "0",
+            "--hits_items",
+            "0",
+            "--consistency",
+            "false",
+            "--database_url",
+            db,
+            "--out",
+            str(out),
+        ],
+    )
     run_step(rater_main, ["--rows", str(out / "rows.jsonl"), "--rater", cfg.rater, "--database_url", db])
     return out / "rows.jsonl"
 
@@ -181,8 +245,19 @@ def heldout_votes(cfg: LoopConfig, child: str, parent: str, child_rows: Path, pa
             sides = [(child, row.reply_c), (parent, row.reply_p)][:: 1 if n % 2 == 0 else -1]
             persona = {"facts": row.persona.split("\n") if row.persona else []}
             vote = rule_vote(row.persona, sides[0][1], sides[1][1])
-            store.add_preference(NewPreference("persona-chat speaker", persona, json.loads(row.context),
-                                               sides[0][1], sides[1][1], sides[0][0], sides[1][0], vote, cfg.rater))  # fmt: skip
+            store.add_preference(
+                NewPreference(
+                    "persona-chat speaker",
+                    persona,
+                    json.loads(row.context),
+                    sides[0][1],
+                    sides[1][1],
+                    sides[0][0],
+                    sides[1][0],
+                    vote,
+                    cfg.rater,
+                )
+            )
     return len(rows)
 
 
@@ -195,12 +270,36 @@ def train_child(cfg: LoopConfig, runs: Path, parent: str, child: str, export: Pa
     run_step(export_main, ["--database_url", store, "--format", cfg.method, "--version", parent, "--out", str(export)])
     m = cfg.method
     started = time.monotonic()
-    run_step(train_main, ["--config", str(cfg.recipe), "--method", m, "--from_version", parent, "--data.path",
-                          str(export), "--output.dir", str(runs), "--output.version", child, "--max_steps",
-                          str(cfg.max_steps), "--model.max_seq_length", str(cfg.max_seq_length),
-                          f"--{m}.learning_rate", str(cfg.learning_rate), f"--{m}.beta", str(cfg.beta),
-                          f"--{m}.per_device_train_batch_size", str(cfg.per_device_train_batch_size),
-                          f"--{m}.save_steps", str(cfg.max_steps), *cfg.train_args])  # fmt: skip
+    run_step(
+        train_main,
+        [
+            "--config",
+            str(cfg.recipe),
+            "--method",
+            m,
+            "--from_version",
+            parent,
+            "--data.path",
+            str(export),
+            "--output.dir",
+            str(runs),
+            "--output.version",
+            child,
+            "--max_steps",
+            str(cfg.max_steps),
+            "--model.max_seq_length",
+            str(cfg.max_seq_length),
+            f"--{m}.learning_rate",
+            str(cfg.learning_rate),
+            f"--{m}.beta",
+            str(cfg.beta),
+            f"--{m}.per_device_train_batch_size",
+            str(cfg.per_device_train_batch_size),
+            f"--{m}.save_steps",
+            str(cfg.max_steps),
+            *cfg.train_args,
+        ],
+    )
     return time.monotonic() - started
 
 
@@ -208,8 +307,21 @@ def scorecard_rows(cfg: LoopConfig, runs: Path, child: str, parent: str, out: Pa
     """`eval.report --versions CHILD,PARENT` (printed, and written to OUT); its rows."""
     from eval.report import main as report_main
 
-    run_step(report_main, ["--versions", f"{child},{parent}", "--runs_dir", str(runs), "--database_url",
-                           db_url(cfg.out / "heldout.db"), "--out", str(out), "--n_resamples", str(cfg.n_resamples)])  # fmt: skip
+    run_step(
+        report_main,
+        [
+            "--versions",
+            f"{child},{parent}",
+            "--runs_dir",
+            str(runs),
+            "--database_url",
+            db_url(cfg.out / "heldout.db"),
+            "--out",
+            str(out),
+            "--n_resamples",
+            str(cfg.n_resamples),
+        ],
+    )
     return json.loads((out / "scorecard.json").read_text())
 
 
@@ -229,17 +341,24 @@ def cell(row: dict | None) -> str:
         return "n/a"
     arrow = ("▲" if row["delta"] > 0 else "▼") if row["significant"] else ""
     p = f", p={row['p_value']:.2g}" if row["p_value"] is not None else ""
-    return (f"{row['child']:.3g} vs {row['parent']:.3g}: {arrow}{row['delta']:+.3g} "
-            f"[{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]{p} (n={row['n']})")  # fmt: skip
+    return (
+        f"{row['child']:.3g} vs {row['parent']:.3g}: {arrow}{row['delta']:+.3g} "
+        f"[{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]{p} (n={row['n']})"
+    )
 
 
 def summary_table(rounds: list[dict]) -> str:
     lines = []
     for r in rounds:
         by_metric = {row["metric"]: row for row in r["scorecard"]}
-        line = {"round": r["round"], "child vs parent": f"{r['child']} vs {r['parent']}",
-                "labels (good)": f"{r['labels']} ({r['good']})", "votes (decided)": f"{r['votes']} ({r['votes_decided']})",
-                "export rows": r["export_rows"], "steps": r["steps"]}  # fmt: skip
+        line = {
+            "round": r["round"],
+            "child vs parent": f"{r['child']} vs {r['parent']}",
+            "labels (good)": f"{r['labels']} ({r['good']})",
+            "votes (decided)": f"{r['votes']} ({r['votes_decided']})",
+            "export rows": r["export_rows"],
+            "steps": r["steps"],
+        }
         line |= {column: cell(by_metric.get(metric)) for metric, column in SUMMARY_ROWS.items()}
         lines.append(line | {"minutes": r["minutes"]})
     return pd.DataFrame(lines).to_markdown(index=False)
@@ -262,9 +381,17 @@ def one_round(cfg: LoopConfig, runs: Path, parent: str, rnd: int) -> dict:
     child_rows = heldout(cfg, runs, child, folder / "eval-child", db)
     heldout_votes(cfg, child, parent, child_rows, parent_rows, db)
     rows = scorecard_rows(cfg, runs, child, parent, folder / "scorecard")
-    return {"round": rnd, "child": child, "parent": parent, **rated, "export_rows": manifest["counts"]["rows"],
-            "steps": cfg.max_steps, "train_s": round(train_s), "minutes": round((time.monotonic() - started) / 60, 1),
-            "scorecard": rows}  # fmt: skip
+    return {
+        "round": rnd,
+        "child": child,
+        "parent": parent,
+        **rated,
+        "export_rows": manifest["counts"]["rows"],
+        "steps": cfg.max_steps,
+        "train_s": round(train_s),
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "scorecard": rows,
+    }
 
 
 @entry_point(LoopConfig, __doc__)
