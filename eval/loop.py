@@ -83,8 +83,10 @@ class LoopConfig(BaseModel):
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples of the scorecard's intervals.")
 
 
-def run_step(main, args: list[str]) -> None:
-    """One command's `main(argv)`, as a person would type it; a refusal stops the loop."""
+def run_step(main, flags: dict, extra: list[str] = ()) -> None:
+    """One command's `main(argv)` with `--key value` flags (then `extra` as they are), as a person
+    would type it; a refusal stops the loop."""
+    args = [str(a) for key, value in flags.items() for a in (f"--{key}", value)] + list(extra)
     log.info("$ python -m %s %s", main.__module__, " ".join(args))
     if main(args) != 0:
         raise RuntimeError(f"python -m {main.__module__} {' '.join(args)} failed (its error is printed above)")
@@ -99,30 +101,11 @@ def make_start(cfg: LoopConfig, runs: Path) -> str:
     at lr 1e-9 on 4 train-split conversations. KTO/DPO need an adapter to continue."""
     from training.train import main as train_main
 
-    if not (runs / START).is_dir():
-        run_step(
-            train_main,
-            [
-                "--config",
-                str(cfg.start_recipe),
-                "--model.name",
-                cfg.model,
-                "--data.path",
-                str(cfg.data),
-                "--data.limit",
-                "4",
-                "--max_steps",
-                "1",
-                "--sft.learning_rate",
-                "1e-9",
-                "--sft.warmup_steps",
-                "0",
-                "--output.dir",
-                str(runs),
-                "--output.version",
-                START,
-            ],
-        )
+    if not (runs / START).is_dir():  # validation: one example (it runs before and after the step)
+        flags = {"config": cfg.start_recipe, "model.name": cfg.model, "data.path": cfg.data, "data.limit": 4,
+                 "validation.max_examples": 1, "max_steps": 1, "sft.learning_rate": 1e-9, "sft.warmup_steps": 0,
+                 "output.dir": runs, "output.version": START}  # fmt: skip
+        run_step(train_main, flags)
     return START
 
 
@@ -198,40 +181,13 @@ def heldout(cfg: LoopConfig, runs: Path, version: str, out: Path, db: str) -> Pa
     from eval.run import main as eval_main
     from eval.simulated_rater import main as rater_main
 
-    run_step(
-        eval_main,
-        [
-            "--model",
-            version,
-            "--runs_dir",
-            str(runs),
-            "--data",
-            str(cfg.data),
-            "--split",
-            "test",
-            "--data.max_history_turns",
-            json.dumps(cfg.max_history_turns),
-            "--limit",
-            str(cfg.heldout_prompts),
-            "--seed",
-            str(cfg.seed),
-            "--batch_size",
-            str(cfg.batch_size),
-            "--generation.max_new_tokens",
-            str(cfg.max_new_tokens),
-            "--swap_probe_items",
-            "0",
-            "--hits_items",
-            "0",
-            "--consistency",
-            "false",
-            "--database_url",
-            db,
-            "--out",
-            str(out),
-        ],
-    )
-    run_step(rater_main, ["--rows", str(out / "rows.jsonl"), "--rater", cfg.rater, "--database_url", db])
+    flags = {"model": version, "runs_dir": runs, "data": cfg.data, "split": "test",
+             "data.max_history_turns": json.dumps(cfg.max_history_turns), "limit": cfg.heldout_prompts,
+             "seed": cfg.seed, "batch_size": cfg.batch_size, "generation.max_new_tokens": cfg.max_new_tokens,
+             "swap_probe_items": 0, "hits_items": 0, "consistency": "false",
+             "database_url": db, "out": out}  # fmt: skip
+    run_step(eval_main, flags)
+    run_step(rater_main, {"rows": out / "rows.jsonl", "rater": cfg.rater, "database_url": db})
     return out / "rows.jsonl"
 
 
@@ -245,18 +201,10 @@ def heldout_votes(cfg: LoopConfig, child: str, parent: str, child_rows: Path, pa
             sides = [(child, row.reply_c), (parent, row.reply_p)][:: 1 if n % 2 == 0 else -1]
             persona = {"facts": row.persona.split("\n") if row.persona else []}
             vote = rule_vote(row.persona, sides[0][1], sides[1][1])
+            (a, reply_a), (b, reply_b) = sides
+            context = json.loads(row.context)
             store.add_preference(
-                NewPreference(
-                    "persona-chat speaker",
-                    persona,
-                    json.loads(row.context),
-                    sides[0][1],
-                    sides[1][1],
-                    sides[0][0],
-                    sides[1][0],
-                    vote,
-                    cfg.rater,
-                )
+                NewPreference("persona-chat speaker", persona, context, reply_a, reply_b, a, b, vote, cfg.rater)
             )
     return len(rows)
 
@@ -267,39 +215,14 @@ def train_child(cfg: LoopConfig, runs: Path, parent: str, child: str, export: Pa
     from training.train import main as train_main
 
     store = db_url(cfg.out / "train.db")
-    run_step(export_main, ["--database_url", store, "--format", cfg.method, "--version", parent, "--out", str(export)])
+    run_step(export_main, {"database_url": store, "format": cfg.method, "version": parent, "out": export})
     m = cfg.method
     started = time.monotonic()
-    run_step(
-        train_main,
-        [
-            "--config",
-            str(cfg.recipe),
-            "--method",
-            m,
-            "--from_version",
-            parent,
-            "--data.path",
-            str(export),
-            "--output.dir",
-            str(runs),
-            "--output.version",
-            child,
-            "--max_steps",
-            str(cfg.max_steps),
-            "--model.max_seq_length",
-            str(cfg.max_seq_length),
-            f"--{m}.learning_rate",
-            str(cfg.learning_rate),
-            f"--{m}.beta",
-            str(cfg.beta),
-            f"--{m}.per_device_train_batch_size",
-            str(cfg.per_device_train_batch_size),
-            f"--{m}.save_steps",
-            str(cfg.max_steps),
-            *cfg.train_args,
-        ],
-    )
+    flags = {"config": cfg.recipe, "method": m, "from_version": parent, "data.path": export, "output.dir": runs,
+             "output.version": child, "max_steps": cfg.max_steps, "model.max_seq_length": cfg.max_seq_length,
+             f"{m}.learning_rate": cfg.learning_rate, f"{m}.beta": cfg.beta, f"{m}.save_steps": cfg.max_steps,
+             f"{m}.per_device_train_batch_size": cfg.per_device_train_batch_size}  # fmt: skip
+    run_step(train_main, flags, cfg.train_args)
     return time.monotonic() - started
 
 
@@ -307,21 +230,9 @@ def scorecard_rows(cfg: LoopConfig, runs: Path, child: str, parent: str, out: Pa
     """`eval.report --versions CHILD,PARENT` (printed, and written to OUT); its rows."""
     from eval.report import main as report_main
 
-    run_step(
-        report_main,
-        [
-            "--versions",
-            f"{child},{parent}",
-            "--runs_dir",
-            str(runs),
-            "--database_url",
-            db_url(cfg.out / "heldout.db"),
-            "--out",
-            str(out),
-            "--n_resamples",
-            str(cfg.n_resamples),
-        ],
-    )
+    flags = {"versions": f"{child},{parent}", "runs_dir": runs, "database_url": db_url(cfg.out / "heldout.db"),
+             "out": out, "n_resamples": cfg.n_resamples}  # fmt: skip
+    run_step(report_main, flags)
     return json.loads((out / "scorecard.json").read_text())
 
 
