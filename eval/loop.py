@@ -252,10 +252,8 @@ def cell(row: dict | None) -> str:
         return "n/a"
     arrow = ("▲" if row["delta"] > 0 else "▼") if row["significant"] else ""
     p = f", p={row['p_value']:.2g}" if row["p_value"] is not None else ""
-    return (
-        f"{row['child']:.3g} vs {row['parent']:.3g}: {arrow}{row['delta']:+.3g} "
-        f"[{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]{p} (n={row['n']})"
-    )
+    ci = f" [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]" if row["ci_low"] is not None else ""
+    return f"{row['child']:.3g} vs {row['parent']:.3g}: {arrow}{row['delta']:+.3g}{ci}{p} (n={row['n']})"
 
 
 def summary_table(rounds: list[dict]) -> str:
