@@ -10,11 +10,9 @@ import eval.loop
 import eval.simulated_rater
 from core.versions import find_version
 from eval.loop import main as loop_main
+from eval.loop import rule_vote
 from store import Store
 from tests.conftest import REPO
-
-# Two trainings and three generations on the tiny model: ~30 s on 2 cores.
-pytestmark = pytest.mark.slow
 
 RECIPE = str(REPO / "training" / "recipes" / "tiny-test.yaml")
 
@@ -25,6 +23,15 @@ def even_rule(facts: str, reply: str) -> str:
     return "good" if len(reply) % 2 == 0 else "bad"
 
 
+def test_the_rule_votes_for_the_reply_that_names_a_fact():
+    facts = "I keep bees.\nI build clocks."
+    assert rule_vote(facts, "My bees are busy.", "Hello there.") == "a"
+    assert rule_vote(facts, "Hello there.", "The clock ticks.") == "b"
+    assert rule_vote(facts, "Hi.", "Hello.") == rule_vote(facts, "Bees!", "Clocks!") == "tie"
+
+
+# Two trainings and three generations on the tiny model: ~75 s on 2 busy cores.
+@pytest.mark.slow
 def test_one_round_stores_the_labels_and_votes_it_reports(tiny_model_dir, spc_csv, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(eval.loop, "verdict", even_rule)
     monkeypatch.setattr(eval.simulated_rater, "verdict", even_rule)  # the held-out labels' path
