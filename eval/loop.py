@@ -63,6 +63,9 @@ class LoopConfig(BaseModel):
     out: Path = Field(Path("runs/loop"), description="Folder of everything: versions (runs/), stores, rounds.")
     start: str | None = Field(None, description="Version (with an adapter, in OUT/runs) round 1 starts from.")
     rounds: int = Field(1, ge=1, description="Rounds; round r trains on round r-1's child.")
+    first_round: int = Field(
+        1, ge=1, description="Number of the first round: >1 continues the loop in OUT from --start (the last child)."
+    )
     method: Literal["kto", "dpo"] = Field("dpo", description="Export format and training method.")
     train_prompts: int = Field(64, ge=1, description="Validation turns the parent answers per round.")
     samples: int = Field(4, ge=2, description="Sampled replies per training prompt (votes: samples // 2).")
@@ -281,12 +284,11 @@ def one_round(cfg: LoopConfig, runs: Path, parent: str, rnd: int) -> dict:
     log.info("round %d: %s", rnd, rated)
     train_s = train_child(cfg, runs, parent, child, folder / "export")
     manifest = json.loads((folder / "export" / "manifest.json").read_text())
+    (folder / "loop.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     db = db_url(cfg.out / "heldout.db")
-    parent_rows = folder / "eval-parent" / "rows.jsonl"
-    if rnd == 1:
-        heldout(cfg, runs, parent, folder / "eval-parent", db)
-    else:  # the parent is the previous round's child: its held-out run is there already
-        parent_rows = cfg.out / f"round-{rnd - 1}" / "eval-child" / "rows.jsonl"
+    parent_rows = cfg.out / f"round-{rnd - 1}" / "eval-child" / "rows.jsonl"  # the parent as last round's child
+    if not parent_rows.is_file():
+        parent_rows = heldout(cfg, runs, parent, folder / "eval-parent", db)
     child_rows = heldout(cfg, runs, child, folder / "eval-child", db)
     heldout_votes(cfg, child, parent, child_rows, parent_rows, db)
     rows = scorecard_rows(cfg, runs, child, parent, folder / "scorecard")
@@ -308,17 +310,21 @@ def main(cfg: LoopConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = cfg.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "loop.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    parent = cfg.start or make_start(cfg, runs)
-    rounds = []
-    for rnd in range(1, cfg.rounds + 1):
+    numbers = range(cfg.first_round, cfg.first_round + cfg.rounds)
+    for rnd in numbers:
         if (cfg.out / f"round-{rnd}").exists():
-            raise ConfigError(f"{cfg.out / f'round-{rnd}'} exists", "pass a new --out (or delete it)")
+            raise ConfigError(f"{cfg.out / f'round-{rnd}'} exists", "pass a new --out or --first_round")
+    if cfg.first_round > 1 and not cfg.start:
+        raise ConfigError("--first_round continues a loop from its last child", "pass it as --start")
+    parent = cfg.start or make_start(cfg, runs)
+    done = cfg.out / "loop.json"
+    rounds = [r for r in json.loads(done.read_text()) if r["round"] < cfg.first_round] if done.is_file() else []
+    for rnd in numbers:
         rounds.append(one_round(cfg, runs, parent, rnd))
         parent = rounds[-1]["child"]
         table = summary_table(rounds)
         (cfg.out / "loop.md").write_text(table + "\n")
-        (cfg.out / "loop.json").write_text(json.dumps(rounds, indent=2, default=str))
+        done.write_text(json.dumps(rounds, indent=2, default=str))
     print(f"\n## The loop ({cfg.rule} rule, {cfg.method})\n\n{table}\n\nwritten to {cfg.out}")
     return 0
 
