@@ -130,6 +130,12 @@ def eval_config(cfg: LoopConfig, runs: Path, version: str, rnd: int):
     )
 
 
+def votable(context: list[dict]) -> bool:
+    """A/B votes compare two answers to a user message (the store refuses others): a speaker's
+    opening line, with no message before it, is labelled but not voted on."""
+    return bool(context) and context[-1]["role"] == "user"
+
+
 def rule_vote(facts: str, reply_a: str, reply_b: str) -> str:
     """The rule's A/B preference: the good reply over the bad one, a tie when both are equal."""
     a, b = verdict(facts, reply_a), verdict(facts, reply_b)
@@ -163,6 +169,8 @@ def sample_and_rate(cfg: LoopConfig, runs: Path, parent: str, rnd: int, store: S
         if first // cfg.samples != (first + 1) // cfg.samples:  # an odd sample count: not across prompts
             continue
         a, b = items[first], items[first + 1]
+        if not votable(a.context):
+            continue
         vote = rule_vote("\n".join(facts[first]), a.answer, b.answer)
         store.add_preference(
             NewPreference(a.persona_name, a.persona, a.context, a.answer, b.answer, parent, parent, vote, cfg.rater)
@@ -199,6 +207,7 @@ def heldout_votes(cfg: LoopConfig, child: str, parent: str, child_rows: Path, pa
     alternates. Returns the number of votes."""
     read = lambda p: pd.read_json(p, lines=True, dtype=False)  # noqa: E731
     rows = read(child_rows).merge(read(parent_rows), on=["persona", "context"], suffixes=("_c", "_p"))
+    rows = rows[[votable(json.loads(c)) for c in rows["context"]]]
     with Store(db) as store:
         for n, row in enumerate(rows.itertuples()):
             sides = [(child, row.reply_c), (parent, row.reply_p)][:: 1 if n % 2 == 0 else -1]
