@@ -10,7 +10,7 @@ import eval.loop
 import eval.simulated_rater
 from core.versions import find_version
 from eval.loop import main as loop_main
-from eval.loop import rule_vote
+from eval.loop import rule_vote, votable
 from store import Store
 from tests.conftest import REPO
 
@@ -28,6 +28,12 @@ def test_the_rule_votes_for_the_reply_that_names_a_fact():
     assert rule_vote(facts, "My bees are busy.", "Hello there.") == "a"
     assert rule_vote(facts, "Hello there.", "The clock ticks.") == "b"
     assert rule_vote(facts, "Hi.", "Hello.") == rule_vote(facts, "Bees!", "Clocks!") == "tie"
+
+
+def test_only_answers_to_a_user_message_are_voted_on():
+    # A speaker's opening line answers nothing: labelled, but the store refuses an A/B vote on it.
+    assert not votable([]) and not votable([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi"}])
+    assert votable([{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Any pets?"}])
 
 
 # Two trainings and three generations on the tiny model: ~75 s on 2 busy cores.
