@@ -113,7 +113,7 @@ def make_start(cfg: LoopConfig, runs: Path) -> str:
 
 
 def eval_config(cfg: LoopConfig, runs: Path, version: str, rnd: int):
-    from engines.engine import GreedySettings
+    from engines.config import GreedySettings
     from eval.config import EvalConfig
 
     data = DataConfig(path=cfg.data, max_history_turns=cfg.max_history_turns)

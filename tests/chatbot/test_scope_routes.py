@@ -8,7 +8,7 @@ from chatbot import scope
 from chatbot.session import ChatSession
 from core.errors import PersonaError
 from core.persona import Persona, load_persona
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from tests.conftest import REPO
 
 NOVA = REPO / "personas" / "nova.yaml"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engines.engine import GenerationSettings
+from engines.config import GenerationSettings
 from tests.conftest import studio_context
 from ui import conversations
 
