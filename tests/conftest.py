@@ -146,3 +146,14 @@ def serving(ctx, **launch_kwargs) -> Iterator[str]:
         yield demo.local_url
     finally:
         demo.close()
+
+
+@pytest.fixture
+def scope_cache(tmp_path, monkeypatch):
+    """A cache folder of the test's own for scope classifiers (none shared between tests)."""
+    from chatbot import scope
+
+    monkeypatch.setenv("PERSONA_STUDIO_CACHE", str(tmp_path / "cache"))
+    scope._classifier.cache_clear()
+    yield tmp_path / "cache"
+    scope._classifier.cache_clear()

@@ -55,14 +55,6 @@ BEEKEEPER = {
 }
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERSONA_STUDIO_CACHE", str(tmp_path / "cache"))
-    scope._classifier.cache_clear()
-    yield tmp_path / "cache"
-    scope._classifier.cache_clear()
-
-
 def test_classifier_of_a_purpose_made_persona_on_its_held_out_split():
     report = scope.evaluate(Persona.model_validate(BEEKEEPER), test_size=0.3, seed=0)
     sizes = report["sizes"]
@@ -72,13 +64,13 @@ def test_classifier_of_a_purpose_made_persona_on_its_held_out_split():
         assert report[name]["precision"] >= 0.85 and report[name]["recall"] >= 0.85, (name, report[name])
 
 
-def test_guard_deflects_off_topic_questions_and_caches_the_model(cache, monkeypatch):
+def test_guard_deflects_off_topic_questions_and_caches_the_model(scope_cache, monkeypatch):
     bea = Persona.model_validate(BEEKEEPER)
     assert scope.deflection(bea, "Who won the basketball game yesterday?") == bea.scope.deflection
     assert scope.deflection(bea, "How do I make my python script run faster?") == bea.scope.deflection
     assert scope.deflection(bea, "Do your bees make honey in autumn too?") is None  # not one of its examples
     assert scope.deflection(bea, "Hello, nice to meet you!") is None  # small talk is never off-topic
-    [saved] = (cache / "scope").glob("*.joblib")
+    [saved] = (scope_cache / "scope").glob("*.joblib")
     assert saved.name.startswith("bea-") and saved == scope.model_path(bea)
 
     # Another process loads the saved model instead of training; a changed persona retrains.
@@ -93,7 +85,7 @@ def test_no_scope_never_deflects(ada):
     assert ada.scope is None and scope.deflection(ada, "What's the weather tomorrow?") is None
 
 
-def test_session_answers_off_topic_with_the_deflection_without_the_model(tiny_engine, cache, monkeypatch):
+def test_session_answers_off_topic_with_the_deflection_without_the_model(tiny_engine, scope_cache, monkeypatch):
     bea = Persona.model_validate(BEEKEEPER)
     calls = []
     stream = tiny_engine.stream
@@ -121,10 +113,10 @@ def test_scope_without_questions_names_the_file_and_the_fix(tmp_path):
     assert "in_scope" in info.value.fix and "lovelace_guide.yaml" in info.value.fix
 
 
-def test_scope_command_reports_per_class_scores_and_saves(cache, capsys):
+def test_scope_command_reports_per_class_scores_and_saves(scope_cache, capsys):
     assert scope.main(["--persona", str(REPO / "personas" / "lovelace_guide.yaml")]) == 0
     out = capsys.readouterr().out
     assert "in_scope" in out and "out_of_scope" in out and "precision" in out
-    assert len(list((cache / "scope").glob("grace-*.joblib"))) == 1
+    assert len(list((scope_cache / "scope").glob("grace-*.joblib"))) == 1
     assert scope.main(["--persona", str(REPO / "personas" / "ada.yaml")]) == 2  # no scope: a clear error
     assert "has no `scope:`" in capsys.readouterr().err

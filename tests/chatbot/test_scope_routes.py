@@ -42,14 +42,6 @@ MODEL = [
 ]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERSONA_STUDIO_CACHE", str(tmp_path / "cache"))
-    scope._classifier.cache_clear()
-    yield tmp_path / "cache"
-    scope._classifier.cache_clear()
-
-
 def answer_of(persona: Persona, question: str) -> str:
     return next(qa.answer for qa in persona.knowledge if qa.question == question)
 
@@ -68,7 +60,7 @@ def test_routed_entries_are_classes_and_recalled_on_the_held_out_split():
     assert not set(held) & set(scope.examples(nova, exclude=held)[0]) and set(held) <= set(texts)
 
 
-def test_guard_routes_new_safety_and_hours_wordings_and_lets_the_rest_through(cache):
+def test_guard_routes_new_safety_and_hours_wordings_and_lets_the_rest_through(scope_cache):
     nova = load_persona(NOVA)
     gas, hours = answer_of(nova, GAS), answer_of(nova, HOURS)
     routed = {q: scope.guard(nova, q) for q in SAFETY + OPENING + MODEL}
@@ -80,7 +72,7 @@ def test_guard_routes_new_safety_and_hours_wordings_and_lets_the_rest_through(ca
     assert scope.deflection(nova, "I think the cooker is leaking gas.") is None  # a route is not a deflection
 
 
-def test_session_gives_the_routed_answer_without_the_model(tiny_engine, cache, monkeypatch):
+def test_session_gives_the_routed_answer_without_the_model(tiny_engine, scope_cache, monkeypatch):
     nova = load_persona(NOVA)
     calls = []
     monkeypatch.setattr(tiny_engine, "stream", lambda *a: calls.append(a) or iter(["..."]))

@@ -4,8 +4,6 @@ the model everything."""
 
 import json
 
-import pytest
-
 from chatbot import scope
 from core.persona import load_persona
 from corpus.examples import DataConfig, load_examples
@@ -14,14 +12,6 @@ from tests.conftest import REPO
 
 NOVA = REPO / "personas" / "nova.yaml"
 ROUTED = {"What are your opening hours?", "I smell gas. What should I do?"}
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERSONA_STUDIO_CACHE", str(tmp_path / "cache"))
-    scope._classifier.cache_clear()
-    yield tmp_path / "cache"
-    scope._classifier.cache_clear()
 
 
 def test_guard_is_trained_without_the_heldout_wordings(monkeypatch):
@@ -41,7 +31,7 @@ def test_guard_is_trained_without_the_heldout_wordings(monkeypatch):
     assert sum(g is None for g in guarded) == len(heldout) - 4
 
 
-def test_run_marks_who_answered_and_can_ask_the_model_only(tiny_model_dir, tmp_path, cache, capsys):
+def test_run_marks_who_answered_and_can_ask_the_model_only(tiny_model_dir, tmp_path, scope_cache, capsys):
     base = ["--model", str(tiny_model_dir), "--persona", str(NOVA), "--generation.max_new_tokens", "4"]
     base += ["--runs_dir", str(tmp_path / "runs"), "--register_labels", "false"]
     assert main([*base, "--out", str(tmp_path / "guarded")]) == 0
