@@ -44,6 +44,7 @@ from corpus.examples import DataConfig
 from corpus.hub import DEFAULT_DATASET
 from eval.simulated_rater import verdict
 from store import NewPreference, Store
+from store.votes import votable  # the store's own rule: a vote answers a user message
 
 log = logging.getLogger("eval.loop")
 
@@ -128,12 +129,6 @@ def eval_config(cfg: LoopConfig, runs: Path, version: str, rnd: int):
         batch_size=cfg.batch_size,
         generation=sampling,
     )
-
-
-def votable(context: list[dict]) -> bool:
-    """A/B votes compare two answers to a user message (the store refuses others): a speaker's
-    opening line, with no message before it, is labelled but not voted on."""
-    return bool(context) and context[-1]["role"] == "user"
 
 
 def rule_vote(facts: str, reply_a: str, reply_b: str) -> str:

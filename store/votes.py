@@ -53,13 +53,19 @@ def values(p: NewPreference) -> dict:
     )
 
 
+def votable(context: list[dict]) -> bool:
+    """A vote compares two answers to a user message: the context must end with it (a speaker's
+    opening line, with no message before it, can be labelled but not voted on)."""
+    return bool(context) and context[-1]["role"] == "user"
+
+
 def _context(context: list[dict]) -> list[dict]:
     """The messages before the replies as {"role", "content"}; the user message they answer last."""
     if not isinstance(context, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in context):
         raise StoreError(
             "a preference's context must be a list of messages", 'pass [{"role": ..., "content": ...}, ...]'
         )
-    if not context or context[-1]["role"] != "user":
+    if not votable(context):
         raise StoreError(
             "a preference's context must end with the user message both replies answer",
             "pass the messages before the replies, the user message last",

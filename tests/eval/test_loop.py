@@ -10,8 +10,9 @@ import eval.loop
 import eval.simulated_rater
 from core.versions import find_version
 from eval.loop import main as loop_main
-from eval.loop import rule_vote, votable
+from eval.loop import rule_vote
 from store import Store
+from store.votes import votable
 from tests.conftest import REPO
 
 RECIPE = str(REPO / "training" / "recipes" / "tiny-test.yaml")
