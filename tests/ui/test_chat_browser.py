@@ -23,6 +23,7 @@ from playwright.sync_api import Locator, Page, expect  # noqa: E402
 SHOTS = Path("/tmp/persona-shots")
 STREAM_MS = 30_000
 BUSY_TEXT = "A reply is still being written"
+JOINS = "**/gradio_api/queue/join*"  # where the page's events join Gradio's queue
 
 
 @pytest.fixture
@@ -96,8 +97,15 @@ def hold_replies(page: Page) -> list:
         else:
             route.continue_()
 
-    page.route("**/gradio_api/queue/join*", hold)
+    page.route(JOINS, hold)
     return held
+
+
+def let_replies_go(page: Page, held: list) -> None:
+    """The one held reply event goes on (it streams now), and later ones are no longer held."""
+    assert len(held) == 1
+    held.pop().continue_()
+    page.unroute(JOINS)
 
 
 def test_text_typed_while_a_reply_streams_stays_and_an_early_send_is_refused_aloud(page, store):
@@ -112,9 +120,7 @@ def test_text_typed_while_a_reply_streams_stays_and_an_early_send_is_refused_alo
     box.press("Enter")
     expect(toast(page, BUSY_TEXT)).to_be_visible()
     expect(box).to_have_value("And bees?")  # kept
-    assert len(held) == 1
-    held.pop().continue_()  # the reply streams now: the stream must not wipe the box either
-    page.unroute("**/gradio_api/queue/join*")
+    let_replies_go(page, held)  # the reply streams now: the stream must not wipe the box either
     wait_reply(page, chat, 1)
     expect(box).to_have_value("And bees?")
     box.press("Enter")  # now it goes
@@ -192,9 +198,7 @@ def test_compare_keeps_typed_text_and_both_replies_when_a_vote_is_refused(page, 
     box.press("Enter")
     expect(toast(page, BUSY_TEXT)).to_be_visible()
     expect(box).to_have_value("Why?")
-    assert len(held) == 1
-    held.pop().continue_()  # both replies stream now
-    page.unroute("**/gradio_api/queue/join*")
+    let_replies_go(page, held)  # both replies stream now
     expect(status).to_contain_text("Which reply is better?", timeout=STREAM_MS)
     expect(box).to_have_value("Why?")
     replies = [bot(pane).last.inner_text() for pane in panes]
@@ -338,9 +342,7 @@ def test_a_visitor_types_ahead_and_a_rater_likes_and_unlikes_on_the_default_mode
     expect(send).to_have_text("Replying…")
     box.press("Enter")
     expect(toast(page, BUSY_TEXT)).to_be_visible()
-    assert len(held) == 1
-    held.pop().continue_()
-    page.unroute("**/gradio_api/queue/join*")
+    let_replies_go(page, held)
     expect(send).to_have_text("Send", timeout=120_000)  # the reply is saved
     expect(box).to_have_value("And the bees?")
     box.press("Enter")
