@@ -30,7 +30,7 @@ from core.cli import entry_point
 from core.default_model import base_model, on_space
 from core.errors import ConfigError
 from corpus.hub import DEFAULT_DATASET
-from engines.config import EngineConfig, GenerationSettings
+from engines.config import ChatEngineConfig, GenerationSettings
 
 # Only what reading the flags needs is imported above: torch, transformers and Gradio take 10-20 s
 # to import on 2 cores, and `--help` or a mistyped flag should answer at once (tests/test_app.py
@@ -52,7 +52,7 @@ def oauth_available() -> bool:
     return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
 
 
-class AppConfig(BaseSettings, EngineConfig):
+class AppConfig(BaseSettings, ChatEngineConfig):
     """Flags and YAML (`--config`) override the environment: every field reads
     PERSONA_STUDIO_<FIELD> (sections: PERSONA_STUDIO_GENERATION__MAX_NEW_TOKENS), and the few
     with a validation_alias read the name a Space or a database host sets instead."""

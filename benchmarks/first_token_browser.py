@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -68,7 +69,9 @@ TIMER_JS = r"""
     const fresh = p.kind === "send" ? texts.length > p.bots.length : last !== p.bots[p.bots.length - 1];
     if (fresh && last && !last.startsWith("Persona switched")) {
       const joins = (window.__joins || []).filter((t) => t >= p.t0).map((t) => t - p.t0);
+      const streamed = (window.__streamed || []).filter((t) => t >= p.t0).map((t) => t - p.t0);
       ft.done.push({kind: p.kind, first_text_ms: now - p.t0, accepted_ms: p.accepted ?? null, joins_ms: joins,
+                    arrived_ms: streamed.length ? streamed[streamed.length - 1] : null,
                     t0_wall_ms: performance.timeOrigin + p.t0});
       ft.pending = null;
     }
@@ -93,8 +96,24 @@ const fetched = window.fetch;
 window.fetch = function (input, init) {
   const url = typeof input === "string" ? input : input.url;
   if (url.includes("/queue/join")) window.__joins.push(performance.now());
-  return fetched.apply(this, arguments);
+  if (!url.includes("/queue/data")) return fetched.apply(this, arguments);
+  // The event stream (read by Gradio's client through fetch): each streamed update of an event
+  // ("process_generating") noted as it arrives, before the page renders it.
+  return fetched.apply(this, arguments).then((response) => {
+    if (!response.body) return response;
+    const [page, ours] = response.body.tee();
+    const reader = ours.getReader(), text = new TextDecoder();
+    (async () => {
+      for (;;) {
+        const {done, value} = await reader.read();
+        if (done) return;
+        if (text.decode(value).includes('"process_generating"')) window.__streamed.push(performance.now());
+      }
+    })();
+    return new Response(page, {status: response.status, statusText: response.statusText, headers: response.headers});
+  });
 };
+window.__streamed = [];
 """
 
 
@@ -106,6 +125,7 @@ def parse_args(argv):
     sizes.add("--think", 3.0, 0.5, "seconds a person reads and types before each send or retry", type=float)
     sizes.parser.add_argument("--startup-timeout", type=int, default=300, help="seconds for the app to come up")
     sizes.parser.add_argument("--switch-to", default="Marco", help="persona picked mid-chat (its display name)")
+    sizes.parser.add_argument("--app-args", default="", help="more flags for app.py, e.g. '--dtype bfloat16'")
     return sizes.parse(argv)
 
 
@@ -113,11 +133,11 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def start_app(model: str, folder: Path) -> tuple[subprocess.Popen, str, Path]:
+def start_app(model: str, folder: Path, more: str = "") -> tuple[subprocess.Popen, str, Path]:
     """`python app.py` with its defaults (store and model in their processes), a store of its own."""
     port, log = free_port(), folder / "app.log"
     cmd = [sys.executable, "app.py", "--model", model, "--port", str(port), "--runs_dir", str(folder / "runs"),
-           "--database_url", f"sqlite:///{folder / 'labels.db'}"]  # fmt: skip
+           "--database_url", f"sqlite:///{folder / 'labels.db'}", *shlex.split(more)]  # fmt: skip
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -179,6 +199,9 @@ def summary(timings: list[dict]) -> dict:
             # the generating event's join (the last before the first text): what the model and
             # the stream take from there
             "generation_joined_s": describe([t["joins_ms"][-1] / 1000 for t in ts if t["joins_ms"]]),
+            # the streamed update that carried the first text, as it reached the page (the rest, to
+            # the first text: the browser drawing it)
+            "arrived_s": describe([t["arrived_ms"] / 1000 for t in ts if t.get("arrived_ms") is not None]),
         }
     return out
 
@@ -195,6 +218,8 @@ def build_rows(per_round: list[dict], loads: list[float]) -> list[Row]:
                 note += f"; message shown (accepted) at {accepted:.3f} s"
             if joined is not None:
                 note += f"; generating event joined the queue at {joined:.3f} s"
+            if (arrived := m["arrived_s"].get("p50")) is not None:
+                note += f"; first text reached the page at {arrived:.3f} s"
             met = at_most(p50, target) if target else None
             rows.append(Row(f"round {k}: first visible token, {moment}, p50 s", p50, None,
                             f"≤ {target} s" if target else "", met, note))  # fmt: skip
@@ -208,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     model = model_source(args.model)
     per_round, loads, timings = [], [], []
     with tempfile.TemporaryDirectory(prefix="persona-studio-first-token-") as tmp:
-        proc, url, log = start_app(model, Path(tmp))
+        proc, url, log = start_app(model, Path(tmp), args.app_args)
         try:
             wait_ready(proc, url, log, args.startup_timeout)
             time.sleep(5)  # the app prefills every persona's prompt at start: let it finish

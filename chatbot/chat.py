@@ -17,13 +17,13 @@ from chatbot.session import ChatSession
 from core.cli import entry_point
 from core.errors import PersonaStudioError
 from core.persona import load_persona
-from engines.config import EngineConfig, GenerationSettings
+from engines.config import ChatEngineConfig, GenerationSettings
 from engines.factory import load_engine
 
 HELP = "/persona FILE  switch persona | /undo | /retry | /reset | /help | /quit"
 
 
-class ChatConfig(EngineConfig):
+class ChatConfig(ChatEngineConfig):
     persona: str = Field("personas/ada.yaml", description="Persona YAML file to speak as.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     scope_guard: bool = Field(True, description="Off-topic questions get the persona's deflection (if it has a scope).")

@@ -34,7 +34,9 @@ def load_engine(cfg: EngineConfig) -> ChatEngine:
 
         return load_remote_engine(cfg)
     model, adapter = resolve_version(cfg.model, cfg.adapter, cfg.runs_dir)
-    hf_model, tokenizer = load_model_and_tokenizer(model, adapter, dtype=cfg.dtype, device=cfg.device)
+    hf_model, tokenizer = load_model_and_tokenizer(
+        model, adapter, dtype=cfg.dtype, device=cfg.device, cpu_bf16=cfg.cpu_bf16
+    )
     if model != cfg.model:  # a version: show its name rather than base + adapter path
         name = cfg.model
     else:

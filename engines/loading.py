@@ -28,6 +28,7 @@ from core.default_model import (
 )
 from core.errors import ModelLoadError
 from core.versions import BASE, find_version
+from engines.config import cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +88,18 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def pick_dtype(dtype: str, device: str) -> torch.dtype:
-    """fp32 on CPU: bf16 prefill is ~4x slower there (../shared/STACK.md); bf16 on GPU."""
+def pick_dtype(dtype: str, device: str, cpu_bf16: bool = False) -> torch.dtype:
+    """`auto`: bf16 on GPU; fp32 on CPU (training in bf16 there is far slower; ../shared/STACK.md),
+    unless `cpu_bf16` and the CPU has bf16 instructions (chats: `ChatEngineConfig`)."""
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return torch.bfloat16 if device.startswith("cuda") or (cpu_bf16 and cpu_has_bf16()) else torch.float32
     try:
         return getattr(torch, dtype)
     except AttributeError:
         raise ModelLoadError(f"unknown dtype {dtype!r}", "use auto, float32, bfloat16 or float16") from None
 
 
-def from_pretrained(model: str, dtype: str = "auto", device: str = "auto", **model_kwargs):
+def from_pretrained(model: str, dtype: str = "auto", device: str = "auto", cpu_bf16: bool = False, **model_kwargs):
     """(model, tokenizer) for a model spec, with what every loader needs: a de-quantised GGUF
     base made a normal dense model, and a pad token for batching (eos when the tokenizer has
     none). `model_kwargs` go to `AutoModelForCausalLM.from_pretrained` (quantization_config,
@@ -108,7 +110,7 @@ def from_pretrained(model: str, dtype: str = "auto", device: str = "auto", **mod
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         hf_model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=pick_dtype(dtype, pick_device(device)), **extra, **model_kwargs
+            source, dtype=pick_dtype(dtype, pick_device(device), cpu_bf16), **extra, **model_kwargs
         )
     except OSError as err:
         raise ModelLoadError(
@@ -123,9 +125,11 @@ def from_pretrained(model: str, dtype: str = "auto", device: str = "auto", **mod
     return hf_model, tokenizer
 
 
-def load_model_and_tokenizer(model: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto"):
+def load_model_and_tokenizer(
+    model: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto", cpu_bf16: bool = False
+):
     """Load (model, tokenizer) ready for generation on `device`, the adapter merged in when possible."""
-    hf_model, tokenizer = from_pretrained(model, dtype, device)
+    hf_model, tokenizer = from_pretrained(model, dtype, device, cpu_bf16)
     if adapter:
         hf_model = attach_adapter(hf_model, adapter, model)
     return hf_model.to(pick_device(device)), tokenizer

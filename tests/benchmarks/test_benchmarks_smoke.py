@@ -9,7 +9,15 @@ import json
 
 import pytest
 
-from benchmarks import chat_latency, concurrent_chat, continuous_batching, eval_throughput, label_load, train_throughput
+from benchmarks import (
+    chat_dtype,
+    chat_latency,
+    concurrent_chat,
+    continuous_batching,
+    eval_throughput,
+    label_load,
+    train_throughput,
+)
 
 ROW_KEYS = {"metric", "product", "alternative", "ratio", "target", "met", "note"}
 
@@ -56,6 +64,14 @@ def test_chat_latency_measures_the_engine_and_bare_generate(tmp_path):
     assert methods["first_message"]["reply"] == methods["bare_streamer_first"]["reply"]
     assert data["results"]["reused_tokens"] > 0  # the next turn really started from the 6th turn's cache
     assert "llama_cpp" in data["results"]["skipped"]  # quick runs the tiny model, not the GGUF
+
+
+def test_chat_dtype_compares_bf16_with_fp32_chats(tmp_path):
+    data = run_quick(chat_dtype, tmp_path)
+    assert set(data["results"]) >= {"bfloat16", "float32", "same_replies"}
+    for dtype in ("bfloat16", "float32"):
+        assert len(data["results"][dtype]["warm"]["first_piece_s"]) == 2  # --quick: 3 messages, the first cold
+        assert data["results"][dtype]["many"]["pieces_per_s"] > 0
 
 
 def test_eval_throughput_times_generation_and_each_metric(tmp_path):
