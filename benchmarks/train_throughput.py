@@ -88,7 +88,7 @@ def product_config(args, cuda: bool) -> dict:
     """The recipe with this benchmark's sizes: the TrainConfig every variant is built from."""
     from training.config import TrainConfig
 
-    recipe = args.recipe or RECIPES / ("llama3.2-1b-qlora-unsloth.yaml" if cuda else "smollm2-135m-lora-cpu.yaml")
+    recipe = args.recipe or RECIPES / ("llama3.2-1b-qlora-unsloth.yaml" if cuda else "smollm2-135m-lora-cpu-turns.yaml")
     values = yaml.safe_load(Path(recipe).read_text())
     values.update(backend=args.backend, max_steps=args.warmup + args.steps, device="cuda" if cuda else "cpu")
     values["model"] = {
