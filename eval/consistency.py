@@ -23,7 +23,9 @@ def load_encoder():
 
 def _embed(texts: list[str]) -> np.ndarray:
     # (N, 384), unit length, so a dot product is the cosine similarity
-    return load_encoder().encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    from chatbot.scope import embed
+
+    return embed(texts)
 
 
 def similarity(replies: list[str], facts: list[list[str]]) -> list[float]:
