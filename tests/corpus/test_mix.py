@@ -1,6 +1,7 @@
 """`data.mix`: weights respected (seeded counts within a tolerance), per-source splits, bad weights refused."""
 
 import csv
+import json
 
 import pytest
 import yaml
@@ -83,3 +84,21 @@ def test_a_weight_that_is_not_positive_is_refused(tmp_path, weight):
 def test_path_and_mix_together_are_refused():
     with pytest.raises(ConfigError, match="give data.path or data.mix, not both"):
         validate_config(TrainConfig, {"data": {"path": "a.csv", "mix": [{"path": "b.csv", "weight": 1}]}})
+
+
+def test_whole_conversations_mix_by_sequence_so_the_weights_are_shares_of_sequences(spc_csv, tmp_path):
+    from training.sequences import conversation_chats
+
+    chats = tmp_path / "one_exchange.jsonl"
+    lines = [{"persona": [f"I collect stamp number {i}."], "messages": [
+        {"role": "user", "content": f"What do you collect? ({i})"}, {"role": "assistant", "content": f"Stamp {i}."}]}
+        for i in range(400)]  # fmt: skip
+    chats.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    alone, _, _ = load_training_data(DataConfig(path=str(spc_csv), unit="conversation", limit=60), max_validation=2)
+    assert len(alone) == len({(ex.conversation_id, ex.speaker) for ex in alone})  # one per (conversation, speaker)
+    mixed = DataConfig(mix=[{"path": str(spc_csv), "weight": 0.7}, {"path": str(chats), "weight": 0.3}],
+                       unit="conversation", stopping_strategy="first_exhausted")  # fmt: skip
+    train, _, _ = load_training_data(mixed, max_validation=2)
+    sequences = conversation_chats(train)
+    short = sum(1 for chat in sequences if chat[-1]["content"].startswith("Stamp "))
+    assert short / len(sequences) == pytest.approx(0.3, abs=0.05)
