@@ -4,8 +4,8 @@ import json
 
 from corpus.examples import DataConfig, load_examples, read_splits
 from corpus.mix import load_training_data
-from corpus.switches import SwitchConfig, build, main
 from eval.consistency import similarity
+from eval.switches import SwitchConfig, build, main
 
 
 def test_every_example_follows_b_and_comes_from_the_train_split(spc_csv, tmp_path):

@@ -1,6 +1,6 @@
 """Persona-switch examples from a dialogue dataset: a question meant for one persona, answered by another.
 
-    python -m corpus.switches --data ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv \\
+    python -m eval.switches --data ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv \\
         --out data/switches.jsonl
     # then mix them into a recipe:
     #   data: {mix: [{path: <the dataset>, weight: 0.8}, {path: data/switches.jsonl, weight: 0.2}]}
@@ -18,7 +18,8 @@ kept reply follows B.
 
 Only the train split of the dataset is read (`corpus.examples.read_splits`, the recipe's split
 seed): the held-out turns `eval.run` asks stay unseen. Written as chat-messages JSONL with the
-persona's facts (`corpus.formats`' jsonl format), so `data.mix` reads it like any dataset.
+persona's facts (`corpus.formats`' jsonl format), so `data.mix` reads it like any dataset. It
+lives in eval/ because it picks its replies by the probe's own measure (`eval.consistency`).
 """
 
 from __future__ import annotations
