@@ -30,6 +30,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +51,11 @@ class SwitchConfig(BaseModel):
     )
     min_margin: float = Field(
         0.05, description="B's answer at least this much closer (cosine) to B's facts than to A's: no bare greetings."
+    )
+    answers: Literal["dataset", "facts"] = Field(
+        "dataset",
+        description="dataset: B's own reply to the alike message; facts: the one of B's persona facts most like "
+        "the user's message, as the whole answer (first-person sentences: 'I have three dogs.').",
     )
     seed: int = Field(0, description="Which questions are drawn.")
 
@@ -94,7 +100,7 @@ def build(cfg: SwitchConfig) -> tuple[list[dict], dict]:
     order = list(range(len(pool)))
     random.Random(cfg.seed).shuffle(order)
     records, counts = [], {"drawn": 0, "too_unlike": 0, "closer_to_a": 0}
-    candidates = []
+    candidates, asked = [], []  # (A's answered, B's answered, cosine), the user's message vector
     for b in order:
         if len(candidates) >= cfg.examples * 2:  # enough to fill `examples` after the persona check
             break
@@ -105,15 +111,22 @@ def build(cfg: SwitchConfig) -> tuple[list[dict], dict]:
             counts["too_unlike"] += 1
             continue
         candidates.append((pool[a], pool[b], float(sims[a])))
-    to_b = similarity([b.reply for _, b, _ in candidates], [list(b.facts) for _, b, _ in candidates])
-    to_a = similarity([b.reply for _, b, _ in candidates], [list(a.facts) for a, _, _ in candidates])
-    for (a, b, sim), near_b, near_a in zip(candidates, to_b, to_a, strict=True):
+        asked.append(questions[a])
+    replies = [b.reply for _, b, _ in candidates]
+    if cfg.answers == "facts" and candidates:
+        facts = sorted({f for _, b, _ in candidates for f in b.facts})
+        index, vectors = {f: i for i, f in enumerate(facts)}, embed(facts)
+        replies = [max(b.facts, key=lambda f, q=q: float(vectors[index[f]] @ q))
+                   for (_, b, _), q in zip(candidates, asked, strict=True)]  # fmt: skip
+    to_b = similarity(replies, [list(b.facts) for _, b, _ in candidates])
+    to_a = similarity(replies, [list(a.facts) for a, _, _ in candidates])
+    for (a, b, sim), reply, near_b, near_a in zip(candidates, replies, to_b, to_a, strict=True):
         if near_b - near_a < cfg.min_margin:
             counts["closer_to_a"] += 1
             continue
         records.append({
             "persona": list(b.facts),
-            "messages": [{"role": "user", "content": a.question}, {"role": "assistant", "content": b.reply}],
+            "messages": [{"role": "user", "content": a.question}, {"role": "assistant", "content": reply}],
             # Not read by training: where the pair came from, for a person checking the file.
             "switch": {"question_for": list(a.facts), "b_answered": b.question, "question_similarity": round(sim, 3),
                        "conversations": [a.conversation, b.conversation]},

@@ -38,3 +38,10 @@ def test_the_file_mixes_into_a_recipe_as_b_s_persona_and_one_exchange(spc_csv, t
     mixed = DataConfig(mix=[{"path": str(spc_csv), "weight": 0.8}, {"path": str(out), "weight": 0.2}])
     train, _, info = load_training_data(mixed, max_validation=4)
     assert info["mix"][1]["mixed_train_examples"] > 0 and len(train) > len(records)
+
+
+def test_facts_answers_are_one_of_b_s_own_facts(spc_csv):
+    records, _ = build(SwitchConfig(data=str(spc_csv), conversations=40, examples=10, answers="facts"))
+    assert records
+    for r in records:
+        assert r["messages"][1]["content"] in r["persona"]
