@@ -25,25 +25,25 @@ from collections import Counter
 
 from core.conversation import Messages
 from corpus.examples import Example
+from corpus.mix import last_replies
 
 log = logging.getLogger("training")
 
 
 def conversation_chats(examples: list[Example]) -> list[Messages]:
     """One chat per (conversation, speaker) of `examples`, in first-seen order: its last reply's
-    prompt and reply. The examples must carry their whole history (`max_history_turns=None`).
+    prompt and reply. The examples must carry their whole history (`max_history_turns=None`):
+    every reply of a pair (`turn_examples`), or its last one once per draw (`load_training_data`).
     A pair drawn several times (a mix that repeats a source) appears as often, on average."""
-    last: dict[tuple[str, str], Example] = {}
     drawn: Counter[tuple[str, str]] = Counter()
     replies: dict[tuple[str, str], set[int]] = {}
     for example in examples:
         key = (example.conversation_id, example.speaker)
         drawn[key] += 1
         replies.setdefault(key, set()).add(example.turn_index)
-        if key not in last or example.turn_index > last[key].turn_index:
-            last[key] = example
     chats = []
-    for key, example in last.items():
+    for example in last_replies(examples):
+        key = (example.conversation_id, example.speaker)
         chats += [example.chat()] * max(1, round(drawn[key] / len(replies[key])))
     return chats
 
