@@ -64,6 +64,16 @@ def persona_in_effect(turns: Turns) -> dict | None:
     return next((t["persona"] for t in reversed(turns) if t.get("persona")), None)
 
 
+def switched_from(turns: Turns) -> dict | None:
+    """The persona in effect before the last switch notice of these turns, when it differs from
+    the one switched to (None: no switch, or a switch back to the same persona)."""
+    last = next((i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "notice"), None)
+    if last is None:
+        return None
+    old = persona_in_effect(turns[:last])
+    return old if old not in (None, turns[last].get("persona")) else None
+
+
 class MemoryHistory:
     """A conversation in this process only; withdrawn turns are simply dropped."""
 

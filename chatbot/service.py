@@ -15,9 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from chatbot.history import History, persona_in_effect, shown, turn
+from chatbot.history import History, persona_in_effect, shown, switched_from, turn
 from chatbot.scope import guard
-from core.conversation import Messages, build_messages, check_message, has_user_turn, notice, opening, taken_back
+from core.conversation import (
+    Messages,
+    build_messages,
+    check_message,
+    has_user_turn,
+    notice,
+    opening,
+    taken_back,
+    under,
+)
 from core.errors import MessageError
 from core.persona import Persona
 from engines.config import GenerationSettings
@@ -83,8 +92,12 @@ def exchange(
         chat = engine()
         fitted = chat.fit_messages(build_messages(persona, so_far[:-1], message), settings)
         trimmed = fitted.trimmed > 0
+        # Since a switch, each reply is steered away from the same prompt under the old persona: the
+        # user's messages were often written to it and pull the reply back (engines.engine._guidance).
+        old = switched_from(so_far)
+        negative = under(Persona.model_validate(old), fitted) if old else None
         reply = ""
-        for piece in chat.stream(fitted, settings):  # streams the fitted prompt as it is
+        for piece in chat.stream(fitted, settings, negative):  # streams the fitted prompt as it is
             reply += piece
             yield Step(shown(so_far) + [{"role": "assistant", "content": reply}], history.conversation_id, reply,
                        trimmed=trimmed)  # fmt: skip

@@ -65,6 +65,13 @@ def build_messages(persona: Persona, history: Messages, user_message: str | None
     return messages
 
 
+def under(persona: Persona, messages: Messages) -> Messages:
+    """`messages` (a system prompt first) with `persona`'s system prompt instead: the prompt as the
+    persona switched away from would see it, the negative that steers a reply after a switch
+    (`engines.engine.guided`)."""
+    return [{"role": "system", "content": render_system_prompt(persona)}, *messages[1:]]
+
+
 def has_user_turn(history: Messages) -> bool:
     return any(m["role"] == "user" for m in history)
 

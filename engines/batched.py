@@ -51,7 +51,7 @@ from transformers.generation.logits_process import (
 from core.conversation import Messages
 from core.errors import GenerationError
 from engines.config import GenerationSettings
-from engines.engine import TokenStreamer, TransformersEngine, out_of_memory
+from engines.engine import TokenStreamer, TransformersEngine, guided, out_of_memory
 from engines.kv_cache import reusable
 from engines.priority import CHAT_NICE, lower_priority
 
@@ -256,7 +256,10 @@ class BatchedEngine(TransformersEngine):
         with self._wake:
             return len(self._pending) + len(self.batch.rows)
 
-    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+        if guided(settings, negative):  # the few replies after a switch: generate's own guidance, beside the batch
+            yield from TransformersEngine.stream(self, messages, settings, negative)
+            return
         ids = self.tokenizer(self.render(self.fit_messages(messages, settings)), add_special_tokens=False)["input_ids"]
         room = self.context_window - len(ids)  # prompt + reply stay inside the window, as on the direct path
         request = _Request(ids, settings, max(1, min(settings.max_new_tokens, room)), self.eos)

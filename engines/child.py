@@ -105,8 +105,8 @@ class ProcessEngine(ChatEngine):
         child.send((kind, rid, *args))
         return child, rid, replies
 
-    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
-        child, rid, replies = self._request("stream", messages, settings)
+    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+        child, rid, replies = self._request("stream", messages, settings, negative)
         finished = False
         try:
             while True:

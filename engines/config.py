@@ -104,8 +104,16 @@ class GenerationSettings(BaseModel):
     max_new_tokens: int = Field(128, ge=1, le=8192, description="Most tokens in one reply.")
     repetition_penalty: float = Field(1.1, gt=0.0, description="1.0 = no penalty.")
     seed: int | None = Field(None, description="Fix the sampling seed for reproducible replies.")
+    guidance_scale: float = Field(
+        3.0,
+        ge=1.0,
+        le=10.0,
+        description="After a persona switch: classifier-free guidance against the same prompt under the old "
+        "persona (transformers' guidance_scale; 1 = off). Costs a second forward per token on those replies.",
+    )
 
     def generate_kwargs(self) -> dict:
+        # guidance_scale is not here: it needs a negative prompt, which only a switch gives (engines.engine).
         kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
         if self.temperature == 0:
             return {**kwargs, "do_sample": False}

@@ -58,12 +58,15 @@ class ChatEngine(ABC):
         """Prompt tokens for `messages` after the chat template, generation prompt included."""
 
     @abstractmethod
-    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
-        """Yield the reply in pieces as they are generated."""
+    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+        """Yield the reply in pieces as they are generated. `negative`: the same prompt under the
+        persona just switched away from; a backend that can (`guided`) steers the reply away from it."""
 
     @abstractmethod
-    def generate(self, conversations: list[Messages], settings: GenerationSettings, **kw) -> list[str]:
-        """One reply per conversation, in order."""
+    def generate(
+        self, conversations: list[Messages], settings: GenerationSettings, negatives: list[Messages] | None = None, **kw
+    ) -> list[str]:
+        """One reply per conversation, in order; `negatives`, one per conversation, as in `stream`."""
 
     def warm(self, messages: Messages) -> None:
         """Get ready for prompts that start with `messages` (e.g. a persona's system prompt).
@@ -92,6 +95,11 @@ class ChatEngine(ABC):
         if len(fitted) < len(messages):
             log.info("trimmed %d old messages to fit the context", len(messages) - len(fitted))
         return Fitted(fitted, count(fitted), len(messages) - len(fitted))
+
+
+def guided(settings: GenerationSettings, negative) -> bool:
+    """Whether a reply is steered away from a negative prompt (a persona switched away from)."""
+    return negative is not None and settings.guidance_scale != 1
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -180,6 +188,18 @@ class TransformersEngine(ChatEngine):
         kwargs["max_new_tokens"] = max(1, min(settings.max_new_tokens, room))
         return {**kwargs, "pad_token_id": self.tokenizer.pad_token_id}
 
+    def _guidance(self, settings: GenerationSettings, negatives: list[Messages]) -> dict:
+        """generate's classifier-free guidance (transformers' UnbatchedClassifierFreeGuidance
+        processor): each token's log-probabilities under the prompt, pushed `guidance_scale` times
+        away from those under `negatives` (one per row, the batch's order and padding side). After
+        a switch the negative is the same dialogue under the old persona, so what the two prompts
+        share (the user's question, written to the old persona) cancels and the new persona's
+        facts decide: the swap probe's replies closer to the old persona fell from 0.40 to 0.18 at
+        scale 3 (benchmarks/README.md, "Persona switch")."""
+        enc = self._encode([self.render(self.fit_messages(m, settings)) for m in negatives])
+        return {"guidance_scale": settings.guidance_scale, "negative_prompt_ids": enc["input_ids"],
+                "negative_prompt_attention_mask": enc["attention_mask"]}  # fmt: skip
+
     def warm(self, messages: Messages) -> None:
         """Run `messages` (no generation prompt) through the model once and keep the KV cache."""
         if self.prefix_cache.max_tokens <= 0:
@@ -190,17 +210,21 @@ class TransformersEngine(ChatEngine):
             cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
         self.prefix_cache.put(ids[0], cache)
 
-    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
         inputs = self._encode([self.render(self.fit_messages(messages, settings))])
         streamer = TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop, failure = threading.Event(), []
         kwargs = {**inputs, **self._generate_kwargs(settings, inputs), "streamer": streamer}
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnEvent(stop)])
-        # generate prefills only the prompt tokens the reused cache does not hold, and extends it.
-        cache, reused = self.prefix_cache.take(inputs["input_ids"][0])
-        if cache is not None:
-            kwargs["past_key_values"] = cache
-        log.debug("prompt %d tokens, %d from the prefix cache", inputs["input_ids"].shape[1], reused)
+        # A guided reply leaves the prefix cache alone: the batched engine's thread uses it too.
+        cached = not guided(settings, negative)
+        if cached:  # generate prefills only the prompt tokens the reused cache does not hold, and extends it
+            cache, reused = self.prefix_cache.take(inputs["input_ids"][0])
+            if cache is not None:
+                kwargs["past_key_values"] = cache
+            log.debug("prompt %d tokens, %d from the prefix cache", inputs["input_ids"].shape[1], reused)
+        else:
+            kwargs |= self._guidance(settings, [negative])
         if settings.seed is not None:
             set_seed(settings.seed)
 
@@ -209,7 +233,8 @@ class TransformersEngine(ChatEngine):
             try:
                 with torch.inference_mode():
                     out = self.model.generate(**kwargs, return_dict_in_generate=True)
-                self.prefix_cache.put(out.sequences[0], out.past_key_values)
+                if cached:
+                    self.prefix_cache.put(out.sequences[0], out.past_key_values)
             except Exception as err:  # re-raised in the consumer's thread below
                 failure.append(err)
                 streamer.end()
@@ -227,10 +252,15 @@ class TransformersEngine(ChatEngine):
             raise _explain(failure[0]) from failure[0]
 
     def generate(
-        self, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8, progress: bool = False
+        self,
+        conversations: list[Messages],
+        settings: GenerationSettings,
+        negatives: list[Messages] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
     ) -> list[str]:
         """Batched generation. Prompts are sorted by length so each batch pads little;
-        replies come back in the input order."""
+        replies come back in the input order. `negatives`: one per conversation, or None."""
         texts = [self.render(self.fit_messages(m, settings)) for m in conversations]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         replies: list[str] = [""] * len(texts)
@@ -240,9 +270,12 @@ class TransformersEngine(ChatEngine):
         for start in tqdm(batches, desc="generating", unit="batch", disable=not progress):
             idx = order[start : start + batch_size]
             inputs = self._encode([texts[i] for i in idx])
+            kwargs = self._generate_kwargs(settings, inputs)
+            if guided(settings, negatives):
+                kwargs |= self._guidance(settings, [negatives[i] for i in idx])
             try:
                 with torch.inference_mode():
-                    out = self.model.generate(**inputs, **self._generate_kwargs(settings, inputs))
+                    out = self.model.generate(**inputs, **kwargs)
             except Exception as err:
                 raise _explain(err, batch_size) from err
             new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, new) after the left-padded prompt

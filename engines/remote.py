@@ -105,7 +105,15 @@ class OpenAIEngine(ChatEngine):
             self.send_extra = False
             return self._create(params, **kw)
 
-    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+    def _unguided(self, negative) -> None:
+        """OpenAI-compatible chat APIs take no negative prompt: after a persona switch a server's
+        replies are not steered away from the old persona (said once)."""
+        if negative is not None and not getattr(self, "_said_unguided", False):
+            self._said_unguided = True
+            log.info("the model server takes no negative prompt: replies after a persona switch are not guided")
+
+    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+        self._unguided(negative)
         params = self._params(messages, settings)
         try:
             chunks = self._create(params, stream=True)
@@ -129,9 +137,15 @@ class OpenAIEngine(ChatEngine):
         return (completion.choices[0].message.content or "").strip()
 
     def generate(
-        self, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8, progress: bool = False
+        self,
+        conversations: list[Messages],
+        settings: GenerationSettings,
+        negatives: list[Messages] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
     ) -> list[str]:
         """`batch_size` requests at a time (the server batches them as it can); replies in order."""
+        self._unguided(negatives)
         requests = [self._params(m, settings) for m in conversations]  # a too-long message fails before any request
         with ThreadPoolExecutor(max_workers=max(1, min(batch_size, len(requests)))) as pool:
             futures = [pool.submit(self._reply, params) for params in requests]

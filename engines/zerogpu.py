@@ -67,15 +67,19 @@ def _engine(key: str) -> ChatEngine:
 
 
 @gpu(duration=reply_seconds)
-def stream_reply(key: str, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+def stream_reply(
+    key: str, messages: Messages, settings: GenerationSettings, negative: Messages | None = None
+) -> Iterator[str]:
     """One chat reply, streamed (Chat, Compare, `/chat`, `/retry`, `/compare`)."""
-    yield from _engine(key).stream(messages, settings)
+    yield from _engine(key).stream(messages, settings, negative)
 
 
 @gpu(duration=batch_seconds)
-def generate_batch(key: str, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8):
+def generate_batch(
+    key: str, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8, negatives=None
+):
     """Batched replies (evaluation runs started from the app)."""
-    return _engine(key).generate(conversations, settings, batch_size=batch_size)
+    return _engine(key).generate(conversations, settings, negatives, batch_size=batch_size)
 
 
 class GPUEngine:
@@ -90,11 +94,11 @@ class GPUEngine:
     def __getattr__(self, name: str):
         return getattr(self.engine, name)
 
-    def stream(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
-        return stream_reply(self.key, messages, settings)
+    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None):
+        return stream_reply(self.key, messages, settings, negative)
 
-    def generate(self, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8, **kw):
-        return generate_batch(self.key, conversations, settings, batch_size)
+    def generate(self, conversations: list[Messages], settings: GenerationSettings, negatives=None, batch_size=8, **kw):
+        return generate_batch(self.key, conversations, settings, batch_size, negatives)
 
     def warm(self, messages: Messages) -> None:
         """Nothing: a prefill in the main process has no GPU, and the worker keeps its own cache."""

@@ -13,7 +13,7 @@ import statistics
 
 import pandas as pd
 
-from core.conversation import build_messages, notice
+from core.conversation import build_messages, notice, under
 from core.persona import persona_from_facts
 from corpus.examples import Example
 from engines.engine import TransformersEngine
@@ -103,7 +103,9 @@ def persona_scores(cfg: EvalConfig, engine, examples, replies, own, other) -> tu
         # Chat tab switches (core.conversation: the new persona starts afresh after the notice):
         # does the reply follow the new persona?
         swapped = [switched_to(persona_from_facts(other[i]), ex.messages[1:]) for i, ex in enumerate(examples[:n])]
-        replies_b = engine.generate(swapped, cfg.generation, batch_size=cfg.batch_size)
+        # ... steered away from the old persona as the Chat tab steers (`generation.guidance_scale`).
+        negatives = [under(persona_from_facts(own[i]), prompt) for i, prompt in enumerate(swapped)]
+        replies_b = engine.generate(swapped, cfg.generation, negatives, batch_size=cfg.batch_size)
         summary["swap_retention"] = swap_retention(replies_b, own[:n], other[:n])
         summary["swap_probe_items"] = n
     summary["encoder"] = ENCODER_NAME

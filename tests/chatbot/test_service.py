@@ -5,7 +5,7 @@ import pytest
 
 from chatbot import service
 from chatbot.history import MemoryHistory, StoreHistory, shown
-from core.conversation import build_messages, opening
+from core.conversation import build_messages, opening, under
 from core.persona import load_persona
 from engines.config import GenerationSettings
 from engines.engine import Fitted
@@ -56,8 +56,9 @@ def test_after_a_switch_the_model_is_given_only_the_turns_since_it(ctx, tiny_eng
     """The new persona's system prompt and the turns since the switch: the old persona's replies
     are not in its prompt (nor the cold prefill of the whole conversation under a new prompt)."""
     nova = load_persona(REPO / "personas" / "nova.yaml")
-    streamed, stream = [], tiny_engine.stream
-    monkeypatch.setattr(tiny_engine, "stream", lambda m, s: streamed.append(list(m)) or stream(m, s))
+    streamed, negatives, stream = [], [], tiny_engine.stream
+    monkeypatch.setattr(tiny_engine, "stream",
+                        lambda m, s, n=None: streamed.append(list(m)) or negatives.append(n) or stream(m, s, n))
     *_, step = conversations.exchange(ctx, "Hi Ada", "ada", ada, "base", GREEDY)
     conv = step.conversation_id
     *_, step = conversations.exchange(ctx, "Who are you?", "nova", nova, "base", GREEDY, conv)
@@ -68,6 +69,11 @@ def test_after_a_switch_the_model_is_given_only_the_turns_since_it(ctx, tiny_eng
         ("user", "Who are you?"), ("assistant", reply), ("user", "And Ada?")]  # fmt: skip
     list(conversations.retry(ctx, conv, "nova", nova, "base", GREEDY))
     assert streamed[-1] == streamed[-2]  # a retry asks the same
+    # Every reply since the switch is steered away from the same prompt under Ada; none before it.
+    assert negatives[0] is None
+    assert negatives[1:] == [under(ada, prompt) for prompt in streamed[1:]]
+    *_, step = conversations.exchange(ctx, "Back to you, Ada.", "ada", ada, "base", GREEDY, conv)
+    assert negatives[-1] == under(nova, streamed[-1])  # switched back: away from Nova now
 
 
 def test_a_message_is_one_store_read_and_one_write_and_a_thumb_one_call(ctx, ada):
@@ -95,7 +101,7 @@ def test_the_prompt_is_counted_once_and_streamed_as_fitted(ctx, tiny_engine, ada
     counted, streamed = [], []
     count, stream = tiny_engine.count_tokens, tiny_engine.stream
     monkeypatch.setattr(tiny_engine, "count_tokens", lambda m: counted.append(len(m)) or count(m))
-    monkeypatch.setattr(tiny_engine, "stream", lambda m, s: streamed.append(m) or stream(m, s))
+    monkeypatch.setattr(tiny_engine, "stream", lambda m, s, n=None: streamed.append(m) or stream(m, s, n))
     *_, step = conversations.exchange(ctx, "Hi Ada", "ada", ada, "base", ctx.settings)
     assert len(counted) == 1 and not step.trimmed
     assert isinstance(streamed[0], Fitted) and streamed[0].tokens == count(streamed[0])

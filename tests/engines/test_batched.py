@@ -43,6 +43,19 @@ def stream_in_threads(engine, conversations, settings) -> list[str]:
     return replies
 
 
+def test_a_guided_reply_after_a_switch_streams_beside_the_batch(engine, tiny_engine):
+    """A reply with a negative prompt (after a persona switch) takes generate's own guidance:
+    the direct path's reply, while another chat decodes in the batch."""
+    negative = [{"role": "system", "content": "You are Sam, a farmer."}, *chat(5)[1:]]
+    expected = tiny_engine.generate([chat(5)], GREEDY, [negative])[0]
+    assert expected != tiny_engine.generate([chat(5)], GREEDY)[0]
+    other = threading.Thread(target=lambda: "".join(engine.stream(chat(6), GREEDY)))
+    other.start()
+    assert "".join(engine.stream(chat(5), GREEDY, negative)).strip() == expected
+    other.join(timeout=60)
+    assert wait_idle(engine) == 0
+
+
 def wait_idle(engine, seconds=10):
     deadline = time.monotonic() + seconds
     while engine.in_flight and time.monotonic() < deadline:

@@ -34,6 +34,33 @@ def test_stream_yields_pieces_that_join_to_the_batched_reply(tiny_engine):
     assert "".join(pieces).strip() == tiny_engine.generate([messages], GREEDY)[0]
 
 
+def test_a_negative_prompt_steers_each_token_away_from_it(tiny_engine):
+    """Classifier-free guidance (after a persona switch): each greedy token is the argmax of
+    scale * (log p | prompt - log p | negative) + log p | negative, computed here by hand."""
+    prompt = chat("Who are you?")
+    negative = [{"role": "system", "content": "You are Sam, a farmer."}, *prompt[1:]]
+    settings = GREEDY.model_copy(update={"max_new_tokens": 6})  # guidance_scale: the default, 3
+
+    def logprobs(messages, ids):
+        start = tiny_engine._encode([tiny_engine.render(messages)])["input_ids"][0]
+        with torch.inference_mode():
+            logits = tiny_engine.model(torch.cat([start, torch.tensor(ids, dtype=torch.long)])[None]).logits
+        return torch.log_softmax(logits[0, -1].float(), -1)
+
+    ids = []
+    while len(ids) < 6 and (not ids or ids[-1] != tiny_engine.tokenizer.eos_token_id):
+        pos, neg = logprobs(prompt, ids), logprobs(negative, ids)
+        ids.append(int((settings.guidance_scale * (pos - neg) + neg).argmax()))
+    expected = tiny_engine.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert tiny_engine.generate([prompt], settings, [negative])[0] == expected
+    assert "".join(tiny_engine.stream(prompt, settings, negative)).strip() == expected
+    plain = tiny_engine.generate([prompt], settings)[0]
+    assert plain != expected
+    assert "".join(tiny_engine.stream(prompt, settings)).strip() == plain
+    off = settings.model_copy(update={"guidance_scale": 1.0})  # 1 = off: the negative is ignored
+    assert tiny_engine.generate([prompt], off, [negative])[0] == plain
+
+
 def test_max_new_tokens_cuts_the_reply(tiny_engine):
     messages = chat("Tell me about clocks.")
     short = tiny_engine.generate([messages], GREEDY.model_copy(update={"max_new_tokens": 3}))[0]

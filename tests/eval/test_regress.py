@@ -225,15 +225,16 @@ def test_diff_against_the_newest_run_of_another_version(run, store, tmp_path, ca
 
 
 def test_persona_switch_changes_the_system_prompt(run, tmp_path, tiny_engine, monkeypatch):
-    seen = []
+    seen, negatives = [], []
 
     class Spy:  # records what the session sends to the engine; the rest is the tiny engine's
         def __getattr__(self, name):
             return getattr(tiny_engine, name)
 
-        def stream(self, messages, settings):
+        def stream(self, messages, settings, negative=None):
             seen.append(messages)
-            yield from tiny_engine.stream(messages, settings)
+            negatives.append(negative)
+            yield from tiny_engine.stream(messages, settings, negative)
 
     monkeypatch.setattr(regress, "load_engine", lambda cfg: Spy())
     script = write(tmp_path / "scripts", "switch.yaml", """\
@@ -254,6 +255,8 @@ def test_persona_switch_changes_the_system_prompt(run, tmp_path, tiny_engine, mo
         render_system_prompt(personas["nova"]),
     ]
     assert seen[1][1:] == [{"role": "user", "content": "Who are you now?"}]  # Nova starts afresh
+    # After the switch the reply is steered away from the same prompt under Ada; before it, nothing.
+    assert negatives == [None, [{"role": "system", "content": render_system_prompt(personas["ada"])}, *seen[1][1:]]]
 
 
 def test_checks_match_words_and_judge_persona_fit():

@@ -98,7 +98,7 @@ class HeldEngine(ChatEngine):
     def count_tokens(self, messages) -> int:
         return sum(len(m["content"]) for m in messages) // 4 + 1
 
-    def stream(self, messages, settings):
+    def stream(self, messages, settings, negative=None):
         self.started.set()
         yield "Hello"
         self.release.wait(60)

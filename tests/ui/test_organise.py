@@ -55,8 +55,8 @@ class GatedEngine(ChatEngine):
     def count_tokens(self, messages) -> int:
         return self.engine.count_tokens(messages)
 
-    def stream(self, messages, settings):
-        return self.engine.stream(messages, settings)
+    def stream(self, messages, settings, negative=None):
+        return self.engine.stream(messages, settings, negative)
 
     def generate(self, conversations, settings, **kw) -> list[str]:
         self.started.set()
