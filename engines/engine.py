@@ -194,8 +194,11 @@ class TransformersEngine(ChatEngine):
         away from those under `negatives` (one per row, the batch's order and padding side). After
         a switch the negative is the same dialogue under the old persona, so what the two prompts
         share (the user's question, written to the old persona) cancels and the new persona's
-        facts decide: the swap probe's replies closer to the old persona fell from 0.40 to 0.18 at
-        scale 3 (benchmarks/README.md, "Persona switch")."""
+        facts decide: at scale 3 the swap probe's replies closer to the old persona fell from 0.425
+        to 0.20 on the default recipe, 0.575 to 0.15 on the base (benchmarks/README.md, "Persona
+        switch"). The cost: a 135M model then sometimes misspells a name it rarely saw
+        ("Brighteline"); keeping to tokens the prompt finds plausible (contrastive decoding's
+        constraint) fixed the spelling but undid most of the gain, so it is not applied."""
         enc = self._encode([self.render(self.fit_messages(m, settings)) for m in negatives])
         return {"guidance_scale": settings.guidance_scale, "negative_prompt_ids": enc["input_ids"],
                 "negative_prompt_attention_mask": enc["attention_mask"]}  # fmt: skip

@@ -81,6 +81,11 @@ class LoopConfig(BaseModel):
     max_seq_length: int = Field(256, ge=16, description="Training sequence length (prompt cut to fit).")
     recipe: Path = Field(RECIPES / "smollm2-135m-kto-cpu.yaml", description="training.train recipe of each child.")
     start_recipe: Path = Field(RECIPES / "smollm2-135m-lora-cpu.yaml", description="Recipe of the start version.")
+    start_trained: bool = Field(
+        False,
+        description="Round 1's parent: the start recipe trained as written (the default SFT version, ~6 min on "
+        "2 cores) instead of the base model with an identity adapter.",
+    )
     train_args: list[str] = Field(default_factory=list, description="More training.train flags, e.g. [--seed,1].")
     rater: str = Field("simulated", description="Rater name of the labels and votes.")
     seed: int = Field(0, description="Seed of the prompt samples (round r: seed + r) and of sampling.")
@@ -101,14 +106,17 @@ def db_url(path: Path) -> str:
 
 
 def make_start(cfg: LoopConfig, runs: Path) -> str:
-    """`start`: the base model with a LoRA adapter that is still (almost) the identity: one SFT step
-    at lr 1e-9 on 4 train-split conversations. KTO/DPO need an adapter to continue."""
+    """`start`: with `start_trained`, the start recipe trained as written (what a team labels after
+    its first SFT run); otherwise the base model with a LoRA adapter that is still (almost) the
+    identity: one SFT step at lr 1e-9 on 4 train-split conversations. KTO/DPO need an adapter."""
     from training.train import main as train_main
 
-    if not (runs / START).is_dir():  # validation: one example (it runs before and after the step)
-        flags = {"config": cfg.start_recipe, "model.name": cfg.model, "data.path": cfg.data, "data.limit": 4,
-                 "validation.max_examples": 1, "max_steps": 1, "sft.learning_rate": 1e-9, "sft.warmup_steps": 0,
+    if not (runs / START).is_dir():
+        flags = {"config": cfg.start_recipe, "model.name": cfg.model, "data.path": cfg.data,
                  "output.dir": runs, "output.version": START}  # fmt: skip
+        if not cfg.start_trained:  # validation: one example (it runs before and after the step)
+            flags |= {"data.limit": 4, "validation.max_examples": 1, "max_steps": 1, "sft.learning_rate": 1e-9,
+                      "sft.warmup_steps": 0}  # fmt: skip
         run_step(train_main, flags)
     return START
 

@@ -3,8 +3,10 @@ the rule, export, DPO from the start version, held-out eval of both, scorecard),
 hold the labels and votes the loop says it made."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 import eval.loop
 import eval.simulated_rater
@@ -44,13 +46,15 @@ def test_two_rounds_store_the_labels_and_votes_they_report(tiny_model_dir, spc_c
     monkeypatch.setattr(eval.simulated_rater, "verdict", even_rule)  # the held-out labels' path
     out = tmp_path / "loop"
     flags = ["--model", str(tiny_model_dir), "--data", str(spc_csv), "--out", str(out), "--recipe", RECIPE,
-             "--start_recipe", RECIPE, "--rounds", "2", "--train_prompts", "3", "--samples", "4",
+             "--start_recipe", RECIPE, "--start_trained", "true", "--rounds", "2", "--train_prompts", "3", "--samples", "4",
              "--heldout_prompts", "4", "--max_new_tokens", "8", "--batch_size", "4", "--max_steps", "2",
              "--per_device_train_batch_size", "2", "--max_seq_length", "128", "--n_resamples", "200"]  # fmt: skip
     assert loop_main(flags) == 0
     first, second = json.loads((out / "loop.json").read_text())
     assert (first["child"], first["parent"]) == ("round-1-dpo", "start")
     assert (second["child"], second["parent"]) == ("round-2-dpo", "round-1-dpo")  # a child of a child
+    start = yaml.safe_load((out / "runs" / "start" / "config.yaml").read_text())
+    assert start["max_steps"] == yaml.safe_load(Path(RECIPE).read_text())["max_steps"]  # the recipe as written
 
     with Store(f"sqlite:///{out / 'train.db'}") as store:
         labels, votes = store.label_rows("start"), store.preferences(("start", "start"))
