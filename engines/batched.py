@@ -256,7 +256,9 @@ class BatchedEngine(TransformersEngine):
         with self._wake:
             return len(self._pending) + len(self.batch.rows)
 
-    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None
+    ) -> Iterator[str]:
         if guided(settings, negative):  # the few replies after a switch: generate's own guidance, beside the batch
             yield from TransformersEngine.stream(self, messages, settings, negative)
             return

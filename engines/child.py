@@ -105,7 +105,9 @@ class ProcessEngine(ChatEngine):
         child.send((kind, rid, *args))
         return child, rid, replies
 
-    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None
+    ) -> Iterator[str]:
         child, rid, replies = self._request("stream", messages, settings, negative)
         finished = False
         try:

@@ -58,7 +58,9 @@ class ChatEngine(ABC):
         """Prompt tokens for `messages` after the chat template, generation prompt included."""
 
     @abstractmethod
-    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None
+    ) -> Iterator[str]:
         """Yield the reply in pieces as they are generated. `negative`: the same prompt under the
         persona just switched away from; a backend that can (`guided`) steers the reply away from it."""
 
@@ -213,7 +215,9 @@ class TransformersEngine(ChatEngine):
             cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
         self.prefix_cache.put(ids[0], cache)
 
-    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None
+    ) -> Iterator[str]:
         inputs = self._encode([self.render(self.fit_messages(messages, settings))])
         streamer = TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop, failure = threading.Event(), []

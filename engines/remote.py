@@ -112,7 +112,9 @@ class OpenAIEngine(ChatEngine):
             self._said_unguided = True
             log.info("the model server takes no negative prompt: replies after a persona switch are not guided")
 
-    def stream(self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, settings: GenerationSettings, negative: Messages | None = None
+    ) -> Iterator[str]:
         self._unguided(negative)
         params = self._params(messages, settings)
         try:

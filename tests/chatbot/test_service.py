@@ -57,8 +57,9 @@ def test_after_a_switch_the_model_is_given_only_the_turns_since_it(ctx, tiny_eng
     are not in its prompt (nor the cold prefill of the whole conversation under a new prompt)."""
     nova = load_persona(REPO / "personas" / "nova.yaml")
     streamed, negatives, stream = [], [], tiny_engine.stream
-    monkeypatch.setattr(tiny_engine, "stream",
-                        lambda m, s, n=None: streamed.append(list(m)) or negatives.append(n) or stream(m, s, n))
+    monkeypatch.setattr(
+        tiny_engine, "stream", lambda m, s, n=None: streamed.append(list(m)) or negatives.append(n) or stream(m, s, n)
+    )
     *_, step = conversations.exchange(ctx, "Hi Ada", "ada", ada, "base", GREEDY)
     conv = step.conversation_id
     *_, step = conversations.exchange(ctx, "Who are you?", "nova", nova, "base", GREEDY, conv)

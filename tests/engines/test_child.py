@@ -39,7 +39,10 @@ def test_replies_equal_the_engine_in_this_process(engine, tiny_engine):
     assert engine.generate([chat(1), chat(2)], GREEDY) == tiny_engine.generate([chat(1), chat(2)], GREEDY)
     assert engine.warm(chat(3)[:1]) is None
     negative = [{"role": "system", "content": "You are Sam."}, *chat(4)[1:]]  # after a switch: guided there too
-    assert "".join(engine.stream(chat(4), GREEDY, negative)).strip() == tiny_engine.generate([chat(4)], GREEDY, [negative])[0]
+    assert (
+        "".join(engine.stream(chat(4), GREEDY, negative)).strip()
+        == tiny_engine.generate([chat(4)], GREEDY, [negative])[0]
+    )
     # Counting (history trimming) runs here, on the child's tokenizer.
     assert engine.count_tokens(chat(4)) == tiny_engine.count_tokens(chat(4))
     assert engine.batches and engine.context_window == tiny_engine.context_window

@@ -46,7 +46,8 @@ def test_two_rounds_store_the_labels_and_votes_they_report(tiny_model_dir, spc_c
     monkeypatch.setattr(eval.simulated_rater, "verdict", even_rule)  # the held-out labels' path
     out = tmp_path / "loop"
     flags = ["--model", str(tiny_model_dir), "--data", str(spc_csv), "--out", str(out), "--recipe", RECIPE,
-             "--start_recipe", RECIPE, "--start_trained", "true", "--rounds", "2", "--train_prompts", "3", "--samples", "4",
+             "--start_recipe", RECIPE, "--start_trained", "true", "--rounds", "2", "--train_prompts", "3",
+             "--samples", "4",
              "--heldout_prompts", "4", "--max_new_tokens", "8", "--batch_size", "4", "--max_steps", "2",
              "--per_device_train_batch_size", "2", "--max_seq_length", "128", "--n_resamples", "200"]  # fmt: skip
     assert loop_main(flags) == 0
