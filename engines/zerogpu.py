@@ -26,7 +26,7 @@ else:
 
 from core.conversation import Messages  # noqa: E402
 from engines.config import EngineConfig, GenerationSettings  # noqa: E402
-from engines.engine import ChatEngine  # noqa: E402
+from engines.engine import ChatEngine, guided  # noqa: E402
 
 # Seconds of GPU a request asks for. ZeroGPU queues long requests behind short ones, so ask
 # for what the reply can take: a 135M-8B model decodes well above 20 tok/s on an H200 slice,
@@ -51,12 +51,15 @@ def gpu(duration: Callable[..., int]) -> Callable[[Callable], Callable]:
     return wrap
 
 
-def reply_seconds(key: str, messages: Messages, settings: GenerationSettings) -> int:
-    return min(MAX_S, MARGIN_S + settings.max_new_tokens // TOKENS_PER_SECOND)
+def reply_seconds(key: str, messages: Messages, settings: GenerationSettings, negative=None) -> int:
+    passes = 2 if guided(settings, negative) else 1  # guidance: a second forward per token
+    return min(MAX_S, MARGIN_S + passes * settings.max_new_tokens // TOKENS_PER_SECOND)
 
 
-def batch_seconds(key: str, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8) -> int:
-    batches = -(-len(conversations) // batch_size)
+def batch_seconds(
+    key: str, conversations: list[Messages], settings: GenerationSettings, batch_size: int = 8, negatives=None
+) -> int:
+    batches = -(-len(conversations) // batch_size) * (2 if guided(settings, negatives) else 1)
     return min(MAX_S, MARGIN_S + batches * settings.max_new_tokens // TOKENS_PER_SECOND)
 
 

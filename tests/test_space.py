@@ -281,6 +281,10 @@ def test_on_zerogpu_every_generation_runs_in_a_gpu_call_sized_to_it(
     assert "".join(engine.stream(hi, short)) == "".join(engine.engine.stream(hi, short))  # the same reply
     replies = engine.generate([hi, hi], short, batch_size=1)
     assert len(replies) == 2 and calls[-1] == ("generate_batch", zerogpu.MARGIN_S + 2 * 20 // zerogpu.TOKENS_PER_SECOND)
+    # After a persona switch the reply is guided: a second forward per token, twice the GPU time asked for.
+    negative = [{"role": "system", "content": "You are Sam."}, *hi]
+    assert "".join(engine.stream(hi, short, negative)) == "".join(engine.engine.stream(hi, short, negative))
+    assert calls[-1] == ("stream_reply", zerogpu.MARGIN_S + 2 * 20 // zerogpu.TOKENS_PER_SECOND)
 
 
 # -- `python app.py` as a Space boots it ----------------------------------------------------
