@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from typing import Protocol
 
-from core.conversation import Messages
+from core.conversation import Messages, last_notice
 
 Turns = list[dict]
 
@@ -67,7 +67,7 @@ def persona_in_effect(turns: Turns) -> dict | None:
 def switched_from(turns: Turns) -> dict | None:
     """The persona in effect before the last switch notice of these turns, when it differs from
     the one switched to (None: no switch, or a switch back to the same persona)."""
-    last = next((i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "notice"), None)
+    last = last_notice(turns)
     if last is None:
         return None
     old = persona_in_effect(turns[:last])

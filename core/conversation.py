@@ -45,6 +45,11 @@ def notice(persona: Persona) -> dict:
     return {"role": "notice", "content": f"From here on the model speaks as {persona.name}, starting afresh."}
 
 
+def last_notice(history: Messages) -> int | None:
+    """Index of the last persona switch (notice) in `history`, or None."""
+    return next((i for i in range(len(history) - 1, -1, -1) if history[i]["role"] == "notice"), None)
+
+
 def dialogue(history: Messages) -> Messages:
     """The user/assistant turns the model sees, as plain `{"role", "content"}` dicts: those since
     the last persona switch (notice). The new persona starts afresh: the old persona's replies
@@ -52,7 +57,8 @@ def dialogue(history: Messages) -> Messages:
     closer to the old persona), and the new prompt before them made the first reply prefill the
     whole conversation cold (3-8 s on 2 CPU cores) where the switched-to persona's cached system
     prompt now serves. Notices are never sent."""
-    start = next((i + 1 for i in range(len(history) - 1, -1, -1) if history[i]["role"] == "notice"), 0)
+    last = last_notice(history)
+    start = 0 if last is None else last + 1
     return [{"role": m["role"], "content": m["content"]} for m in history[start:] if m["role"] in DIALOGUE_ROLES]
 
 

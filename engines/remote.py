@@ -82,6 +82,7 @@ class OpenAIEngine(ChatEngine):
         self.context_window = context_window
         self.url = str(client.base_url).rstrip("/")
         self.send_extra = True  # top_k / repetition_penalty, until the server refuses them
+        self.said_unguided = False  # the log line that a switch's negative prompt is dropped, said once
 
     def count_tokens(self, messages: Messages) -> int:
         return prompt_tokens(self.tokenizer, messages)
@@ -108,8 +109,8 @@ class OpenAIEngine(ChatEngine):
     def _unguided(self, negative) -> None:
         """OpenAI-compatible chat APIs take no negative prompt: after a persona switch a server's
         replies are not steered away from the old persona (said once)."""
-        if negative is not None and not getattr(self, "_said_unguided", False):
-            self._said_unguided = True
+        if negative is not None and not self.said_unguided:
+            self.said_unguided = True
             log.info("the model server takes no negative prompt: replies after a persona switch are not guided")
 
     def stream(

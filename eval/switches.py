@@ -100,7 +100,7 @@ def build(cfg: SwitchConfig) -> tuple[list[dict], dict]:
     order = list(range(len(pool)))
     random.Random(cfg.seed).shuffle(order)
     records, counts = [], {"drawn": 0, "too_unlike": 0, "closer_to_a": 0}
-    candidates, asked = [], []  # (A's answered, B's answered, cosine), the user's message vector
+    candidates = []  # (index of A's answered in pool, B's answered, cosine)
     for b in order:
         if len(candidates) >= cfg.examples * 2:  # enough to fill `examples` after the persona check
             break
@@ -110,17 +110,17 @@ def build(cfg: SwitchConfig) -> tuple[list[dict], dict]:
         if sims[a] < cfg.min_question_similarity:
             counts["too_unlike"] += 1
             continue
-        candidates.append((pool[a], pool[b], float(sims[a])))
-        asked.append(questions[a])
+        candidates.append((a, pool[b], float(sims[a])))
     replies = [b.reply for _, b, _ in candidates]
     if cfg.answers == "facts" and candidates:
         facts = sorted({f for _, b, _ in candidates for f in b.facts})
         index, vectors = {f: i for i, f in enumerate(facts)}, embed(facts)
-        replies = [max(b.facts, key=lambda f, q=q: float(vectors[index[f]] @ q))
-                   for (_, b, _), q in zip(candidates, asked, strict=True)]  # fmt: skip
+        replies = [max(b.facts, key=lambda f, q=questions[a]: float(vectors[index[f]] @ q))
+                   for a, b, _ in candidates]  # fmt: skip
     to_b = similarity(replies, [list(b.facts) for _, b, _ in candidates])
-    to_a = similarity(replies, [list(a.facts) for a, _, _ in candidates])
-    for (a, b, sim), reply, near_b, near_a in zip(candidates, replies, to_b, to_a, strict=True):
+    to_a = similarity(replies, [list(pool[a].facts) for a, _, _ in candidates])
+    for (i, b, sim), reply, near_b, near_a in zip(candidates, replies, to_b, to_a, strict=True):
+        a = pool[i]
         if near_b - near_a < cfg.min_margin:
             counts["closer_to_a"] += 1
             continue
